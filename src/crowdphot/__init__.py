@@ -1,0 +1,69 @@
+"""crowdphot: fast, photutils-compatible PSF photometry for crowded astronomical images.
+
+Data flows one way: image -> detect -> group -> fit -> catalog. Every public name is importable
+from the top level (``from crowdphot import PSFPhotometry``) with photutils 3's name and
+arguments; the submodules are imported lazily so that ``import crowdphot`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    # PSF models
+    "CircularGaussianPSF": "crowdphot.psf.analytic",
+    "GaussianPSF": "crowdphot.psf.analytic",
+    "CircularGaussianPRF": "crowdphot.psf.analytic",
+    "GaussianPRF": "crowdphot.psf.analytic",
+    "CircularGaussianSigmaPRF": "crowdphot.psf.analytic",
+    "MoffatPSF": "crowdphot.psf.analytic",
+    "AiryDiskPSF": "crowdphot.psf.analytic",
+    "ImagePSF": "crowdphot.psf.image",
+    "GriddedPSFModel": "crowdphot.psf.gridded",
+    "STDPSFGrid": "crowdphot.psf.io",
+    "jwst_like_psf_grid": "crowdphot.datasets",
+    # simulation
+    "make_psf_model_image": "crowdphot.simulate",
+    "make_model_image": "crowdphot.simulate",
+    "make_noise_image": "crowdphot.simulate",
+    "make_model_params": "crowdphot.simulate",
+    "make_random_xycoords": "crowdphot.simulate",
+    # detection, apertures, background, grouping, matching
+    "IRAFStarFinder": "crowdphot.detect",
+    "DAOStarFinder": "crowdphot.detect",
+    "CircularAperture": "crowdphot.aperture",
+    "CircularAnnulus": "crowdphot.aperture",
+    "aperture_photometry": "crowdphot.aperture",
+    "LocalBackground": "crowdphot.background",
+    "MMMBackground": "crowdphot.background",
+    "MedianBackground": "crowdphot.background",
+    "MeanBackground": "crowdphot.background",
+    "SourceGrouper": "crowdphot.group",
+    "match_xy": "crowdphot.match",
+    "match_catalogs": "crowdphot.match",
+    "make_random_cmap": "crowdphot.utils",
+    "simple_norm": "crowdphot.utils",
+    # photometry
+    "PSFPhotometry": "crowdphot.photometry",
+    "IterativePSFPhotometry": "crowdphot.photometry",
+    "decode_flags": "crowdphot.flags",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'crowdphot' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,179 @@
+"""Shared argument checks.
+
+Public functions validate with these helpers and then call unchecked fast helpers. Every error
+names the offending argument so that a user can tell which input was wrong.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "as_pair",
+    "check_image",
+    "check_mask",
+    "check_error",
+    "check_positions",
+    "CrowdphotWarning",
+]
+
+
+class CrowdphotWarning(UserWarning):
+    """Warning category for recoverable problems with user input (e.g. masked NaN pixels)."""
+
+
+def as_pair(name, value, *, lower_bound=None, odd=False, integer=True):
+    """Return ``value`` as a ``(2,)`` array ``(y, x)``, broadcasting a scalar.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in error messages.
+    value : int, float or sequence of 2
+        The value to convert.
+    lower_bound : number, optional
+        Values must be strictly greater than this.
+    odd : bool, optional
+        Require odd integers (stamp shapes).
+    integer : bool, optional
+        Require integer values.
+
+    Returns
+    -------
+    pair : ndarray of shape (2,)
+
+    Examples
+    --------
+    >>> as_pair('fit_shape', 5, odd=True)
+    array([5, 5])
+    """
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a number or a pair of numbers, got {value!r}")
+    arr = np.atleast_1d(np.asarray(value))
+    if arr.ndim != 1 or arr.size not in (1, 2):
+        raise ValueError(f"{name} must be a scalar or a pair (ny, nx), got {value!r}")
+    if arr.dtype.kind not in "iuf" or arr.dtype == bool:
+        raise TypeError(f"{name} must be numeric, got {value!r}")
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if integer:
+        if np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must contain integers, got {value!r}")
+        arr = arr.astype(int)
+    if lower_bound is not None and np.any(arr <= lower_bound):
+        raise ValueError(f"{name} must be > {lower_bound}, got {value!r}")
+    if odd and np.any(arr % 2 == 0):
+        raise ValueError(f"{name} must be odd along both axes, got {value!r}")
+    return arr
+
+
+def check_image(name, data, *, allow_nonfinite=True, warn_nonfinite=True):
+    """Validate a 2D image and return ``(array, nonfinite_mask)``.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in messages.
+    data : array_like of shape (ny, nx)
+        The image. Astropy Quantities are accepted; the unit is stripped (callers re-attach it).
+    allow_nonfinite : bool, optional
+        If False, NaN/inf pixels raise ``ValueError``. If True they are reported in the returned
+        mask (and a warning is issued when ``warn_nonfinite``).
+
+    Returns
+    -------
+    arr : ndarray of float64, shape (ny, nx)
+    bad : ndarray of bool, shape (ny, nx) or None when every pixel is finite
+
+    Examples
+    --------
+    >>> arr, bad = check_image('data', np.ones((3, 4)))
+    >>> arr.shape, bad
+    ((3, 4), None)
+    """
+    value = getattr(data, "value", data)  # strip astropy units
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a 2D numeric array") from exc
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2D array, got {arr.ndim} dimension(s)")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr, None
+    if not allow_nonfinite:
+        raise ValueError(f"{name} contains NaN or inf values")
+    bad = ~finite
+    if warn_nonfinite:
+        warnings.warn(
+            f"{name} contains {int(bad.sum())} non-finite (NaN/inf) pixel(s); they are masked",
+            CrowdphotWarning,
+            stacklevel=3,
+        )
+    return arr, bad
+
+
+def check_mask(name, mask, shape):
+    """Validate a boolean mask of the given shape (``None`` passes through).
+
+    Examples
+    --------
+    >>> check_mask('mask', None, (3, 3)) is None
+    True
+    """
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} must have the same shape as data {tuple(shape)}, got {m.shape}")
+    return m.astype(bool, copy=False)
+
+
+def check_error(name, error, shape):
+    """Validate a per-pixel 1-sigma error array: same shape, finite, strictly positive.
+
+    Non-finite or non-positive errors raise ``ValueError`` (they would give infinite or
+    undefined weights); mask such pixels instead.
+
+    Examples
+    --------
+    >>> check_error('error', None, (2, 2)) is None
+    True
+    """
+    if error is None:
+        return None
+    value = getattr(error, "value", error)
+    arr = np.asarray(value, dtype=float)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have the same shape as data {tuple(shape)}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    if np.any(arr <= 0):
+        raise ValueError(f"{name} must be strictly positive everywhere (found values <= 0)")
+    return arr
+
+
+def check_positions(name, x, y):
+    """Validate matching 1D position arrays and return them as float64 ``(n,)`` arrays.
+
+    Examples
+    --------
+    >>> check_positions('positions', [1, 2], [3, 4])[0]
+    array([1., 2.])
+    """
+    xa = np.atleast_1d(np.asarray(getattr(x, "value", x), dtype=float))
+    ya = np.atleast_1d(np.asarray(getattr(y, "value", y), dtype=float))
+    if xa.ndim != 1 or ya.ndim != 1 or xa.shape != ya.shape:
+        raise ValueError(
+            f"{name}: x and y must be 1D arrays of equal length, got shapes {xa.shape} and "
+            f"{ya.shape}"
+        )
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise ValueError(f"{name} contain NaN or inf values")
+    return xa, ya

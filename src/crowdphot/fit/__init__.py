@@ -1,0 +1,1 @@
+"""The batched fitting engine (functional core)."""
