@@ -48,7 +48,9 @@ _EXPORTS = {
     "simple_norm": "crowdphot.utils",
     # photometry
     "PSFPhotometry": "crowdphot.photometry",
-    "IterativePSFPhotometry": "crowdphot.photometry",
+    "IterativePSFPhotometry": "crowdphot.iterative",
+    "PSFPhotometryResult": "crowdphot.photometry",
+    "run_psf_photometry": "crowdphot.photometry",
     "decode_flags": "crowdphot.flags",
 }
 

@@ -1,0 +1,250 @@
+"""FITS in and out: JWST-style SCI/ERR/DQ images, atomic writes of tables and images.
+
+Readers return plain arrays plus header/WCS; nothing here knows about photometry.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+__all__ = ["JWST_DQ_FLAGS", "ImageData", "dq_to_mask", "read_image", "write_table",
+           "write_fits_image", "atomic_path"]
+
+#: JWST data-quality bit names (jwst pipeline ``dqflags.pixel``): the facts of the format.
+JWST_DQ_FLAGS = {
+    "DO_NOT_USE": 1 << 0, "SATURATED": 1 << 1, "JUMP_DET": 1 << 2, "DROPOUT": 1 << 3,
+    "OUTLIER": 1 << 4, "PERSISTENCE": 1 << 5, "AD_FLOOR": 1 << 6, "CHARGELOSS": 1 << 7,
+    "UNRELIABLE_ERROR": 1 << 8, "NON_SCIENCE": 1 << 9, "DEAD": 1 << 10, "HOT": 1 << 11,
+    "WARM": 1 << 12, "LOW_QE": 1 << 13, "RC": 1 << 14, "TELEGRAPH": 1 << 15,
+    "NONLINEAR": 1 << 16, "BAD_REF_PIXEL": 1 << 17, "NO_FLAT_FIELD": 1 << 18,
+    "NO_GAIN_VALUE": 1 << 19, "NO_LIN_CORR": 1 << 20, "NO_SAT_CHECK": 1 << 21,
+    "UNRELIABLE_BIAS": 1 << 22, "UNRELIABLE_DARK": 1 << 23, "UNRELIABLE_SLOPE": 1 << 24,
+    "UNRELIABLE_FLAT": 1 << 25, "OPEN": 1 << 26, "ADJ_OPEN": 1 << 27,
+    "UNRELIABLE_RESET": 1 << 28, "MSA_FAILED_OPEN": 1 << 29, "OTHER_BAD_PIXEL": 1 << 30,
+    "REFERENCE_PIXEL": 1 << 31,
+}
+
+#: Bits masked by default: unusable, saturated, or hit by a cosmic ray in the ramp.
+DEFAULT_DQ_MASK = ("DO_NOT_USE", "SATURATED", "JUMP_DET")
+
+
+@dataclass
+class ImageData:
+    """An image read from FITS.
+
+    Attributes
+    ----------
+    data : ndarray (ny, nx) float64
+    error : ndarray (ny, nx) or None
+        1-sigma uncertainties (from ERR), non-positive/non-finite values already masked.
+    mask : ndarray (ny, nx) bool or None
+        True = ignore (DQ bits, non-finite data or error).
+    header : astropy Header of the science HDU (with the primary header's WCS keys merged)
+    wcs : astropy WCS or None (only when celestial)
+    unit : str or None (BUNIT)
+    """
+
+    data: np.ndarray
+    error: np.ndarray | None
+    mask: np.ndarray | None
+    header: fits.Header
+    wcs: object | None
+    unit: str | None
+
+
+def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
+    """Boolean mask of pixels whose DQ value has any of ``bits`` set.
+
+    Parameters
+    ----------
+    dq : ndarray of int (ny, nx)
+    bits : int or sequence of str/int
+        Bit names from :data:`JWST_DQ_FLAGS` or integer bit values.
+
+    Examples
+    --------
+    >>> dq_to_mask(np.array([[0, 1], [2, 4]]), ['SATURATED']).tolist()
+    [[False, False], [True, False]]
+    """
+    if isinstance(bits, (int, np.integer)):
+        value = int(bits)
+    else:
+        value = 0
+        for b in bits:
+            if isinstance(b, str):
+                key = b.strip().upper()
+                if key not in JWST_DQ_FLAGS:
+                    raise ValueError(f"unknown DQ flag name {b!r}; known: "
+                                     f"{', '.join(JWST_DQ_FLAGS)}")
+                value |= JWST_DQ_FLAGS[key]
+            else:
+                value |= int(b)
+    return (np.asarray(dq).astype(np.int64) & value) != 0
+
+
+def _find_hdu(hdul, ext, path, what):
+    if ext is None:
+        return None
+    try:
+        hdu = hdul[ext]
+    except (KeyError, IndexError):
+        raise ValueError(f"{path}: no extension {ext!r} for the {what}") from None
+    if hdu.data is None or np.ndim(hdu.data) != 2:
+        raise ValueError(f"{path}: extension {ext!r} ({what}) is not a 2D image")
+    return hdu
+
+
+def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT_DQ_MASK):
+    """Read a science image (and its error and DQ planes) from a FITS file.
+
+    Parameters
+    ----------
+    path : str or Path
+    ext : int or str, optional
+        Science extension; default 'SCI' when present, else the first 2D HDU.
+    err_ext, dq_ext : int, str, 'auto' or None
+        'auto' uses 'ERR'/'DQ' when present; None ignores them.
+    dq_bits : sequence of str/int or int
+        DQ bits to mask.
+
+    Returns
+    -------
+    ImageData
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from astropy.io import fits
+    >>> p = os.path.join(tempfile.mkdtemp(), 'x.fits')
+    >>> fits.PrimaryHDU(np.ones((4, 5))).writeto(p)
+    >>> read_image(p).data.shape
+    (4, 5)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        hdul = fits.open(path, memmap=True)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable FITS file ({exc})") from None
+    with hdul:
+        names = [h.name.upper() for h in hdul]
+        if ext is None:
+            if "SCI" in names:
+                ext = "SCI"
+            else:
+                ext = next((i for i, h in enumerate(hdul)
+                            if h.data is not None and np.ndim(h.data) == 2), None)
+                if ext is None:
+                    raise ValueError(f"{path}: no 2D image extension found")
+        sci = _find_hdu(hdul, ext, path, "science data")
+        data = np.array(sci.data, dtype=float)
+        if err_ext == "auto":
+            err_ext = "ERR" if "ERR" in names else None
+        if dq_ext == "auto":
+            dq_ext = "DQ" if "DQ" in names else None
+        err_hdu = _find_hdu(hdul, err_ext, path, "error")
+        dq_hdu = _find_hdu(hdul, dq_ext, path, "data quality")
+        header = sci.header.copy()
+        primary = hdul[0].header
+        mask = ~np.isfinite(data)
+        error = None
+        if err_hdu is not None:
+            error = np.array(err_hdu.data, dtype=float)
+            if error.shape != data.shape:
+                raise ValueError(f"{path}: ERR shape {error.shape} != SCI shape {data.shape}")
+            bad_err = ~np.isfinite(error) | (error <= 0)
+            mask |= bad_err
+            error = np.where(bad_err, 1.0, error)  # masked anyway; keeps weights finite
+        if dq_hdu is not None:
+            if dq_hdu.data.shape != data.shape:
+                raise ValueError(f"{path}: DQ shape {dq_hdu.data.shape} != SCI shape "
+                                 f"{data.shape}")
+            mask |= dq_to_mask(dq_hdu.data, dq_bits)
+    data = np.where(mask, 0.0, data)  # masked pixels never enter a sum
+    wcs = _celestial_wcs(header, primary)
+    unit = header.get("BUNIT", primary.get("BUNIT"))
+    return ImageData(data=data, error=error, mask=mask if mask.any() else None, header=header,
+                     wcs=wcs, unit=unit)
+
+
+def _celestial_wcs(header, primary):
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            w = WCS(header)
+        except Exception:  # noqa: BLE001 - a broken WCS is reported as "no WCS"
+            return None
+    if not w.has_celestial:
+        return None
+    return w.celestial
+
+
+def atomic_path(path):
+    """Context-free helper: a temporary sibling path to write before ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_table(table, path, *, overwrite=True):
+    """Write a table atomically; the format follows the extension (.ecsv, .fits, .csv...).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from astropy.table import Table
+    >>> p = os.path.join(tempfile.mkdtemp(), 'cat.ecsv')
+    >>> write_table(Table({'a': [1, 2]}), p)
+    >>> os.path.exists(p)
+    True
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use overwrite)")
+    suffix = path.suffix.lower()
+    formats = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits",
+               ".fits.gz": "fits", ".txt": "ascii.fixed_width_two_line",
+               ".dat": "ascii.fixed_width_two_line", ".html": "ascii.html"}
+    fmt = formats.get(suffix)
+    if fmt is None:
+        raise ValueError(f"unsupported catalog extension {suffix!r}; use one of "
+                         f"{', '.join(sorted(formats))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        table.write(tmp, format=fmt, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_fits_image(data, path, *, header=None, extname=None, overwrite=True):
+    """Write a 2D image to FITS atomically."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (use overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = np.asarray(getattr(data, "value", data), dtype=np.float32)
+    hdu = fits.PrimaryHDU(value, header=header)
+    if extname:
+        hdu.header["EXTNAME"] = extname
+    tmp = atomic_path(path)
+    try:
+        hdu.writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

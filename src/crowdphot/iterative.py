@@ -1,0 +1,218 @@
+"""Iterative PSF photometry: find, fit, subtract, find again in the residual (photutils 3 API)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+from astropy.table import QTable, vstack
+
+from ._photinit import _table_from_finder, coerce_inputs
+from .photometry import PSFPhotometry, PSFPhotometryResult
+
+__all__ = ["IterativePSFPhotometry"]
+
+
+class IterativePSFPhotometry:
+    """Iterative PSF photometry, as photutils 3's ``IterativePSFPhotometry``.
+
+    Each iteration fits the sources, subtracts the fitted models and runs the ``finder`` on
+    the residual image. In ``mode='new'`` only the newly found sources are fitted (on the
+    residual); in ``mode='all'`` all sources found so far are refitted together on the original
+    data (a ``grouper`` is then required so that new neighbours are fitted jointly).
+
+    Parameters
+    ----------
+    psf_model, fit_shape, finder : see :class:`PSFPhotometry` (``finder`` is required)
+    maxiters : int
+        Maximum number of find/fit iterations.
+    mode : {'new', 'all'}
+    sub_shape : int, (ny, nx) or None
+        Stamp used to subtract fitted models; default: the model's bounding box.
+    **kwargs
+        grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
+        local_bkg_estimator, group_warning_threshold, progress_bar, as for PSFPhotometry.
+
+    Examples
+    --------
+    >>> from crowdphot import (CircularGaussianPRF, DAOStarFinder, IterativePSFPhotometry,
+    ...                        make_psf_model_image)
+    >>> model = CircularGaussianPRF(fwhm=2.5)
+    >>> data, truth = make_psf_model_image((64, 64), model, 4, flux=(800, 1000),
+    ...                                    min_separation=12, seed=1, model_shape=(11, 11))
+    >>> finder = DAOStarFinder(threshold=20, fwhm=2.5)
+    >>> phot = IterativePSFPhotometry(model, (5, 5), finder, aperture_radius=4, maxiters=2)
+    >>> len(phot(data))
+    4
+    """
+
+    def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
+                 fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
+                 aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
+                 sub_shape=None, progress_bar=False):
+        if finder is None:
+            raise ValueError("finder cannot be None for IterativePSFPhotometry")
+        if aperture_radius is None:
+            raise ValueError("aperture_radius cannot be None for IterativePSFPhotometry")
+        if (not np.isscalar(maxiters) or not np.isfinite(maxiters) or maxiters <= 0
+                or int(maxiters) != maxiters):
+            raise ValueError("maxiters must be a strictly-positive integer")
+        if mode not in ("new", "all"):
+            raise ValueError("mode must be 'new' or 'all'")
+        if mode == "all" and grouper is None:
+            raise ValueError("grouper must be input for the 'all' mode")
+        self._psfphot = PSFPhotometry(
+            psf_model, fit_shape, finder=finder, grouper=grouper, fitter=fitter,
+            fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
+            aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
+            group_warning_threshold=group_warning_threshold, progress_bar=progress_bar)
+        self.maxiters = int(maxiters)
+        self.mode = mode
+        self.sub_shape = sub_shape
+        self._last = threading.local()
+
+    def __getattr__(self, name):
+        # configuration shared with the wrapped PSFPhotometry (psf_model, finder, ...)
+        if name in PSFPhotometry._ATTRS:
+            return getattr(self.__dict__["_psfphot"], name)
+        raise AttributeError(name)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_last", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._last = threading.local()
+
+    def __repr__(self):
+        args = ", ".join(f"{a}={getattr(self, a)!r}" for a in
+                         (*PSFPhotometry._ATTRS, "maxiters", "mode", "sub_shape"))
+        return f"<{type(self).__name__}({args})>"
+
+    def run(self, data, *, mask=None, error=None, init_params=None):
+        """Stateless call: ``(combined PSFPhotometryResult or None, per-iteration results)``."""
+        data, mask, error, unit = coerce_inputs(data, mask, error)
+        if unit is not None:
+            import astropy.units as u
+
+            data_q = u.Quantity(data, unit)
+            error_q = None if error is None else u.Quantity(error, unit)
+        else:
+            data_q, error_q = data, error
+        first = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init_params)
+        if first is None:
+            return None, []
+        per_iter = [first]
+        table = first.results
+        table["iter_detected"] = np.ones(len(table), dtype=np.int64)
+        current = first
+        residual = data_q
+        for it in range(2, self.maxiters + 1):
+            residual = current.make_residual_image(residual, psf_shape=self.sub_shape)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no sources found" is the normal end
+                found = self._psfphot.finder(residual, mask=mask)
+            if found is None or len(found) == 0:
+                break
+            new = _table_from_finder(found)
+            if self.mode == "all":
+                prev = current.results_to_init_params()
+                keep = QTable({c: prev[c] for c in ("x_init", "y_init", "flux_init")})
+                keep["id"] = np.arange(1, len(keep) + 1)
+                new["id"] = np.arange(len(new)) + len(keep) + 1
+                new = self._with_aperture_flux(residual, mask, new, unit)
+                init = vstack([keep[["id", "x_init", "y_init", "flux_init"]], new])
+                detected = np.concatenate([np.asarray(table["iter_detected"]),
+                                           np.full(len(new), it)])
+                current = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init)
+                if current is None:
+                    break
+                table = current.results
+                table["iter_detected"] = detected[: len(table)]
+                residual = data_q
+            else:
+                current = self._psfphot.run(residual, mask=mask, error=error_q, init_params=new)
+                if current is None:
+                    break
+                new_tbl = current.results
+                new_tbl["id"] += np.max(table["id"])
+                new_tbl["group_id"] += np.max(table["group_id"])
+                new_tbl["iter_detected"] = np.full(len(new_tbl), it, dtype=np.int64)
+                new_tbl.meta = {}
+                table = vstack([table, new_tbl])
+            per_iter.append(current)
+        cols = list(table.colnames)
+        cols.remove("iter_detected")
+        cols.insert(cols.index("group_size") + 1, "iter_detected")
+        table = table[cols]
+        table.meta.update({"psf_class": type(self).__name__, "maxiters": self.maxiters,
+                           "mode": self.mode, "sub_shape": self.sub_shape})
+        combined = PSFPhotometryResult(
+            results=table, init_params=None, finder_results=first.finder_results,
+            fit_info=None, psf_model=self._psfphot.psf_model,
+            main_params=first._main_params, unit=unit, progress_bar=self._psfphot.progress_bar)
+        return combined, per_iter
+
+    def _with_aperture_flux(self, data, mask, table, unit):
+        from .aperture import CircularAperture
+
+        ap = CircularAperture(np.column_stack([table["x_init"], table["y_init"]]),
+                              r=self._psfphot.aperture_radius)
+        flux, _ = ap.do_photometry(data, mask=mask)
+        table["flux_init"] = flux
+        return table
+
+    def __call__(self, data, *, mask=None, error=None, init_params=None):
+        """Run the iterative photometry; returns the combined results table (or None)."""
+        combined, per_iter = self.run(data, mask=mask, error=error, init_params=init_params)
+        self._last.result = combined
+        self._last.fit_results = per_iter
+        return None if combined is None else combined.results
+
+    def _result(self):
+        r = getattr(self._last, "result", None)
+        if r is None:
+            raise ValueError("No results available. Please run the IterativePSFPhotometry "
+                             "instance first.")
+        return r
+
+    @property
+    def results(self):
+        """Latest combined results table in this thread."""
+        r = getattr(self._last, "result", None)
+        return None if r is None else r.results
+
+    @property
+    def fit_results(self):
+        """Per-iteration :class:`PSFPhotometryResult` objects of the latest call."""
+        return list(getattr(self._last, "fit_results", []))
+
+    def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
+        """Initial-parameter table from the latest combined results."""
+        return self._result().results_to_init_params(remove_invalid=remove_invalid,
+                                                     reset_ids=reset_ids)
+
+    def results_to_model_params(self, *, remove_invalid=True, reset_ids=True):
+        """Model-parameter table from the latest combined results."""
+        return self._result().results_to_model_params(remove_invalid=remove_invalid,
+                                                      reset_ids=reset_ids)
+
+    def decode_flags(self, *, return_bit_values=False):
+        """Decode the latest results' flags."""
+        from .flags import decode_flags
+
+        return decode_flags(self._result().results["flags"],
+                            return_bit_values=return_bit_values)
+
+    def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
+        """Image of all fitted sources of the latest call."""
+        return self._result().make_model_image(shape, psf_shape=psf_shape,
+                                               include_local_bkg=include_local_bkg)
+
+    def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
+        """``data`` minus the model image of all fitted sources."""
+        return self._result().make_residual_image(data, psf_shape=psf_shape,
+                                                  include_local_bkg=include_local_bkg)
