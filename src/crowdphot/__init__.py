@@ -52,6 +52,7 @@ _EXPORTS = {
     "PSFPhotometryResult": "crowdphot.photometry",
     "run_psf_photometry": "crowdphot.photometry",
     "decode_flags": "crowdphot.flags",
+    "photometry_tiled": "crowdphot.tiled",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

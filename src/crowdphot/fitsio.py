@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["JWST_DQ_FLAGS", "ImageData", "dq_to_mask", "read_image", "write_table",
-           "write_fits_image", "atomic_path"]
+__all__ = ["JWST_DQ_FLAGS", "ImageData", "FitsPlanes", "clean_planes", "dq_to_mask",
+           "read_image", "write_table", "write_fits_image", "atomic_path"]
 
 #: JWST data-quality bit names (jwst pipeline ``dqflags.pixel``): the facts of the format.
 JWST_DQ_FLAGS = {
@@ -144,7 +144,7 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
                 if ext is None:
                     raise ValueError(f"{path}: no 2D image extension found")
         sci = _find_hdu(hdul, ext, path, "science data")
-        data = np.array(sci.data, dtype=float)
+        data = sci.data
         if err_ext == "auto":
             err_ext = "ERR" if "ERR" in names else None
         if dq_ext == "auto":
@@ -153,25 +153,68 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
         dq_hdu = _find_hdu(hdul, dq_ext, path, "data quality")
         header = sci.header.copy()
         primary = hdul[0].header
-        mask = ~np.isfinite(data)
-        error = None
-        if err_hdu is not None:
-            error = np.array(err_hdu.data, dtype=float)
-            if error.shape != data.shape:
-                raise ValueError(f"{path}: ERR shape {error.shape} != SCI shape {data.shape}")
-            bad_err = ~np.isfinite(error) | (error <= 0)
-            mask |= bad_err
-            error = np.where(bad_err, 1.0, error)  # masked anyway; keeps weights finite
-        if dq_hdu is not None:
-            if dq_hdu.data.shape != data.shape:
-                raise ValueError(f"{path}: DQ shape {dq_hdu.data.shape} != SCI shape "
+        for hdu, what in ((err_hdu, "ERR"), (dq_hdu, "DQ")):
+            if hdu is not None and hdu.data.shape != data.shape:
+                raise ValueError(f"{path}: {what} shape {hdu.data.shape} != SCI shape "
                                  f"{data.shape}")
-            mask |= dq_to_mask(dq_hdu.data, dq_bits)
-    data = np.where(mask, 0.0, data)  # masked pixels never enter a sum
+        data, error, mask = clean_planes(data, None if err_hdu is None else err_hdu.data,
+                                         None if dq_hdu is None else dq_hdu.data, dq_bits)
     wcs = _celestial_wcs(header, primary)
     unit = header.get("BUNIT", primary.get("BUNIT"))
-    return ImageData(data=data, error=error, mask=mask if mask.any() else None, header=header,
-                     wcs=wcs, unit=unit)
+    return ImageData(data=data, error=error, mask=mask, header=header, wcs=wcs, unit=unit)
+
+
+def clean_planes(data, error=None, dq=None, dq_bits=DEFAULT_DQ_MASK):
+    """Turn raw SCI/ERR/DQ planes into ``(data, error, mask)`` ready for photometry.
+
+    Masked: non-finite data, non-finite or non-positive errors, and DQ ``dq_bits``. Masked
+    data pixels are set to 0 and masked errors to 1 so that no NaN reaches a sum or a weight.
+
+    Returns
+    -------
+    data : ndarray float64; error : ndarray or None; mask : ndarray bool or None
+    """
+    data = np.array(data, dtype=float)
+    mask = ~np.isfinite(data)
+    if error is not None:
+        error = np.array(error, dtype=float)
+        bad_err = ~np.isfinite(error) | (error <= 0)
+        mask |= bad_err
+        error[bad_err] = 1.0
+    if dq is not None:
+        mask |= dq_to_mask(dq, dq_bits)
+    data[mask] = 0.0
+    return data, error, (mask if mask.any() else None)
+
+
+class FitsPlanes:
+    """Lazy, memory-mapped access to SCI/ERR/DQ of a FITS file, one cut-out at a time.
+
+    Nothing is read until :meth:`cut` is called, so a tile task touches only its pixels.
+    """
+
+    def __init__(self, path, *, ext=None, err_ext="auto", dq_ext="auto",
+                 dq_bits=DEFAULT_DQ_MASK):
+        self.path = str(path)
+        self.dq_bits = dq_bits
+        with fits.open(self.path, memmap=True) as hdul:
+            names = [h.name.upper() for h in hdul]
+            if ext is None:
+                ext = "SCI" if "SCI" in names else next(
+                    i for i, h in enumerate(hdul) if h.header.get("NAXIS", 0) == 2)
+            self.ext = ext
+            self.err_ext = ("ERR" if "ERR" in names else None) if err_ext == "auto" else err_ext
+            self.dq_ext = ("DQ" if "DQ" in names else None) if dq_ext == "auto" else dq_ext
+            h = hdul[ext].header
+            self.shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
+
+    def cut(self, y0, y1, x0, x1):
+        """``(data, error, mask)`` of the region ``[y0:y1, x0:x1]``."""
+        with fits.open(self.path, memmap=True) as hdul:
+            sci = hdul[self.ext].data[y0:y1, x0:x1]
+            err = None if self.err_ext is None else hdul[self.err_ext].data[y0:y1, x0:x1]
+            dq = None if self.dq_ext is None else hdul[self.dq_ext].data[y0:y1, x0:x1]
+            return clean_planes(sci, err, dq, self.dq_bits)
 
 
 def _celestial_wcs(header, primary):
