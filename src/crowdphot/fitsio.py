@@ -130,7 +130,7 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        hdul = fits.open(path, memmap=True)
+        hdul = fits.open(path)
     except OSError as exc:
         raise ValueError(f"{path}: not a readable FITS file ({exc})") from None
     with hdul:
@@ -197,7 +197,7 @@ class FitsPlanes:
                  dq_bits=DEFAULT_DQ_MASK):
         self.path = str(path)
         self.dq_bits = dq_bits
-        with fits.open(self.path, memmap=True) as hdul:
+        with fits.open(self.path) as hdul:
             names = [h.name.upper() for h in hdul]
             if ext is None:
                 ext = "SCI" if "SCI" in names else next(
@@ -210,7 +210,7 @@ class FitsPlanes:
 
     def cut(self, y0, y1, x0, x1):
         """``(data, error, mask)`` of the region ``[y0:y1, x0:x1]``."""
-        with fits.open(self.path, memmap=True) as hdul:
+        with fits.open(self.path) as hdul:
             sci = hdul[self.ext].data[y0:y1, x0:x1]
             err = None if self.err_ext is None else hdul[self.err_ext].data[y0:y1, x0:x1]
             dq = None if self.dq_ext is None else hdul[self.dq_ext].data[y0:y1, x0:x1]
