@@ -31,6 +31,7 @@ _EXPORTS = {
     "make_noise_image": "crowdphot.simulate",
     "make_model_params": "crowdphot.simulate",
     "make_random_xycoords": "crowdphot.simulate",
+    "render_image": "crowdphot.render",
     # detection, apertures, background, grouping, matching
     "IRAFStarFinder": "crowdphot.detect",
     "DAOStarFinder": "crowdphot.detect",
