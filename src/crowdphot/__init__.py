@@ -25,6 +25,8 @@ _EXPORTS = {
     "GriddedPSFModel": "crowdphot.psf.gridded",
     "STDPSFGrid": "crowdphot.psf.io",
     "jwst_like_psf_grid": "crowdphot.datasets",
+    "jwst_like_psf_grid_path": "crowdphot.datasets",
+    "write_jwst_like_psf_grid": "crowdphot.datasets",
     # simulation
     "make_psf_model_image": "crowdphot.simulate",
     "make_model_image": "crowdphot.simulate",
