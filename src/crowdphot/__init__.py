@@ -11,6 +11,9 @@ import importlib
 
 __version__ = "0.1.0"
 
+#: Set True to get plain QTables without the deprecated photutils < 3 column aliases.
+future_column_names = False
+
 # public name -> submodule that defines it
 _EXPORTS = {
     # PSF models
@@ -37,6 +40,8 @@ _EXPORTS = {
     # detection, apertures, background, grouping, matching
     "IRAFStarFinder": "crowdphot.detect",
     "DAOStarFinder": "crowdphot.detect",
+    "NoDetectionsWarning": "crowdphot.detect",
+    "use_future_column_names": "crowdphot._tables",
     "CircularAperture": "crowdphot.aperture",
     "CircularAnnulus": "crowdphot.aperture",
     "aperture_photometry": "crowdphot.aperture",
@@ -44,6 +49,9 @@ _EXPORTS = {
     "MMMBackground": "crowdphot.background",
     "MedianBackground": "crowdphot.background",
     "MeanBackground": "crowdphot.background",
+    "ModeEstimatorBackground": "crowdphot.background",
+    "ApertureMask": "crowdphot.aperture",
+    "circular_aperture_sums": "crowdphot.aperture",
     "SourceGrouper": "crowdphot.group",
     "SourceGroups": "crowdphot.group",
     "match_summary": "crowdphot.match",

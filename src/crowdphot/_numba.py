@@ -46,8 +46,5 @@ def njit(*args, **kwargs):
     return lambda f: f
 
 
-def prange(*args):
-    """``numba.prange`` inside compiled kernels, ``range`` otherwise."""
-    if HAVE_NUMBA:
-        return _numba.prange(*args)
-    return range(*args)
+#: ``numba.prange`` (usable inside compiled kernels) when numba is installed, else ``range``.
+prange = _numba.prange if HAVE_NUMBA else range
