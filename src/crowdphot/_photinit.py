@@ -95,8 +95,11 @@ def coerce_inputs(data, mask, error):
         if mask is None and data.mask is not None:
             mask = data.mask
         if error is None and data.uncertainty is not None:
-            err = data.uncertainty.represent_as(StdDevUncertainty).array
-            error = err
+            unc = data.uncertainty.represent_as(StdDevUncertainty)
+            error = unc.array
+            if unit is not None:
+                # the uncertainty may carry its own (compatible) unit, e.g. mJy for Jy data
+                error = u.Quantity(error, unit if unc.unit is None else unc.unit)
         data = data.data if unit is None else u.Quantity(data.data, unit)
     unit = None
     if isinstance(data, u.Quantity):
@@ -248,9 +251,16 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
                 sums, _ = aper.do_photometry(data, mask=mask)
             flux[good] = np.asarray(getattr(sums, "value", sums), dtype=float)
         bkg = np.asarray(table["local_bkg"], dtype=float)
-        finite = np.isfinite(bkg)
-        # the aperture sum includes the local sky under the star; remove it per unit area
-        flux[finite] -= bkg[finite]
+        finite = np.isfinite(bkg) & good & (bkg != 0)
+        if np.any(finite):
+            # the aperture sum holds the sky level times the (unmasked, in-image) aperture
+            # area, so the sky is removed per unit area; photutils 3.0 subtracts it only once
+            aper = CircularAperture(np.column_stack([xs[finite], ys[finite]]),
+                                    r=aperture_radius)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CrowdphotWarning)
+                area, _ = aper.do_photometry(np.ones(data.shape), mask=mask)
+            flux[finite] -= bkg[finite] * np.asarray(getattr(area, "value", area), dtype=float)
         table["flux_init"] = flux
 
     if "group_id" in table.colnames:

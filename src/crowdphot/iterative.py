@@ -6,12 +6,20 @@ import threading
 import warnings
 
 import numpy as np
-from astropy.table import QTable, vstack
+from astropy.table import vstack
 
 from ._photinit import _table_from_finder, coerce_inputs
-from .photometry import PSFPhotometry, PSFPhotometryResult
+from ._tables import add_deprecated_aliases
+from .photometry import PSFPhotometry, PSFPhotometryResult, _positive_real
 
 __all__ = ["IterativePSFPhotometry"]
+
+
+def _valid_rows(results):
+    """Rows kept by ``results_to_init_params`` (all fitted values finite)."""
+    fit_cols = [c for c in results.colnames if c.endswith("_fit")]
+    return np.all([np.isfinite(np.asarray(getattr(results[c], "value", results[c])))
+                   for c in fit_cols], axis=0)
 
 
 class IterativePSFPhotometry:
@@ -55,8 +63,7 @@ class IterativePSFPhotometry:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
             raise ValueError("aperture_radius cannot be None for IterativePSFPhotometry")
-        if (not np.isscalar(maxiters) or not np.isfinite(maxiters) or maxiters <= 0
-                or int(maxiters) != maxiters):
+        if int(_positive_real("maxiters", maxiters)) != maxiters:
             raise ValueError("maxiters must be a strictly-positive integer")
         if mode not in ("new", "all"):
             raise ValueError("mode must be 'new' or 'all'")
@@ -106,7 +113,8 @@ class IterativePSFPhotometry:
         if first is None:
             return None, []
         per_iter = [first]
-        table = first.results
+        # shallow copies: the per-iteration results in fit_results stay as they were fitted
+        table = first.results.copy(copy_data=False)
         table["iter_detected"] = np.ones(len(table), dtype=np.int64)
         current = first
         residual = data_q
@@ -119,27 +127,33 @@ class IterativePSFPhotometry:
                 break
             new = _table_from_finder(found)
             if self.mode == "all":
-                prev = current.results_to_init_params()
-                keep = QTable({c: prev[c] for c in ("x_init", "y_init", "flux_init")})
-                keep["id"] = np.arange(1, len(keep) + 1)
-                new["id"] = np.arange(len(new)) + len(keep) + 1
+                # previous fits (extra free parameters included) start the joint refit;
+                # sources whose fit failed are dropped, as photutils does
+                init_cols = ["id"] + [c for c in current.results.colnames
+                                      if c.endswith("_init")]
+                prev = current.results_to_init_params()[init_cols]
+                valid = _valid_rows(current.results)
+                new["id"] = np.arange(len(new)) + len(prev) + 1
                 new = self._with_aperture_flux(residual, mask, new, unit)
-                init = vstack([keep[["id", "x_init", "y_init", "flux_init"]], new])
-                detected = np.concatenate([np.asarray(table["iter_detected"]),
+                for name in init_cols[4:]:  # extra free parameters start at the model value
+                    alias = name[: -len("_init")]
+                    new[name] = float(getattr(self._psfphot.psf_model, alias).value)
+                init = vstack([prev, new[init_cols]])
+                detected = np.concatenate([np.asarray(table["iter_detected"])[valid],
                                            np.full(len(new), it)])
                 current = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init)
                 if current is None:
                     break
-                table = current.results
-                table["iter_detected"] = detected[: len(table)]
+                table = current.results.copy(copy_data=False)
+                table["iter_detected"] = detected
                 residual = data_q
             else:
                 current = self._psfphot.run(residual, mask=mask, error=error_q, init_params=new)
                 if current is None:
                     break
-                new_tbl = current.results
-                new_tbl["id"] += np.max(table["id"])
-                new_tbl["group_id"] += np.max(table["group_id"])
+                new_tbl = current.results.copy(copy_data=False)
+                new_tbl["id"] = new_tbl["id"] + np.max(table["id"])
+                new_tbl["group_id"] = new_tbl["group_id"] + np.max(table["group_id"])
                 new_tbl["iter_detected"] = np.full(len(new_tbl), it, dtype=np.int64)
                 new_tbl.meta = {}
                 table = vstack([table, new_tbl])
@@ -147,7 +161,8 @@ class IterativePSFPhotometry:
         cols = list(table.colnames)
         cols.remove("iter_detected")
         cols.insert(cols.index("group_size") + 1, "iter_detected")
-        table = table[cols]
+        # vstack builds a fresh table: restore the pre-3.0 column alias
+        table = add_deprecated_aliases(table[cols], {"npixfit": "n_pixels_fit"})
         table.meta.update({"psf_class": type(self).__name__, "maxiters": self.maxiters,
                            "mode": self.mode, "sub_shape": self.sub_shape})
         combined = PSFPhotometryResult(
@@ -157,6 +172,7 @@ class IterativePSFPhotometry:
         return combined, per_iter
 
     def _with_aperture_flux(self, data, mask, table, unit):
+        # photutils measures new sources' starting flux on the residual without sky removal
         from .aperture import CircularAperture
 
         ap = CircularAperture(np.column_stack([table["x_init"], table["y_init"]]),

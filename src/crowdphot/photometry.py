@@ -9,6 +9,7 @@ between threads or shipped to Dask workers without cross-talk.
 
 from __future__ import annotations
 
+import numbers
 import threading
 import warnings
 
@@ -316,13 +317,29 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     -------
     result : PSFPhotometryResult or None
         None when no sources were found or given.
+
+    Examples
+    --------
+    >>> from astropy.table import QTable
+    >>> from crowdphot import CircularGaussianPRF
+    >>> psf = CircularGaussianPRF(fwhm=2.5)
+    >>> img = psf.psf_stamps([20.3], [15.7], (32, 40), xlo=[0], ylo=[0])[0] * 1000.0
+    >>> res = run_psf_photometry(img, psf, (5, 5),
+    ...                          init_params=QTable({'x': [20.0], 'y': [16.0], 'flux': [900.0]}))
+    >>> round(float(res.results['x_fit'][0]), 4), round(float(res.results['flux_fit'][0]), 2)
+    (20.3, 1000.0)
     """
     data, mask, error, unit = _photinit.coerce_inputs(data, mask, error)
-    data, bad = check_image("data", data)
+    data, bad = check_image("data", data, warn_nonfinite=False)
     mask = check_mask("mask", mask, data.shape)
-    error = check_error("error", error, data.shape)
     if bad is not None:
+        # only non-finite pixels the caller did not mask deserve a warning
+        n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
+        if n_new:
+            warnings.warn(f"data contains {n_new} unmasked non-finite (NaN/inf) pixel(s); "
+                          "they are masked", CrowdphotWarning, stacklevel=3)
         mask = bad if mask is None else (mask | bad)
+    error = _check_error_unmasked(error, data.shape, mask)
     main_params = _photinit.model_main_params(psf_model)
     table, finder_results = _photinit.build_init_params(
         data, mask, init_params, psf_model=psf_model, finder=finder, grouper=grouper,
@@ -400,7 +417,10 @@ class PSFPhotometry:
     xy_bounds : float or (bx, by), optional
         Maximum distance of the fitted position from the initial one.
     aperture_radius : float, optional
-        Radius of the aperture giving the initial flux when ``init_params`` has none.
+        Radius of the aperture giving the initial flux when ``init_params`` has none: the
+        aperture sum minus ``local_bkg`` times the (unmasked) aperture area. photutils 3.0
+        subtracts ``local_bkg`` only once, which overestimates the start on a sky background;
+        the fitted values do not depend on it.
     local_bkg_estimator : LocalBackground, optional
         Subtracts a local background per source.
     group_warning_threshold : int
@@ -434,15 +454,13 @@ class PSFPhotometry:
         self.finder = finder
         self.grouper = grouper
         self.fitter = fitter
-        if (not np.isscalar(fitter_maxiters) or not np.isfinite(fitter_maxiters)
-                or fitter_maxiters <= 0 or int(fitter_maxiters) != fitter_maxiters):
+        maxiters = _positive_real("fitter_maxiters", fitter_maxiters)
+        if int(maxiters) != maxiters:
             raise ValueError("fitter_maxiters must be a strictly-positive integer")
-        self.fitter_maxiters = int(fitter_maxiters)
+        self.fitter_maxiters = int(maxiters)
         self.xy_bounds = _validate_xy_bounds(xy_bounds)
-        if aperture_radius is not None and (not np.isscalar(aperture_radius)
-                                            or not np.isfinite(aperture_radius)
-                                            or aperture_radius <= 0):
-            raise ValueError("aperture_radius must be a strictly-positive finite scalar")
+        if aperture_radius is not None:
+            _positive_real("aperture_radius", aperture_radius)
         self.aperture_radius = aperture_radius
         if local_bkg_estimator is not None and not callable(local_bkg_estimator):
             raise TypeError("local_bkg_estimator must be a LocalBackground (callable)")
@@ -469,7 +487,8 @@ class PSFPhotometry:
         self._last = threading.local()
 
     def _meta(self):
-        meta = {"psf_class": type(self).__name__}
+        meta = _provenance()
+        meta["psf_class"] = type(self).__name__
         for a in self._ATTRS:
             v = getattr(self, a)
             meta[a] = repr(v) if a in ("psf_model", "finder", "grouper", "fitter",
@@ -551,6 +570,55 @@ class PSFPhotometry:
                                                   include_local_bkg=include_local_bkg)
 
 
+def _check_error_unmasked(error, shape, mask):
+    """Validate ``error`` where it is used: masked pixels may hold 0 or NaN (e.g. bad pixels)."""
+    if error is None or mask is None:
+        return check_error("error", error, shape)
+    arr = np.asarray(getattr(error, "value", error), dtype=float)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"error must have the same shape as data {tuple(shape)}, "
+                         f"got {arr.shape}")
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(arr) & (arr > 0))
+    if np.any(bad & ~mask):
+        raise ValueError("error must be finite and strictly positive on every unmasked pixel "
+                         f"(found {int(np.count_nonzero(bad & ~mask))} bad value(s)); mask "
+                         "those pixels instead")
+    if np.any(bad):
+        arr = np.where(bad, 1.0, arr)  # masked anyway: any valid placeholder
+    return arr
+
+
+def _provenance():
+    """``date`` (UTC) and package ``version`` entries that lead photutils' table metadata."""
+    import datetime
+    import sys
+
+    import astropy
+    import scipy
+
+    from . import __version__
+
+    versions = {"Python": sys.version.split()[0], "crowdphot": __version__,
+                "astropy": astropy.__version__, "numpy": np.__version__,
+                "scipy": scipy.__version__}
+    now = datetime.datetime.now(datetime.UTC)
+    return {"date": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "version": versions}
+
+
+def _positive_real(name, value):
+    """``value`` as a finite float > 0; TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    fv = float(arr)
+    if not np.isfinite(fv) or fv <= 0:
+        raise ValueError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    return fv
+
+
 def _validate_xy_bounds(xy_bounds):
     if xy_bounds is None:
         return None
@@ -564,10 +632,7 @@ def _validate_xy_bounds(xy_bounds):
         if v is None:
             out.append(None)
             continue
-        fv = float(v)
-        if not np.isfinite(fv) or fv <= 0:
-            raise ValueError("xy_bounds must be strictly positive and finite (or None)")
-        out.append(fv)
+        out.append(_positive_real("xy_bounds", v))
     if out[0] is None and out[1] is None:
         return None
     return tuple(out)

@@ -8,6 +8,7 @@ its members' models, and the user's astropy fitter fits it. It loops over groups
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -56,7 +57,9 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
 
     from .._photresults import NEAR_BOUND_TOL, SourceFit
 
-    fitter = TRFLSQFitter() if fitter is None else fitter
+    # astropy fitters keep per-call state (fit_info); a private copy keeps threads that share
+    # one configured PSFPhotometry from reading each other's
+    fitter = TRFLSQFitter() if fitter is None else copy.copy(fitter)
     xname, yname, fname = main_params
     alias_to_param = {"x": xname, "y": yname, "flux": fname}
     for a in aliases[3:]:
@@ -149,9 +152,12 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
             if flux != 0:
                 qfit[i] = np.abs(r).sum() / flux
                 if cen >= 0:
-                    cfit[i] = -r[cen] / flux
+                    # photutils: centre pixel of (data - model), over the flux
+                    cfit[i] = r[cen] / flux
             if error is not None:
-                rchi2[i] = np.sum((r / error[sy, sx]) ** 2) / (sx.size - nfree)
+                # as photutils: inf (not a warning) when pixels == free parameters
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rchi2[i] = np.sum((r / error[sy, sx]) ** 2) / np.float64(sx.size - nfree)
             for a, b in zip(("x", "y"), xy_bounds or (None, None), strict=True):
                 if b is not None and min(abs(vals[a][i] - init[a][i] + b),
                                          abs(vals[a][i] - init[a][i] - b)) <= NEAR_BOUND_TOL:
