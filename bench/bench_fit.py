@@ -1,0 +1,117 @@
+"""Benchmark: the batched fitting engine ``crowdphot.fit.fit_psf`` vs photutils PSFPhotometry.
+
+Both fit the same image from the same initial positions and fluxes (the true values, jittered
+by a seeded 0.2 px / 10 %), with ``fit_shape=5`` and ``error`` given. photutils' time is a full
+``PSFPhotometry.__call__`` (it fits one source or group at a time with astropy's TRF fitter);
+crowdphot's is ``SourceGrouper`` (when grouped) plus ``fit_psf``, which solves every group at
+once. The note reports the largest position and relative flux difference between the two over
+the sources photutils flags as converged.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import best_of, notebook_scene, row  # noqa: E402
+
+FWHM = 2.5
+FIT_SHAPE = 5
+
+
+def _analytic_scene(n, shape, min_separation, seed=1):
+    from crowdphot import CircularGaussianPRF, make_noise_image, make_psf_model_image
+
+    psf = CircularGaussianPRF(fwhm=FWHM)
+    clean, params = make_psf_model_image(shape, psf, n, flux=(500, 20_000),
+                                         min_separation=min_separation, seed=seed)
+    data = clean + make_noise_image(shape, mean=0, stddev=0.5, seed=seed)
+    return data, np.sqrt(np.abs(data) + 0.25), params
+
+
+def _init(params, seed=2):
+    rng = np.random.default_rng(seed)
+    n = len(params)
+    x = np.asarray(params["x_0"], float) + rng.normal(0, 0.2, n)
+    y = np.asarray(params["y_0"], float) + rng.normal(0, 0.2, n)
+    f = np.asarray(params["flux"], float) * rng.uniform(0.9, 1.1, n)
+    return x, y, f
+
+
+def _compare(name, data, error, x, y, f, psf_ours, psf_theirs, group_sep, *, repeat,
+             extra_note=""):
+    from astropy.table import QTable
+    from photutils.psf import PSFPhotometry
+    from photutils.psf import SourceGrouper as PuGrouper
+
+    from crowdphot.fit import fit_psf
+    from crowdphot.group import SourceGrouper
+
+    def ours():
+        gid = SourceGrouper(group_sep)(x, y) if group_sep else None
+        return gid, fit_psf(data, psf_ours, x, y, f, fit_shape=FIT_SHAPE, group_id=gid,
+                            error=error)
+
+    init = QTable({"x": x, "y": y, "flux": f})
+    grouper = PuGrouper(group_sep) if group_sep else None
+    phot = PSFPhotometry(psf_theirs, FIT_SHAPE, grouper=grouper)
+
+    def theirs():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return phot(data, error=error, init_params=init)
+
+    t_ours, (gid, res) = best_of(ours, repeat=repeat)
+    t_theirs, ref = best_of(theirs, repeat=1, warmup=False)
+    ok = (np.asarray(ref["flags"]) & 8) == 0
+    dx = np.nanmax(np.abs(res.x[ok] - np.asarray(ref["x_fit"])[ok]))
+    df = np.nanmax(np.abs(res.flux[ok] / np.asarray(ref["flux_fit"])[ok] - 1))
+    groups = "" if gid is None else f", {len(np.unique(gid))} groups (max {np.bincount(gid).max()})"
+    note = (f"n={len(x)}{groups}; max |dx|={dx:.1e} px, max |dflux/flux|={df:.1e} over "
+            f"{int(ok.sum())} photutils-converged; crowdphot max niter {int(res.niter.max())}"
+            f"{extra_note}")
+    return row(name, t_theirs, t_ours, note)
+
+
+def run(quick=False):
+    from photutils.psf import CircularGaussianPRF as Theirs
+
+    from crowdphot import CircularGaussianPRF as Ours
+
+    repeat = 1 if quick else 3
+    rows = []
+    n500 = 100 if quick else 500
+    data, error, params = _analytic_scene(n500, (2048, 2048), 25)
+    x, y, f = _init(params)
+    pair = (Ours(fwhm=FWHM), Theirs(fwhm=FWHM))
+    rows.append(_compare(f"fit {n500} isolated, CircularGaussianPRF", data, error, x, y, f,
+                         *pair, None, repeat=repeat))
+    rows.append(_compare(f"fit {n500} grouped at 35 px, CircularGaussianPRF", data, error, x, y,
+                         f, *pair, 35.0, repeat=repeat))
+
+    n4k = 800 if quick else 4000
+    data, error, params = _analytic_scene(n4k, (2048, 2048), 1)
+    x, y, f = _init(params)
+    rows.append(_compare(f"fit {n4k} grouped at 10 px, CircularGaussianPRF", data, error, x, y,
+                         f, *pair, 10.0, repeat=repeat))
+
+    scene = notebook_scene() if not quick else notebook_scene(shape=(1024, 1024), n_sources=125)
+    x, y, f = _init(scene["params"])
+    rows.append(_compare(f"fit notebook scene ({len(x)} stars), GriddedPSFModel", scene["data"],
+                         scene["error"], x, y, f, scene["psf_crowdphot"],
+                         scene["psf_photutils"], None, repeat=repeat,
+                         extra_note="; " + scene["note"]))
+    return rows
+
+
+if __name__ == "__main__":  # pragma: no cover
+    quick = "--quick" in sys.argv
+    for r in run(quick=quick):
+        print(f"{r['name']:<55} photutils {r['photutils_s']:8.3f} s  crowdphot "
+              f"{r['crowdphot_s']:8.4f} s  x{r['ratio']:7.1f}  {r['note']}")
