@@ -85,3 +85,42 @@ PSF_CASES = [
 ]
 
 # --- image models: appended by the image/gridded work ---
+import numpy as np  # noqa: E402
+
+from crowdphot.psf.gridded import GriddedPSFModel  # noqa: E402
+from crowdphot.psf.image import ImagePSF  # noqa: E402
+
+
+def _gaussian_image(shape, xc, yc, sx, sy, total):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.exp(-0.5 * (((xx - xc) / sx) ** 2 + ((yy - yc) / sy) ** 2))
+    return img * (total / img.sum())
+
+
+def _image_psf_os4():
+    # peak off the array centre, at (29, 27) in samples; origin points at it
+    data = _gaussian_image((61, 65), 29.0, 27.0, 5.0, 4.5, 16.0)
+    return ImagePSF(data, oversampling=4, origin=(29.0, 27.0))
+
+
+def _gridded_psf():
+    from itertools import product
+
+    from astropy.nddata import NDData
+
+    # 2x2 grid around the contract origin (20, 15), oversampling 2, widths varying with x and y
+    psfs = [_gaussian_image((41, 41), 20.0, 20.0, 3.4 + 0.6 * i, 3.2 + 0.3 * j, 4.0)
+            for j in range(2) for i in range(2)]
+    meta = {"grid_xypos": [(x, y) for y, x in product([0.0, 30.0], [0.0, 40.0])],
+            "oversampling": 2}
+    return GriddedPSFModel(NDData(np.array(psfs), meta=meta))
+
+
+PSF_CASES += [
+    PSFCase("ImagePSF-os1", lambda: ImagePSF(_gaussian_image((31, 31), 15.0, 15.0, 2.0, 2.0, 1.0)),
+            {"norm": 1e-4, "centroid": 1e-3, "value_rtol": 1e-10}),
+    PSFCase("ImagePSF-os4-origin", _image_psf_os4,
+            {"norm": 1e-4, "centroid": 1e-3, "value_rtol": 1e-10}),
+    PSFCase("GriddedPSFModel-2x2", _gridded_psf,
+            {"norm": 1e-4, "centroid": 1e-3, "value_rtol": 1e-10}),
+]
