@@ -111,3 +111,99 @@ def test_write_fits_image_atomic(tmp_path):
     path = tmp_path / "img.fits"
     write_fits_image(np.ones((3, 4)), path)
     assert fits.getdata(path).shape == (3, 4)
+
+
+def test_table_format_from_extension():
+    from crowdphot.fitsio import table_format
+
+    assert table_format("a/b/cat.fits.gz") == "fits"
+    assert table_format("CAT.ECSV") == "ascii.ecsv"
+    assert table_format("cat.csv") == "ascii.csv"
+    with pytest.raises(ValueError, match="unsupported catalog extension '.xyz'"):
+        table_format("cat.xyz")
+
+
+def test_write_table_fits_keeps_non_scalar_meta_without_warnings(tmp_path):
+    t = QTable({"x_fit": [1.0, 2.0]})
+    t.meta.update({"fit_shape": (5, 5), "grouper": None, "aperture_radius": 4.0,
+                   "psf_model": "<Model>"})
+    write_table(t, tmp_path / "cat.fits")  # warnings are errors in this suite
+    hdr = fits.getheader(tmp_path / "cat.fits", 1)
+    assert hdr["FIT_SHAPE"] == "(5, 5)" and hdr["APERTURE_RADIUS"] == 4.0
+    assert "GROUPER" not in hdr
+    assert t.meta["fit_shape"] == (5, 5)  # the caller's table is unchanged
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from crowdphot.fitsio import atomic_write
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("new but broken")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"  # a failed rewrite keeps the previous file
+
+
+def test_write_table_failure_keeps_previous_file(tmp_path):
+    path = tmp_path / "cat.ecsv"
+    write_table(QTable({"a": [1]}), path)
+    with pytest.raises(TypeError, match="table must be an astropy Table"):
+        write_table(object(), path)
+    assert QTable.read(path)["a"][0] == 1
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_write_fits_image_with_wcs_and_unit(tmp_path):
+    import astropy.units as u
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [10.0, 20.0]
+    path = tmp_path / "img.fits"
+    write_fits_image(np.ones((3, 4)) * u.MJy / u.sr, path, wcs=w, extname="RESID")
+    hdr = fits.getheader(path)
+    assert hdr["CTYPE1"] == "RA---TAN" and hdr["BUNIT"] == "MJy / sr"
+    assert hdr["EXTNAME"] == "RESID"
+    with pytest.raises(ValueError, match="2D image"):
+        write_fits_image(np.ones(3), tmp_path / "bad.fits")
+    assert not (tmp_path / "bad.fits").exists()
+
+
+def test_dq_aliases_and_wcs_from_primary(tmp_path, rng):
+    assert dq_to_mask(np.array([4, 2]), ["jump"]).tolist() == [True, False]
+    assert dq_to_mask(np.array([4, 2]), ["2"]).tolist() == [False, True]
+    hdr = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 5.0,
+                       "CRVAL2": 1.0, "CDELT1": -1e-5, "CDELT2": 1e-5})
+    path = tmp_path / "x.fits"
+    fits.HDUList([fits.PrimaryHDU(header=hdr),
+                  fits.ImageHDU(rng.normal(size=(5, 6)), name="SCI")]).writeto(path)
+    img = read_image(path)
+    assert img.wcs is not None
+    np.testing.assert_allclose(img.wcs.wcs.crval, [5.0, 1.0])
+
+
+def test_read_rejects_non_image_extensions(tmp_path):
+    path = tmp_path / "cube.fits"
+    fits.HDUList([fits.PrimaryHDU(np.ones((2, 3, 4))),
+                  fits.BinTableHDU(QTable({"a": [1]}), name="TAB")]).writeto(path)
+    with pytest.raises(ValueError, match="no 2D image extension found"):
+        read_image(path)
+    with pytest.raises(ValueError, match="'TAB' .science data. is not a 2D image"):
+        read_image(path, ext="TAB")
+    with pytest.raises(ValueError, match="no 2D image extension found"):
+        FitsPlanes(path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    from crowdphot.fitsio import default_file_mode
+
+    write_table(QTable({"a": [1]}), tmp_path / "cat.ecsv")
+    write_fits_image(np.ones((2, 2)), tmp_path / "img.fits")
+    for name in ("cat.ecsv", "img.fits"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == default_file_mode()

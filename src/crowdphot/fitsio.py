@@ -6,15 +6,19 @@ Readers return plain arrays plus header/WCS; nothing here knows about photometry
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 
-__all__ = ["JWST_DQ_FLAGS", "ImageData", "FitsPlanes", "clean_planes", "dq_to_mask",
-           "read_image", "write_table", "write_fits_image", "atomic_path"]
+__all__ = ["JWST_DQ_FLAGS", "DEFAULT_DQ_MASK", "ImageData", "FitsPlanes", "clean_planes",
+           "dq_to_mask", "read_image", "table_format", "write_table", "write_fits_image",
+           "atomic_path", "atomic_write", "default_file_mode"]
 
 #: JWST data-quality bit names (jwst pipeline ``dqflags.pixel``): the facts of the format.
 JWST_DQ_FLAGS = {
@@ -32,6 +36,9 @@ JWST_DQ_FLAGS = {
 
 #: Bits masked by default: unusable, saturated, or hit by a cosmic ray in the ramp.
 DEFAULT_DQ_MASK = ("DO_NOT_USE", "SATURATED", "JUMP_DET")
+
+# short spellings people type on the command line
+_DQ_ALIASES = {"JUMP": "JUMP_DET", "SAT": "SATURATED", "BAD": "DO_NOT_USE"}
 
 
 @dataclass
@@ -79,6 +86,10 @@ def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
         for b in bits:
             if isinstance(b, str):
                 key = b.strip().upper()
+                key = _DQ_ALIASES.get(key, key)
+                if key.isdigit():
+                    value |= int(key)
+                    continue
                 if key not in JWST_DQ_FLAGS:
                     raise ValueError(f"unknown DQ flag name {b!r}; known: "
                                      f"{', '.join(JWST_DQ_FLAGS)}")
@@ -201,7 +212,10 @@ class FitsPlanes:
             names = [h.name.upper() for h in hdul]
             if ext is None:
                 ext = "SCI" if "SCI" in names else next(
-                    i for i, h in enumerate(hdul) if h.header.get("NAXIS", 0) == 2)
+                    (i for i, h in enumerate(hdul)
+                     if h.is_image and h.header.get("NAXIS", 0) == 2), None)
+                if ext is None:
+                    raise ValueError(f"{path}: no 2D image extension found")
             self.ext = ext
             self.err_ext = ("ERR" if "ERR" in names else None) if err_ext == "auto" else err_ext
             self.dq_ext = ("DQ" if "DQ" in names else None) if dq_ext == "auto" else dq_ext
@@ -218,31 +232,130 @@ class FitsPlanes:
 
 
 def _celestial_wcs(header, primary):
-    import warnings
-
+    """Celestial WCS of the science header (or of the primary one when SCI has none)."""
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            w = WCS(header)
-        except Exception:  # noqa: BLE001 - a broken WCS is reported as "no WCS"
-            return None
-    if not w.has_celestial:
-        return None
-    return w.celestial
+    for hdr in (header, primary):
+        if "CTYPE1" not in hdr:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            try:
+                w = WCS(hdr)
+            except Exception:  # noqa: BLE001 - a broken WCS is reported as "no WCS"
+                return None
+        return w.celestial if w.has_celestial else None
+    return None
 
 
 def atomic_path(path):
-    """Context-free helper: a temporary sibling path to write before ``os.replace``."""
+    """A fresh temporary name next to ``path``, to be written and then renamed over it.
+
+    The temporary lives in the same directory so that ``os.replace`` is an atomic rename. The
+    file is not created here, so the writer creates it with the usual permissions (umask)
+    rather than the owner-only ones of ``tempfile.mkstemp``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> tmp = atomic_path(os.path.join(tempfile.mkdtemp(), 'cat.ecsv'))
+    >>> tmp.name.startswith('.cat.ecsv.') and tmp.suffix == '.tmp' and not tmp.exists()
+    True
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    return Path(tmp)
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def default_file_mode():
+    """Permission bits a newly created file gets under the current umask (e.g. 0o644).
+
+    Examples
+    --------
+    >>> default_file_mode() & 0o600
+    384
+    """
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_write(path):
+    """Context manager yielding a temporary path that replaces ``path`` on success.
+
+    On any exception the temporary is removed and ``path`` is left untouched, so readers
+    never see a half-written file.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), 'note.txt')
+    >>> with atomic_write(p) as tmp:
+    ...     _ = tmp.write_text('done')
+    >>> Path(p).read_text()
+    'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+_TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits",
+                  ".fits.gz": "fits", ".txt": "ascii.fixed_width_two_line",
+                  ".dat": "ascii.fixed_width_two_line", ".html": "ascii.html"}
+
+
+def table_format(path):
+    """Astropy table format name for a catalog file name, from its extension.
+
+    Raises
+    ------
+    ValueError
+        For an extension with no known format.
+
+    Examples
+    --------
+    >>> table_format('out/cat.fits.gz')
+    'fits'
+    """
+    name = Path(path).name.lower()
+    for ext in sorted(_TABLE_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return _TABLE_FORMATS[ext]
+    raise ValueError(f"unsupported catalog extension {Path(path).suffix.lower()!r} for "
+                     f"{path}; use one of {', '.join(sorted(_TABLE_FORMATS))}")
+
+
+def _fits_safe_meta(meta):
+    """Metadata that FITS headers can hold: scalars kept, other values as their repr."""
+    out = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.bool_)):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
 
 
 def write_table(table, path, *, overwrite=True):
     """Write a table atomically; the format follows the extension (.ecsv, .fits, .csv...).
+
+    Parameters
+    ----------
+    table : astropy Table or QTable
+    path : str or Path
+        Output file; ``.ecsv``, ``.csv``, ``.fits`` (``.fit``, ``.fits.gz``), ``.txt``/``.dat``
+        (fixed width) or ``.html``. Missing parent directories are created.
+    overwrite : bool, optional
+        Replace an existing file (default); else ``FileExistsError``.
 
     Examples
     --------
@@ -253,41 +366,56 @@ def write_table(table, path, *, overwrite=True):
     >>> os.path.exists(p)
     True
     """
+    if not hasattr(table, "colnames") or not hasattr(table, "write"):
+        raise TypeError(f"table must be an astropy Table or QTable, got {type(table).__name__}")
     path = Path(path)
+    fmt = table_format(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite)")
-    suffix = path.suffix.lower()
-    formats = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits",
-               ".fits.gz": "fits", ".txt": "ascii.fixed_width_two_line",
-               ".dat": "ascii.fixed_width_two_line", ".html": "ascii.html"}
-    fmt = formats.get(suffix)
-    if fmt is None:
-        raise ValueError(f"unsupported catalog extension {suffix!r}; use one of "
-                         f"{', '.join(sorted(formats))}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    if fmt == "fits" and table.meta:
+        # FITS headers take only scalars; long keys become HIERARCH cards (which is fine)
+        table = table.copy(copy_data=False)
+        table.meta = _fits_safe_meta(table.meta)
+    with atomic_write(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
         table.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
-def write_fits_image(data, path, *, header=None, extname=None, overwrite=True):
-    """Write a 2D image to FITS atomically."""
+def write_fits_image(data, path, *, header=None, wcs=None, extname=None, overwrite=True):
+    """Write a 2D image to FITS (float32) atomically.
+
+    Parameters
+    ----------
+    data : array_like (ny, nx)
+        The image (a Quantity's unit goes to ``BUNIT``).
+    path : str or Path
+    header : astropy Header, optional
+        Cards to copy into the primary header.
+    wcs : astropy WCS, optional
+        Written into the header.
+    extname : str, optional
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), 'img.fits')
+    >>> write_fits_image(np.ones((3, 4)), p)
+    >>> fits.getdata(p).shape
+    (3, 4)
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    unit = getattr(data, "unit", None)
     value = np.asarray(getattr(data, "value", data), dtype=np.float32)
-    hdu = fits.PrimaryHDU(value, header=header)
+    if value.ndim != 2:
+        raise ValueError(f"data must be a 2D image, got shape {value.shape}")
+    hdu = fits.PrimaryHDU(value, header=None if header is None else header.copy())
+    if wcs is not None:
+        hdu.header.update(wcs.to_header())
+    if unit is not None:
+        hdu.header["BUNIT"] = str(unit)
     if extname:
         hdu.header["EXTNAME"] = extname
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         hdu.writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
