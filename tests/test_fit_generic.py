@@ -11,6 +11,8 @@ from astropy.modeling.fitting import LevMarLSQFitter, TRFLSQFitter
 from astropy.table import QTable
 
 import crowdphot as cp
+from _scenes import clear_photutils_flat_model_cache
+from _scenes import column_values as _val
 from crowdphot import PSFPhotometry
 from crowdphot._validate import CrowdphotWarning
 
@@ -19,17 +21,7 @@ pp = pytest.importorskip("photutils.psf")
 SHAPE = (56, 56)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_photutils_flat_model_cache():
-    """Work around a photutils 3.0 bug in the oracle.
-
-    photutils caches its grouped-model class by ``(n_sources, model type)`` only, ignoring which
-    parameters are fixed: after a grouped fit with a free ``fwhm`` the next grouped fit of the
-    same model type with a fixed ``fwhm`` fails (reshape error), and vice versa.
-    """
-    from photutils.psf import _components
-
-    _components._FLAT_MODEL_CACHE.clear()
+_fresh_photutils_flat_model_cache = pytest.fixture(autouse=True)(clear_photutils_flat_model_cache)
 
 
 class ToyGaussian(Fittable2DModel):
@@ -49,10 +41,6 @@ class ToyGaussian(Fittable2DModel):
     def evaluate(x, y, flux, x_0, y_0, sigma):
         r2 = (x - x_0) ** 2 + (y - y_0) ** 2
         return flux / (2 * np.pi * sigma**2) * np.exp(-0.5 * r2 / sigma**2)
-
-
-def _val(col):
-    return np.asarray(getattr(col, "value", col), dtype=float)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable
 
 import crowdphot as cp
+from _scenes import clear_photutils_flat_model_cache
+from _scenes import column_values as _val
 from crowdphot import IterativePSFPhotometry, PSFPhotometry
 
 pp = pytest.importorskip("photutils.psf")
@@ -24,21 +26,7 @@ YB = np.array([12.0, 14, 10, 40, 36, 50])
 FB = np.array([3000.0, 4000, 2500, 3500, 3000, 4500])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_photutils_flat_model_cache():
-    """Work around a photutils 3.0 bug in the oracle.
-
-    photutils caches its grouped-model class by ``(n_sources, model type)`` only, ignoring which
-    parameters are fixed: after a grouped fit with a free ``fwhm`` the next grouped fit of the
-    same model type with a fixed ``fwhm`` fails (reshape error), and vice versa.
-    """
-    from photutils.psf import _components
-
-    _components._FLAT_MODEL_CACHE.clear()
-
-
-def _val(col):
-    return np.asarray(getattr(col, "value", col), dtype=float)
+_fresh_photutils_flat_model_cache = pytest.fixture(autouse=True)(clear_photutils_flat_model_cache)
 
 
 @pytest.fixture(scope="module")

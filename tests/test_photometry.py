@@ -17,6 +17,8 @@ from astropy.table import QTable, Table
 from astropy.utils.exceptions import AstropyDeprecationWarning
 
 import crowdphot as cp
+from _scenes import clear_photutils_flat_model_cache
+from _scenes import column_values as _val
 from crowdphot import PSFPhotometry
 from crowdphot._validate import CrowdphotWarning
 
@@ -27,17 +29,7 @@ FWHM = 2.5
 SHAPE = (64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_photutils_flat_model_cache():
-    """Work around a photutils 3.0 bug in the oracle.
-
-    photutils caches its grouped-model class by ``(n_sources, model type)`` only, ignoring which
-    parameters are fixed: after a grouped fit with a free ``fwhm`` the next grouped fit of the
-    same model type with a fixed ``fwhm`` fails (reshape error), and vice versa.
-    """
-    from photutils.psf import _components
-
-    _components._FLAT_MODEL_CACHE.clear()
+_fresh_photutils_flat_model_cache = pytest.fixture(autouse=True)(clear_photutils_flat_model_cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,10 +46,6 @@ def scene():
     init = QTable({"x": truth["x_0"] + 0.2, "y": truth["y_0"] - 0.15,
                    "flux": truth["flux"] * 0.9})
     return data, np.ones_like(data), truth, init
-
-
-def _val(col):
-    return np.asarray(getattr(col, "value", col), dtype=float)
 
 
 def assert_parity(t, tu, *, xy_tol=1e-3, flux_rtol=1e-4, err_rtol=0.01, metric_rtol=1e-3):
@@ -195,9 +183,7 @@ def test_parity_bounded_flux(scene, path):
                            error=err, init_params=init)
     assert np.all(_val(t["flux_fit"]) <= 1500.0 + 1e-9)
     assert np.any(_val(t["flux_fit"]) > 1499.0)  # some truth fluxes are above the bound
-    # with an active bound the engine's projected LM stops a little short of the constrained
-    # optimum that photutils' TRF reaches (its chi2 is slightly higher): looser metrics there
-    assert_parity(t, tu, metric_rtol=1e-3 if path else 5e-3)
+    assert_parity(t, tu)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -211,10 +197,7 @@ def test_parity_xy_bounds_near_bound_flag(scene, path):
     assert np.all(np.asarray(t["flags"]) & 32)
     np.testing.assert_array_equal(_val(t["flags"]), _val(tu["flags"]))
     np.testing.assert_allclose(_val(t["x_fit"]), _val(tu["x_fit"]), atol=1e-3)
-    # the fast engine's projected LM stops slightly off the constrained optimum: flux within
-    # 1% (photutils' TRF reaches the lower chi2), generic path within 1e-4 like elsewhere
-    rtol = 1e-4 if path else 1e-2
-    np.testing.assert_allclose(_val(t["flux_fit"]), _val(tu["flux_fit"]), rtol=rtol)
+    np.testing.assert_allclose(_val(t["flux_fit"]), _val(tu["flux_fit"]), rtol=1e-4)
 
 
 def test_edge_masked_and_nan_parity(scene):

@@ -6,31 +6,8 @@ from astropy.modeling import Fittable2DModel, Parameter
 from astropy.nddata import NoOverlapError, overlap_slices
 from photutils.psf import CircularGaussianPRF as PhotCircularGaussianPRF
 
-from crowdphot.psf.base import BatchedPSFMixin
+from _scenes import LocalGaussianPSF
 from crowdphot.render import model_stamp_shape, render_image
-
-
-class LocalGaussianPSF(BatchedPSFMixin, Fittable2DModel):
-    """Minimal batched model: a normalised circular Gaussian evaluated at pixel centres."""
-
-    flux = Parameter(default=1.0)
-    x_0 = Parameter(default=0.0)
-    y_0 = Parameter(default=0.0)
-    sigma = Parameter(default=1.5)
-
-    @staticmethod
-    def evaluate(x, y, flux, x_0, y_0, sigma):
-        r2 = (x - x_0) ** 2 + (y - y_0) ** 2
-        return flux / (2 * np.pi * sigma**2) * np.exp(-0.5 * r2 / sigma**2)
-
-    def _unit(self, x, y, x0, y0):
-        shape = (len(x0),) + (1,) * (np.ndim(x) - 1)
-        return self.evaluate(x, y, 1.0, x0.reshape(shape), y0.reshape(shape), self.sigma.value)
-
-    @property
-    def bounding_box(self):
-        half = 4 * self.sigma.value
-        return ((self.y_0 - half, self.y_0 + half), (self.x_0 - half, self.x_0 + half))
 
 
 class ScalarOnlyPSF(Fittable2DModel):

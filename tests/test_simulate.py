@@ -7,13 +7,12 @@ import numpy as np
 import photutils.datasets as pdata
 import photutils.psf as ppsf
 import pytest
-from astropy.modeling import Fittable2DModel, Parameter
 from astropy.modeling.models import Gaussian2D
 from astropy.table import QTable, Table
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.utils._coords import make_random_xycoords as phot_xycoords
 
-from crowdphot.psf.base import BatchedPSFMixin
+from _scenes import LocalGaussianPSF
 from crowdphot.simulate import (
     SimulationWarning,
     make_model_image,
@@ -22,29 +21,6 @@ from crowdphot.simulate import (
     make_psf_model_image,
     make_random_xycoords,
 )
-
-
-class LocalGaussianPSF(BatchedPSFMixin, Fittable2DModel):
-    """Minimal batched model (renders through the mixin fast path)."""
-
-    flux = Parameter(default=1.0)
-    x_0 = Parameter(default=0.0)
-    y_0 = Parameter(default=0.0)
-    sigma = Parameter(default=1.5)
-
-    @staticmethod
-    def evaluate(x, y, flux, x_0, y_0, sigma):
-        r2 = (x - x_0) ** 2 + (y - y_0) ** 2
-        return flux / (2 * np.pi * sigma**2) * np.exp(-0.5 * r2 / sigma**2)
-
-    def _unit(self, x, y, x0, y0):
-        shape = (len(x0),) + (1,) * (np.ndim(x) - 1)
-        return self.evaluate(x, y, 1.0, x0.reshape(shape), y0.reshape(shape), self.sigma.value)
-
-    @property
-    def bounding_box(self):
-        half = 4 * self.sigma.value
-        return ((self.y_0 - half, self.y_0 + half), (self.x_0 - half, self.x_0 + half))
 
 
 def assert_same_image(ours, theirs):

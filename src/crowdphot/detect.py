@@ -119,7 +119,7 @@ def _resolve_range(lower, upper, new, stem, new_name, default):
         f"'{stem}lo' and '{stem}hi' are deprecated (photutils 3.0); pass "
         f"{new_name}=(lower, upper) instead.",
         AstropyDeprecationWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
     base = new if new is not None else default
     lo = base[0] if lower is _DEPRECATED else lower
@@ -135,7 +135,7 @@ def _renamed(old_value, new_value, old, new, new_default=None):
     warnings.warn(
         f"'{old}' was deprecated in photutils 3.0 and will be removed in 4.0; use '{new}'.",
         AstropyDeprecationWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
     return old_value
 
@@ -224,6 +224,25 @@ class _StarFinderBase:
             self.min_separation = _check_positive_scalar(
                 "min_separation", min_separation, allow_zero=True
             )
+
+    def _resolve_aliases(self, brightest, n_brightest, peakmax, peak_max, sharplo, sharphi,
+                         sharpness_range, roundlo, roundhi, roundness_range,
+                         range_defaults):  # fmt: skip
+        """Apply photutils' deprecated aliases; returns ``(n_brightest, peak_max)``.
+
+        Sets ``sharpness_range`` and ``roundness_range``; a lone deprecated lower or upper
+        bound is completed from the given range or, when that is None, from
+        ``range_defaults`` (the class defaults of the two ranges).
+        """
+        n_brightest = _renamed(brightest, n_brightest, "brightest", "n_brightest")
+        peak_max = _renamed(peakmax, peak_max, "peakmax", "peak_max")
+        self.sharpness_range = _resolve_range(
+            sharplo, sharphi, sharpness_range, "sharp", "sharpness_range", range_defaults[0]
+        )
+        self.roundness_range = _resolve_range(
+            roundlo, roundhi, roundness_range, "round", "roundness_range", range_defaults[1]
+        )
+        return n_brightest, peak_max
 
     def __call__(self, data, mask=None):
         """Find stars in ``data`` (see :meth:`find_stars`)."""
@@ -427,14 +446,10 @@ class IRAFStarFinder(_StarFinderBase):
         brightest=_DEPRECATED,
         peakmax=_DEPRECATED,
     ):
-        n_brightest = _renamed(brightest, n_brightest, "brightest", "n_brightest")
-        peak_max = _renamed(peakmax, peak_max, "peakmax", "peak_max")
-        self.sharpness_range = _resolve_range(
-            sharplo, sharphi, sharpness_range, "sharp", "sharpness_range", (0.5, 2.0)
-        )
-        self.roundness_range = _resolve_range(
-            roundlo, roundhi, roundness_range, "round", "roundness_range", (0.0, 0.2)
-        )
+        n_brightest, peak_max = self._resolve_aliases(
+            brightest, n_brightest, peakmax, peak_max, sharplo, sharphi, sharpness_range,
+            roundlo, roundhi, roundness_range, ((0.5, 2.0), (0.0, 0.2)),
+        )  # fmt: skip
         if minsep_fwhm is not _DEPRECATED:
             warnings.warn(
                 "'minsep_fwhm' is deprecated (photutils 3.0); pass min_separation in pixels.",
@@ -536,14 +551,10 @@ class DAOStarFinder(_StarFinderBase):
         brightest=_DEPRECATED,
         peakmax=_DEPRECATED,
     ):
-        n_brightest = _renamed(brightest, n_brightest, "brightest", "n_brightest")
-        peak_max = _renamed(peakmax, peak_max, "peakmax", "peak_max")
-        self.sharpness_range = _resolve_range(
-            sharplo, sharphi, sharpness_range, "sharp", "sharpness_range", (0.2, 1.0)
-        )
-        self.roundness_range = _resolve_range(
-            roundlo, roundhi, roundness_range, "round", "roundness_range", (-1.0, 1.0)
-        )
+        n_brightest, peak_max = self._resolve_aliases(
+            brightest, n_brightest, peakmax, peak_max, sharplo, sharphi, sharpness_range,
+            roundlo, roundhi, roundness_range, ((0.2, 1.0), (-1.0, 1.0)),
+        )  # fmt: skip
         self._init_common(
             threshold, fwhm, sigma_radius, exclude_border, n_brightest, peak_max, xycoords,
             min_separation,

@@ -10,7 +10,12 @@ from astropy.table import vstack
 
 from ._photinit import _table_from_finder, coerce_inputs
 from ._tables import add_deprecated_aliases
-from .photometry import PSFPhotometry, PSFPhotometryResult, _positive_real
+from .photometry import (
+    PSFPhotometry,
+    PSFPhotometryResult,
+    _LatestResultMixin,
+    _positive_real,
+)
 
 __all__ = ["IterativePSFPhotometry"]
 
@@ -22,7 +27,7 @@ def _valid_rows(results):
                    for c in fit_cols], axis=0)
 
 
-class IterativePSFPhotometry:
+class IterativePSFPhotometry(_LatestResultMixin):
     """Iterative PSF photometry, as photutils 3's ``IterativePSFPhotometry``.
 
     Each iteration fits the sources, subtracts the fitted models and runs the ``finder`` on
@@ -55,6 +60,8 @@ class IterativePSFPhotometry:
     4
     """
 
+    _run_name = "IterativePSFPhotometry"
+
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
@@ -84,15 +91,6 @@ class IterativePSFPhotometry:
         if name in PSFPhotometry._ATTRS:
             return getattr(self.__dict__["_psfphot"], name)
         raise AttributeError(name)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_last", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._last = threading.local()
 
     def __repr__(self):
         args = ", ".join(f"{a}={getattr(self, a)!r}" for a in
@@ -188,47 +186,7 @@ class IterativePSFPhotometry:
         self._last.fit_results = per_iter
         return None if combined is None else combined.results
 
-    def _result(self):
-        r = getattr(self._last, "result", None)
-        if r is None:
-            raise ValueError("No results available. Please run the IterativePSFPhotometry "
-                             "instance first.")
-        return r
-
-    @property
-    def results(self):
-        """Latest combined results table in this thread."""
-        r = getattr(self._last, "result", None)
-        return None if r is None else r.results
-
     @property
     def fit_results(self):
         """Per-iteration :class:`PSFPhotometryResult` objects of the latest call."""
         return list(getattr(self._last, "fit_results", []))
-
-    def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
-        """Initial-parameter table from the latest combined results."""
-        return self._result().results_to_init_params(remove_invalid=remove_invalid,
-                                                     reset_ids=reset_ids)
-
-    def results_to_model_params(self, *, remove_invalid=True, reset_ids=True):
-        """Model-parameter table from the latest combined results."""
-        return self._result().results_to_model_params(remove_invalid=remove_invalid,
-                                                      reset_ids=reset_ids)
-
-    def decode_flags(self, *, return_bit_values=False):
-        """Decode the latest results' flags."""
-        from .flags import decode_flags
-
-        return decode_flags(self._result().results["flags"],
-                            return_bit_values=return_bit_values)
-
-    def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
-        """Image of all fitted sources of the latest call."""
-        return self._result().make_model_image(shape, psf_shape=psf_shape,
-                                               include_local_bkg=include_local_bkg)
-
-    def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
-        """``data`` minus the model image of all fitted sources."""
-        return self._result().make_residual_image(data, psf_shape=psf_shape,
-                                                  include_local_bkg=include_local_bkg)

@@ -391,7 +391,70 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
 # ----------------------------------------------------------------------------------------------
 # the photutils-compatible class
 # ----------------------------------------------------------------------------------------------
-class PSFPhotometry:
+class _LatestResultMixin:
+    """photutils-compatible access to the result of the latest call made in this thread.
+
+    The class keeps ``self._last = threading.local()`` (so that threads sharing one instance
+    never see each other's results), stores its latest :class:`PSFPhotometryResult` (or None)
+    in ``self._last.result`` and names itself in ``_run_name`` for the error message.
+    """
+
+    _run_name = ""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_last", None)  # per-thread results never travel with the configuration
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._last = threading.local()
+
+    def _latest(self, name):
+        r = getattr(self._last, "result", None)
+        return None if r is None else getattr(r, name)
+
+    def _result(self):
+        result = getattr(self._last, "result", None)
+        if result is None:
+            raise ValueError(f"No results available. Please run the {self._run_name} instance "
+                             "first.")
+        return result
+
+    @property
+    def results(self):
+        """The latest results table in this thread (None before the first call)."""
+        return self._latest("results")
+
+    def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
+        """Initial-parameter table built from the latest fit (see PSFPhotometryResult)."""
+        return self._result().results_to_init_params(remove_invalid=remove_invalid,
+                                                     reset_ids=reset_ids)
+
+    def results_to_model_params(self, *, remove_invalid=True, reset_ids=True):
+        """Model-parameter table built from the latest fit."""
+        return self._result().results_to_model_params(remove_invalid=remove_invalid,
+                                                      reset_ids=reset_ids)
+
+    def decode_flags(self, *, return_bit_values=False):
+        """Decode the latest results' ``flags`` column (see :func:`crowdphot.decode_flags`)."""
+        from .flags import decode_flags
+
+        return decode_flags(self._result().results["flags"],
+                            return_bit_values=return_bit_values)
+
+    def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
+        """Image of the sources fitted by the latest call (batched render)."""
+        return self._result().make_model_image(shape, psf_shape=psf_shape,
+                                               include_local_bkg=include_local_bkg)
+
+    def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
+        """``data`` minus the model image of the sources fitted by the latest call."""
+        return self._result().make_residual_image(data, psf_shape=psf_shape,
+                                                  include_local_bkg=include_local_bkg)
+
+
+class PSFPhotometry(_LatestResultMixin):
     """PSF photometry: find (optionally), group and fit a PSF model to every source.
 
     Same arguments, outputs, columns and flag bits as photutils 3's ``PSFPhotometry``. Built-in
@@ -477,15 +540,6 @@ class PSFPhotometry:
         args = ", ".join(f"{a}={getattr(self, a)!r}" for a in self._ATTRS)
         return f"<{type(self).__name__}({args})>"
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_last", None)  # per-thread results never travel with the configuration
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._last = threading.local()
-
     def _meta(self):
         meta = _provenance()
         meta["psf_class"] = type(self).__name__
@@ -512,62 +566,22 @@ class PSFPhotometry:
         return None if result is None else result.results
 
     # -- photutils-compatible access to the latest result (per thread) ----------------------
-    def _result(self):
-        result = getattr(self._last, "result", None)
-        if result is None:
-            raise ValueError("No results available. Please run the PSFPhotometry instance first.")
-        return result
-
-    @property
-    def results(self):
-        """The latest results table in this thread (None before the first call)."""
-        r = getattr(self._last, "result", None)
-        return None if r is None else r.results
+    _run_name = "PSFPhotometry"
 
     @property
     def fit_info(self):
         """Per-source fit diagnostics of the latest call."""
-        r = getattr(self._last, "result", None)
-        return None if r is None else r.fit_info
+        return self._latest("fit_info")
 
     @property
     def finder_results(self):
         """The finder's table from the latest call (None when init_params was given)."""
-        r = getattr(self._last, "result", None)
-        return None if r is None else r.finder_results
+        return self._latest("finder_results")
 
     @property
     def init_params(self):
         """The initial parameters of the latest call."""
-        r = getattr(self._last, "result", None)
-        return None if r is None else r.init_params
-
-    def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
-        """Initial-parameter table built from the latest fit (see PSFPhotometryResult)."""
-        return self._result().results_to_init_params(remove_invalid=remove_invalid,
-                                                     reset_ids=reset_ids)
-
-    def results_to_model_params(self, *, remove_invalid=True, reset_ids=True):
-        """Model-parameter table built from the latest fit."""
-        return self._result().results_to_model_params(remove_invalid=remove_invalid,
-                                                      reset_ids=reset_ids)
-
-    def decode_flags(self, *, return_bit_values=False):
-        """Decode the latest results' ``flags`` column (see :func:`crowdphot.decode_flags`)."""
-        from .flags import decode_flags
-
-        return decode_flags(self._result().results["flags"],
-                            return_bit_values=return_bit_values)
-
-    def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
-        """Image of the fitted sources (batched render)."""
-        return self._result().make_model_image(shape, psf_shape=psf_shape,
-                                               include_local_bkg=include_local_bkg)
-
-    def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
-        """``data`` minus the model image of the fitted sources."""
-        return self._result().make_residual_image(data, psf_shape=psf_shape,
-                                                  include_local_bkg=include_local_bkg)
+        return self._latest("init_params")
 
 
 def _check_error_unmasked(error, shape, mask):

@@ -93,8 +93,24 @@ def _gaussian_partials(x, y, flux, x_0, y_0, x_fwhm, y_fwhm, theta):
             g[4] * (np.pi / 180.0)]
 
 
+def _shape_param(description, *, default=1, lower=FLOAT_EPSILON):
+    """A positive shape parameter, fixed by default (as photutils declares them)."""
+    return Parameter(default=default, bounds=(lower, None), fixed=True,
+                     description=description)
+
+
 class _AnalyticPSF(BatchedPSFMixin, Fittable2DModel):
-    """Shared plumbing: argument checks, unit handling and the checked batched methods."""
+    """Shared plumbing: argument checks, unit handling and the checked batched methods.
+
+    Declares ``flux``, ``x_0`` and ``y_0`` (first in every model's ``param_names``) and the
+    square bounding box of half width ``bbox_factor`` times the attribute ``_bbox_width``.
+    A concrete model that declares parameters of its own must define ``__init__`` (otherwise
+    astropy generates one with a different signature).
+    """
+
+    flux = Parameter(default=1, description="Total integrated flux")
+    x_0 = Parameter(default=0, description="x position of the centre")
+    y_0 = Parameter(default=0, description="y position of the centre")
 
     #: shape parameter name -> exclusive lower bound checked on construction and before
     #: batched evaluation (photutils silently returns NaN or negative values instead)
@@ -103,6 +119,8 @@ class _AnalyticPSF(BatchedPSFMixin, Fittable2DModel):
     _length_params: tuple = ()
     #: rotated / elliptical models refuse x and y inputs in different units
     _require_matching_units = False
+    #: width attribute (``sigma`` or ``fwhm``) that ``bbox_factor`` multiplies
+    _bbox_width = "sigma"
 
     def __init__(self, *, bbox_factor, **params):
         if isinstance(bbox_factor, bool) or not isinstance(bbox_factor, numbers.Real):
@@ -124,6 +142,12 @@ class _AnalyticPSF(BatchedPSFMixin, Fittable2DModel):
 
     def _shape(self, name):
         return float(_mag(getattr(self, name).value))
+
+    @property
+    def bounding_box(self):
+        """``((y_0 -+ d), (x_0 -+ d))`` with ``d = bbox_factor`` times the model width."""
+        d = self.bbox_factor * getattr(self, self._bbox_width)
+        return ((self.y_0 - d, self.y_0 + d), (self.x_0 - d, self.x_0 + d))
 
     def psf_stamps(self, x0, y0, shape, *, xlo=None, ylo=None, gradient=False):
         self._check_shape_params()
@@ -158,9 +182,99 @@ class _AnalyticPSF(BatchedPSFMixin, Fittable2DModel):
 
 
 # --------------------------------------------------------------------------------------------
+# Shared Gaussian declarations
+# --------------------------------------------------------------------------------------------
+class _CircularGaussianBase(_AnalyticPSF):
+    """Circular Gaussian PSF or PRF; subclasses say how sigma is parameterised."""
+
+    def _sigma_value(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def amplitude(self):
+        """Peak value of the underlying Gaussian, ``flux / (2 pi sigma**2)``."""
+        return self.flux / (2.0 * np.pi * _mag(self.sigma) ** 2)
+
+
+class _FWHMGaussianBase(_CircularGaussianBase):
+    """Parameters and constructor of the circular Gaussians set by their ``fwhm``."""
+
+    fwhm = _shape_param("FWHM")
+
+    _shape_bounds = {"fwhm": 0.0}
+    _length_params = ("fwhm",)
+
+    def __init__(self, *, flux=1, x_0=0, y_0=0, fwhm=1, bbox_factor=5.5, **kwargs):
+        super().__init__(flux=flux, x_0=x_0, y_0=y_0, fwhm=fwhm, bbox_factor=bbox_factor,
+                         **kwargs)
+
+    @property
+    def sigma(self):
+        """Gaussian standard deviation."""
+        return self.fwhm * GAUSSIAN_FWHM_TO_SIGMA
+
+    def _sigma_value(self):
+        return self._shape("fwhm") * GAUSSIAN_FWHM_TO_SIGMA
+
+
+class _EllipticalGaussianBase(_AnalyticPSF):
+    """Parameters, constructor and shared properties of the rotated elliptical Gaussians."""
+
+    x_fwhm = _shape_param("FWHM along x")
+    y_fwhm = _shape_param("FWHM along y")
+    theta = Parameter(default=0.0, fixed=True, description="CCW rotation (deg or Quantity)")
+
+    _shape_bounds = {"x_fwhm": 0.0, "y_fwhm": 0.0}
+    _length_params = ("x_fwhm", "y_fwhm")
+    _require_matching_units = True
+
+    def __init__(self, *, flux=1, x_0=0, y_0=0, x_fwhm=1, y_fwhm=1, theta=0.0,
+                 bbox_factor=5.5, **kwargs):
+        super().__init__(flux=flux, x_0=x_0, y_0=y_0, x_fwhm=x_fwhm, y_fwhm=y_fwhm,
+                         theta=theta, bbox_factor=bbox_factor, **kwargs)
+
+    @property
+    def x_sigma(self):
+        """Standard deviation along the unrotated x axis."""
+        return self.x_fwhm * GAUSSIAN_FWHM_TO_SIGMA
+
+    @property
+    def y_sigma(self):
+        """Standard deviation along the unrotated y axis."""
+        return self.y_fwhm * GAUSSIAN_FWHM_TO_SIGMA
+
+    @property
+    def amplitude(self):
+        """Peak value, ``flux / (2 pi x_sigma y_sigma)``."""
+        return self.flux / (2.0 * np.pi * _mag(self.x_sigma) * _mag(self.y_sigma))
+
+    @property
+    def bounding_box(self):
+        """Box enclosing the ``bbox_factor``-sigma ellipse (see Notes)."""
+        dx, dy = ellipse_extent(self.bbox_factor * self.x_sigma,
+                                self.bbox_factor * self.y_sigma, self.theta)
+        return ((self.y_0 - dy, self.y_0 + dy), (self.x_0 - dx, self.x_0 + dx))
+
+    def _frame(self):
+        t = float(_theta_rad(self.theta.quantity if self.theta.unit else self.theta.value))
+        sx = self._shape("x_fwhm") * GAUSSIAN_FWHM_TO_SIGMA
+        sy = self._shape("y_fwhm") * GAUSSIAN_FWHM_TO_SIGMA
+        return np.cos(t), np.sin(t), sx, sy
+
+    @staticmethod
+    def _rotated(x, y, x_0, y_0, x_fwhm, y_fwhm, theta):
+        """Offsets in the rotated frame and the two sigmas (astropy-level, units kept)."""
+        t = _theta_rad(theta)
+        c, s = np.cos(t), np.sin(t)
+        dx, dy = x - x_0, y - y_0
+        return (dx * c + dy * s, dy * c - dx * s, x_fwhm * GAUSSIAN_FWHM_TO_SIGMA,
+                y_fwhm * GAUSSIAN_FWHM_TO_SIGMA)
+
+
+# --------------------------------------------------------------------------------------------
 # Gaussians sampled at the pixel centres
 # --------------------------------------------------------------------------------------------
-class CircularGaussianPSF(_AnalyticPSF):
+class CircularGaussianPSF(_FWHMGaussianBase):
     r"""Circular 2D Gaussian sampled at the input coordinates.
 
     .. math:: f(x, y) = \frac{F}{2\pi\sigma^2}
@@ -190,35 +304,6 @@ class CircularGaussianPSF(_AnalyticPSF):
     1.412068
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True, description="FWHM")
-
-    _shape_bounds = {"fwhm": 0.0}
-    _length_params = ("fwhm",)
-
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 fwhm=fwhm.default, bbox_factor=5.5, **kwargs):
-        super().__init__(flux=flux, x_0=x_0, y_0=y_0, fwhm=fwhm, bbox_factor=bbox_factor,
-                         **kwargs)
-
-    @property
-    def sigma(self):
-        """Gaussian standard deviation."""
-        return self.fwhm * GAUSSIAN_FWHM_TO_SIGMA
-
-    @property
-    def amplitude(self):
-        """Peak value, ``flux / (2 pi sigma**2)``."""
-        return self.flux / (2.0 * np.pi * _mag(self.sigma) ** 2)
-
-    @property
-    def bounding_box(self):
-        """``((y_0 -+ d), (x_0 -+ d))`` with ``d = bbox_factor * sigma``."""
-        d = self.bbox_factor * self.sigma
-        return ((self.y_0 - d, self.y_0 + d), (self.x_0 - d, self.x_0 + d))
-
     def evaluate(self, x, y, flux, x_0, y_0, fwhm):
         """Model values; see the class docstring."""
         sigma = fwhm * GAUSSIAN_FWHM_TO_SIGMA
@@ -239,51 +324,15 @@ class CircularGaussianPSF(_AnalyticPSF):
 
     def _unit(self, x, y, x0, y0):
         dx, dy = _offsets(x, y, x0, y0)
-        s = self._shape("fwhm") * GAUSSIAN_FWHM_TO_SIGMA
+        s = self._sigma_value()
         return gauss_1d(dx, s) * gauss_1d(dy, s)
 
     def _unit_grad(self, x, y, x0, y0):
         dx, dy = _offsets(x, y, x0, y0)
-        s = self._shape("fwhm") * GAUSSIAN_FWHM_TO_SIGMA
+        s = self._sigma_value()
         gx, dgx = gauss_1d_grad(dx, s)
         gy, dgy = gauss_1d_grad(dy, s)
         return gx * gy, -dgx * gy, -gx * dgy
-
-
-class _EllipticalGaussianBase(_AnalyticPSF):
-    """Shared properties of the rotated elliptical Gaussian PSF and PRF."""
-
-    _shape_bounds = {"x_fwhm": 0.0, "y_fwhm": 0.0}
-    _length_params = ("x_fwhm", "y_fwhm")
-    _require_matching_units = True
-
-    @property
-    def x_sigma(self):
-        """Standard deviation along the unrotated x axis."""
-        return self.x_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-
-    @property
-    def y_sigma(self):
-        """Standard deviation along the unrotated y axis."""
-        return self.y_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-
-    @property
-    def amplitude(self):
-        """Peak value, ``flux / (2 pi x_sigma y_sigma)``."""
-        return self.flux / (2.0 * np.pi * _mag(self.x_sigma) * _mag(self.y_sigma))
-
-    @property
-    def bounding_box(self):
-        """Box enclosing the ``bbox_factor``-sigma ellipse (see Notes)."""
-        dx, dy = ellipse_extent(self.bbox_factor * self.x_sigma,
-                                self.bbox_factor * self.y_sigma, self.theta)
-        return ((self.y_0 - dy, self.y_0 + dy), (self.x_0 - dx, self.x_0 + dx))
-
-    def _frame(self):
-        t = float(_theta_rad(self.theta.quantity if self.theta.unit else self.theta.value))
-        sx = self._shape("x_fwhm") * GAUSSIAN_FWHM_TO_SIGMA
-        sy = self._shape("y_fwhm") * GAUSSIAN_FWHM_TO_SIGMA
-        return np.cos(t), np.sin(t), sx, sy
 
 
 class GaussianPSF(_EllipticalGaussianBase):
@@ -324,30 +373,11 @@ class GaussianPSF(_EllipticalGaussianBase):
     1.0
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    x_fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                       description="FWHM along x")
-    y_fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                       description="FWHM along y")
-    theta = Parameter(default=0.0, fixed=True, description="CCW rotation (deg or Quantity)")
-
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 x_fwhm=x_fwhm.default, y_fwhm=y_fwhm.default, theta=theta.default,
-                 bbox_factor=5.5, **kwargs):
-        super().__init__(flux=flux, x_0=x_0, y_0=y_0, x_fwhm=x_fwhm, y_fwhm=y_fwhm,
-                         theta=theta, bbox_factor=bbox_factor, **kwargs)
-
     def evaluate(self, x, y, flux, x_0, y_0, x_fwhm, y_fwhm, theta):
         """Model values; see the class docstring."""
-        t = _theta_rad(theta)
-        c, s = np.cos(t), np.sin(t)
-        sx = x_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-        sy = y_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-        dx, dy = x - x_0, y - y_0
-        tx = _plain((dx * c + dy * s) / sx)
-        ty = _plain((dy * c - dx * s) / sy)
+        xr, yr, sx, sy = self._rotated(x, y, x_0, y_0, x_fwhm, y_fwhm, theta)
+        tx = _plain(xr / sx)
+        ty = _plain(yr / sy)
         norm = 2.0 * np.pi * _mag(sx) * _mag(sy)
         return flux * (np.exp(-0.5 * (tx * tx + ty * ty)) / norm)
 
@@ -384,22 +414,12 @@ class GaussianPSF(_EllipticalGaussianBase):
 # --------------------------------------------------------------------------------------------
 # Gaussians integrated over pixels (PRFs)
 # --------------------------------------------------------------------------------------------
-class _CircularPRFBase(_AnalyticPSF):
-    """Circular pixel-integrated Gaussian; subclasses say how sigma is parameterised."""
+class _PixelIntegratedCircular:
+    """Batched values and stamps of a circular Gaussian integrated over pixels.
 
-    def _sigma_value(self):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def amplitude(self):
-        """Peak value of the underlying Gaussian, ``flux / (2 pi sigma**2)``."""
-        return self.flux / (2.0 * np.pi * _mag(self.sigma) ** 2)
-
-    @property
-    def bounding_box(self):
-        """``((y_0 -+ d), (x_0 -+ d))`` with ``d = bbox_factor * sigma``."""
-        d = self.bbox_factor * self.sigma
-        return ((self.y_0 - d, self.y_0 + d), (self.x_0 - d, self.x_0 + d))
+    Mixed in before a :class:`_CircularGaussianBase` subclass, which supplies
+    ``_sigma_value``.
+    """
 
     @staticmethod
     def _evaluate_sigma(x, y, flux, x_0, y_0, sigma):
@@ -427,7 +447,7 @@ class _CircularPRFBase(_AnalyticPSF):
         return pixel_gauss_stamps(x0, y0, xlo, ylo, shape, s, s, True)
 
 
-class CircularGaussianPRF(_CircularPRFBase):
+class CircularGaussianPRF(_PixelIntegratedCircular, _FWHMGaussianBase):
     r"""Circular 2D Gaussian integrated over unit pixels centred on the input coordinates.
 
     .. math:: f = F\,P_x P_y,\qquad
@@ -459,33 +479,12 @@ class CircularGaussianPRF(_CircularPRFBase):
     5.0
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True, description="FWHM")
-
-    _shape_bounds = {"fwhm": 0.0}
-    _length_params = ("fwhm",)
-
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 fwhm=fwhm.default, bbox_factor=5.5, **kwargs):
-        super().__init__(flux=flux, x_0=x_0, y_0=y_0, fwhm=fwhm, bbox_factor=bbox_factor,
-                         **kwargs)
-
-    @property
-    def sigma(self):
-        """Gaussian standard deviation."""
-        return self.fwhm * GAUSSIAN_FWHM_TO_SIGMA
-
-    def _sigma_value(self):
-        return self._shape("fwhm") * GAUSSIAN_FWHM_TO_SIGMA
-
     def evaluate(self, x, y, flux, x_0, y_0, fwhm):
         """Model values; see the class docstring."""
         return self._evaluate_sigma(x, y, flux, x_0, y_0, fwhm * GAUSSIAN_FWHM_TO_SIGMA)
 
 
-class CircularGaussianSigmaPRF(_CircularPRFBase):
+class CircularGaussianSigmaPRF(_PixelIntegratedCircular, _CircularGaussianBase):
     r"""Same profile as :class:`CircularGaussianPRF`, parameterised by ``sigma``.
 
     Parameters
@@ -509,18 +508,13 @@ class CircularGaussianSigmaPRF(_CircularPRFBase):
     (2, 9, 7)
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    sigma = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                      description="Gaussian standard deviation")
+    sigma = _shape_param("Gaussian standard deviation")
 
     _shape_bounds = {"sigma": 0.0}
     _length_params = ("sigma",)
     _require_matching_units = True
 
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 sigma=sigma.default, bbox_factor=5.5, **kwargs):
+    def __init__(self, *, flux=1, x_0=0, y_0=0, sigma=1, bbox_factor=5.5, **kwargs):
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, sigma=sigma, bbox_factor=bbox_factor,
                          **kwargs)
 
@@ -572,30 +566,9 @@ class GaussianPRF(_EllipticalGaussianBase):
     1.0
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    x_fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                       description="FWHM along x")
-    y_fwhm = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                       description="FWHM along y")
-    theta = Parameter(default=0.0, fixed=True, description="CCW rotation (deg or Quantity)")
-
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 x_fwhm=x_fwhm.default, y_fwhm=y_fwhm.default, theta=theta.default,
-                 bbox_factor=5.5, **kwargs):
-        super().__init__(flux=flux, x_0=x_0, y_0=y_0, x_fwhm=x_fwhm, y_fwhm=y_fwhm,
-                         theta=theta, bbox_factor=bbox_factor, **kwargs)
-
     def evaluate(self, x, y, flux, x_0, y_0, x_fwhm, y_fwhm, theta):
         """Model values; see the class docstring."""
-        t = _theta_rad(theta)
-        c, s = np.cos(t), np.sin(t)
-        sx = x_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-        sy = y_fwhm * GAUSSIAN_FWHM_TO_SIGMA
-        dx, dy = x - x_0, y - y_0
-        xr = dx * c + dy * s
-        yr = dy * c - dx * s
+        xr, yr, sx, sy = self._rotated(x, y, x_0, y_0, x_fwhm, y_fwhm, theta)
         half = _half_pixel(xr)
         px = pixel_gauss_1d(_plain(xr / sx), _plain(half / sx))
         py = pixel_gauss_1d(_plain(yr / sy), _plain(half / sy))
@@ -665,19 +638,15 @@ class MoffatPSF(_AnalyticPSF):
     2.039298
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    alpha = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                      description="Core radius")
-    beta = Parameter(default=2, bounds=(1.0 + FLOAT_EPSILON, None), fixed=True,
-                     description="Power-law index")
+    alpha = _shape_param("Core radius")
+    beta = _shape_param("Power-law index", default=2, lower=1.0 + FLOAT_EPSILON)
 
     _shape_bounds = {"alpha": 0.0, "beta": 1.0}
     _length_params = ("alpha",)
+    _bbox_width = "fwhm"
 
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 alpha=alpha.default, beta=beta.default, bbox_factor=10.0, **kwargs):
+    def __init__(self, *, flux=1, x_0=0, y_0=0, alpha=1, beta=2, bbox_factor=10.0,
+                 **kwargs):
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, alpha=alpha, beta=beta,
                          bbox_factor=bbox_factor, **kwargs)
 
@@ -685,12 +654,6 @@ class MoffatPSF(_AnalyticPSF):
     def fwhm(self):
         """Full width at half maximum."""
         return 2.0 * self.alpha * np.sqrt(2 ** (1.0 / self.beta) - 1)
-
-    @property
-    def bounding_box(self):
-        """``((y_0 -+ d), (x_0 -+ d))`` with ``d = bbox_factor * fwhm``."""
-        d = self.bbox_factor * self.fwhm
-        return ((self.y_0 - d, self.y_0 + d), (self.x_0 - d, self.x_0 + d))
 
     def evaluate(self, x, y, flux, x_0, y_0, alpha, beta):
         """Model values; see the class docstring."""
@@ -740,18 +703,14 @@ class AiryDiskPSF(_AnalyticPSF):
     2.530998
     """
 
-    flux = Parameter(default=1, description="Total integrated flux")
-    x_0 = Parameter(default=0, description="x position of the centre")
-    y_0 = Parameter(default=0, description="y position of the centre")
-    radius = Parameter(default=1, bounds=(FLOAT_EPSILON, None), fixed=True,
-                       description="Radius of the first zero")
+    radius = _shape_param("Radius of the first zero")
 
     _rz = AIRY_RZ
     _shape_bounds = {"radius": 0.0}
     _length_params = ("radius",)
+    _bbox_width = "fwhm"
 
-    def __init__(self, *, flux=flux.default, x_0=x_0.default, y_0=y_0.default,
-                 radius=radius.default, bbox_factor=10.0, **kwargs):
+    def __init__(self, *, flux=1, x_0=0, y_0=0, radius=1, bbox_factor=10.0, **kwargs):
         super().__init__(flux=flux, x_0=x_0, y_0=y_0, radius=radius, bbox_factor=bbox_factor,
                          **kwargs)
 
@@ -759,12 +718,6 @@ class AiryDiskPSF(_AnalyticPSF):
     def fwhm(self):
         """Full width at half maximum (about 0.8437 radius)."""
         return 2.0 * _AIRY_HALF_WIDTH_Z * self.radius / AIRY_RZ / np.pi
-
-    @property
-    def bounding_box(self):
-        """``((y_0 -+ d), (x_0 -+ d))`` with ``d = bbox_factor * fwhm``."""
-        d = self.bbox_factor * self.fwhm
-        return ((self.y_0 - d, self.y_0 + d), (self.x_0 - d, self.x_0 + d))
 
     def evaluate(self, x, y, flux, x_0, y_0, radius):
         """Model values; see the class docstring."""

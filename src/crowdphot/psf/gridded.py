@@ -12,7 +12,6 @@ import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 from astropy.nddata import NDData
 
-from .._validate import as_pair
 from .image import SplinePSFBase, _check_fill_value, _SplineCache
 
 __all__ = ["GriddedPSFModel", "bilinear_grid_weights"]
@@ -164,15 +163,6 @@ class GriddedPSFModel(SplinePSFBase, Fittable2DModel):
     def grid_xypos(self):
         """``(n_psf, 2)`` array of the ``(x, y)`` position of each ePSF in `data`."""
         return self._grid_xypos
-
-    @property
-    def oversampling(self):
-        """Integer oversampling factors ``[oy, ox]``."""
-        return self._oversampling
-
-    @oversampling.setter
-    def oversampling(self, value):
-        self._oversampling = as_pair("oversampling", value, lower_bound=0)
 
     @property
     def origin(self):

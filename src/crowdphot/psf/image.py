@@ -54,10 +54,19 @@ def _check_fill_value(fill_value):
 class SplinePSFBase(BatchedPSFMixin):
     """Shared evaluation for spline-interpolated ePSF models (`ImagePSF`, `GriddedPSFModel`).
 
-    Subclasses provide ``_cache`` (a `_SplineCache`), ``oversampling`` (``[oy, ox]``),
+    Subclasses set ``oversampling`` (validated here) and provide ``_cache`` (a `_SplineCache`),
     ``origin`` (``[x, y]`` in ePSF samples), ``fill_value`` and ``_blend(x0, y0, grad)``
     returning ``(gidx, gw, gdx, gdy)`` arrays of shape ``(n, k)``.
     """
+
+    @property
+    def oversampling(self):
+        """Integer oversampling factors ``[oy, ox]``."""
+        return self._oversampling
+
+    @oversampling.setter
+    def oversampling(self, value):
+        self._oversampling = as_pair("oversampling", value, lower_bound=0)
 
     def copy(self):
         """Copy of the model in which only the parameters are copied.
@@ -255,15 +264,6 @@ class ImagePSF(SplinePSFBase, Fittable2DModel):
         if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
             raise ValueError(f"origin must contain finite numbers, got {origin!r}")
         self._origin = arr
-
-    @property
-    def oversampling(self):
-        """Integer oversampling factors ``[oy, ox]``."""
-        return self._oversampling
-
-    @oversampling.setter
-    def oversampling(self, value):
-        self._oversampling = as_pair("oversampling", value, lower_bound=0)
 
     def _blend(self, x0, y0, grad):
         n = len(np.atleast_1d(x0))
