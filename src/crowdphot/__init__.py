@@ -72,6 +72,7 @@ _EXPORTS = {
     "run_psf_photometry": "crowdphot.photometry",
     "decode_flags": "crowdphot.flags",
     "photometry_tiled": "crowdphot.tiled",
+    "tile_grid": "crowdphot.tiled",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,392 @@
+"""Tiled photometry: the grid, job assignment, and tiled == untiled, locally and over Dask.
+
+The oracle is crowdphot's own whole-image PSFPhotometry on the same pixels: a tiled run must
+give the same sources (no duplicates, no gaps at seams), the same group partition, positions
+within 1e-3 px and fluxes within 1e-4 relative.
+"""
+
+import warnings
+from itertools import product
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import NDData
+from astropy.table import QTable
+
+import crowdphot as cp
+from crowdphot._validate import CrowdphotWarning
+from crowdphot.fitsio import FitsPlanes, read_image
+from crowdphot.tiled import _fit_jobs, photometry_tiled, tile_grid, tile_index
+
+FWHM = 2.5
+SHAPE = (250, 230)  # not a multiple of the tile size: uneven cores
+TILE = 64
+
+
+# ----------------------------------------------------------------------------------------------
+# scenes
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def crowded():
+    """A crowded noisy scene: many groups at 8 px, several of them across tile seams."""
+    model = cp.CircularGaussianPRF(fwhm=FWHM)
+    data, truth = cp.make_psf_model_image(SHAPE, model, 500, flux=(300, 3000),
+                                          min_separation=2.5, seed=11, model_shape=(11, 11),
+                                          border_size=0)
+    rng = np.random.default_rng(5)
+    data = data + 5.0 + rng.normal(0.0, 2.0, data.shape)
+    error = np.full(SHAPE, 2.0)
+    return model, data, error, truth
+
+
+def _config(**extra):
+    kw = dict(finder=cp.DAOStarFinder(threshold=25.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
+              aperture_radius=4,
+              local_bkg_estimator=cp.LocalBackground(6, 10, bkg_estimator=cp.MMMBackground()),
+              group_warning_threshold=10**9)
+    kw.update(extra)
+    return kw
+
+
+def _val(col):
+    return np.asarray(getattr(col, "value", col), dtype=float)
+
+
+def _by_position(table):
+    t = table.copy()
+    t.sort(["y_init", "x_init"])
+    return t
+
+
+def _partition(table):
+    """Group partition as a set of frozensets of (rounded) initial positions."""
+    key = [(round(float(x), 6), round(float(y), 6))
+           for x, y in zip(_val(table["x_init"]), _val(table["y_init"]), strict=True)]
+    groups = {}
+    for k, g in zip(key, np.asarray(table["group_id"]), strict=True):
+        groups.setdefault(int(g), set()).add(k)
+    return {frozenset(v) for v in groups.values()}
+
+
+def assert_same_catalog(tiled, whole, *, xy_tol=1e-3, flux_rtol=1e-4):
+    """Same sources, same groups, same fit within the issue's tolerances."""
+    assert len(tiled) == len(whole)
+    assert len(np.unique(np.asarray(tiled["id"]))) == len(tiled)
+    a, b = _by_position(tiled), _by_position(whole)
+    np.testing.assert_allclose(_val(a["x_init"]), _val(b["x_init"]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_val(a["y_init"]), _val(b["y_init"]), rtol=0, atol=1e-9)
+    for c in ("x_fit", "y_fit"):
+        np.testing.assert_allclose(_val(a[c]), _val(b[c]), rtol=0, atol=xy_tol, err_msg=c)
+    for c in ("flux_fit", "flux_init", "local_bkg"):
+        np.testing.assert_allclose(_val(a[c]), _val(b[c]), rtol=flux_rtol, atol=1e-9,
+                                   err_msg=c)
+    np.testing.assert_array_equal(np.asarray(a["flags"]), np.asarray(b["flags"]))
+    np.testing.assert_array_equal(np.asarray(a["group_size"]), np.asarray(b["group_size"]))
+    assert _partition(a) == _partition(b)
+    assert a.colnames == b.colnames
+
+
+@pytest.fixture(scope="module")
+def whole(crowded):
+    model, data, error, _ = crowded
+    return cp.PSFPhotometry(model, 5, **_config())(data, error=error)
+
+
+# ----------------------------------------------------------------------------------------------
+# the grid
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,tile", [((10, 7), 5), ((250, 230), 64), ((64, 64), (64, 20)),
+                                        ((3, 100), 1000)])
+def test_tile_grid_partitions_pixels_and_positions(shape, tile):
+    tiles = tile_grid(shape, tile)
+    ty, tx = (tile, tile) if np.isscalar(tile) else tile
+    cover = np.zeros(shape, dtype=int)
+    for t in tiles:
+        cover[t.y0:t.y1, t.x0:t.x1] += 1
+        assert 0 < t.y1 - t.y0 <= ty and 0 < t.x1 - t.x0 <= tx
+    assert np.all(cover == 1)
+    assert len(tiles) == int(np.ceil(shape[0] / ty) * np.ceil(shape[1] / tx))
+    # every position, pixel edges and points outside the image included, has one owner
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-5, shape[1] + 5, 500), [t.x0 - 0.5 for t in tiles]])
+    y = np.concatenate([rng.uniform(-5, shape[0] + 5, 500), [t.y0 - 0.5 for t in tiles]])
+    held = np.array([t.holds(x, y) for t in tiles])
+    np.testing.assert_array_equal(held.sum(axis=0), 1)
+    np.testing.assert_array_equal(tile_index(x, y, shape, tile), np.argmax(held, axis=0))
+
+
+def test_tile_core_owns_its_pixel_centres():
+    for t in tile_grid((37, 41), 10):
+        yy, xx = np.mgrid[t.y0:t.y1, t.x0:t.x1]
+        assert t.holds(xx.ravel(), yy.ravel()).all()
+        # the half-pixel boundary belongs to the tile above/right, as pixel j = [j-0.5, j+0.5)
+        if t.x0 > 0:
+            assert not t.holds([t.x0 - 0.5 - 1e-9], [t.y0])[0]
+            assert t.holds([t.x0 - 0.5], [t.y0])[0]
+
+
+@pytest.mark.parametrize("tile,match", [(0, "tile_shape must be > 0"),
+                                        (-4, "tile_shape must be > 0"),
+                                        (2.5, "tile_shape must contain integers"),
+                                        ((1, 2, 3), "tile_shape must be a scalar or a pair")])
+def test_tile_grid_rejects_bad_tile_shape(tile, match):
+    with pytest.raises(ValueError, match=match):
+        tile_grid((10, 10), tile)
+
+
+def test_tile_grid_rejects_bad_shape():
+    with pytest.raises(ValueError, match="shape must be > 0"):
+        tile_grid((0, 10), 5)
+    with pytest.raises(TypeError, match="tile_shape must be a number"):
+        tile_grid((10, 10), "64")
+
+
+# ----------------------------------------------------------------------------------------------
+# job assignment
+# ----------------------------------------------------------------------------------------------
+def test_fit_jobs_keep_groups_whole_and_boxes_cover_members():
+    rng = np.random.default_rng(3)
+    n = 400
+    x, y = rng.uniform(-0.4, 229.4, n), rng.uniform(-0.4, 249.4, n)
+    gid = cp.SourceGrouper(9)(x, y)
+    init = QTable({"id": np.arange(1, n + 1), "x_init": x, "y_init": y, "group_id": gid})
+    margin = 7
+    jobs = _fit_jobs(init, SHAPE, (TILE, TILE), margin)
+    ids = np.concatenate([np.asarray(sub["id"]) for _, sub in jobs])
+    assert sorted(ids.tolist()) == list(range(1, n + 1))  # every source exactly once
+    owners = tile_index(x, y, SHAPE, TILE)
+    crossing = 0
+    for (y0, y1, x0, x1), sub in jobs:
+        g = np.asarray(sub["group_id"])
+        # a group is never split between jobs
+        assert set(g.tolist()).isdisjoint(set(gid[~np.isin(init["id"], sub["id"])].tolist()))
+        sx, sy = _val(sub["x_init"]), _val(sub["y_init"])
+        assert np.all(np.floor(sx) - margin >= x0) or x0 == 0
+        assert np.all(np.ceil(sx) + margin < x1) or x1 == SHAPE[1]
+        assert np.all(np.floor(sy) - margin >= y0) or y0 == 0
+        assert np.all(np.ceil(sy) + margin < y1) or y1 == SHAPE[0]
+        # all groups of a job are anchored (first member) in one tile
+        first = [np.flatnonzero(gid == k)[0] for k in np.unique(g)]
+        assert len(set(owners[first].tolist())) == 1
+        crossing += sum(len(set(owners[gid == k].tolist())) > 1 for k in np.unique(g))
+    assert crossing > 0  # the scene does exercise groups across seams
+
+
+# ----------------------------------------------------------------------------------------------
+# tiled == untiled, in process
+# ----------------------------------------------------------------------------------------------
+def test_tiled_equals_untiled_in_process(crowded, whole):
+    model, data, error, truth = crowded
+    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, **_config())
+    assert_same_catalog(tiled, whole)
+    # the scene has groups spanning seams and stars near the seams
+    owners = tile_index(_val(tiled["x_init"]), _val(tiled["y_init"]), SHAPE, TILE)
+    g = np.asarray(tiled["group_id"])
+    assert any(len(set(owners[g == k].tolist())) > 1 for k in np.unique(g))
+    assert len(whole) > 250
+    assert tiled.meta["n_tiles"] == 16
+    # ids 1..n in position order (row of the nearest pixel first)
+    np.testing.assert_array_equal(np.asarray(tiled["id"]), np.arange(1, len(tiled) + 1))
+    assert np.all(np.diff(np.round(_val(tiled["y_init"]))) >= 0)
+
+
+def test_too_small_margin_is_detectably_wrong(crowded, whole):
+    """The parity checks can fail: without overlap the seams lose or duplicate stars."""
+    model, data, error, _ = crowded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CrowdphotWarning)  # seam artefacts fit badly
+        tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, margin=0,
+                                 **_config())
+    with pytest.raises(AssertionError):
+        assert_same_catalog(tiled, whole)
+
+
+def test_tile_size_does_not_change_the_result(crowded, whole):
+    model, data, error, _ = crowded
+    for tile in ((40, 100), 250):
+        tiled = photometry_tiled(data, model, 5, error=error, tile_shape=tile, **_config())
+        assert_same_catalog(tiled, whole)
+
+
+def test_tiled_with_init_params_and_mask(crowded):
+    model, data, error, truth = crowded
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[100:104, 60:200] = True  # a bad row band across two seams
+    init = QTable({"x": truth["x_0"] + 0.1, "y": truth["y_0"] - 0.1})
+    kw = _config(finder=None)
+    with warnings.catch_warnings():
+        # blends of undetectable truth stars may hit the iteration limit, in both runs
+        warnings.simplefilter("ignore", CrowdphotWarning)
+        whole = cp.PSFPhotometry(model, 5, **kw)(data, error=error, mask=mask,
+                                                 init_params=init)
+        tiled = photometry_tiled(data, model, 5, error=error, mask=mask, init_params=init,
+                                 tile_shape=TILE, **kw)
+    assert_same_catalog(tiled, whole)
+    # user ids are kept
+    np.testing.assert_array_equal(np.asarray(tiled["id"]), np.arange(1, len(init) + 1))
+
+
+def test_tiled_gridded_psf_uses_absolute_positions():
+    """A position-dependent PSF must be evaluated at image, not cut, coordinates."""
+    yy, xx = np.mgrid[:41, :41]
+    psfs = []
+    for sx, sy in product((1.4, 2.6), (1.2, 2.2)):  # x-major then y
+        p = np.exp(-0.5 * (((xx - 20) / (2 * sx)) ** 2 + ((yy - 20) / (2 * sy)) ** 2))
+        psfs.append(p / p.sum() * 4)
+    meta = {"grid_xypos": [(x, y) for x in (0, 119) for y in (0, 119)], "oversampling": 2}
+    model = cp.GriddedPSFModel(NDData(np.array(psfs), meta=meta))
+    data, truth = cp.make_psf_model_image((120, 120), model, 40, flux=(2000, 4000),
+                                          min_separation=9, seed=4, model_shape=(13, 13))
+    data = data + np.random.default_rng(2).normal(0, 1.0, data.shape)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"]})
+    whole = cp.PSFPhotometry(model, 7, grouper=cp.SourceGrouper(10))(data, init_params=init)
+    tiled = photometry_tiled(data, model, 7, init_params=init, grouper=cp.SourceGrouper(10),
+                             tile_shape=50)
+    assert_same_catalog(tiled, whole)
+    # and the fit is right: a wrong (cut-frame) PSF would bias these far beyond the noise
+    np.testing.assert_allclose(_val(tiled["x_fit"]), truth["x_0"], atol=0.05)
+
+
+def test_tiled_quantity_and_n_brightest(crowded):
+    model, data, error, _ = crowded
+    finder = cp.DAOStarFinder(threshold=25.0 * u.Jy, fwhm=FWHM, n_brightest=40)
+    kw = _config(finder=finder)
+    whole = cp.PSFPhotometry(model, 5, **kw)(data * u.Jy, error=error * u.Jy)
+    tiled = photometry_tiled(data * u.Jy, model, 5, error=error * u.Jy, tile_shape=TILE, **kw)
+    assert tiled["flux_fit"].unit == u.Jy
+    assert len(tiled) == 40
+    assert_same_catalog(tiled, whole)
+    # forced positions with fluxes in the data's unit
+    init = QTable({"x": whole["x_fit"], "y": whole["y_fit"], "flux": whole["flux_fit"]})
+    forced = photometry_tiled(data * u.Jy, model, 5, error=error * u.Jy, init_params=init,
+                              tile_shape=TILE, **kw)
+    again = cp.PSFPhotometry(model, 5, **kw)(data * u.Jy, error=error * u.Jy,
+                                             init_params=init)
+    assert forced["flux_fit"].unit == u.Jy
+    assert_same_catalog(forced, again)
+
+
+def test_no_sources_returns_none_with_warning():
+    data = np.zeros((100, 100))
+    with pytest.warns(CrowdphotWarning, match="no sources were found"):
+        out = photometry_tiled(data, cp.CircularGaussianPRF(fwhm=2), 5, aperture_radius=3,
+                               finder=cp.DAOStarFinder(threshold=1.0, fwhm=2), tile_shape=40)
+    assert out is None
+
+
+def test_nonconvergence_warned_once_for_the_whole_catalog(crowded):
+    model, data, error, _ = crowded
+    with pytest.warns(CrowdphotWarning, match="may not have converged") as rec:
+        tiled = photometry_tiled(data[:128, :128], model, 5, error=error[:128, :128],
+                                 tile_shape=TILE, **_config(fitter_maxiters=1))
+    msgs = [str(w.message) for w in rec if "converged" in str(w.message)]
+    assert len(msgs) == 1
+    n_flag = int(np.count_nonzero(np.asarray(tiled["flags"]) & 8))
+    assert msgs[0].startswith(f"{n_flag} fit(s)") and n_flag > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(workers=0), ValueError, "workers must be a positive integer"),
+    (dict(workers=1.5), ValueError, "workers must be a positive integer"),
+    (dict(margin=-1), ValueError, "margin must be a non-negative integer"),
+    (dict(tile_shape=0), ValueError, "tile_shape must be > 0"),
+    (dict(finder=None), ValueError, "finder must be given"),
+    (dict(aperture_radius=None), ValueError, "aperture_radius must be given"),
+    (dict(client=object()), TypeError, "client must be a dask.distributed.Client"),
+    (dict(scheduler=123), TypeError, "scheduler must be an address string"),
+    (dict(fit_shape=4), ValueError, "fit_shape must be odd"),
+    (dict(finder=cp.DAOStarFinder(10, 2.0, xycoords=np.array([[5.0, 5.0]]))), ValueError,
+     "xycoords is not supported"),
+    (dict(finder=cp.DAOStarFinder(np.ones((32, 32)), 2.0)), ValueError,
+     "per-pixel threshold image is not supported"),
+])
+def test_argument_errors(kwargs, exc, match):
+    base = dict(finder=cp.DAOStarFinder(10, 2.0), aperture_radius=3, tile_shape=16)
+    fit_shape = kwargs.pop("fit_shape", 5)
+    base.update(kwargs)
+    with pytest.raises(exc, match=match):
+        photometry_tiled(np.zeros((32, 32)), cp.CircularGaussianPRF(fwhm=2), fit_shape, **base)
+
+
+@pytest.mark.parametrize("gid,exc,match", [([0, 1], ValueError, "positive"),
+                                           ([1.5, 2.0], TypeError, "integer array")])
+def test_bad_user_group_ids_are_rejected_before_any_work(gid, exc, match):
+    init = QTable({"x": [5.0, 20.0], "y": [5.0, 20.0], "flux": [1.0, 1.0], "group_id": gid})
+    with pytest.raises(exc, match=match):
+        photometry_tiled(np.zeros((32, 32)), cp.CircularGaussianPRF(fwhm=2), 5,
+                         init_params=init, tile_shape=16)
+
+
+def test_mask_with_fits_path_is_rejected(tmp_path):
+    path = tmp_path / "x.fits"
+    fits.PrimaryHDU(np.zeros((8, 8), dtype=np.float32)).writeto(path)
+    with pytest.raises(ValueError, match="mask and error cannot be given with a FITS path"):
+        photometry_tiled(str(path), cp.CircularGaussianPRF(fwhm=2), 5, aperture_radius=3,
+                         finder=cp.DAOStarFinder(10, 2.0), mask=np.zeros((8, 8), bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dask: a real LocalCluster with 2 worker processes on loopback
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("dask.distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cluster start-up chatter is not under test
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, host="127.0.0.1")
+        client = distributed.Client(cluster)
+        client.wait_for_workers(2)
+    yield client
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def fits_scene(crowded, tmp_path_factory):
+    """The crowded scene as a JWST-style SCI/ERR/DQ file (float32 on disk)."""
+    _, data, error, _ = crowded
+    dq = np.zeros(SHAPE, dtype=np.uint32)
+    dq[30:33, 100:180] = 1  # DO_NOT_USE band crossing a seam
+    path = tmp_path_factory.mktemp("tiled") / "scene.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.ImageHDU(data.astype(np.float32), name="SCI"),
+                  fits.ImageHDU(error.astype(np.float32), name="ERR"),
+                  fits.ImageHDU(dq, name="DQ")]).writeto(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fits_whole(crowded, fits_scene):
+    image = read_image(fits_scene)
+    return cp.PSFPhotometry(crowded[0], 5, **_config())(image.data, mask=image.mask,
+                                                        error=image.error)
+
+
+def test_dask_fits_path_equals_single_process(crowded, fits_scene, fits_whole, dask_client):
+    tiled = photometry_tiled(str(fits_scene), crowded[0], 5, tile_shape=(128, 100),
+                             client=dask_client, **_config())
+    assert_same_catalog(tiled, fits_whole)
+    # both workers took part
+    assert len(dask_client.scheduler_info()["workers"]) == 2
+
+
+def test_dask_in_memory_array_equals_in_process(crowded, whole, dask_client):
+    model, data, error, _ = crowded
+    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=(80, 120),
+                             client=dask_client, **_config())
+    assert_same_catalog(tiled, whole)
+
+
+def test_dask_scheduler_address_and_fitsplanes_source(crowded, fits_scene, fits_whole,
+                                                      dask_client):
+    remote = photometry_tiled(FitsPlanes(fits_scene), crowded[0], 5, tile_shape=128,
+                              scheduler=dask_client.scheduler.address, **_config())
+    assert_same_catalog(remote, fits_whole)
