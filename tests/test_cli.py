@@ -209,7 +209,7 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
     seen = {}
 
     def fake_tiled(data, psf_model, fit_shape, **kwargs):
-        seen.update(kwargs, shape=data.shape, fit_shape=fit_shape)
+        seen.update(kwargs, shape=data.shape, fit_shape=fit_shape, source=data)
         return QTable({"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [100.0], "flags": [0]})
 
     monkeypatch.setattr(crowdphot.tiled, "photometry_tiled", fake_tiled)
@@ -220,7 +220,11 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert (seen["tile_shape"], seen["workers"], seen["scheduler"]) == (64, 2, "tcp://host:8786")
     assert seen["shape"] == SHAPE and seen["fit_shape"] == (5, 5)
-    assert seen["mask"] is not None and seen["error"] is not None
+    # the file itself goes to the tiles (memory-mapped per task), with its ERR and DQ planes
+    from crowdphot.fitsio import FitsPlanes
+
+    assert isinstance(seen["source"], FitsPlanes) and "mask" not in seen
+    assert (seen["source"].err_ext, seen["source"].dq_ext) == ("ERR", "DQ")
     # without a phot object the residual is rendered from the catalog
     model = files["data"] - fits.getdata(tmp_path / "r.fits").astype(float)
     expected = CircularGaussianPRF(fwhm=FWHM, flux=100.0, x_0=10.0, y_0=12.0)
@@ -399,3 +403,22 @@ def test_init_table_column_choices():
         init_table(QTable({"ra": [1.0], "dec": [2.0]}))
     with pytest.raises(ValueError, match="no rows with finite positions"):
         init_table(QTable({"x": [np.nan], "y": [1.0]}))
+
+
+def test_tile_without_image_products_reads_only_the_header(files, tmp_path, capsys,
+                                                           monkeypatch):
+    import crowdphot.fitsio
+    import crowdphot.tiled
+
+    def no_full_read(*args, **kwargs):
+        raise AssertionError("the whole image was read in a tiled run")
+
+    monkeypatch.setattr(crowdphot.fitsio, "read_image", no_full_read)
+    monkeypatch.setattr(crowdphot.tiled, "photometry_tiled",
+                        lambda data, psf, fit_shape, **kw: QTable(
+                            {"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [1.0],
+                             "flags": [0]}))
+    code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
+                           tmp_path / "t.ecsv", "--no-progress", "--tile", 64], capsys)
+    assert code == 0, err
+    assert QTable.read(tmp_path / "t.ecsv")["x_fit"][0] == 10.0

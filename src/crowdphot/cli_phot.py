@@ -234,7 +234,11 @@ def _finder(args, image):
 
     threshold = args.threshold
     if threshold is None:
-        threshold = 5.0 * robust_sigma(image.data, image.mask)
+        if image.data is None:  # tiled run: estimate from a central sample, not the mosaic
+            data, _, mask = image.planes.sample()
+        else:
+            data, mask = image.data, image.mask
+        threshold = 5.0 * robust_sigma(data, mask)
         if not threshold > 0:
             raise CLIError(f"{args.image}: cannot estimate a detection threshold (blank "
                            "image?); give --threshold")
@@ -264,9 +268,10 @@ def _photometry(args, image, psf, finder, init):
     if args.tile:
         from .tiled import photometry_tiled
 
-        table = photometry_tiled(image.data, psf, fit_shape, finder=finder, mask=image.mask,
-                                 error=image.error, tile_shape=args.tile,
-                                 workers=args.workers, scheduler=args.scheduler, **common)
+        # workers memory-map the file and read only their tiles: no pixels cross the network
+        table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
+                                 tile_shape=args.tile, workers=args.workers,
+                                 scheduler=args.scheduler, **common)
         return table, None
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
@@ -312,13 +317,23 @@ def run_phot(args):
     import astropy.units as u
 
     from .cli import CLIError, load_psf
-    from .fitsio import read_image, write_fits_image, write_table
+    from .fitsio import FitsPlanes, read_image, write_fits_image, write_table
 
     t0 = time.perf_counter()
     _check_options(args)
     ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
     dq_bits = int(args.dq_bits) if args.dq_bits.isdigit() else args.dq_bits.split(",")
-    image = read_image(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext, dq_bits=dq_bits)
+    if args.tile and not (args.residual or args.plots):
+        # out-of-core: header now, pixels only inside the tile tasks
+        planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                            dq_bits=dq_bits)
+        image = planes.header_info()
+    else:
+        image = read_image(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                           dq_bits=dq_bits)
+        planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                            dq_bits=dq_bits) if args.tile else None
+    image.planes = planes
     psf = load_psf(args.psf, detector_id=args.psf_detector)
     init = _read_init(args.init, image.wcs) if args.init else None
     finder, threshold = (None, None) if init is not None else _finder(args, image)

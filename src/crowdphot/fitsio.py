@@ -55,14 +55,18 @@ class ImageData:
     header : astropy Header of the science HDU (with the primary header's WCS keys merged)
     wcs : astropy WCS or None (only when celestial)
     unit : str or None (BUNIT)
+    planes : FitsPlanes or None
+        Lazy per-cut access to the same file (tiled runs); ``data`` is None when only the
+        header was read.
     """
 
-    data: np.ndarray
+    data: np.ndarray | None
     error: np.ndarray | None
     mask: np.ndarray | None
     header: fits.Header
     wcs: object | None
     unit: str | None
+    planes: object | None = None
 
 
 def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
@@ -221,6 +225,21 @@ class FitsPlanes:
             self.dq_ext = ("DQ" if "DQ" in names else None) if dq_ext == "auto" else dq_ext
             h = hdul[ext].header
             self.shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
+
+    def header_info(self):
+        """``ImageData`` with header, WCS and unit but no pixels (``data`` etc. are None)."""
+        with fits.open(self.path) as hdul:
+            header = hdul[self.ext].header.copy()
+            primary = hdul[0].header.copy()
+        return ImageData(data=None, error=None, mask=None, header=header,
+                         wcs=_celestial_wcs(header, primary),
+                         unit=header.get("BUNIT", primary.get("BUNIT")))
+
+    def sample(self, size=2048):
+        """``(data, error, mask)`` of a central cut of at most ``size`` pixels a side."""
+        ny, nx = self.shape
+        y0, x0 = max((ny - size) // 2, 0), max((nx - size) // 2, 0)
+        return self.cut(y0, min(y0 + size, ny), x0, min(x0 + size, nx))
 
     def cut(self, y0, y1, x0, x1):
         """``(data, error, mask)`` of the region ``[y0:y1, x0:x1]``."""
