@@ -57,8 +57,11 @@ def _group_pixels(x0, y0, fit_shape, shape, mask):
     return yy, xx
 
 
-def oracle_fit(img, psf, x0, y0, f0, groups, fit_shape, *, error=None, mask=None, bkg=None):
+def oracle_fit(img, psf, x0, y0, f0, groups, fit_shape, *, error=None, mask=None, bkg=None,
+               lo=None, hi=None):
     n = len(x0)
+    lo = np.full((n, 3), -np.inf) if lo is None else lo
+    hi = np.full((n, 3), np.inf) if hi is None else hi
     bkg = np.zeros(n) if bkg is None else bkg
     out = np.full((n, 3), np.nan)
     err = np.full((n, 3), np.nan)
@@ -86,7 +89,8 @@ def oracle_fit(img, psf, x0, y0, f0, groups, fit_shape, *, error=None, mask=None
 
         p0 = np.column_stack([x0[mem], y0[mem], f0[mem]]).ravel()
         sol = least_squares(resid, p0, jac=jac, xtol=1e-15, ftol=1e-15, gtol=1e-15,
-                            x_scale="jac", max_nfev=500)
+                            x_scale="jac", max_nfev=500,
+                            bounds=(lo[mem].ravel(), hi[mem].ravel()))
         j = sol.jac
         cov = np.linalg.inv(j.T @ j)
         if error is None:
@@ -142,6 +146,34 @@ def test_matches_least_squares_oracle(psf, small_scene, with_error, support_shap
     np.testing.assert_allclose(res.flux, ref[:, 2], rtol=1e-7)
     got_err = np.column_stack([res.x_err, res.y_err, res.flux_err])
     np.testing.assert_allclose(got_err, ref_err, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dense_max", [64, 1])
+def test_bounded_fit_matches_least_squares_oracle(psf, small_scene, dense_max):
+    # x bounds that bite for about half the sources and a flux ceiling below some fluxes: the
+    # free parameters must be re-optimised with the bound held (constrained optimum)
+    s = small_scene
+    n = len(s["x0"])
+    rng = np.random.default_rng(11)
+    lo = np.full((n, 3), -np.inf)
+    hi = np.full((n, 3), np.inf)
+    lo[:, 0] = s["x0"] - rng.uniform(0.02, 0.3, n)
+    hi[:, 0] = s["x0"] + rng.uniform(0.02, 0.3, n)
+    hi[:, 2] = np.median(s["flux"])
+    f0 = np.minimum(s["f0"], hi[:, 2])
+    res = fit_psf(s["img"], psf, s["x0"], s["y0"], f0, fit_shape=5, group_id=s["gid"],
+                  error=s["sigma"], mask=s["mask"], local_bkg=s["bkg"], dense_max=dense_max,
+                  bounds={"x": (lo[:, 0], hi[:, 0]), "flux": (None, hi[:, 2])})
+    ref, _ = oracle_fit(s["img"], psf, s["x0"], s["y0"], f0, s["gid"], (5, 5),
+                        error=s["sigma"], mask=s["mask"], bkg=s["bkg"], lo=lo, hi=hi)
+    on_x = (np.abs(ref[:, 0] - lo[:, 0]) < 1e-9) | (np.abs(ref[:, 0] - hi[:, 0]) < 1e-9)
+    on_f = np.abs(ref[:, 2] - hi[:, 2]) < 1e-6
+    assert on_x.sum() >= 3 and on_f.sum() >= 2 and not on_x.all()  # the test has teeth
+    assert res.converged.all()
+    np.testing.assert_allclose(res.x, ref[:, 0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res.y, ref[:, 1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(res.flux, ref[:, 2], rtol=1e-7)
+    assert np.all((res.x >= lo[:, 0]) & (res.x <= hi[:, 0]) & (res.flux <= hi[:, 2]))
 
 
 def test_image_psf_grouped_matches_oracle(monkeypatch):

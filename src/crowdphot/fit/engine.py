@@ -138,9 +138,12 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
         idx = idx[np.argsort(gid[idx], kind="stable")]
         _, grp = np.unique(gid[idx], return_inverse=True)
         grp = grp.astype(np.int64)
+        # the model's support only matters for groups (it can cost an astropy bounding box)
+        support = _support_of(psf_model, support_shape) if len(grp) > grp[-1] + 1 else None
         inter = build_interactions(x[idx], y[idx], st.xlo[idx], st.ylo[idx], grp, fit_shape,
-                                   support_shape=_support_of(psf_model, support_shape))
-        lay = make_layout(grp, inter, dense_max=dense_max)
+                                   support_shape=support)
+        lay = make_layout(grp, inter, dense_max=dense_max,
+                          xy=np.column_stack([x[idx], y[idx]]))
         prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
                        weight=st.weight[idx], xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
                        layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx])
@@ -310,7 +313,8 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
         ``{'x' | 'y' | 'flux': bool or (n,) bool}``; fixed parameters keep their initial value.
     bounds : dict, optional
         ``{'x' | 'y' | 'flux': (lo, hi)}``, each a scalar, ``(n,)`` array or None; +-inf
-        allowed. Steps are projected onto the bounds.
+        allowed. The fit reaches the constrained optimum (parameters held on an active bound
+        while the others are re-optimised).
     maxiters : int, optional
         Maximum Levenberg-Marquardt iterations per group.
     xtol, ftol : float, optional
@@ -320,7 +324,9 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
         PSF extent used to find which members reach which stamps of a group ('auto': the
         model's ``default_stamp_shape``; None: every member on every stamp of its group).
     dense_max : int, optional
-        Groups up to this size use batched dense solves; larger ones share a sparse solve.
+        Groups up to this size use batched dense solves; larger ones (no size cap) take
+        per-group preconditioned conjugate-gradient steps and a block-tridiagonal covariance,
+        both about linear in the group size.
 
     Returns
     -------

@@ -2,7 +2,9 @@
 
 Every group has its own damping ``lambda`` and accepts or rejects its own steps; one model
 evaluation per iteration covers every group that is still iterating (converged groups drop
-out of the evaluation). Parameter steps are projected onto the per-source bounds.
+out of the evaluation). Bounds are handled with an active set: a parameter on a bound whose
+descent direction points outward is held for the step, the others are solved for, and what is
+left of a step beyond a bound is clipped onto it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._numba import njit, use_numba
 from .pairs import segment_starts
 from .solve import scale_blocks, solve_groups
 
@@ -83,54 +86,66 @@ def evaluate(prob, theta, gmask):
         grad[:, k] = np.bincount(ps, gp[:, k], minlength=m)
 
     tsel = np.flatnonzero(gmask[grp[inter.ps[inter.q1]]])
-    pos = np.full(len(inter.ps), -1, dtype=np.int64)
-    pos[psel] = np.arange(npair)
-    prod = _triple_products(jac, starts, stamp_of_pair, pos[inter.q1[tsel]],
-                            pos[inter.q2[tsel]])
-    tb = inter.tb[tsel]
-    blocks = np.zeros((len(inter.bs1), 3, 3))
-    if len(tb):
-        bstart = segment_starts(tb)
-        blocks[tb[bstart]] = np.add.reduceat(prod, bstart, axis=0)
+    blocks = _normal_blocks(jac, starts, inter.tb[tsel], len(inter.bs1))
     resid = np.zeros((m, npix))
     resid[stamps] = raw
     return Evaluation(cost=cost, grad=grad, blocks=blocks, resid=resid)
 
 
-def _triple_products(jac, starts, stamp_of_pair, a, b, max_floats=2**23):
-    """``J_a J_b^T`` (summed over the stamp's pixels) for pair pairs ``(a, b)`` sharing a stamp.
+def _normal_blocks(jac, starts, tb, n_blocks, max_floats=2**23):
+    """Normal-matrix blocks ``sum J_s1 J_s2^T`` from the pairs' weighted Jacobians.
 
-    Stamps are batched by their number of pairs ``c``: the pairs of each stamp form one
-    ``(3 c, npix)`` matrix and a batched matmul gives all products of those stamps at once.
+    ``tb`` is the block of every triple of the evaluated stamps, in stamp-major order. Stamps
+    are batched by their number of pairs ``c``: the pairs of a stamp form one ``(3 c, npix)``
+    matrix, a batched matmul gives its Gram matrix (all ``c * c`` triples of the stamp, in
+    triple order) and one ``bincount`` adds every entry to its block.
     """
     npair, _, npix = jac.shape
     counts = np.diff(np.r_[starts, npair])
-    if counts.max() == 1:  # isolated sources: one pair per stamp, a == b
-        return np.matmul(jac, jac.transpose(0, 2, 1))[a]
-    rank = np.arange(npair) - starts[stamp_of_pair]
-    ta = stamp_of_pair[a]
-    prod = np.empty((len(a), 3, 3))
-    tc = counts[ta]
-    order = np.lexsort((ta, tc))  # triples by stamp size, then stamp
-    tc_sorted = tc[order]
+    if counts.max(initial=0) <= 1:  # isolated sources: one triple per stamp
+        blocks = np.zeros((n_blocks, 3, 3))
+        blocks[tb] = np.matmul(jac, jac.transpose(0, 2, 1))
+        return blocks
+    toff = np.cumsum(counts * counts) - counts * counts
+    if use_numba():
+        blocks = np.zeros((n_blocks, 3, 3))
+        _normal_blocks_nb(np.ascontiguousarray(jac), starts, counts, toff, tb, blocks)
+        return blocks
+    kl = 3 * np.arange(3)[:, None, None] + np.arange(3)  # (k, 1, l) inside a 3 x 3 block
+    acc = np.zeros(n_blocks * 9)
     for c in np.unique(counts):  # a handful of distinct stamp sizes
         stamps_c = np.flatnonzero(counts == c)
-        srank = np.full(len(starts), -1, dtype=np.int64)
-        srank[stamps_c] = np.arange(len(stamps_c))
-        lo, hi = np.searchsorted(tc_sorted, [c, c + 1])
-        sel_c = order[lo:hi]
+        ab = (np.arange(c)[:, None] * c + np.arange(c)).astype(np.int64)
         per = max(1, max_floats // (9 * c * c + 3 * c * npix))
         for c0 in range(0, len(stamps_c), per):  # chunks bound memory; usually one
             chunk = stamps_c[c0:c0 + per]
-            pidx = starts[chunk][:, None] + np.arange(c)
-            pad = jac[pidx].reshape(len(chunk), 3 * c, npix)
-            gram = np.matmul(pad, pad.transpose(0, 2, 1)).reshape(len(chunk), c, 3, c, 3)
-            gram = gram.transpose(0, 1, 3, 2, 4).reshape(-1, 3, 3)
-            r = srank[ta[sel_c]] - c0
-            sel = sel_c[(r >= 0) & (r < len(chunk))]
-            flat = ((srank[ta[sel]] - c0) * c + rank[a[sel]]) * c + rank[b[sel]]
-            prod[sel] = gram[flat]
-    return prod
+            pad = jac[starts[chunk][:, None] + np.arange(c)].reshape(len(chunk), 3 * c, npix)
+            gram = np.matmul(pad, pad.transpose(0, 2, 1))  # (stamp, a, k, b, l) flattened
+            bid = 9 * tb[toff[chunk][:, None, None] + ab]  # (stamp, a, b)
+            idx = bid[:, :, None, :, None] + kl[None, None, :, :, :]
+            acc += np.bincount(idx.ravel(), gram.ravel(), minlength=n_blocks * 9)
+    return acc.reshape(n_blocks, 3, 3)
+
+
+@njit
+def _normal_blocks_nb(jac, starts, counts, toff, tb, out):  # pragma: no cover - compiled
+    # compiled form of _normal_blocks: no Gram / index temporaries, and the symmetry
+    # G_ba = G_ab^T halves the products
+    npix = jac.shape[2]
+    for t in range(starts.shape[0]):
+        p0, c, o = starts[t], counts[t], toff[t]
+        for a in range(c):
+            for b in range(a, c):
+                bab = tb[o + a * c + b]
+                bba = tb[o + b * c + a]
+                for k in range(3):
+                    for m in range(3):
+                        acc = 0.0
+                        for q in range(npix):
+                            acc += jac[p0 + a, k, q] * jac[p0 + b, m, q]
+                        out[bab, k, m] += acc
+                        if b != a:
+                            out[bba, m, k] += acc
 
 
 def _merge(cur, new, prob, acc_groups):
@@ -173,7 +188,8 @@ def restrict(prob, gmask):
                             bs1=smap[lay.bs1[blk]], bs2=smap[lay.bs2[blk]],
                             diag_block=bmap[lay.diag_block[src]])
     sub_lay = type(lay)(group=gmap[grp[src]], local=lay.local[src], bucket=lay.bucket[gmask],
-                        bs1=sub_inter.bs1, bs2=sub_inter.bs2, diag_block=sub_inter.diag_block)
+                        bs1=sub_inter.bs1, bs2=sub_inter.bs2, diag_block=sub_inter.diag_block,
+                        xy=None if lay.xy is None else lay.xy[src])
     sub = Problem(psf=prob.psf, fit_shape=prob.fit_shape, data=prob.data[src],
                   weight=prob.weight[src], xlo=prob.xlo[src], ylo=prob.ylo[src],
                   inter=sub_inter, layout=sub_lay, free=prob.free[src], lo=prob.lo[src],
@@ -192,6 +208,7 @@ class _State:
         self.niter = np.zeros(g, dtype=np.int64)
         self.converged = np.zeros(g, dtype=bool)
         self.done = ~np.isfinite(ev.cost)
+        self.lu = np.zeros(g, dtype=bool)  # large groups where CG stalled: LU from then on
         self.src = np.arange(len(theta))
         self.blk = np.arange(len(prob.layout.bs1))
         self.grp = np.arange(g)
@@ -212,44 +229,61 @@ class _State:
         self.prob, self.theta = sub, self.theta[src]
         self.ev = Evaluation(cost=self.ev.cost[keep], grad=self.ev.grad[src],
                              blocks=self.ev.blocks[blk], resid=self.ev.resid[src])
-        for name in ("lam", "nu", "niter", "converged", "done"):
+        for name in ("lam", "nu", "niter", "converged", "done", "lu"):
             setattr(self, name, getattr(self, name)[keep])
         self.src, self.blk, self.grp = self.src[src], self.blk[blk], self.grp[keep]
 
 
+def _free_set(prob, theta, grad):
+    """Free parameters minus the active bound constraints of this step.
+
+    ``grad`` is ``J^T r``, the steepest-descent direction of the cost. A parameter sitting on
+    a bound whose descent direction points outward is held for the step (identity row, zero
+    right-hand side) so that the other parameters are re-optimised with it fixed, instead of
+    a projected step that stops short of the constrained optimum. It is released as soon as
+    the descent direction points back inside.
+    """
+    held = ((theta <= prob.lo) & (grad < 0)) | ((theta >= prob.hi) & (grad > 0))
+    return prob.free & ~held
+
+
 def _step(st, xtol, ftol):
+    # one error-state switch per iteration: NaN / overflow in a group only marks that group
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        _step_unguarded(st, xtol, ftol)
+
+
+def _step_unguarded(st, xtol, ftol):
     prob, cur, theta = st.prob, st.ev, st.theta
     lay = prob.layout
     grp = lay.group
     n_groups = lay.n_groups
     active = ~st.done
     st.niter[active] += 1
-    scaled, sd, usable = scale_blocks(cur.blocks, lay, prob.free, st.lam[grp])
+    scaled, sd, usable = scale_blocks(cur.blocks, lay, _free_set(prob, theta, cur.grad),
+                                      st.lam[grp])
     rhs = np.where(usable, cur.grad / sd, 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        delta = solve_groups(scaled, rhs, lay, active) / sd
-        delta = np.where(active[grp][:, None] & usable, delta, 0.0)
-        cand = np.clip(theta + delta, prob.lo, prob.hi)
-        delta = cand - theta
+    delta = solve_groups(scaled, rhs, lay, active, st.lu) / sd
+    delta = np.where(active[grp][:, None] & usable, delta, 0.0)
+    cand = np.clip(theta + delta, prob.lo, prob.hi)
+    delta = cand - theta
     fin_src = np.isfinite(delta).all(axis=1)
     finite = _all_in_group(fin_src, grp, n_groups)
     delta = np.where(fin_src[:, None], delta, 0.0)
     cand = theta + delta
-    with np.errstate(invalid="ignore", over="ignore"):
-        lin = np.bincount(grp, np.einsum("sk,sk->s", delta, cur.grad), minlength=n_groups)
-        pred = lin - 0.5 * _quadratic(cur.blocks, delta, lay)
+    lin = np.bincount(grp, np.einsum("sk,sk->s", delta, cur.grad), minlength=n_groups)
+    pred = lin - 0.5 * _quadratic(cur.blocks, delta, lay)
     small_src = (np.abs(delta) <= xtol * (np.abs(theta) + xtol)).all(axis=1)
     # a negligible proposed step means the group sits at its minimum: stop without paying
     # for one more evaluation
     small = finite & _all_in_group(small_src, grp, n_groups)
     evalg = active & finite & ~small
     new = evaluate(prob, cand, evalg)
-    with np.errstate(invalid="ignore", over="ignore"):
-        actual = cur.cost - new.cost
-        accept = evalg & np.isfinite(new.cost) & (new.cost <= cur.cost)
-        rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
-                       np.where(actual >= 0, 1.0, -1.0))
-        tol = ftol * cur.cost
+    actual = cur.cost - new.cost
+    accept = evalg & np.isfinite(new.cost) & (new.cost <= cur.cost)
+    rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
+                   np.where(actual >= 0, 1.0, -1.0))
+    tol = ftol * cur.cost
     newly = active & (
         small
         | (accept & (((actual <= tol) & (rho > 0.25)) | (new.cost == 0)))

@@ -5,7 +5,8 @@ Sources are indexed ``0..m-1`` and must be sorted by group (each group contiguou
 ``(s, t)`` says that source ``s``'s PSF is evaluated on stamp ``t`` (same group, PSF support
 reaching the stamp); pairs are sorted by ``t`` then ``s`` so that per-stamp sums are
 ``np.add.reduceat`` calls. A *triple* is two pairs sharing a stamp; its ``3 x 3`` outer product
-adds to the normal-matrix block ``(s1, s2)``. Triples are sorted by block.
+adds to the normal-matrix block ``(s1, s2)``. Triples are in stamp-major order (stamp, first
+pair, second pair), the order of a per-stamp Gram matrix, and carry their block index.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Interactions:
     pt: np.ndarray  # (P,) stamp of each pair, sorted
     q1: np.ndarray  # (T,) first pair of each triple
     q2: np.ndarray  # (T,) second pair
-    tb: np.ndarray  # (T,) block of each triple, sorted
+    tb: np.ndarray  # (T,) block of each triple
     bs1: np.ndarray  # (NB,) row source of each block
     bs2: np.ndarray  # (NB,) column source of each block
     diag_block: np.ndarray  # (m,) block index of (s, s)
@@ -142,8 +143,7 @@ def build_interactions(x, y, xlo, ylo, group, fit_shape, *, support_shape=None, 
         bkeys = key
     else:
         bkeys, tb = np.unique(key, return_inverse=True)
-        order = np.argsort(tb, kind="stable")
-        q1, q2, tb = q1[order], q2[order], tb[order].astype(np.int64)
+        tb = tb.astype(np.int64)
     bs1 = bkeys // m
     bs2 = bkeys % m
     diag_block = np.searchsorted(bkeys, np.arange(m) * (m + 1))

@@ -1,4 +1,8 @@
-"""Dispatch of the per-group linear algebra to the dense buckets and the sparse solver.
+"""Dispatch of the per-group linear algebra to the dense buckets and the large-group solvers.
+
+Large groups (above ``dense_max``) are solved with per-group preconditioned CG
+(:func:`crowdphot.fit.sparse.solve_pcg`); the diagonal blocks of their inverse come from the
+block-tridiagonal slab recursion (:mod:`crowdphot.fit.slabs`) when source positions are known.
 
 Normal-matrix blocks are first Jacobi-scaled (unit diagonal) so that Marquardt damping is
 ``+ lambda`` on the diagonal and singularity tests are scale-free. Parameters that are fixed,
@@ -13,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dense import assemble_dense, bucket_of, inverse_dense, inverse_spd, solve_dense
-from .sparse import assemble_sparse, inverse_diag_blocks_sparse, solve_sparse
+from .slabs import inverse_diag_blocks_slabs, slab_index
+from .sparse import assemble_sparse, inverse_diag_blocks_sparse, solve_pcg
 
 __all__ = ["Layout", "make_layout", "scale_blocks", "solve_groups", "inverse_groups"]
 
@@ -30,14 +35,18 @@ class Layout:
     bs1: np.ndarray  # (NB,) block row source
     bs2: np.ndarray  # (NB,) block column source
     diag_block: np.ndarray  # (m,)
+    xy: np.ndarray | None = None  # (m, 2) source positions, for slabbing large groups
 
     @property
     def n_groups(self):
         return len(self.bucket)
 
 
-def make_layout(group, inter, *, dense_max=16):
+def make_layout(group, inter, *, dense_max=16, xy=None):
     """Build the :class:`Layout` of sources sorted by compact group label.
+
+    ``xy`` (m, 2), the source positions, lets the covariance of large groups use the
+    block-tridiagonal slab recursion (:mod:`crowdphot.fit.slabs`).
 
     Examples
     --------
@@ -54,7 +63,7 @@ def make_layout(group, inter, *, dense_max=16):
     gstart = np.cumsum(sizes) - sizes
     return Layout(group=group, local=np.arange(m) - gstart[group],
                   bucket=bucket_of(sizes, dense_max), bs1=inter.bs1, bs2=inter.bs2,
-                  diag_block=inter.diag_block)
+                  diag_block=inter.diag_block, xy=xy)
 
 
 def scale_blocks(blocks, layout, free, lam=None):
@@ -105,10 +114,12 @@ def _sparse_part(layout, gmask):
     return src, blk, pos
 
 
-def solve_groups(scaled, rhs, layout, gmask):
+def solve_groups(scaled, rhs, layout, gmask, lu_groups=None):
     """Solve the scaled systems of the groups in ``gmask``; ``rhs`` and result are (m, 3).
 
-    Sources of other groups get a zero solution.
+    Sources of other groups get a zero solution. ``lu_groups`` (G,) bool, optional: large
+    groups to solve with the sparse LU instead of CG, updated in place with those where CG
+    did not converge (see :func:`crowdphot.fit.sparse.solve_pcg`).
     """
     z = np.zeros_like(rhs)
     grp, loc = layout.group, layout.local
@@ -122,8 +133,14 @@ def solve_groups(scaled, rhs, layout, gmask):
     part = _sparse_part(layout, gmask)
     if part is not None:
         src, blk, pos = part
-        mat = assemble_sparse(scaled[blk], pos[layout.bs1[blk]], pos[layout.bs2[blk]], len(src))
-        z[src] = solve_sparse(mat, rhs[src])
+        mat = assemble_sparse(scaled[blk], pos[layout.bs1[blk]], pos[layout.bs2[blk]], len(src),
+                              fmt="csr")
+        gids, gcomp = np.unique(grp[src], return_inverse=True)
+        direct = None if lu_groups is None else lu_groups[gids]
+        z[src] = solve_pcg(mat, rhs[src], scaled[layout.diag_block[src]], gcomp,
+                           direct=direct)
+        if lu_groups is not None:
+            lu_groups[gids] = direct
     return z
 
 
@@ -148,6 +165,17 @@ def inverse_groups(scaled, layout, gmask, *, dense_inverse_max=2000):
     if part is None:
         return out, ok
     src, blk, pos = part
+    if layout.xy is not None:
+        # large groups: block-tridiagonal slabs, about linear in the group size
+        gsrc = grp[src]
+        _, gcomp = np.unique(gsrc, return_inverse=True)
+        p1, p2 = pos[layout.bs1[blk]], pos[layout.bs2[blk]]
+        n_sub = int(gcomp.max()) + 1
+        slab = slab_index(layout.xy[src, 0], layout.xy[src, 1], gcomp, p1, p2, n_sub)
+        blocks, good = inverse_diag_blocks_slabs(scaled[blk], p1, p2, gcomp, slab)
+        out[src] = blocks
+        ok[np.unique(gsrc)] = good
+        return out, ok
     gsrc, gblk = grp[src], grp[layout.bs1[blk]]
     groups, first = np.unique(gsrc, return_index=True)
     sizes = np.diff(np.r_[first, len(src)])
