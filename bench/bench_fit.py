@@ -140,6 +140,10 @@ def run(quick=False):
                          scene["error"], x, y, f, scene["psf_crowdphot"],
                          scene["psf_photutils"], None, repeat=repeat,
                          extra_note="; " + scene["note"]))
+    rows.append(_compare(f"fit notebook scene ({len(x)} stars), GriddedPSFModel, grouped at 35 px",
+                         scene["data"], scene["error"], x, y, f, scene["psf_crowdphot"],
+                         scene["psf_photutils"], 35.0, repeat=repeat,
+                         extra_note="; " + scene["note"]))
     rows.append(_big_group_row(*((20, 15) if quick else (60, 50)), repeat=repeat))
     return rows
 

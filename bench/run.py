@@ -59,8 +59,10 @@ def normalise(rows, module):
             raise ValueError(f"{module}: row {r!r} lacks keys {missing}")
         r = dict(r)
         if "ratio" not in r or r["ratio"] is None:
+            # crowdphot-only rows (photutils cannot run that size) have no ratio
             r["ratio"] = (r["photutils_s"] / r["crowdphot_s"]
-                          if r["crowdphot_s"] else float("nan"))
+                          if r["crowdphot_s"] and r["photutils_s"] is not None
+                          else float("nan"))
         r["module"] = module
         out.append(r)
     return out
