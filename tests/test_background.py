@@ -95,8 +95,10 @@ def test_estimator_bad_input():
         MedianBackground(sigma_clip=3.0)
     with pytest.raises(ValueError, match="median_factor must be a finite number"):
         ModeEstimatorBackground(median_factor=np.nan)
-    with pytest.raises(TypeError):
-        MedianBackground()(np.ones(5), 0)  # options are keyword-only
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    with pytest.warns(AstropyDeprecationWarning, match="'axis' positionally"):
+        assert MedianBackground()(np.ones((2, 5)), 1).shape == (2,)
 
 
 def test_all_nan_gives_nan():

@@ -377,11 +377,45 @@ def test_bad_call_arguments():
         IRAFStarFinder(threshold=1.0, fwhm=3.0)(np.zeros(30))
     with pytest.raises(ValueError, match="ratio"):
         DAOStarFinder(threshold=1.0, fwhm=3.0, ratio=1.5)
-    with pytest.raises(TypeError):
-        IRAFStarFinder(1.0, 3.0, 1.5)  # options are keyword-only
+    with pytest.raises(TypeError, match="positional arguments"):
+        IRAFStarFinder(1.0, 3.0, *range(12))
+
+
+def test_positional_options_work_with_photutils_deprecation_warning():
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    data = np.zeros((40, 40))
+    data[18:21, 18:21] = 50.0
+    data[19, 19] = 80.0
+    with pytest.warns(AstropyDeprecationWarning, match="'sigma_radius' positionally"):
+        positional = IRAFStarFinder(6.0, 3.0, 2.0)(data)
+    keyword = IRAFStarFinder(threshold=6.0, fwhm=3.0, sigma_radius=2.0)(data)
+    assert np.all(positional.as_array() == keyword.as_array())
+    with pytest.warns(AstropyDeprecationWarning, match="'ratio', 'theta' positionally"):
+        finder = DAOStarFinder(6.0, 3.0, 0.8, 30.0)
+    assert (finder.ratio, finder.theta) == (0.8, 30.0)
+    with pytest.raises(TypeError, match="multiple values"):
+        DAOStarFinder(6.0, 3.0, 0.8, ratio=0.5)
 
 
 def test_public_exports():
     assert crowdphot.IRAFStarFinder is IRAFStarFinder
     assert crowdphot.DAOStarFinder is DAOStarFinder
     assert "DAOStarFinder" in repr(DAOStarFinder(threshold=1.0, fwhm=2.0))
+
+
+def test_notebook_scene_same_stars_as_photutils():
+    """The notebook's scene: 500 stars of the built-in grid, threshold 6, fwhm 3."""
+    import photutils.detection as pdet
+
+    from crowdphot import jwst_like_psf_grid, make_noise_image, make_psf_model_image
+
+    data, truth = make_psf_model_image((2048, 2048), jwst_like_psf_grid(), 500,
+                                       flux=(500, 20_000), min_separation=25, seed=0)
+    data = data + make_noise_image(data.shape, mean=0, stddev=0.5, seed=0)
+    ours = IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
+    theirs = pdet.IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
+    assert len(ours) == len(truth) == 500
+    assert_tables_match(ours, theirs)
+    assert_tables_match(DAOStarFinder(threshold=6.0, fwhm=3.0)(data),
+                        pdet.DAOStarFinder(threshold=6.0, fwhm=3.0)(data))

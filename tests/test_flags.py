@@ -102,9 +102,11 @@ def test_decode_errors(flags, exc, match):
         decode_flags(flags)
 
 
-def test_decode_keyword_only():
-    with pytest.raises(TypeError):
-        decode_flags(3, True)
+def test_decode_positional_option_is_deprecated_not_refused():
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    with pytest.warns(AstropyDeprecationWarning, match="'return_bit_values' positionally"):
+        assert decode_flags(3, True) == decode_flags(3, return_bit_values=True)
 
 
 def test_combine_flags_roundtrip(rng):

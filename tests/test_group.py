@@ -163,9 +163,12 @@ def test_bad_positions(x, y, exc, match):
         SourceGrouper(3)(x, y)
 
 
-def test_keyword_only_return_groups_object():
-    with pytest.raises(TypeError):
-        SourceGrouper(3)([0.0], [0.0], True)
+def test_positional_return_groups_object_is_deprecated_not_refused():
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    with pytest.warns(AstropyDeprecationWarning, match="positionally"):
+        groups = SourceGrouper(3)([0.0], [0.0], True)
+    assert list(groups.groups) == [1]
 
 
 def test_source_groups_matches_photutils(rng):

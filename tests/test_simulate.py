@@ -269,3 +269,21 @@ def test_bad_inputs():
         make_noise_image((5, 5), mean=1.0)
     with pytest.raises(ValueError, match="distribution"):
         make_noise_image((5, 5), distribution="uniform", mean=1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"flux": (10, 1)}, "flux range must be finite with low <= high"),
+    ({"flux": (np.nan, 1)}, "flux range must be finite"),
+    ({"border_size": 30}, r"border_size \(30, 30\) is too large for shape \(50, 50\)"),
+])
+def test_bad_ranges_name_the_argument(kwargs, match):
+    from crowdphot import CircularGaussianPRF
+
+    with pytest.raises(ValueError, match=match):
+        make_psf_model_image((50, 50), CircularGaussianPRF(fwhm=2.0), 3, model_shape=(9, 9),
+                             **kwargs)
+
+
+def test_unknown_noise_distribution_is_named():
+    with pytest.raises(ValueError, match="distribution must be 'gaussian' or 'poisson'"):
+        make_noise_image((5, 5), distribution="foo", mean=0, stddev=1)

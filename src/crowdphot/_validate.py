@@ -177,3 +177,57 @@ def check_positions(name, x, y):
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise ValueError(f"{name} contain NaN or inf values")
     return xa, ya
+
+
+def deprecated_positional(*names, since="3.0", until="4.0"):
+    """Accept the keyword-only options ``names`` positionally, with photutils 3's warning.
+
+    photutils 3 made these options keyword-only but still accepts them positionally with an
+    ``AstropyDeprecationWarning``; crowdphot does the same so that older scripts keep running.
+    ``names`` are in photutils' positional order.
+
+    Examples
+    --------
+    >>> @deprecated_positional('b')
+    ... def f(a, *, b=1):
+    ...     return a + b
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     warnings.simplefilter('always')
+    ...     f(1, 5)
+    6
+    """
+    import functools
+    import inspect
+
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    def decorate(func):
+        params = inspect.signature(func).parameters.values()
+        n_pos = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            if len(args) > n_pos:
+                extra = args[n_pos:]
+                if len(extra) > len(names):
+                    raise TypeError(f"{func.__qualname__}() takes at most "
+                                    f"{n_pos + len(names)} positional arguments but "
+                                    f"{len(args)} were given")
+                moved = names[: len(extra)]
+                for name, value in zip(moved, extra, strict=True):
+                    if name in kwargs:
+                        raise TypeError(f"{func.__qualname__}() got multiple values for "
+                                        f"argument {name!r}")
+                    kwargs[name] = value
+                warnings.warn(
+                    f"Passing {', '.join(repr(m) for m in moved)} positionally to "
+                    f"{func.__qualname__}() is deprecated since {since} and will be an error "
+                    f"in {until}; pass {'it' if len(moved) == 1 else 'them'} by keyword",
+                    AstropyDeprecationWarning, stacklevel=2)
+                args = args[:n_pos]
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -31,7 +31,7 @@ from astropy.table import QTable
 
 from ._numba import use_numba
 from ._overlap import METHODS, circle_sums_compiled, circle_weight_stamps, stamp_bbox
-from ._validate import CrowdphotWarning, check_mask, check_positions
+from ._validate import CrowdphotWarning, check_mask, check_positions, deprecated_positional
 
 __all__ = [
     "ApertureMask",
@@ -479,6 +479,7 @@ class _CircularBase:
         boxes = [BoundingBox(*b) for b in zip(*stamp_bbox(x, y, self._radii()[0]), strict=True)]
         return boxes[0] if self.isscalar else boxes
 
+    @deprecated_positional("method", "subpixels")
     def to_mask(self, *, method="exact", subpixels=5):
         """Pixel-weight masks of the aperture(s).
 
@@ -505,6 +506,7 @@ class _CircularBase:
         ]
         return masks[0] if self.isscalar else masks
 
+    @deprecated_positional("error", "mask", "method", "subpixels")
     def do_photometry(self, data, *, error=None, mask=None, method="exact", subpixels=5):
         """Sum ``data`` (and propagate ``error``) inside each aperture.
 
@@ -709,6 +711,7 @@ class _PhotTable(QTable):
         return super().__getitem__(item)
 
 
+@deprecated_positional("error", "mask", "method", "subpixels", "wcs")
 def aperture_photometry(data, apertures, *, error=None, mask=None, method="exact", subpixels=5,
                         wcs=None):
     """Aperture photometry of an image, one row per aperture position.

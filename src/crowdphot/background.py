@@ -18,7 +18,7 @@ from astropy.stats import SigmaClip
 
 from ._numba import use_numba
 from ._overlap import annulus_values_compiled, circle_weight_stamps
-from ._validate import check_mask, check_positions
+from ._validate import check_mask, check_positions, deprecated_positional
 from .aperture import CircularAnnulus, _as_image, _as_radius
 
 __all__ = [
@@ -81,12 +81,14 @@ class BackgroundBase:
         params = ", ".join(f"{k}={v!r}" for k, v in self._repr_params().items())
         return f"{type(self).__name__}({params})"
 
+    @deprecated_positional("axis", "masked")
     def __call__(self, data, *, axis=None, masked=False):
         return self.calc_background(data, axis=axis, masked=masked)
 
     def _statistic(self, data, axis):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @deprecated_positional("axis", "masked")
     def calc_background(self, data, *, axis=None, masked=False):
         """Background value(s) of ``data``.
 
@@ -242,6 +244,7 @@ class LocalBackground:
     array([2., 2.])
     """
 
+    @deprecated_positional("bkg_estimator")
     def __init__(self, inner_radius, outer_radius, *, bkg_estimator=None):
         r_in = _as_radius("inner_radius", inner_radius)
         r_out = _as_radius("outer_radius", outer_radius)

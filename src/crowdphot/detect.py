@@ -32,7 +32,7 @@ from crowdphot._detect_kernels import (
     make_star_kernel,
 )
 from crowdphot._tables import make_deprecated_qtable
-from crowdphot._validate import CrowdphotWarning, check_image, check_mask
+from crowdphot._validate import CrowdphotWarning, check_image, check_mask, deprecated_positional
 
 __all__ = ["IRAFStarFinder", "DAOStarFinder", "NoDetectionsWarning"]
 
@@ -425,6 +425,9 @@ class IRAFStarFinder(_StarFinderBase):
         "exclude_border", "n_brightest", "peak_max", "min_separation",
     )  # fmt: skip
 
+    @deprecated_positional("sigma_radius", "minsep_fwhm", "sharplo", "sharphi", "roundlo",
+                           "roundhi", "exclude_border", "n_brightest", "peak_max", "xycoords",
+                           "min_separation")
     def __init__(
         self,
         threshold,
@@ -528,6 +531,9 @@ class DAOStarFinder(_StarFinderBase):
         "scale_threshold",
     )  # fmt: skip
 
+    @deprecated_positional("ratio", "theta", "sigma_radius", "sharplo", "sharphi", "roundlo",
+                           "roundhi", "exclude_border", "n_brightest", "peak_max", "xycoords",
+                           "min_separation", "scale_threshold")
     def __init__(
         self,
         threshold,

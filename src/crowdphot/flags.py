@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validate import deprecated_positional
+
 __all__ = ["FlagDefinition", "PSF_FLAGS", "combine_flags", "decode_flags", "decode_psf_flags"]
 
 
@@ -251,6 +253,7 @@ def _check_flag_scalar(value):
     return int(value)
 
 
+@deprecated_positional("return_bit_values")
 def decode_psf_flags(flags, *, return_bit_values=False):
     """Names (or bit values) of the flags set in each value of ``flags``.
 

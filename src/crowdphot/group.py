@@ -21,6 +21,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ._validate import deprecated_positional
+
 __all__ = ["SourceGrouper", "SourceGroups", "group_sources"]
 
 # The k-d tree and the exact distance test below may round a boundary distance differently;
@@ -283,6 +285,7 @@ class SourceGrouper:
     def __repr__(self):
         return f"SourceGrouper(min_separation={self.min_separation!r})"
 
+    @deprecated_positional("return_groups_object")
     def __call__(self, x, y, *, return_groups_object=False):
         """Group the sources at ``(x, y)``.
 

@@ -210,11 +210,15 @@ def make_model_params(shape, n_sources, *, x_name="x_0", y_name="y_0", min_separ
     xrange = (border_size[1], shape[1] - border_size[1])
     yrange = (border_size[0], shape[0] - border_size[0])
     if xrange[0] >= xrange[1] or yrange[0] >= yrange[1]:
-        raise ValueError(f"border_size {tuple(border_size)} is too large for shape {tuple(shape)}")
+        raise ValueError(f"border_size {tuple(int(v) for v in border_size)} is too large for "
+                         f"shape {tuple(int(v) for v in shape)}")
     ranges = {}
     for name, prange in kwargs.items():
         if isinstance(prange, (str, bytes)) or np.ndim(prange) != 1 or len(prange) != 2:
             raise ValueError(f"{name} must be a (low, high) 2-tuple, got {prange!r}")
+        low, high = (float(getattr(v, "value", v)) for v in prange)
+        if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+            raise ValueError(f"{name} range must be finite with low <= high, got {prange!r}")
         ranges[name] = prange
 
     rng = np.random.default_rng(seed)
@@ -544,6 +548,8 @@ def make_noise_image(shape, distribution="gaussian", mean=None, stddev=None, see
     (100, 100)
     """
     img_shape = tuple(int(v) for v in as_pair("shape", shape, lower_bound=0))
+    if distribution not in ("gaussian", "poisson"):
+        raise ValueError(f"distribution must be 'gaussian' or 'poisson', got {distribution!r}")
     if mean is None:
         raise ValueError("mean must be given")
     if not np.isfinite(mean):

@@ -12,9 +12,12 @@ import numbers
 import numpy as np
 from astropy.visualization import simple_norm
 
+from ._validate import deprecated_positional
+
 __all__ = ["make_random_cmap", "simple_norm"]
 
 
+@deprecated_positional("seed")
 def make_random_cmap(n_colors=256, *, seed=None, ncolors=None):
     """Colormap of ``n_colors`` random muted colours.
 
