@@ -115,6 +115,22 @@ def test_parity_gaussian(scene, path, sep):
         assert t[name].dtype.kind == tu[name].dtype.kind, name
     np.testing.assert_allclose(phot.make_model_image(SHAPE), photu.make_model_image(SHAPE),
                                atol=1e-4 * data.max())
+    assert_param_cov_parity(phot, photu)
+
+
+def assert_param_cov_parity(phot, photu):
+    """fit_info covariances: same parameter order (flux, x_0, y_0) and values as photutils."""
+    n_checked = 0
+    for ours, theirs in zip(phot.fit_info, photu.fit_info, strict=True):
+        if "param_cov" not in theirs:
+            continue
+        a, b = ours["param_cov"], theirs["param_cov"]
+        np.testing.assert_allclose(np.diag(a), np.diag(b), rtol=0.02)
+        # correlations, not raw off-diagonals: those can be ~1e-15 noise around zero
+        np.testing.assert_allclose(a / np.sqrt(np.outer(np.diag(a), np.diag(a))),
+                                   b / np.sqrt(np.outer(np.diag(b), np.diag(b))), atol=0.01)
+        n_checked += 1
+    assert n_checked > 0
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -169,6 +185,10 @@ def test_parity_forced_photometry(scene, path):
     np.testing.assert_array_equal(_val(t["x_fit"]), _val(init["x"]))
     assert np.all(np.isnan(_val(t["x_err"])))
     assert_parity(t, tu)
+    phot, photu, _, _ = run_both(data, kw_cp={"fitter": _fitter(path)}, model_cp=mc,
+                                 model_pu=mu, error=err, init_params=init)
+    assert phot.fit_info[0]["param_cov"].shape == (1, 1)  # only the free flux
+    assert_param_cov_parity(phot, photu)
 
 
 @pytest.mark.parametrize("path", PATHS)

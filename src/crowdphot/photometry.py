@@ -29,12 +29,16 @@ __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 class FitInfo:
     """Per-source fit information, built lazily: ``fit_info[i]`` is a dict.
 
-    Keys: ``param_cov`` (free-parameter covariance; absent when unavailable), ``status``
+    Keys: ``param_cov`` (covariance of the free parameters in the model's parameter order,
+    e.g. flux, x_0, y_0, as photutils; absent when unavailable), ``status``
     (1 converged, 0 iteration limit reached), ``message`` and ``niter``.
     """
 
-    def __init__(self, cov, converged, niter, valid):
+    def __init__(self, cov, converged, niter, valid, order=(0, 1, 2)):
         self._cov = cov
+        # engine covariances are (x, y, flux); photutils reports the free parameters in the
+        # model's parameter order (flux, x_0, y_0 for the built-in models)
+        self._order = np.asarray(order, dtype=int)
         self._converged = converged
         self._niter = niter
         self._valid = valid
@@ -50,8 +54,8 @@ class FitInfo:
             info["message"] = "source not fitted (see flags)"
             info["status"] = -1
             return info
-        cov = None if self._cov is None else self._cov[i]
-        if cov is not None and np.all(np.isfinite(cov)):
+        cov = None if self._cov is None else self._cov[i][np.ix_(self._order, self._order)]
+        if cov is not None and cov.size and np.all(np.isfinite(cov)):
             info["param_cov"] = cov
         converged = bool(self._converged[i])
         info["status"] = 1 if converged else 0
@@ -231,7 +235,9 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
     order = np.argsort(gid, kind="stable")
     _, starts = np.unique(gid[order], return_index=True)
     n_groups = len(starts)
-    chunk_sources = 50_000 if not progress_bar else max(1, min(50_000, len(x0) // 20 + 1))
+    # with a bar, ~20 updates for big jobs; small jobs stay one batched call (each call has a
+    # fixed cost, so splitting 500 stars 20 ways would make the bar cost more than the fit)
+    chunk_sources = 50_000 if not progress_bar else max(5_000, min(50_000, len(x0) // 20 + 1))
     bounds_idx = [0]
     for s in starts[1:]:
         if s - bounds_idx[-1] >= chunk_sources:
@@ -359,7 +365,9 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                            progress_bar=progress_bar)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
-        fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "")
+        engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
+        order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
+        fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "", order)
     else:
         from .fit.generic import fit_generic
 
