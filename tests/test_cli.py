@@ -6,6 +6,7 @@ oversampled image-PSF FITS file, so that every run takes a fraction of a second 
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -422,3 +423,27 @@ def test_tile_without_image_products_reads_only_the_header(files, tmp_path, caps
                            tmp_path / "t.ecsv", "--no-progress", "--tile", 64], capsys)
     assert code == 0, err
     assert QTable.read(tmp_path / "t.ecsv")["x_fit"][0] == 10.0
+
+
+def test_output_into_missing_folder_is_a_clean_error(files, tmp_path, capsys):
+    code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
+                           tmp_path / "nope" / "cat.ecsv", "--threshold", 30], capsys)
+    _assert_clean_failure(code, out, err, tmp_path, [tmp_path / "nope"])
+    assert "does not exist" in err
+
+
+def test_builtin_psf_filter_mismatch_warns(tmp_path):
+    from astropy.io import fits as _fits
+
+    from crowdphot.cli_phot import _warn_builtin_filter_mismatch
+
+    path = tmp_path / "f444w.fits"
+    hdu = _fits.PrimaryHDU(np.zeros((4, 4)))
+    hdu.header["FILTER"] = "F444W"
+    hdu.writeto(path)
+    with pytest.warns(UserWarning, match="FILTER=F444W but the PSF is builtin:F200W"):
+        _warn_builtin_filter_mismatch(path, "builtin:F200W", _fits.Header())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_builtin_filter_mismatch(path, "builtin:F444W", _fits.Header())
+        _warn_builtin_filter_mismatch(path, str(path), _fits.Header())

@@ -192,6 +192,27 @@ def _read_init(path, wcs):
     return init_table(catalog, wcs)
 
 
+def _warn_builtin_filter_mismatch(path, psf_spec, header):
+    """Warn when the built-in PSF's filter is not the one the image header names."""
+    import warnings
+
+    from astropy.io import fits
+
+    if not str(psf_spec).lower().startswith("builtin:"):
+        return
+    wanted = str(psf_spec).split(":", 1)[1].upper()
+    image_filter = header.get("FILTER")
+    if image_filter is None:
+        try:
+            image_filter = fits.getheader(path, 0).get("FILTER")
+        except OSError:
+            return
+    if image_filter and str(image_filter).strip().upper() != wanted:
+        warnings.warn(f"the image header says FILTER={str(image_filter).strip()} but the PSF is "
+                      f"{psf_spec}; pass --psf builtin:{str(image_filter).strip()} or a PSF "
+                      "grid file for that filter", UserWarning, stacklevel=2)
+
+
 def _ext_arg(value):
     """FITS extension option: None for 'none', an int for digits, else the name."""
     if value is None or str(value).lower() in ("none", ""):
@@ -205,6 +226,11 @@ def _check_options(args):
     from .fitsio import table_format
 
     table_format(args.output)
+    for option, value in (("-o/--output", args.output), ("--residual", args.residual),
+                          ("--regions", args.regions)):
+        # a typo in a path should not silently create directory trees
+        if value is not None and not Path(value).resolve().parent.is_dir():
+            raise CLIError(f"{option}: folder {Path(value).parent} does not exist")
     if args.fit_shape < 3 or args.fit_shape % 2 == 0:
         raise CLIError(f"--fit-shape must be an odd integer >= 3, got {args.fit_shape}")
     for name in ("threshold", "fwhm", "group_radius", "aperture_radius"):
@@ -334,6 +360,7 @@ def run_phot(args):
         planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
                             dq_bits=dq_bits) if args.tile else None
     image.planes = planes
+    _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
     psf = load_psf(args.psf, detector_id=args.psf_detector)
     init = _read_init(args.init, image.wcs) if args.init else None
     finder, threshold = (None, None) if init is not None else _finder(args, image)
