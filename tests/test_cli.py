@@ -447,3 +447,22 @@ def test_builtin_psf_filter_mismatch_warns(tmp_path):
         warnings.simplefilter("error")
         _warn_builtin_filter_mismatch(path, "builtin:F444W", _fits.Header())
         _warn_builtin_filter_mismatch(path, str(path), _fits.Header())
+
+
+def test_tile_with_init_catalog_passes_forced_positions(files, tmp_path, capsys, monkeypatch):
+    import crowdphot.tiled
+
+    seen = {}
+
+    def fake_tiled(data, psf_model, fit_shape, **kwargs):
+        seen.update(kwargs, fixed=(psf_model.x_0.fixed, psf_model.y_0.fixed))
+        return QTable({"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [1.0], "flags": [0]})
+
+    monkeypatch.setattr(crowdphot.tiled, "photometry_tiled", fake_tiled)
+    init = tmp_path / "init.ecsv"
+    QTable({"x": [10.0], "y": [12.0]}).write(init)
+    code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
+                           tmp_path / "t.ecsv", "--no-progress", "--tile", 64, "--init", init],
+                          capsys)
+    assert code == 0, err
+    assert seen["fixed"] == (True, True) and len(seen["init_params"]) == 1

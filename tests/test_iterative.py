@@ -190,6 +190,8 @@ def test_argument_errors():
         IterativePSFPhotometry(model, 5, finder, aperture_radius=3, maxiters="3")
     with pytest.raises(ValueError, match="fit_shape"):
         IterativePSFPhotometry(model, 4, finder, aperture_radius=3)
+    with pytest.raises(ValueError, match="sub_shape must be odd"):
+        IterativePSFPhotometry(model, 5, finder, aperture_radius=3, sub_shape=4)
     phot = IterativePSFPhotometry(model, 5, finder, aperture_radius=3)
     assert phot.results is None and phot.fit_results == []
     with pytest.raises(ValueError, match="No results"):

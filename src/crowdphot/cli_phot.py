@@ -250,8 +250,9 @@ def _check_options(args):
     if args.tile:
         if args.tile < 16:
             raise CLIError(f"--tile must be >= 16 pixels, got {args.tile}")
-        if args.init or args.iterative:
-            raise CLIError("--tile cannot be combined with --init or --iterative")
+        if args.iterative:
+            raise CLIError("--tile cannot be combined with --iterative (iterative detection "
+                           "runs on whole images; tile the mosaic yourself or drop --tile)")
 
 
 def _finder(args, image):
@@ -291,24 +292,25 @@ def _photometry(args, image, psf, finder, init):
                   local_bkg_estimator=local_bkg, progress_bar=not args.no_progress,
                   group_warning_threshold=10**9)
     fit_shape = (args.fit_shape, args.fit_shape)
-    if args.tile:
-        from .tiled import photometry_tiled
-
-        # workers memory-map the file and read only their tiles: no pixels cross the network
-        table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
-                                 tile_shape=args.tile, workers=args.workers,
-                                 scheduler=args.scheduler, **common)
-        return table, None
-    if args.iterative:
-        phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
-                                      mode=args.mode, **common)
-        return phot(image.data, mask=image.mask, error=image.error), phot
     if init is not None:
         # forced photometry: positions are held fixed, only fluxes are fitted
         psf = psf.copy()
         psf.x_0.fixed = True
         psf.y_0.fixed = True
-    phot = PSFPhotometry(psf, fit_shape, finder=None if init is not None else finder, **common)
+        finder = None
+    if args.tile:
+        from .tiled import photometry_tiled
+
+        # workers memory-map the file and read only their tiles: no pixels cross the network
+        table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
+                                 init_params=init, tile_shape=args.tile,
+                                 workers=args.workers, scheduler=args.scheduler, **common)
+        return table, None
+    if args.iterative:
+        phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
+                                      mode=args.mode, **common)
+        return phot(image.data, mask=image.mask, error=image.error), phot
+    phot = PSFPhotometry(psf, fit_shape, finder=finder, **common)
     return phot(image.data, mask=image.mask, error=image.error, init_params=init), phot
 
 

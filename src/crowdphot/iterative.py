@@ -83,6 +83,11 @@ class IterativePSFPhotometry(_LatestResultMixin):
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar)
         self.maxiters = int(maxiters)
         self.mode = mode
+        if sub_shape is not None:
+            from ._validate import as_pair
+
+            sub_shape = tuple(int(v) for v in as_pair("sub_shape", sub_shape, lower_bound=0,
+                                                      odd=True))
         self.sub_shape = sub_shape
         self._last = threading.local()
 
