@@ -238,3 +238,46 @@ def deprecated_positional(*names, since="3.0", until="4.0"):
         return wrapper
 
     return decorate
+
+
+def check_data_mask_error(data, mask, error, *, stacklevel=3):
+    """Validate an image with its optional mask and error, merging non-finite pixels into the mask.
+
+    Non-finite data pixels the caller did not mask are masked with one warning. ``error`` must
+    be finite and positive on every unmasked pixel (masked pixels may hold 0 or NaN, as bad-pixel
+    maps often do; they get a placeholder of 1).
+
+    Returns
+    -------
+    data : ndarray (ny, nx) float64
+    mask : ndarray (ny, nx) bool or None
+    error : ndarray (ny, nx) float64 or None
+
+    Examples
+    --------
+    >>> d, m, e = check_data_mask_error(np.ones((2, 2)), None, None)
+    >>> m is None and e is None
+    True
+    """
+    arr, bad = check_image("data", data, warn_nonfinite=False)
+    mask = check_mask("mask", mask, arr.shape)
+    if bad is not None:
+        n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
+        if n_new:
+            warnings.warn(f"data contains {n_new} unmasked non-finite (NaN/inf) pixel(s); "
+                          "they are masked", CrowdphotWarning, stacklevel=stacklevel)
+        mask = bad if mask is None else (mask | bad)
+    if error is None or mask is None:
+        return arr, mask, check_error("error", error, arr.shape)
+    err = np.asarray(getattr(error, "value", error), dtype=float)
+    if err.shape != arr.shape:
+        raise ValueError(f"error must have the same shape as data {arr.shape}, got {err.shape}")
+    with np.errstate(invalid="ignore"):
+        bad_err = ~(np.isfinite(err) & (err > 0))
+    if np.any(bad_err & ~mask):
+        raise ValueError("error must be finite and strictly positive on every unmasked pixel "
+                         f"(found {int(np.count_nonzero(bad_err & ~mask))} bad value(s)); mask "
+                         "those pixels instead")
+    if np.any(bad_err):
+        err = np.where(bad_err, 1.0, err)  # masked anyway: any valid placeholder
+    return arr, mask, err

@@ -18,7 +18,7 @@ from astropy.table import QTable
 
 from . import _photinit
 from ._photresults import NEAR_BOUND_TOL, SourceFit, assemble_results
-from ._validate import CrowdphotWarning, as_pair, check_error, check_image, check_mask
+from ._validate import CrowdphotWarning, as_pair, check_data_mask_error
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 
@@ -336,16 +336,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     (20.3, 1000.0)
     """
     data, mask, error, unit = _photinit.coerce_inputs(data, mask, error)
-    data, bad = check_image("data", data, warn_nonfinite=False)
-    mask = check_mask("mask", mask, data.shape)
-    if bad is not None:
-        # only non-finite pixels the caller did not mask deserve a warning
-        n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
-        if n_new:
-            warnings.warn(f"data contains {n_new} unmasked non-finite (NaN/inf) pixel(s); "
-                          "they are masked", CrowdphotWarning, stacklevel=3)
-        mask = bad if mask is None else (mask | bad)
-    error = _check_error_unmasked(error, data.shape, mask)
+    data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4)
     main_params = _photinit.model_main_params(psf_model)
     table, finder_results = _photinit.build_init_params(
         data, mask, init_params, psf_model=psf_model, finder=finder, grouper=grouper,
@@ -590,25 +581,6 @@ class PSFPhotometry(_LatestResultMixin):
     def init_params(self):
         """The initial parameters of the latest call."""
         return self._latest("init_params")
-
-
-def _check_error_unmasked(error, shape, mask):
-    """Validate ``error`` where it is used: masked pixels may hold 0 or NaN (e.g. bad pixels)."""
-    if error is None or mask is None:
-        return check_error("error", error, shape)
-    arr = np.asarray(getattr(error, "value", error), dtype=float)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"error must have the same shape as data {tuple(shape)}, "
-                         f"got {arr.shape}")
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(arr) & (arr > 0))
-    if np.any(bad & ~mask):
-        raise ValueError("error must be finite and strictly positive on every unmasked pixel "
-                         f"(found {int(np.count_nonzero(bad & ~mask))} bad value(s)); mask "
-                         "those pixels instead")
-    if np.any(bad):
-        arr = np.where(bad, 1.0, arr)  # masked anyway: any valid placeholder
-    return arr
 
 
 def _provenance():

@@ -526,18 +526,10 @@ def _make_source(data, mask, error, coerce_inputs):
         if mask is not None or error is not None:
             raise ValueError("mask and error cannot be given with a FitsPlanes source")
         return data, None
-    from ._validate import check_error, check_image, check_mask
+    from ._validate import check_data_mask_error
 
     data, mask, error, unit = coerce_inputs(data, mask, error)
-    arr, bad = check_image("data", data, warn_nonfinite=False)
-    mask = check_mask("mask", mask, arr.shape)
-    error = check_error("error", error, arr.shape)
-    if bad is not None:
-        n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
-        if n_new:
-            warnings.warn(f"data contains {n_new} unmasked non-finite (NaN/inf) pixel(s); "
-                          "they are masked", CrowdphotWarning, stacklevel=3)
-        mask = bad if mask is None else (mask | bad)
+    arr, mask, error = check_data_mask_error(data, mask, error, stacklevel=4)
     return _ArrayPlanes(arr, mask, error), unit
 
 
