@@ -122,9 +122,13 @@ def _print_curves(title, edges, truth, curves):
     print(f"{'total':>11} {len(truth['x']):>7d} {totals}")
 
 
-def run(quick=False):
-    """Rows for ``bench/run.py`` (see the module docstring)."""
-    small, full = (256, 1024) if quick else (1024, 2048)
+def run(quick=False, full=False):
+    """Rows for ``bench/run.py`` (see the module docstring).
+
+    ``full=True`` (``python bench/bench_crowding.py --full``) runs photutils on the whole
+    2048 x 2048 field too (about 3 minutes of photutils).
+    """
+    small, full = (256, 1024) if quick else ((2048, 2048) if full else (1024, 2048))
     edges = np.arange(0.0, 5.01, 0.5)
     rows = []
 
@@ -169,5 +173,5 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv):
+    for r in run(quick="--quick" in sys.argv, full="--full" in sys.argv):
         print(r)
