@@ -43,9 +43,11 @@ def _pair(mode, *, fitter=None, maxiters=3, model_cp=None, model_pu=None, thresh
           **kw):
     model_cp = model_cp if model_cp is not None else cp.CircularGaussianPRF(fwhm=FWHM)
     model_pu = model_pu if model_pu is not None else pp.CircularGaussianPRF(fwhm=FWHM)
+    # the blends here are closer than the stamp size: count shared pixels as photutils does
     ic = IterativePSFPhotometry(model_cp, (5, 5), cp.DAOStarFinder(threshold=threshold, fwhm=FWHM),
                                 grouper=cp.SourceGrouper(6), aperture_radius=3,
-                                maxiters=maxiters, mode=mode, fitter=fitter, **kw)
+                                maxiters=maxiters, mode=mode, fitter=fitter,
+                                shared_pixels="photutils", **kw)
     iu = pp.IterativePSFPhotometry(model_pu, (5, 5),
                                    pdet.DAOStarFinder(threshold=threshold, fwhm=FWHM),
                                    grouper=pp.SourceGrouper(6), aperture_radius=3,
@@ -217,7 +219,7 @@ def test_iraf_finder_sub_shape_and_table_details(blended, mode):
     kw = {"aperture_radius": 3, "maxiters": 3, "mode": mode, "sub_shape": (7, 7)}
     ic = IterativePSFPhotometry(cp.CircularGaussianPRF(fwhm=FWHM), 5,
                                 cp.IRAFStarFinder(threshold=20, fwhm=FWHM),
-                                grouper=cp.SourceGrouper(6), **kw)
+                                grouper=cp.SourceGrouper(6), shared_pixels="photutils", **kw)
     iu = pp.IterativePSFPhotometry(pp.CircularGaussianPRF(fwhm=FWHM), 5,
                                    pdet.IRAFStarFinder(threshold=20, fwhm=FWHM),
                                    grouper=pp.SourceGrouper(6), **kw)

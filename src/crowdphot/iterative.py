@@ -65,7 +65,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
-                 sub_shape=None, progress_bar=False):
+                 sub_shape=None, progress_bar=False, shared_pixels="once"):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -80,7 +80,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
             psf_model, fit_shape, finder=finder, grouper=grouper, fitter=fitter,
             fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
             aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
-            group_warning_threshold=group_warning_threshold, progress_bar=progress_bar)
+            group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
+            shared_pixels=shared_pixels)
         self.maxiters = int(maxiters)
         self.mode = mode
         if sub_shape is not None:

@@ -213,7 +213,7 @@ def _use_fast_path(psf_model, fitter, main_params):
 
 
 def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
-              progress_bar):
+              progress_bar, shared_pixels="once"):
     from .fit import fit_psf
 
     x0 = np.asarray(table["x_init"], dtype=float)[todo]
@@ -255,7 +255,7 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
             data, psf_model, x0[sel], y0[sel], f0[sel], fit_shape=tuple(fit_shape),
             group_id=gid[sel], error=error, mask=mask, local_bkg=bkg[sel], fixed=fixed,
             bounds={k: (lo[sel], hi[sel]) for k, (lo, hi) in bounds.items()},
-            maxiters=maxiters)
+            maxiters=maxiters, shared_pixels=shared_pixels)
         pieces.append((sel, res))
         if bar is not None:
             bar.update(len(np.unique(gid[sel])))
@@ -314,7 +314,8 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
 def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, init_params=None,
                        finder=None, grouper=None, fitter=None, fitter_maxiters=100,
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
-                       group_warning_threshold=25, progress_bar=False, meta=None):
+                       group_warning_threshold=25, progress_bar=False, meta=None,
+                       shared_pixels="once"):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -354,7 +355,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     if _use_fast_path(psf_model, fitter, main_params):
         pieces = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
-                           progress_bar=progress_bar)
+                           progress_bar=progress_bar, shared_pixels=shared_pixels)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
@@ -489,6 +490,11 @@ class PSFPhotometry(_LatestResultMixin):
         Warn when a group has more sources than this.
     progress_bar : bool
         Show a tqdm progress bar.
+    shared_pixels : {'once', 'photutils'}
+        crowdphot extension. How a pixel inside the fit stamps of two members of one group is
+        counted (batched engine): 'once' (default) weights it once, which keeps the errors of
+        blends closer than the stamp size honest; 'photutils' counts it once per stamp, as
+        photutils 3.0 does (identical results whenever stamps do not overlap).
 
     Examples
     --------
@@ -505,7 +511,8 @@ class PSFPhotometry(_LatestResultMixin):
 
     def __init__(self, psf_model, fit_shape, *, finder=None, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
-                 local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False):
+                 local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
+                 shared_pixels="once"):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
@@ -529,6 +536,9 @@ class PSFPhotometry(_LatestResultMixin):
         self.local_bkg_estimator = local_bkg_estimator
         self.group_warning_threshold = group_warning_threshold
         self.progress_bar = bool(progress_bar)
+        if shared_pixels not in ("once", "photutils"):
+            raise ValueError(f"shared_pixels must be 'once' or 'photutils', got {shared_pixels!r}")
+        self.shared_pixels = shared_pixels
         self._last = threading.local()
 
     _ATTRS = ("psf_model", "fit_shape", "finder", "grouper", "fitter", "fitter_maxiters",
@@ -556,7 +566,8 @@ class PSFPhotometry(_LatestResultMixin):
             fitter=self.fitter, fitter_maxiters=self.fitter_maxiters, xy_bounds=self.xy_bounds,
             aperture_radius=self.aperture_radius, local_bkg_estimator=self.local_bkg_estimator,
             group_warning_threshold=self.group_warning_threshold,
-            progress_bar=self.progress_bar, meta=self._meta())
+            progress_bar=self.progress_bar, meta=self._meta(),
+            shared_pixels=self.shared_pixels)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
         """Run the photometry and return the results QTable (None when nothing to fit)."""

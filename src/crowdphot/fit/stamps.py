@@ -14,7 +14,7 @@ import numpy as np
 
 from ..psf.base import stamp_origin
 
-__all__ = ["Stamps", "gather_stamps", "REASONS"]
+__all__ = ["Stamps", "gather_stamps", "shared_pixel_mask", "REASONS"]
 
 #: Codes of :attr:`Stamps.reason` (index into this tuple); '' means the source can be fitted.
 REASONS = ("", "invalid_position", "non_finite_flux", "no_overlap", "fully_masked",
@@ -140,3 +140,46 @@ def gather_stamps(data, x, y, flux, fit_shape, *, mask=None, error=None, local_b
     npix = np.where((reason == 0) | (reason >= REASONS.index("fully_masked")), npix, 0)
     return Stamps(xlo=xlo, ylo=ylo, data=d, weight=w, valid=valid, n_pixels=npix,
                   center=center, reason=reason)
+
+
+def shared_pixel_mask(xlo, ylo, valid, fit_shape, group, image_width):
+    """Pixels that an earlier stamp of the same group already holds (unchecked).
+
+    Overlapping fit stamps of one group hold the same image pixels; counting them once keeps
+    the chi-square (and so the fitted errors) honest for close blends.
+
+    Parameters
+    ----------
+    xlo, ylo : ndarray of int64, shape (n,)
+        Stamp origins, in fit order.
+    valid : ndarray of bool, shape (n, fy * fx)
+    fit_shape : (fy, fx)
+    group : ndarray of int64, shape (n,)
+        Group index of each stamp.
+    image_width : int
+        ``nx`` of the image (to number pixels).
+
+    Returns
+    -------
+    repeat : ndarray of bool, shape (n, fy * fx)
+        True where the pixel is valid and already used by a stamp earlier in the same group.
+
+    Examples
+    --------
+    >>> v = np.ones((2, 9), dtype=bool)
+    >>> r = shared_pixel_mask(np.array([0, 1]), np.array([0, 0]), v, (3, 3),
+    ...                       np.array([0, 0]), 10)
+    >>> int(r[1].sum())  # two of the second stamp's columns were in the first
+    6
+    """
+    fy, fx = fit_shape
+    iy, ix = np.divmod(np.arange(fy * fx), fx)
+    pix = (ylo[:, None] + iy) * np.int64(image_width) + (xlo[:, None] + ix)
+    rows, cols = np.nonzero(valid)
+    key = group[rows].astype(np.int64) * (np.int64(1) << np.int64(40)) + pix[rows, cols]
+    _, first = np.unique(key, return_index=True)
+    repeat = np.zeros(valid.shape, dtype=bool)
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[first] = True
+    repeat[rows[~keep], cols[~keep]] = True
+    return repeat
