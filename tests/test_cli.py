@@ -466,3 +466,12 @@ def test_tile_with_init_catalog_passes_forced_positions(files, tmp_path, capsys,
                           capsys)
     assert code == 0, err
     assert seen["fixed"] == (True, True) and len(seen["init_params"]) == 1
+
+
+def test_init_positions_all_off_the_image_is_a_clean_error(files, tmp_path, capsys):
+    init = tmp_path / "off.ecsv"
+    QTable({"x": [-500.0, 5000.0], "y": [10.0, 10.0]}).write(init)
+    code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
+                           tmp_path / "cat.ecsv", "--init", init, "--no-progress"], capsys)
+    _assert_clean_failure(code, out, err, tmp_path, [tmp_path / "cat.ecsv"])
+    assert "none of the 2 --init positions could be fitted" in err

@@ -372,6 +372,11 @@ def run_phot(args):
             raise CLIError(f"{args.image}: no star of the --init catalog could be fitted")
         raise CLIError(f"{args.image}: no stars found (threshold {threshold:.4g}); "
                        "try a lower --threshold")
+    if init is not None and not np.any(np.isfinite(_values(table["flux_fit"]))):
+        # every forced position missed the usable image: most likely the wrong catalog or WCS
+        raise CLIError(f"{args.image}: none of the {len(table)} --init positions could be "
+                       "fitted (off the image or fully masked?); check the catalog's columns "
+                       "or its sky coordinates")
     if image.wcs is not None:
         ra, dec = image.wcs.pixel_to_world_values(_values(table["x_fit"]),
                                                   _values(table["y_fit"]))
