@@ -57,29 +57,29 @@ def crowded_scene(size, seed=3):
     return data, {"x": x, "y": y, "flux": flux}
 
 
-def _run_photutils(data, mode="new"):
-    import photutils.detection as pdet
-    import photutils.psf as ppsf
-
-    phot = ppsf.IterativePSFPhotometry(
-        ppsf.CircularGaussianPRF(fwhm=FWHM), FIT_SHAPE, pdet.DAOStarFinder(5 * NOISE, FWHM),
-        grouper=ppsf.SourceGrouper(3 * FWHM), aperture_radius=APERTURE, maxiters=MAXITERS,
+def _run(data, mode, *, psf_module, finder_module):
+    """The same iterative configuration on either library (they share the API)."""
+    phot = psf_module.IterativePSFPhotometry(
+        psf_module.CircularGaussianPRF(fwhm=FWHM), FIT_SHAPE,
+        finder_module.DAOStarFinder(5 * NOISE, FWHM),
+        grouper=psf_module.SourceGrouper(3 * FWHM), aperture_radius=APERTURE, maxiters=MAXITERS,
         mode=mode, group_warning_threshold=10**9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return phot(data)
+
+
+def _run_photutils(data, mode="new"):
+    import photutils.detection as pdet
+    import photutils.psf as ppsf
+
+    return _run(data, mode, psf_module=ppsf, finder_module=pdet)
 
 
 def _run_crowdphot(data, mode="new"):
     import crowdphot as cp
 
-    phot = cp.IterativePSFPhotometry(
-        cp.CircularGaussianPRF(fwhm=FWHM), FIT_SHAPE, cp.DAOStarFinder(5 * NOISE, FWHM),
-        grouper=cp.SourceGrouper(3 * FWHM), aperture_radius=APERTURE, maxiters=MAXITERS,
-        mode=mode, group_warning_threshold=10**9)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return phot(data)
+    return _run(data, mode, psf_module=cp, finder_module=cp)
 
 
 def recovered(truth, table):

@@ -16,6 +16,7 @@ __all__ = [
     "check_mask",
     "check_error",
     "check_positions",
+    "positive_real",
     "CrowdphotWarning",
 ]
 
@@ -164,6 +165,27 @@ def check_error(name, error, shape):
     if np.any(arr <= 0):
         raise ValueError(f"{name} must be strictly positive everywhere (found values <= 0)")
     return arr
+
+
+def positive_real(name, value):
+    """``value`` as a finite float > 0; TypeError/ValueError naming ``name`` otherwise.
+
+    Examples
+    --------
+    >>> positive_real('aperture_radius', 5)
+    5.0
+    """
+    import numbers
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    fv = float(arr)
+    if not np.isfinite(fv) or fv <= 0:
+        raise ValueError(f"{name} must be a strictly-positive finite number, got {value!r}")
+    return fv
 
 
 def check_positions(name, x, y):

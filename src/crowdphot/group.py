@@ -14,14 +14,12 @@ numbering.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from ._validate import deprecated_positional
+from ._validate import deprecated_positional, positive_real
 
 __all__ = ["SourceGrouper", "SourceGroups", "group_sources"]
 
@@ -31,13 +29,6 @@ __all__ = ["SourceGrouper", "SourceGroups", "group_sources"]
 _SEARCH_INFLATION = 1.0 + 1e-9
 
 
-def _check_min_separation(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"min_separation must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"min_separation must be finite and > 0, got {value!r}")
-    return value
 
 
 def _check_xy(x, y):
@@ -279,7 +270,7 @@ class SourceGrouper:
     """
 
     def __init__(self, min_separation):
-        _check_min_separation(min_separation)
+        positive_real("min_separation", min_separation)
         self.min_separation = min_separation
 
     def __repr__(self):
@@ -301,7 +292,7 @@ class SourceGrouper:
         group_id : ndarray of int64, shape (n,) or SourceGroups
         """
         xa, ya = _check_xy(x, y)
-        groups = group_sources(xa, ya, _check_min_separation(self.min_separation))
+        groups = group_sources(xa, ya, positive_real("min_separation", self.min_separation))
         if return_groups_object:
             return SourceGroups(np.atleast_1d(x), np.atleast_1d(y), groups)
         return groups

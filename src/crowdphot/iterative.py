@@ -10,11 +10,11 @@ from astropy.table import vstack
 
 from ._photinit import _table_from_finder, coerce_inputs
 from ._tables import add_deprecated_aliases
+from ._validate import positive_real
 from .photometry import (
     PSFPhotometry,
     PSFPhotometryResult,
     _LatestResultMixin,
-    _positive_real,
 )
 
 __all__ = ["IterativePSFPhotometry"]
@@ -70,7 +70,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
             raise ValueError("aperture_radius cannot be None for IterativePSFPhotometry")
-        if int(_positive_real("maxiters", maxiters)) != maxiters:
+        if int(positive_real("maxiters", maxiters)) != maxiters:
             raise ValueError("maxiters must be a strictly-positive integer")
         if mode not in ("new", "all"):
             raise ValueError("mode must be 'new' or 'all'")

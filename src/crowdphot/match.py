@@ -17,13 +17,12 @@ within each list and matches within its ``tolerance``.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from astropy.table import QTable, hstack
 from scipy.spatial import cKDTree
 
 from ._numba import njit, use_numba
+from ._validate import positive_real
 
 __all__ = ["match_xy", "match_catalogs", "match_summary"]
 
@@ -32,13 +31,6 @@ __all__ = ["match_xy", "match_catalogs", "match_summary"]
 _SEARCH_INFLATION = 1.0 + 1e-9
 
 
-def _check_separation(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"separation must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"separation must be finite and > 0, got {value!r}")
-    return value
 
 
 def _as_coords(name, x, y):
@@ -165,7 +157,7 @@ def match_xy(ref_x, ref_y, x, y, *, separation):
     ...          separation=1.0)
     (array([0, 1]), array([1, 0]))
     """
-    sep = _check_separation(separation)
+    sep = positive_real("separation", separation)
     rx, ry = _as_coords("ref_x/ref_y", ref_x, ref_y)
     xa, ya = _as_coords("x/y", x, y)
     ref_idx, idx, _ = _match_unchecked(rx, ry, xa, ya, sep)
@@ -214,7 +206,7 @@ def match_catalogs(truth, catalog, *, separation=1.0, truth_xy=("x_0", "y_0"),
     >>> t['id_catalog'].tolist()
     [2, 1]
     """
-    sep = _check_separation(separation)
+    sep = positive_real("separation", separation)
     tx, ty = _table_xy(truth, truth_xy, "truth")
     cx, cy = _table_xy(catalog, catalog_xy, "catalog")
     ti, ci, _ = _match_unchecked(tx, ty, cx, cy, sep)
@@ -248,7 +240,7 @@ def match_summary(truth, catalog, *, separation=1.0, truth_xy=("x_0", "y_0"),
     >>> s['n_matched'], round(s['completeness'], 3), s['purity']
     (2, 0.667, 1.0)
     """
-    sep = _check_separation(separation)
+    sep = positive_real("separation", separation)
     tx, ty = _table_xy(truth, truth_xy, "truth")
     cx, cy = _table_xy(catalog, catalog_xy, "catalog")
     ti, ci, d = _match_unchecked(tx, ty, cx, cy, sep)

@@ -9,7 +9,6 @@ between threads or shipped to Dask workers without cross-talk.
 
 from __future__ import annotations
 
-import numbers
 import threading
 import warnings
 
@@ -18,7 +17,7 @@ from astropy.table import QTable
 
 from . import _photinit
 from ._photresults import NEAR_BOUND_TOL, SourceFit, assemble_results
-from ._validate import CrowdphotWarning, as_pair, check_data_mask_error
+from ._validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 
@@ -523,13 +522,13 @@ class PSFPhotometry(_LatestResultMixin):
         self.finder = finder
         self.grouper = grouper
         self.fitter = fitter
-        maxiters = _positive_real("fitter_maxiters", fitter_maxiters)
+        maxiters = positive_real("fitter_maxiters", fitter_maxiters)
         if int(maxiters) != maxiters:
             raise ValueError("fitter_maxiters must be a strictly-positive integer")
         self.fitter_maxiters = int(maxiters)
         self.xy_bounds = _validate_xy_bounds(xy_bounds)
         if aperture_radius is not None:
-            _positive_real("aperture_radius", aperture_radius)
+            positive_real("aperture_radius", aperture_radius)
         self.aperture_radius = aperture_radius
         if local_bkg_estimator is not None and not callable(local_bkg_estimator):
             raise TypeError("local_bkg_estimator must be a LocalBackground (callable)")
@@ -611,19 +610,6 @@ def _provenance():
     return {"date": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "version": versions}
 
 
-def _positive_real(name, value):
-    """``value`` as a finite float > 0; TypeError/ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
-        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
-    arr = np.asarray(value)
-    if arr.ndim != 0 or arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
-    fv = float(arr)
-    if not np.isfinite(fv) or fv <= 0:
-        raise ValueError(f"{name} must be a strictly-positive finite number, got {value!r}")
-    return fv
-
-
 def _validate_xy_bounds(xy_bounds):
     if xy_bounds is None:
         return None
@@ -637,7 +623,7 @@ def _validate_xy_bounds(xy_bounds):
         if v is None:
             out.append(None)
             continue
-        out.append(_positive_real("xy_bounds", v))
+        out.append(positive_real("xy_bounds", v))
     if out[0] is None and out[1] is None:
         return None
     return tuple(out)
