@@ -26,7 +26,7 @@ APERTURES = [
 def _aperture_rows(data, error, pos, repeat):
     import photutils.aperture as pa
 
-    import crowdphot.aperture as ca
+    import crowdphot.aperture.core as ca
 
     rows = []
     for label, cls, radii, method in APERTURES:
@@ -47,7 +47,7 @@ def _aperture_rows(data, error, pos, repeat):
 def _background_rows(data, x, y, repeat):
     import photutils.background as pb
 
-    import crowdphot.background as cb
+    import crowdphot.background.core as cb
 
     rows = []
     for est in ("MedianBackground", "MMMBackground"):

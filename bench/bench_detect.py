@@ -62,7 +62,7 @@ def run(quick=False):
     """Time the finders; returns rows ``{name, photutils_s, crowdphot_s, ratio, note}``."""
     import photutils.detection as pd
 
-    import crowdphot.detect as cd
+    import crowdphot.detection.finders as cd
 
     shape, n = ((1024, 1024), 125) if quick else ((2048, 2048), 500)
     repeat = 1 if quick else 5

@@ -1,4 +1,4 @@
-"""Benchmark: the batched fitting engine ``crowdphot.fit.fit_psf`` vs photutils PSFPhotometry.
+"""Benchmark: the batched fitting engine ``crowdphot.core.fit.fit_psf`` vs photutils PSFPhotometry.
 
 Both fit the same image from the same initial positions and fluxes (the true values, jittered
 by a seeded 0.2 px / 10 %), with ``fit_shape=5`` and ``error`` given. Both times are a full
@@ -49,7 +49,7 @@ def _compare(name, data, error, x, y, f, psf_ours, psf_theirs, group_sep, *, rep
     from photutils.psf import SourceGrouper as PuGrouper
 
     from crowdphot import PSFPhotometry as OurPhot
-    from crowdphot.group import SourceGrouper
+    from crowdphot.psf.groupers import SourceGrouper
 
     init = QTable({"x": x, "y": y, "flux": f})
     # the public shell, exactly as a photutils user calls it (grouping and table included)
@@ -89,8 +89,8 @@ def _big_group_row(nx, ny, *, repeat):
     """One connected group of ``nx * ny`` stars on a 4.5 px jittered grid (FWHM 2.5): every
     star blends with its neighbours, so the whole field is a single joint fit."""
     from crowdphot import CircularGaussianPRF, make_noise_image
-    from crowdphot.fit import fit_psf
-    from crowdphot.render import render_image
+    from crowdphot.core.fit import fit_psf
+    from crowdphot.core.render import render_image
 
     psf = CircularGaussianPRF(fwhm=FWHM)
     rng = np.random.default_rng(3)

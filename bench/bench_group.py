@@ -42,7 +42,7 @@ def _notebook_positions():
 
 
 def _row(name, x, y, *, repeat, with_photutils):
-    from crowdphot.group import SourceGrouper
+    from crowdphot.psf.groupers import SourceGrouper
 
     ours_s, ours = _best_time(lambda: SourceGrouper(MIN_SEPARATION)(x, y), repeat)
     note = f"n={x.size}, {int(ours.max())} groups"

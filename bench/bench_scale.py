@@ -143,7 +143,7 @@ def _config():
 
 def _warm_up(data, client):
     """One small untimed run: numba kernels loaded (or compiled) before the clock starts."""
-    from crowdphot.tiled import photometry_tiled
+    from crowdphot.pipeline.tiles import photometry_tiled
 
     photometry_tiled(np.ascontiguousarray(data[:256, :256]), tile_shape=128, client=client,
                      **_config())
@@ -174,8 +174,8 @@ def _case(mode, path, workers, cut):
                 table = phot(data)
         elif mode in ("untiled", "tiled"):
             from crowdphot import PSFPhotometry
-            from crowdphot.fitsio import read_image
-            from crowdphot.tiled import photometry_tiled
+            from crowdphot.io.fits import read_image
+            from crowdphot.pipeline.tiles import photometry_tiled
 
             image = read_image(path)
             data = image.data if cut is None else np.ascontiguousarray(image.data[:cut, :cut])
@@ -191,7 +191,7 @@ def _case(mode, path, workers, cut):
             from astropy.io import fits
             from dask.distributed import Client, LocalCluster
 
-            from crowdphot.tiled import photometry_tiled
+            from crowdphot.pipeline.tiles import photometry_tiled
 
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None)

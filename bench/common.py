@@ -169,11 +169,11 @@ def psf_grid_path():
     ``source`` says which (and why the fallback was used).
     """
     try:
-        from crowdphot.datasets import jwst_like_psf_grid_path
+        from crowdphot.datasets.jwst import jwst_like_psf_grid_path
 
         path = Path(jwst_like_psf_grid_path())
         if path.exists():
-            return path, "crowdphot.datasets.jwst_like_psf_grid"
+            return path, "crowdphot.datasets.jwst.jwst_like_psf_grid"
         reason = f"{path} was not written"
     except Exception as exc:  # the dataset module is optional for the harness
         reason = f"{type(exc).__name__}: {exc}"

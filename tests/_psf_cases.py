@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from crowdphot.psf.analytic import (
+from crowdphot.models.analytic import (
     AiryDiskPSF,
     CircularGaussianPRF,
     CircularGaussianPSF,
@@ -87,8 +87,8 @@ PSF_CASES = [
 # --- image models: appended by the image/gridded work ---
 import numpy as np  # noqa: E402
 
-from crowdphot.psf.gridded import GriddedPSFModel  # noqa: E402
-from crowdphot.psf.image import ImagePSF  # noqa: E402
+from crowdphot.models.gridded import GriddedPSFModel  # noqa: E402
+from crowdphot.models.image import ImagePSF  # noqa: E402
 
 
 def _gaussian_image(shape, xc, yc, sx, sy, total):

@@ -9,7 +9,7 @@ is the body of the autouse fixture that the photutils-parity modules declare wit
 import numpy as np
 from astropy.modeling import Fittable2DModel, Parameter
 
-from crowdphot.psf.base import BatchedPSFMixin
+from crowdphot.core.batched import BatchedPSFMixin
 
 
 class LocalGaussianPSF(BatchedPSFMixin, Fittable2DModel):

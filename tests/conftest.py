@@ -13,7 +13,7 @@ def rng():
 @pytest.fixture(params=["numba", "numpy"])
 def kernel_backend(request, monkeypatch):
     """Run a test once with the compiled kernels and once with the numpy fallbacks."""
-    from crowdphot import _numba
+    from crowdphot.core import jit as _numba
 
     if request.param == "numba" and not _numba.HAVE_NUMBA:
         pytest.skip("numba not installed")

@@ -1,4 +1,4 @@
-"""Tests for crowdphot.aperture and the exact pixel/circle overlap in crowdphot._overlap."""
+"""Tests for crowdphot.aperture and the exact pixel/circle overlap kernels."""
 
 import math
 import warnings
@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from crowdphot._overlap import circle_rect_area, circle_weight_stamps
-from crowdphot._validate import CrowdphotWarning
-from crowdphot.aperture import (
+from crowdphot.aperture.core import (
     ApertureMask,
     BoundingBox,
     CircularAnnulus,
@@ -19,6 +17,8 @@ from crowdphot.aperture import (
     aperture_photometry,
     circular_aperture_sums,
 )
+from crowdphot.core.kernels.overlap import circle_rect_area, circle_weight_stamps
+from crowdphot.core.validate import CrowdphotWarning
 
 matplotlib.use("Agg")
 

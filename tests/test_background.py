@@ -1,4 +1,4 @@
-"""Tests for crowdphot.background: scalar estimators and LocalBackground."""
+"""Tests for crowdphot.background.core: scalar estimators and LocalBackground."""
 
 import warnings
 
@@ -7,8 +7,8 @@ import pytest
 from astropy.stats import SigmaClip
 from astropy.utils.exceptions import AstropyUserWarning
 
-from crowdphot.aperture import CircularAnnulus
-from crowdphot.background import (
+from crowdphot.aperture.core import CircularAnnulus
+from crowdphot.background.core import (
     LocalBackground,
     MeanBackground,
     MedianBackground,
@@ -41,7 +41,7 @@ def _clips():
 @pytest.mark.parametrize("name", ESTIMATORS)
 @pytest.mark.parametrize("clip", ["default", "none", "custom"])
 def test_estimators_match_photutils(rng, name, clip):
-    import crowdphot.background as cb
+    import crowdphot.background.core as cb
 
     data = _sky_image(rng, shape=(40, 30))
     ours = getattr(cb, name)(**_clips()[clip])
@@ -126,7 +126,7 @@ def _positions(rng, n, shape, margin=15.0):
 
 @pytest.mark.parametrize("name", ESTIMATORS)
 def test_local_background_matches_photutils(kernel_backend, rng, name):
-    import crowdphot.background as cb
+    import crowdphot.background.core as cb
 
     data = _sky_image(rng)
     mask = rng.random(data.shape) < 0.03

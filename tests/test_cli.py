@@ -15,9 +15,10 @@ from astropy.table import QTable
 from astropy.wcs import WCS
 
 from crowdphot import CircularGaussianPRF, match_catalogs
-from crowdphot.cli import build_parser, load_psf, main
-from crowdphot.fitsio import JWST_DQ_FLAGS, default_file_mode
-from crowdphot.simulate import make_noise_image, make_psf_model_image
+from crowdphot.cli.app import build_parser, main
+from crowdphot.cli.psfload import load_psf
+from crowdphot.datasets.simulation import make_noise_image, make_psf_model_image
+from crowdphot.io.fits import JWST_DQ_FLAGS, default_file_mode
 
 FWHM = 2.5
 NOISE = 1.0
@@ -205,7 +206,7 @@ def test_iterative_grouped_and_local_background(files, tmp_path, capsys):
 
 
 def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
-    import crowdphot.tiled
+    import crowdphot.pipeline.tiles
 
     seen = {}
 
@@ -213,7 +214,7 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
         seen.update(kwargs, shape=data.shape, fit_shape=fit_shape, source=data)
         return QTable({"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [100.0], "flags": [0]})
 
-    monkeypatch.setattr(crowdphot.tiled, "photometry_tiled", fake_tiled)
+    monkeypatch.setattr(crowdphot.pipeline.tiles, "photometry_tiled", fake_tiled)
     code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
                            tmp_path / "t.ecsv", "--threshold", 30, "--no-progress", "--tile",
                            64, "--workers", 2, "--scheduler", "tcp://host:8786",
@@ -222,7 +223,7 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
     assert (seen["tile_shape"], seen["workers"], seen["scheduler"]) == (64, 2, "tcp://host:8786")
     assert seen["shape"] == SHAPE and seen["fit_shape"] == (5, 5)
     # the file itself goes to the tiles (memory-mapped per task), with its ERR and DQ planes
-    from crowdphot.fitsio import FitsPlanes
+    from crowdphot.io.fits import FitsPlanes
 
     assert isinstance(seen["source"], FitsPlanes) and "mask" not in seen
     assert (seen["source"].err_ext, seen["source"].dq_ext) == ("ERR", "DQ")
@@ -389,7 +390,7 @@ def test_python_dash_m_runs_main(tmp_path):
 
 
 def test_init_table_column_choices():
-    from crowdphot.cli_phot import init_table
+    from crowdphot.cli.phot import init_table
 
     cat = QTable({"id": [4, 5, 6], "x_init": [1.0, 2.0, 3.0], "y_init": [1.0, 2.0, 3.0],
                   "x_fit": [1.5, np.nan, 3.5], "y_fit": [1.5, 2.5, 3.5],
@@ -408,14 +409,14 @@ def test_init_table_column_choices():
 
 def test_tile_without_image_products_reads_only_the_header(files, tmp_path, capsys,
                                                            monkeypatch):
-    import crowdphot.fitsio
-    import crowdphot.tiled
+    import crowdphot.io.fits
+    import crowdphot.pipeline.tiles
 
     def no_full_read(*args, **kwargs):
         raise AssertionError("the whole image was read in a tiled run")
 
-    monkeypatch.setattr(crowdphot.fitsio, "read_image", no_full_read)
-    monkeypatch.setattr(crowdphot.tiled, "photometry_tiled",
+    monkeypatch.setattr(crowdphot.io.fits, "read_image", no_full_read)
+    monkeypatch.setattr(crowdphot.pipeline.tiles, "photometry_tiled",
                         lambda data, psf, fit_shape, **kw: QTable(
                             {"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [1.0],
                              "flags": [0]}))
@@ -435,7 +436,7 @@ def test_output_into_missing_folder_is_a_clean_error(files, tmp_path, capsys):
 def test_builtin_psf_filter_mismatch_warns(tmp_path):
     from astropy.io import fits as _fits
 
-    from crowdphot.cli_phot import _warn_builtin_filter_mismatch
+    from crowdphot.cli.phot import _warn_builtin_filter_mismatch
 
     path = tmp_path / "f444w.fits"
     hdu = _fits.PrimaryHDU(np.zeros((4, 4)))
@@ -450,7 +451,7 @@ def test_builtin_psf_filter_mismatch_warns(tmp_path):
 
 
 def test_tile_with_init_catalog_passes_forced_positions(files, tmp_path, capsys, monkeypatch):
-    import crowdphot.tiled
+    import crowdphot.pipeline.tiles
 
     seen = {}
 
@@ -458,7 +459,7 @@ def test_tile_with_init_catalog_passes_forced_positions(files, tmp_path, capsys,
         seen.update(kwargs, fixed=(psf_model.x_0.fixed, psf_model.y_0.fixed))
         return QTable({"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [1.0], "flags": [0]})
 
-    monkeypatch.setattr(crowdphot.tiled, "photometry_tiled", fake_tiled)
+    monkeypatch.setattr(crowdphot.pipeline.tiles, "photometry_tiled", fake_tiled)
     init = tmp_path / "init.ecsv"
     QTable({"x": [10.0], "y": [12.0]}).write(init)
     code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",

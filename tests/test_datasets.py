@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 from scipy.optimize import curve_fit
 
-from crowdphot import datasets
-from crowdphot.psf import optics
+from crowdphot.datasets import jwst as datasets
+from crowdphot.core import optics
 
 OS = 4
 PIXSCALE = 0.031  # arcsec, NIRCam short wave
@@ -177,11 +177,11 @@ def test_file_orientation_matches_the_computed_psfs(small_grid_file):
 
 
 def test_crowdphot_model_reads_the_grid(default_grid):
-    pytest.importorskip("crowdphot.psf.gridded")
-    pytest.importorskip("crowdphot.psf.io")
+    pytest.importorskip("crowdphot.models.gridded")
+    pytest.importorskip("crowdphot.models.grid_io")
     from photutils.psf import GriddedPSFModel as PhotutilsGrid
 
-    from crowdphot.psf.gridded import GriddedPSFModel
+    from crowdphot.models.gridded import GriddedPSFModel
 
     ours = datasets.jwst_like_psf_grid(cache_dir=default_grid["cache"])
     assert isinstance(ours, GriddedPSFModel)

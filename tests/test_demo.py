@@ -10,8 +10,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import QTable
 
-from crowdphot.cli import main
-from crowdphot.demo import DEMO_FILES, format_summary, summarize_match
+from crowdphot.cli.app import main
+from crowdphot.cli.demo import DEMO_FILES, format_summary, summarize_match
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_FIGURES = {"detections.png", "groups.png", "groups_zoom.png", "psf_grid.png",
@@ -103,7 +103,7 @@ def test_summarize_match_numbers():
 
 
 def test_run_demo_rejects_bad_arguments(tmp_path):
-    from crowdphot.demo import run_demo
+    from crowdphot.cli.demo import run_demo
 
     with pytest.raises(ValueError, match="n_sources must be positive"):
         run_demo(tmp_path, n_sources=0, echo=None)

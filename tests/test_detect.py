@@ -11,15 +11,15 @@ from astropy.utils.exceptions import AstropyDeprecationWarning
 from scipy import ndimage
 
 import crowdphot
-from crowdphot import _detect_kernels as K
-from crowdphot._tables import (
+from crowdphot.core.kernels import detect as K
+from crowdphot.core.validate import CrowdphotWarning
+from crowdphot.detection.finders import DAOStarFinder, IRAFStarFinder, NoDetectionsWarning
+from crowdphot.utils._tables import (
     DeprecatedColumnQTable,
     add_deprecated_aliases,
     make_deprecated_qtable,
     use_future_column_names,
 )
-from crowdphot._validate import CrowdphotWarning
-from crowdphot.detect import DAOStarFinder, IRAFStarFinder, NoDetectionsWarning
 
 pd = pytest.importorskip("photutils.detection")
 ppsf = pytest.importorskip("photutils.psf")
@@ -65,7 +65,7 @@ def assert_tables_match(ours, theirs, rtol=1e-6):
 
 
 def both(name, data, mask=None, **kwargs):
-    ours = getattr(crowdphot.detect, name)(**kwargs)(data, mask=mask)
+    ours = getattr(crowdphot.detection.finders, name)(**kwargs)(data, mask=mask)
     theirs = getattr(pd, name)(**kwargs)(data, mask=mask)
     return ours, theirs
 
@@ -276,7 +276,7 @@ def test_future_column_names_switch(scene, monkeypatch):
 )
 def test_deprecated_arguments(scene, name, old):
     with pytest.warns(AstropyDeprecationWarning):
-        ours = getattr(crowdphot.detect, name)(threshold=6.0, fwhm=3.0, **old)(scene[0])
+        ours = getattr(crowdphot.detection.finders, name)(threshold=6.0, fwhm=3.0, **old)(scene[0])
     with pytest.warns(AstropyDeprecationWarning):
         theirs = getattr(pd, name)(threshold=6.0, fwhm=3.0, **old)(scene[0])
     assert_tables_match(ours, theirs)
@@ -289,7 +289,7 @@ def test_old_and_new_argument_together_is_an_error():
 
 @pytest.mark.parametrize("name", ["IRAFStarFinder", "DAOStarFinder"])
 def test_no_detections_return_none(scene, name):
-    cls = getattr(crowdphot.detect, name)
+    cls = getattr(crowdphot.detection.finders, name)
     with pytest.warns(NoDetectionsWarning, match="No sources"):
         assert cls(threshold=1e9, fwhm=3.0)(scene[0]) is None
     with pytest.warns(NoDetectionsWarning, match="No sources"):
@@ -305,7 +305,7 @@ def test_nonfinite_pixels_masked_like_photutils(scene, name):
     data[100:103, 200] = np.nan
     stars = np.column_stack(np.nonzero(data > 200))[::40]
     data[stars[:, 0], stars[:, 1]] = np.nan  # NaN on top of some stars
-    finder = getattr(crowdphot.detect, name)(threshold=6.0, fwhm=3.0)
+    finder = getattr(crowdphot.detection.finders, name)(threshold=6.0, fwhm=3.0)
     with pytest.warns(CrowdphotWarning, match="non-finite"):
         ours = finder(data)
     with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""Tests of the batched fitting engine ``crowdphot.fit.fit_psf``.
+"""Tests of the batched fitting engine ``crowdphot.core.fit.fit_psf``.
 
 Oracles: exact recovery on noiseless images, scipy.optimize.least_squares run group by group on
 the same residual definition, brute-force metrics, photutils 3 PSFPhotometry side by side, and
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
-from crowdphot.fit import fit_psf
-from crowdphot.psf.analytic import CircularGaussianPRF
-from crowdphot.psf.base import stamp_origin
+from crowdphot.core.batched import stamp_origin
+from crowdphot.core.fit import fit_psf
+from crowdphot.models.analytic import CircularGaussianPRF
 
 FWHM = 2.5
 
@@ -189,7 +189,7 @@ def test_bounded_fit_matches_least_squares_oracle(psf, small_scene, dense_max):
 
 
 def test_image_psf_grouped_matches_oracle(monkeypatch):
-    from crowdphot.psf.image import ImagePSF
+    from crowdphot.models.image import ImagePSF
 
     # the spline kernels' numpy fallback: the engine is what is under test here, and it spares
     # this file the kernels' one-off numba compilation (tested in the PSF model tests)

@@ -14,7 +14,7 @@ import crowdphot as cp
 from _scenes import clear_photutils_flat_model_cache
 from _scenes import column_values as _val
 from crowdphot import PSFPhotometry
-from crowdphot._validate import CrowdphotWarning
+from crowdphot.core.validate import CrowdphotWarning
 
 pp = pytest.importorskip("photutils.psf")
 
@@ -165,8 +165,8 @@ def test_generic_xy_bounds_and_forced(toy_scene):
 
 
 def test_fit_generic_direct_call_marks_unfittable(toy_scene):
-    from crowdphot._photinit import build_init_params
-    from crowdphot.fit.generic import fit_generic
+    from crowdphot.psf._generic import fit_generic
+    from crowdphot.psf._inputs import build_init_params
 
     data, err, _, init = toy_scene
     model = ToyGaussian(sigma=1.3)

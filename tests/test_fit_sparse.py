@@ -4,19 +4,19 @@ solver for large groups, and sparse-vs-dense agreement inside ``fit_psf``."""
 import numpy as np
 import pytest
 
-from crowdphot.fit import fit_psf
-from crowdphot.fit.dense import bucket_of, inverse_dense, inverse_spd, solve_dense
-from crowdphot.fit.pairs import build_interactions, segment_products
-from crowdphot.fit.slabs import inverse_diag_blocks_slabs, slab_index
-from crowdphot.fit.solve import inverse_groups, make_layout, scale_blocks
-from crowdphot.fit.sparse import (
+from crowdphot.core.batched import stamp_origin
+from crowdphot.core.fit import fit_psf
+from crowdphot.core.fit.dense import bucket_of, inverse_dense, inverse_spd, solve_dense
+from crowdphot.core.fit.pairs import build_interactions, segment_products
+from crowdphot.core.fit.slabs import inverse_diag_blocks_slabs, slab_index
+from crowdphot.core.fit.solve import inverse_groups, make_layout, scale_blocks
+from crowdphot.core.fit.sparse import (
     assemble_sparse,
     inverse_diag_blocks_sparse,
     solve_pcg,
     solve_sparse,
 )
-from crowdphot.psf.analytic import CircularGaussianPRF
-from crowdphot.psf.base import stamp_origin
+from crowdphot.models.analytic import CircularGaussianPRF
 
 
 def random_block_system(rng, sizes):
@@ -335,7 +335,7 @@ def test_chain_of_1500_in_one_group():
 
 
 def test_normal_blocks_backends_agree_with_brute_force(kernel_backend):
-    from crowdphot.fit.lm import _normal_blocks
+    from crowdphot.core.fit.lm import _normal_blocks
 
     rng = np.random.default_rng(23)
     x, y, group, it, _ = coupled_scene(rng, 50, 3)

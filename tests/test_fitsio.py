@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import QTable
 
-from crowdphot.fitsio import (
+from crowdphot.io.fits import (
     JWST_DQ_FLAGS,
     FitsPlanes,
     dq_to_mask,
@@ -114,7 +114,7 @@ def test_write_fits_image_atomic(tmp_path):
 
 
 def test_table_format_from_extension():
-    from crowdphot.fitsio import table_format
+    from crowdphot.io.fits import table_format
 
     assert table_format("a/b/cat.fits.gz") == "fits"
     assert table_format("CAT.ECSV") == "ascii.ecsv"
@@ -135,7 +135,7 @@ def test_write_table_fits_keeps_non_scalar_meta_without_warnings(tmp_path):
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    from crowdphot.fitsio import atomic_write
+    from crowdphot.io.fits import atomic_write
 
     target = tmp_path / "out.txt"
     with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as tmp:
@@ -201,7 +201,7 @@ def test_read_rejects_non_image_extensions(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    from crowdphot.fitsio import default_file_mode
+    from crowdphot.io.fits import default_file_mode
 
     write_table(QTable({"a": [1]}), tmp_path / "cat.ecsv")
     write_fits_image(np.ones((2, 2)), tmp_path / "img.fits")

@@ -1,4 +1,4 @@
-"""Tests for crowdphot.flags: bit registry parity with photutils, decoding and combining."""
+"""Tests for crowdphot.psf.flags: bit registry parity with photutils, decoding and combining."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from photutils.psf import PSF_FLAGS as PHOTUTILS_FLAGS
 from photutils.psf import decode_psf_flags as photutils_decode
 
-from crowdphot.flags import (
+from crowdphot.psf.flags import (
     PSF_FLAGS,
     FlagDefinition,
     combine_flags,

@@ -1,4 +1,4 @@
-"""Tests for crowdphot.group: photutils parity, brute-force oracle, numbering and validation."""
+"""Tests for crowdphot.psf.groupers: photutils parity, brute-force oracle, numbering."""
 
 import astropy.units as u
 import numpy as np
@@ -10,7 +10,7 @@ from photutils.datasets import make_model_params
 from photutils.psf import SourceGrouper as PhotutilsGrouper
 from photutils.psf import SourceGroups as PhotutilsGroups
 
-from crowdphot.group import SourceGrouper, SourceGroups, group_sources
+from crowdphot.psf.groupers import SourceGrouper, SourceGroups, group_sources
 
 
 def union_find_groups(x, y, min_separation):
@@ -222,7 +222,7 @@ def test_source_groups_plot_draws_one_circle_per_source():
 
 
 def test_relabel_fallback_for_unordered_labels():
-    from crowdphot.group import _first_appearance_labels
+    from crowdphot.psf.groupers import _first_appearance_labels
 
     labels = np.array([2, 0, 2, 1, 0, 3])
     np.testing.assert_array_equal(_first_appearance_labels(labels, 4), [1, 2, 1, 3, 2, 4])

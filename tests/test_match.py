@@ -1,4 +1,4 @@
-"""Tests for crowdphot.match: brute-force oracle, invariances, catalogs and validation."""
+"""Tests for crowdphot.utils.match: brute-force oracle, invariances, catalogs and validation."""
 
 import astropy.units as u
 import numpy as np
@@ -7,7 +7,7 @@ from astropy.table import MaskedColumn, QTable, Table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crowdphot.match import (
+from crowdphot.utils.match import (
     _greedy_kernel,
     _greedy_numpy,
     match_catalogs,
@@ -79,7 +79,7 @@ def test_numpy_rounds_equal_sequential_greedy_on_long_chain():
     rx, ry = pos[0::2], np.zeros(20)
     x, y = pos[1::2], np.zeros(20)
     want = brute_force_match(rx, ry, x, y, 1e6)
-    from crowdphot.match import _candidate_pairs
+    from crowdphot.utils.match import _candidate_pairs
 
     i, j, _ = _candidate_pairs(rx, ry, x, y, 1e6)
     for greedy in (_greedy_numpy, _greedy_kernel):

@@ -20,7 +20,7 @@ import crowdphot as cp
 from _scenes import clear_photutils_flat_model_cache
 from _scenes import column_values as _val
 from crowdphot import PSFPhotometry
-from crowdphot._validate import CrowdphotWarning
+from crowdphot.core.validate import CrowdphotWarning
 
 pp = pytest.importorskip("photutils.psf")
 pbkg = pytest.importorskip("photutils.background")
@@ -147,7 +147,7 @@ def test_parity_without_error(scene, path):
 def gridded_pair():
     from itertools import product
 
-    gridded = pytest.importorskip("crowdphot.psf.gridded")
+    gridded = pytest.importorskip("crowdphot.models.gridded")
     yy, xx = np.mgrid[:25, :25]
     psfs = []
     for i in range(4):

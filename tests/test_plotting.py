@@ -5,7 +5,7 @@ import pytest
 from astropy.table import QTable
 from matplotlib.colors import to_rgba
 
-from crowdphot.plotting import (
+from crowdphot.viz.figures import (
     plot_data_model_residual,
     plot_detections,
     plot_fit_vs_truth,
@@ -105,7 +105,7 @@ def test_robust_std():
 
 
 def test_large_images_are_block_averaged_for_display(rng):
-    from crowdphot.plotting import DISPLAY_MAX_SIDE, _block_mean
+    from crowdphot.viz.figures import DISPLAY_MAX_SIDE, _block_mean
 
     ny, nx = DISPLAY_MAX_SIDE * 2 + 3, 50  # needs factor 3, with a ragged edge
     img = rng.normal(size=(ny, nx))

@@ -10,8 +10,8 @@ import pytest
 from astropy.modeling.fitting import TRFLSQFitter
 from scipy import integrate
 
-import crowdphot.psf.analytic as cp
-from crowdphot.psf import _profiles
+import crowdphot.models.analytic as cp
+from crowdphot.core import profiles as _profiles
 
 NAMES = [
     "CircularGaussianPSF",

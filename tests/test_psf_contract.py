@@ -1,4 +1,4 @@
-"""The batched PSF contract (crowdphot.psf.base), checked on every model in ``PSF_CASES``."""
+"""The batched PSF contract (crowdphot.core.batched), checked on every model in ``PSF_CASES``."""
 
 import pickle
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from _psf_cases import PSF_CASES, PSFCase, case_tol
-from crowdphot.psf.base import stamp_origin
+from crowdphot.core.batched import stamp_origin
 
 CASES = [PSFCase(*c) for c in PSF_CASES]
 IDS = [c.id for c in CASES]

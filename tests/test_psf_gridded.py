@@ -10,7 +10,7 @@ from astropy.nddata import NDData
 from photutils.psf import GriddedPSFModel as PhotutilsGriddedPSFModel
 
 from crowdphot import GriddedPSFModel
-from crowdphot.psf.gridded import bilinear_grid_weights
+from crowdphot.models.gridded import bilinear_grid_weights
 
 matplotlib.use("Agg")
 

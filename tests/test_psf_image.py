@@ -9,7 +9,7 @@ from astropy.modeling.fitting import TRFLSQFitter
 from photutils.psf import ImagePSF as PhotutilsImagePSF
 
 from crowdphot import ImagePSF
-from crowdphot.psf._spline import SplineStack, basis_table, knots
+from crowdphot.core.kernels.spline import SplineStack, basis_table, knots
 
 
 def _gaussian(shape, xc, yc, sx, sy, total=1.0):

@@ -9,7 +9,7 @@ from astropy.io import fits
 from photutils.psf import GriddedPSFModel as PhotutilsGriddedPSFModel
 
 from crowdphot import GriddedPSFModel, STDPSFGrid
-from crowdphot.psf.io import read_psf_grid, read_stdpsf, read_stpsf
+from crowdphot.models.gridded import read_psf_grid, read_stdpsf, read_stpsf
 
 matplotlib.use("Agg")
 
@@ -285,7 +285,7 @@ def test_file_errors(tmp_path):
 
 
 def test_photutils_named_readers(tmp_path):
-    from crowdphot.psf.io import stdpsf_reader, webbpsf_reader
+    from crowdphot.models.gridded import stdpsf_reader, webbpsf_reader
 
     stp = _write_stpsf(tmp_path / "a.fits")
     std = _write_stdpsf(tmp_path / "STDPSF_NIRISS_F150W.fits", nx=3, ny=2)

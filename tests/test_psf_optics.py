@@ -1,11 +1,11 @@
-"""Unit tests of the optics behind the built-in JWST-like PSF grid (crowdphot.psf.optics)."""
+"""Unit tests of the optics behind the built-in JWST-like PSF grid (crowdphot.core.optics)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from crowdphot.psf import optics
+from crowdphot.core import optics
 
 LAMBDA = 1e-6  # m
 

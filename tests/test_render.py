@@ -1,4 +1,4 @@
-"""Tests for crowdphot.render: batched rendering against a per-star brute-force oracle."""
+"""Tests for crowdphot.core.render: batched rendering against a per-star brute-force oracle."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from astropy.nddata import NoOverlapError, overlap_slices
 from photutils.psf import CircularGaussianPRF as PhotCircularGaussianPRF
 
 from _scenes import LocalGaussianPSF
-from crowdphot.render import model_stamp_shape, render_image
+from crowdphot.core.render import model_stamp_shape, render_image
 
 
 class ScalarOnlyPSF(Fittable2DModel):

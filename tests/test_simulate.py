@@ -1,4 +1,4 @@
-"""Tests for crowdphot.simulate: same random draws and same pixels as photutils 3.0."""
+"""Tests for crowdphot.datasets.simulation: same random draws and same pixels as photutils 3.0."""
 
 import warnings
 
@@ -13,7 +13,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from photutils.utils._coords import make_random_xycoords as phot_xycoords
 
 from _scenes import LocalGaussianPSF
-from crowdphot.simulate import (
+from crowdphot.datasets.simulation import (
     SimulationWarning,
     make_model_image,
     make_model_params,
@@ -103,7 +103,7 @@ def test_psf_model_image_mixin_path_matches_photutils():
 
 @pytest.mark.parametrize("name", ["CircularGaussianPRF", "GaussianPSF", "MoffatPSF"])
 def test_psf_model_image_crowdphot_analytic_matches_photutils(name):
-    analytic = pytest.importorskip("crowdphot.psf.analytic")
+    analytic = pytest.importorskip("crowdphot.models.analytic")
     ours_model = getattr(analytic, name)()
     theirs_model = getattr(ppsf, name)()
     kw = {"flux": (100, 1000), "min_separation": 5, "seed": 0, "model_shape": (15, 13)}
@@ -126,7 +126,7 @@ def test_psf_model_image_generic_model_and_shape_kwargs():
 
 
 def test_crowdphot_model_with_per_source_fwhm_matches_photutils():
-    analytic = pytest.importorskip("crowdphot.psf.analytic")
+    analytic = pytest.importorskip("crowdphot.models.analytic")
     kw = {"flux": (100, 1000), "fwhm": (1.5, 3.0), "seed": 3}
     data, params = make_psf_model_image((70, 90), analytic.CircularGaussianPRF(), 25, **kw)
     pdata_, pparams = ppsf.make_psf_model_image((70, 90), ppsf.CircularGaussianPRF(), 25, **kw)

@@ -16,9 +16,9 @@ from astropy.nddata import NDData
 from astropy.table import QTable
 
 import crowdphot as cp
-from crowdphot._validate import CrowdphotWarning
-from crowdphot.fitsio import FitsPlanes, read_image
-from crowdphot.tiled import _fit_jobs, photometry_tiled, tile_grid, tile_index
+from crowdphot.core.validate import CrowdphotWarning
+from crowdphot.io.fits import FitsPlanes, read_image
+from crowdphot.pipeline.tiles import _fit_jobs, photometry_tiled, tile_grid, tile_index
 
 FWHM = 2.5
 SHAPE = (250, 230)  # not a multiple of the tile size: uneven cores

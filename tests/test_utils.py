@@ -1,4 +1,4 @@
-"""Tests for crowdphot.utils: random colormap parity with photutils and simple_norm export."""
+"""Tests for crowdphot.utils.colormaps: random colormap parity with photutils, simple_norm."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from matplotlib.colors import ListedColormap, rgb_to_hsv
 from photutils.utils import make_random_cmap as photutils_cmap
 
 import crowdphot
-from crowdphot.utils import make_random_cmap, simple_norm
+from crowdphot.utils.colormaps import make_random_cmap, simple_norm
 
 
 @pytest.mark.parametrize(("n", "seed"), [(1, 0), (7, 1), (256, 42), (500, 123)])

@@ -2,6 +2,6 @@
 
 import sys
 
-from crowdphot.cli import main
+from crowdphot.cli.app import main
 
 sys.exit(main())

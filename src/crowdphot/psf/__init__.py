@@ -1,1 +1,31 @@
-"""PSF models: analytic, image (ePSF) and gridded, plus readers for STPSF/STDPSF files."""
+"""PSF photometry, as photutils.psf: models, photometry classes, grouping, flags.
+
+The shells here validate and configure; the numerics live in :mod:`crowdphot.core`.
+"""
+
+from crowdphot.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "AiryDiskPSF": "crowdphot.models.analytic",
+    "CircularGaussianPRF": "crowdphot.models.analytic",
+    "CircularGaussianPSF": "crowdphot.models.analytic",
+    "CircularGaussianSigmaPRF": "crowdphot.models.analytic",
+    "GaussianPRF": "crowdphot.models.analytic",
+    "GaussianPSF": "crowdphot.models.analytic",
+    "MoffatPSF": "crowdphot.models.analytic",
+    "ImagePSF": "crowdphot.models.image",
+    "GriddedPSFModel": "crowdphot.models.gridded",
+    "STDPSFGrid": "crowdphot.models.grid_io",
+    "stdpsf_reader": "crowdphot.models.gridded",
+    "webbpsf_reader": "crowdphot.models.gridded",
+    "PSFPhotometry": "crowdphot.psf.photometry",
+    "PSFPhotometryResult": "crowdphot.psf.photometry",
+    "IterativePSFPhotometry": "crowdphot.psf.iterative",
+    "SourceGrouper": "crowdphot.psf.groupers",
+    "SourceGroups": "crowdphot.psf.groupers",
+    "PSF_FLAGS": "crowdphot.psf.flags",
+    "decode_psf_flags": "crowdphot.psf.flags",
+    "make_psf_model_image": "crowdphot.datasets.simulation",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

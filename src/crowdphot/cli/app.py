@@ -1,0 +1,289 @@
+"""The ``crowdphot`` command-line tool: demo, phot, simulate, psfgrid.
+
+``main(argv)`` returns an exit code (``python -m crowdphot`` and the ``crowdphot`` script call
+it). Problems a user can fix (missing file, wrong extension, wrong PSF file, no stars) print one
+line ``crowdphot: error: ...`` on stderr and return 2, without a traceback (``--traceback``
+shows it); every output file is written under a temporary name and renamed into place, so a
+failed run leaves no half-written file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+from crowdphot.cli.errors import CLIError
+from crowdphot.cli.psfload import load_psf
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="run the PSF photometry notebook end to end",
+                       description="Simulate a JWST-like star field, find, group and fit the "
+                       "stars, and write catalogs, images, figures and index.html into --out.")
+    p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
+    p.add_argument("--n-sources", type=int, default=500, help="stars to simulate (%(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grouped", action="store_true", help="fit stars within 35 px jointly")
+    p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_phot(sub):
+    p = sub.add_parser("phot", help="PSF photometry of a FITS image",
+                       description="PSF photometry of a FITS image (JWST SCI/ERR/DQ or a single "
+                       "HDU); writes the catalog and optionally residual, figures, regions.")
+    p.add_argument("image", help="FITS image (JWST SCI/ERR/DQ or single HDU)")
+    p.add_argument("--psf", default="builtin:F200W",
+                   help="STPSF/STDPSF grid or image PSF FITS file, or builtin:FILTER "
+                   "(default: %(default)s)")
+    p.add_argument("--psf-detector", type=int, default=None,
+                   help="detector id of a multi-detector STDPSF file")
+    p.add_argument("-o", "--output", required=True,
+                   help="catalog file; format from the extension (.ecsv, .fits, .csv)")
+    p.add_argument("--ext", default=None, help="science extension (default: SCI or first 2D)")
+    p.add_argument("--err-ext", default="auto",
+                   help="error extension (default: ERR when present; 'none' to ignore)")
+    p.add_argument("--dq-ext", default="auto",
+                   help="DQ extension (default: DQ when present; 'none' to ignore)")
+    p.add_argument("--dq-bits", default="DO_NOT_USE,SATURATED,JUMP_DET",
+                   help="comma-separated DQ flag names or an integer bit mask to mask "
+                   "(default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detection threshold in data units (default: 5 x robust noise)")
+    p.add_argument("--fwhm", type=float, default=3.0, help="finder kernel FWHM in pixels")
+    p.add_argument("--finder", choices=("iraf", "dao"), default="iraf")
+    p.add_argument("--fit-shape", type=int, default=5, help="odd fit box size in pixels")
+    p.add_argument("--group-radius", type=float, default=None,
+                   help="fit stars closer than this jointly (pixels)")
+    p.add_argument("--aperture-radius", type=float, default=5.0,
+                   help="aperture radius of the initial flux guess (pixels)")
+    p.add_argument("--local-bkg", type=float, nargs=2, default=None,
+                   metavar=("R_IN", "R_OUT"), help="local background annulus radii (pixels)")
+    p.add_argument("--iterative", type=int, default=None, metavar="N",
+                   help="iterative detection and fitting with at most N iterations")
+    p.add_argument("--mode", choices=("new", "all"), default="new",
+                   help="iterative mode (default: %(default)s)")
+    p.add_argument("--init", default=None,
+                   help="forced photometry at the positions of this catalog (x/y or ra/dec)")
+    p.add_argument("--residual", default=None, help="write the residual image here (FITS)")
+    p.add_argument("--plots", default=None, help="write figures into this folder")
+    p.add_argument("--regions", default=None, help="write a DS9 region file of fitted stars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tile", type=int, default=None, help="process in tiles of this size")
+    p.add_argument("--workers", type=int, default=None, help="local Dask workers for tiles")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+
+
+def _add_simulate(sub):
+    p = sub.add_parser("simulate", help="simulate a star field (image + truth table)",
+                       description="Write a JWST-style FITS image (SCI, ERR, DQ, with a "
+                       "celestial WCS) of randomly placed stars and their truth table.")
+    p.add_argument("output", help="output FITS image")
+    p.add_argument("--truth", default=None, help="truth table (default: OUTPUT_truth.ecsv)")
+    p.add_argument("--psf", default="builtin:F200W",
+                   help="PSF as for 'phot --psf' (default: %(default)s)")
+    p.add_argument("--n-sources", type=int, default=500)
+    p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
+    p.add_argument("--flux", type=float, nargs=2, default=(500, 20_000), metavar=("LO", "HI"))
+    p.add_argument("--min-separation", type=float, default=25)
+    p.add_argument("--noise", type=float, default=0.5, help="Gaussian noise sigma")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_psfgrid(sub):
+    p = sub.add_parser("psfgrid", help="write the built-in JWST-like PSF grid (STPSF format)")
+    p.add_argument("output", help="output FITS file")
+    p.add_argument("--filter", default="F200W")
+    p.add_argument("--detector", default="NRCA1")
+    p.add_argument("--num-psfs", type=int, default=16)
+    p.add_argument("--fov-pixels", type=int, default=101)
+    p.add_argument("--oversampling", type=int, default=4)
+
+
+def build_parser():
+    """The argparse parser of the ``crowdphot`` command.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(['demo', '--n-sources', '20']).n_sources
+    20
+    """
+    from crowdphot import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="crowdphot", description="Fast, photutils-compatible PSF photometry.")
+    parser.add_argument("--version", action="version", version=f"crowdphot {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of errors (for bug reports)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_phot(sub)
+    _add_simulate(sub)
+    _add_psfgrid(sub)
+    return parser
+
+
+def _cmd_demo(args):
+    from crowdphot.cli.demo import run_demo
+
+    if args.n_sources <= 0:
+        raise CLIError(f"--n-sources must be positive, got {args.n_sources}")
+    run_demo(args.out, n_sources=args.n_sources, seed=args.seed, grouped=args.grouped,
+             shape=tuple(args.shape), plots=not args.no_plots,
+             progress_bar=not args.no_progress)
+    return 0
+
+
+def _simulation_wcs(shape):
+    """A NIRCam-like TAN WCS (0.031"/pixel, north up) centred on the image."""
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [53.16, -27.78]  # GOODS-S, a JWST deep field
+    w.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
+    w.wcs.cdelt = [-0.031 / 3600, 0.031 / 3600]
+    w.wcs.cunit = ["deg", "deg"]
+    return w
+
+
+def _cmd_simulate(args):
+    from astropy.io import fits
+
+    from crowdphot.datasets.simulation import make_noise_image, make_psf_model_image
+    from crowdphot.io.fits import atomic_write, table_format, write_table
+
+    out = Path(args.output)
+    truth_path = Path(args.truth) if args.truth else out.with_name(out.stem + "_truth.ecsv")
+    table_format(truth_path)  # a bad extension fails before minutes of simulation
+    if args.n_sources <= 0:
+        raise CLIError(f"--n-sources must be positive, got {args.n_sources}")
+    if args.noise < 0:
+        raise CLIError(f"--noise must be >= 0, got {args.noise}")
+    psf = load_psf(args.psf)
+    shape = tuple(args.shape)
+    data, truth = make_psf_model_image(shape, psf, args.n_sources, flux=tuple(args.flux),
+                                       min_separation=args.min_separation, seed=args.seed,
+                                       progress_bar=not args.no_progress)
+    if args.noise > 0:
+        data = data + make_noise_image(data.shape, mean=0, stddev=args.noise, seed=args.seed)
+    # Poisson-like variance of the source counts plus the read noise
+    err = np.sqrt(np.abs(data) + max(args.noise, 1e-3) ** 2)
+    primary = fits.PrimaryHDU()
+    primary.header["ORIGIN"] = "crowdphot simulate"
+    primary.header["PSF"] = str(args.psf)[-68:]
+    primary.header["NSOURCES"] = (len(truth), "number of simulated stars")
+    primary.header["SEED"] = args.seed
+    sci_header = _simulation_wcs(shape).to_header()
+    sci_header["BUNIT"] = "DN"
+    hdul = fits.HDUList([primary, fits.ImageHDU(data.astype(np.float32), sci_header, name="SCI"),
+                         fits.ImageHDU(err.astype(np.float32), name="ERR"),
+                         fits.ImageHDU(np.zeros(shape, dtype=np.uint32), name="DQ")])
+    with atomic_write(out) as tmp:
+        hdul.writeto(tmp, overwrite=True)
+    write_table(truth, truth_path)
+    print(f"wrote {out} ({len(truth)} stars) and {truth_path}")
+    return 0
+
+
+def _cmd_psfgrid(args):
+    from crowdphot.datasets.jwst import write_jwst_like_psf_grid
+    from crowdphot.io.fits import default_file_mode
+
+    out = Path(args.output)
+    if not out.name.lower().endswith((".fits", ".fit")):
+        raise CLIError(f"the PSF grid file name must end in .fits, got {out.name}")
+    if not out.parent.is_dir():
+        raise CLIError(f"output directory does not exist: {out.parent}")
+    # the writer renames a finished temporary file into place, so no half-written grid
+    write_jwst_like_psf_grid(out, filter=args.filter, detector=args.detector,
+                             num_psfs=args.num_psfs, fov_pixels=args.fov_pixels,
+                             oversampling=args.oversampling, overwrite=True)
+    # the writer's temporary file is owner-only; a product file gets the usual permissions
+    os.chmod(out, default_file_mode())
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_phot(args):
+    from crowdphot.cli.phot import run_phot
+
+    return run_phot(args)
+
+
+_COMMANDS = {"demo": _cmd_demo, "phot": _cmd_phot, "simulate": _cmd_simulate,
+             "psfgrid": _cmd_psfgrid}
+
+# what a user can cause with a bad file or option; anything else is a bug and keeps its traceback
+_USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                PermissionError, ValueError, TypeError, KeyError, OSError)
+
+
+def _report_warnings(caught):
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"crowdphot: warning: {text}", file=sys.stderr)
+
+
+def main(argv=None):
+    """Entry point of the ``crowdphot`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    code : int
+        0 on success, 2 for a usage or input error (one line on stderr), 130 on Ctrl-C.
+
+    Examples
+    --------
+    >>> main(['phot', 'missing.fits', '-o', 'cat.ecsv'])  # doctest: +SKIP
+    crowdphot: error: image file not found: missing.fits
+    2
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    # astropy routes warnings to its logger when first imported; import it before recording
+    # so that the recorder, not the logger, sees the warnings of this run
+    import astropy  # noqa: F401
+
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = _COMMANDS[args.command](args)
+    except _USER_ERRORS as exc:
+        if args.traceback:
+            raise
+        msg = " ".join((str(exc) or type(exc).__name__).split())
+        if isinstance(exc, KeyError):
+            msg = f"missing key {msg}"
+        print(f"crowdphot: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        print("crowdphot: interrupted", file=sys.stderr)
+        return 130
+    _report_warnings(caught)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""``crowdphot phot``: PSF photometry of a real FITS image, end to end.
+
+Reads SCI/ERR/DQ (or a single HDU), builds the finder/grouper/local background from the
+options, fits (plain, iterative, forced from a catalog, or in tiles), adds sky coordinates when
+the header has a celestial WCS, and writes the catalog and the optional residual image, figures
+and DS9 region file. All options are checked before any work, and every file is written under a
+temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crowdphot.cli.errors import CLIError
+from crowdphot.cli.psfload import load_psf
+
+__all__ = ["run_phot", "robust_sigma", "write_ds9_regions", "init_table"]
+
+# column spellings accepted for forced-photometry positions, most specific first
+_X_NAMES = ("x_fit", "x_init", "x", "x_0", "x_centroid", "xcentroid", "xcen", "x_peak")
+_Y_NAMES = ("y_fit", "y_init", "y", "y_0", "y_centroid", "ycentroid", "ycen", "y_peak")
+_FLUX_NAMES = ("flux_fit", "flux_init", "flux", "flux_0")
+_RA_NAMES = ("ra", "RA", "ra_fit", "ALPHA_J2000")
+_DEC_NAMES = ("dec", "DEC", "Dec", "dec_fit", "DELTA_J2000")
+
+
+def robust_sigma(data, mask=None):
+    """1.4826 x median absolute deviation of the unmasked, finite pixels.
+
+    Parameters
+    ----------
+    data : ndarray (ny, nx)
+    mask : ndarray of bool (ny, nx), optional
+        True = ignore.
+
+    Returns
+    -------
+    sigma : float
+        0.0 when fewer than two usable pixels remain.
+
+    Examples
+    --------
+    >>> round(robust_sigma(np.random.default_rng(1).normal(0, 2, (200, 200))), 1)
+    2.0
+    """
+    values = np.asarray(data)
+    good = np.isfinite(values)
+    if mask is not None:
+        good &= ~mask
+    v = values[good]
+    if v.size < 2:
+        return 0.0
+    if v.size > 1_000_000:  # a systematic subsample keeps this O(1e6) on big mosaics
+        v = v[:: v.size // 1_000_000]
+    med = np.median(v)
+    return float(1.4826 * np.median(np.abs(v - med)))
+
+
+def write_ds9_regions(table, path, *, radius=3.0, color="green"):
+    """DS9 region file of the fitted positions (image coordinates), written atomically.
+
+    Uses the ``regions`` package when installed, else writes the DS9 text format directly
+    (DS9 image coordinates are 1-based: crowdphot's ``(0, 0)`` is DS9's ``(1, 1)``).
+
+    Parameters
+    ----------
+    table : Table
+        Catalog with ``x_fit`` and ``y_fit`` columns (rows with NaN positions are skipped).
+    path : str or Path
+        Output ``.reg`` file.
+    radius : float, optional
+        Circle radius in pixels.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from astropy.table import QTable
+    >>> p = os.path.join(tempfile.mkdtemp(), 'stars.reg')
+    >>> write_ds9_regions(QTable({'x_fit': [9.0], 'y_fit': [4.0]}), p)
+    >>> 'circle(10' in Path(p).read_text()
+    True
+    """
+    from crowdphot.io.fits import atomic_write
+
+    x = np.asarray(getattr(table["x_fit"], "value", table["x_fit"]), dtype=float)
+    y = np.asarray(getattr(table["y_fit"], "value", table["y_fit"]), dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    with atomic_write(path) as tmp:
+        try:
+            from regions import CirclePixelRegion, PixCoord, Regions
+        except ImportError:
+            lines = ["# Region file format: DS9", f"global color={color}", "image"]
+            lines += [f"circle({xi + 1:.4f},{yi + 1:.4f},{radius})"
+                      for xi, yi in zip(x[ok], y[ok], strict=True)]
+            tmp.write_text("\n".join(lines) + "\n")
+        else:
+            regs = Regions([CirclePixelRegion(PixCoord(xi, yi), radius=radius,
+                                              visual={"color": color})
+                            for xi, yi in zip(x[ok], y[ok], strict=True)])
+            regs.write(str(tmp), format="ds9", overwrite=True)
+
+
+def _first(colnames, names):
+    return next((n for n in names if n in colnames), None)
+
+
+def _values(col):
+    return np.asarray(getattr(col, "value", col), dtype=float)
+
+
+def _degrees(col):
+    """Column values in degrees (plain numbers are taken as degrees)."""
+    import astropy.units as u
+
+    if getattr(col, "unit", None) is None:
+        return _values(col)
+    return np.asarray(u.Quantity(col).to_value(u.deg), dtype=float)
+
+
+def init_table(catalog, wcs=None):
+    """Initial positions (and fluxes) for forced photometry from any reasonable catalog.
+
+    Takes ``x_fit/y_fit`` (a previous crowdphot or photutils catalog), else
+    ``x_init/y_init``, ``x/y``, ``x_0/y_0`` or finder centroids, else ``ra/dec`` in degrees
+    converted with ``wcs``. A flux column (``flux_fit``, ``flux_init``, ``flux``) becomes the
+    initial flux. Rows with non-finite positions are dropped.
+
+    Parameters
+    ----------
+    catalog : Table
+    wcs : astropy WCS, optional
+        Celestial WCS of the image, needed only for ``ra/dec`` catalogs.
+
+    Returns
+    -------
+    init : QTable
+        ``id, x_init, y_init`` (and ``flux_init``), plain floats.
+
+    Raises
+    ------
+    ValueError
+        No usable position columns.
+
+    Examples
+    --------
+    >>> from astropy.table import QTable
+    >>> init_table(QTable({'x_fit': [1.0], 'y_fit': [2.0]})).colnames
+    ['id', 'x_init', 'y_init']
+    """
+    from astropy.table import QTable
+
+    names = catalog.colnames
+    xcol, ycol = _first(names, _X_NAMES), _first(names, _Y_NAMES)
+    if xcol is not None and ycol is not None:
+        x, y = _values(catalog[xcol]), _values(catalog[ycol])
+    else:
+        racol, deccol = _first(names, _RA_NAMES), _first(names, _DEC_NAMES)
+        if racol is None or deccol is None:
+            raise ValueError("the --init catalog needs x/y (e.g. x_fit, x_init, x) or ra/dec "
+                             f"columns; it has {names}")
+        if wcs is None:
+            raise ValueError("the --init catalog has only ra/dec but the image has no "
+                             "celestial WCS")
+        ra, dec = _degrees(catalog[racol]), _degrees(catalog[deccol])
+        x, y = (np.asarray(v, dtype=float) for v in wcs.world_to_pixel_values(ra, dec))
+    good = np.isfinite(x) & np.isfinite(y)
+    if not np.any(good):
+        raise ValueError("the --init catalog has no rows with finite positions")
+    out = QTable()
+    ids = _values(catalog["id"]).astype(np.int64) if "id" in names else None
+    out["id"] = ids[good] if ids is not None else np.arange(1, int(good.sum()) + 1)
+    out["x_init"] = x[good]
+    out["y_init"] = y[good]
+    fcol = _first(names, _FLUX_NAMES)
+    if fcol is not None:
+        flux = _values(catalog[fcol])[good]
+        if np.all(np.isfinite(flux)):
+            out["flux_init"] = flux
+    return out
+
+
+def _read_init(path, wcs):
+    from astropy.table import QTable
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"init catalog not found: {p}")
+    try:
+        catalog = QTable.read(p)
+    except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad tables
+        raise ValueError(f"{p}: cannot read the init catalog ({exc})") from None
+    return init_table(catalog, wcs)
+
+
+def _warn_builtin_filter_mismatch(path, psf_spec, header):
+    """Warn when the built-in PSF's filter is not the one the image header names."""
+    import warnings
+
+    from astropy.io import fits
+
+    if not str(psf_spec).lower().startswith("builtin:"):
+        return
+    wanted = str(psf_spec).split(":", 1)[1].upper()
+    image_filter = header.get("FILTER")
+    if image_filter is None:
+        try:
+            image_filter = fits.getheader(path, 0).get("FILTER")
+        except OSError:
+            return
+    if image_filter and str(image_filter).strip().upper() != wanted:
+        warnings.warn(f"the image header says FILTER={str(image_filter).strip()} but the PSF is "
+                      f"{psf_spec}; pass --psf builtin:{str(image_filter).strip()} or a PSF "
+                      "grid file for that filter", UserWarning, stacklevel=2)
+
+
+def _ext_arg(value):
+    """FITS extension option: None for 'none', an int for digits, else the name."""
+    if value is None or str(value).lower() in ("none", ""):
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+def _check_options(args):
+    """Fail on inconsistent options before reading anything."""
+    from crowdphot.io.fits import table_format
+
+    table_format(args.output)
+    for option, value in (("-o/--output", args.output), ("--residual", args.residual),
+                          ("--regions", args.regions)):
+        # a typo in a path should not silently create directory trees
+        if value is not None and not Path(value).resolve().parent.is_dir():
+            raise CLIError(f"{option}: folder {Path(value).parent} does not exist")
+    if args.fit_shape < 3 or args.fit_shape % 2 == 0:
+        raise CLIError(f"--fit-shape must be an odd integer >= 3, got {args.fit_shape}")
+    for name in ("threshold", "fwhm", "group_radius", "aperture_radius"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.local_bkg and not 0 <= args.local_bkg[0] < args.local_bkg[1]:
+        raise CLIError(f"--local-bkg needs 0 <= R_IN < R_OUT, got {args.local_bkg}")
+    if args.residual and not str(args.residual).lower().endswith((".fits", ".fit")):
+        raise CLIError(f"--residual must be a .fits file, got {args.residual}")
+    if args.iterative is not None and args.iterative < 1:
+        raise CLIError(f"--iterative must be >= 1, got {args.iterative}")
+    if args.init and args.iterative:
+        raise CLIError("--init (forced photometry) cannot be combined with --iterative")
+    if (args.workers or args.scheduler) and not args.tile:
+        raise CLIError("--workers/--scheduler need --tile")
+    if args.tile:
+        if args.tile < 16:
+            raise CLIError(f"--tile must be >= 16 pixels, got {args.tile}")
+        if args.iterative:
+            raise CLIError("--tile cannot be combined with --iterative (iterative detection "
+                           "runs on whole images; tile the mosaic yourself or drop --tile)")
+
+
+def _finder(args, image):
+    from crowdphot import DAOStarFinder, IRAFStarFinder
+
+    threshold = args.threshold
+    if threshold is None:
+        if image.data is None:  # tiled run: estimate from a central sample, not the mosaic
+            data, _, mask = image.planes.sample()
+        else:
+            data, mask = image.data, image.mask
+        threshold = 5.0 * robust_sigma(data, mask)
+        if not threshold > 0:
+            raise CLIError(f"{args.image}: cannot estimate a detection threshold (blank "
+                           "image?); give --threshold")
+    cls = IRAFStarFinder if args.finder == "iraf" else DAOStarFinder
+    return cls(threshold=threshold, fwhm=args.fwhm), threshold
+
+
+def _photometry(args, image, psf, finder, init):
+    """Run the requested mode; returns ``(table, phot object or None)``."""
+    from crowdphot import (
+        IterativePSFPhotometry,
+        LocalBackground,
+        MMMBackground,
+        PSFPhotometry,
+        SourceGrouper,
+    )
+
+    grouper = SourceGrouper(args.group_radius) if args.group_radius else None
+    local_bkg = None
+    if args.local_bkg:
+        local_bkg = LocalBackground(args.local_bkg[0], args.local_bkg[1],
+                                    bkg_estimator=MMMBackground())
+    common = dict(grouper=grouper, aperture_radius=args.aperture_radius,
+                  local_bkg_estimator=local_bkg, progress_bar=not args.no_progress,
+                  group_warning_threshold=10**9)
+    fit_shape = (args.fit_shape, args.fit_shape)
+    if init is not None:
+        # forced photometry: positions are held fixed, only fluxes are fitted
+        psf = psf.copy()
+        psf.x_0.fixed = True
+        psf.y_0.fixed = True
+        finder = None
+    if args.tile:
+        from crowdphot.pipeline.tiles import photometry_tiled
+
+        # workers memory-map the file and read only their tiles: no pixels cross the network
+        table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
+                                 init_params=init, tile_shape=args.tile,
+                                 workers=args.workers, scheduler=args.scheduler, **common)
+        return table, None
+    if args.iterative:
+        phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
+                                      mode=args.mode, **common)
+        return phot(image.data, mask=image.mask, error=image.error), phot
+    phot = PSFPhotometry(psf, fit_shape, finder=finder, **common)
+    return phot(image.data, mask=image.mask, error=image.error, init_params=init), phot
+
+
+def _model_image(psf, table, shape, phot, progress_bar):
+    """Image of the fitted stars (from ``phot`` when there is one, else from the table)."""
+    if phot is not None:
+        model = phot.make_model_image(shape)
+        return np.asarray(getattr(model, "value", model), dtype=float)
+    from astropy.table import QTable
+
+    from crowdphot.datasets.simulation import make_model_image
+
+    x, y, f = (_values(table[c]) for c in ("x_fit", "y_fit", "flux_fit"))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f)
+    params = QTable({"x_0": x[ok], "y_0": y[ok], "flux": f[ok]})
+    return make_model_image(tuple(shape), psf, params, progress_bar=progress_bar)
+
+
+def run_phot(args):
+    """Run ``crowdphot phot`` with parsed ``args``; returns the exit code.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        As built by ``crowdphot.cli.app.build_parser`` for the ``phot`` command.
+
+    Returns
+    -------
+    code : int
+        0 on success; user errors raise ``CLIError``/``ValueError`` for ``main`` to report.
+    """
+    import astropy.units as u
+
+    from crowdphot.io.fits import FitsPlanes, read_image, write_fits_image, write_table
+
+    t0 = time.perf_counter()
+    _check_options(args)
+    ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
+    dq_bits = int(args.dq_bits) if args.dq_bits.isdigit() else args.dq_bits.split(",")
+    if args.tile and not (args.residual or args.plots):
+        # out-of-core: header now, pixels only inside the tile tasks
+        planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                            dq_bits=dq_bits)
+        image = planes.header_info()
+    else:
+        image = read_image(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                           dq_bits=dq_bits)
+        planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                            dq_bits=dq_bits) if args.tile else None
+    image.planes = planes
+    _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
+    psf = load_psf(args.psf, detector_id=args.psf_detector)
+    init = _read_init(args.init, image.wcs) if args.init else None
+    finder, threshold = (None, None) if init is not None else _finder(args, image)
+    table, phot = _photometry(args, image, psf, finder, init)
+    if table is None or len(table) == 0:
+        if threshold is None:
+            raise CLIError(f"{args.image}: no star of the --init catalog could be fitted")
+        raise CLIError(f"{args.image}: no stars found (threshold {threshold:.4g}); "
+                       "try a lower --threshold")
+    if init is not None and not np.any(np.isfinite(_values(table["flux_fit"]))):
+        # every forced position missed the usable image: most likely the wrong catalog or WCS
+        raise CLIError(f"{args.image}: none of the {len(table)} --init positions could be "
+                       "fitted (off the image or fully masked?); check the catalog's columns "
+                       "or its sky coordinates")
+    if image.wcs is not None:
+        ra, dec = image.wcs.pixel_to_world_values(_values(table["x_fit"]),
+                                                  _values(table["y_fit"]))
+        table["ra"] = np.asarray(ra) * u.deg
+        table["dec"] = np.asarray(dec) * u.deg
+    if image.unit:
+        table.meta["BUNIT"] = str(image.unit)
+    table.meta["image"] = str(args.image)
+    table.meta["psf"] = str(args.psf)
+    if threshold is not None:
+        table.meta["threshold"] = float(threshold)
+    model = None
+    if args.residual or args.plots:
+        model = _model_image(psf, table, image.data.shape, phot, not args.no_progress)
+    # every result is computed: only writing is left
+    write_table(table, args.output)
+    if args.residual:
+        write_fits_image(image.data - model, args.residual, header=_residual_header(image))
+    if args.regions:
+        write_ds9_regions(table, args.regions, radius=max(2.0, args.fwhm))
+    if args.plots:
+        _phot_plots(Path(args.plots), image, table, model, args)
+    flags = np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(len(table))
+    print(f"{len(table)} stars fitted ({int(np.count_nonzero(flags == 0))} unflagged) in "
+          f"{time.perf_counter() - t0:.2f} s -> {args.output}")
+    return 0
+
+
+def _residual_header(image):
+    from astropy.io import fits
+
+    header = fits.Header()
+    if image.wcs is not None:
+        header.update(image.wcs.to_header())
+    if image.unit:
+        header["BUNIT"] = str(image.unit)
+    header["COMMENT"] = "data minus the fitted PSF models (crowdphot phot)"
+    return header
+
+
+def _phot_plots(out, image, table, model, args):
+    from crowdphot.io.fits import atomic_write
+    from crowdphot.viz.figures import plot_data_model_residual, plot_detections, plot_groups
+
+    data = np.where(image.mask, np.nan, image.data) if image.mask is not None else image.data
+    x, y = _values(table["x_fit"]), _values(table["y_fit"])
+    radius = max(3.0, 2.0 * args.fwhm)
+    figs = {
+        "detections.png": lambda: plot_detections(data, x, y, radius=radius,
+                                                  title=f"{len(x)} fitted stars"),
+        "data_model_residual.png": lambda: plot_data_model_residual(data, model,
+                                                                    data - model),
+    }
+    if args.group_radius and "group_id" in table.colnames:
+        figs["groups.png"] = lambda: plot_groups(data, x, y, np.asarray(table["group_id"]),
+                                                 radius=radius)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in figs.items():
+        with atomic_write(out / name) as tmp:
+            make().savefig(tmp, dpi=90, format="png")

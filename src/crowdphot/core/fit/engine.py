@@ -1,0 +1,412 @@
+"""Batched PSF fitting: the functional core behind :class:`crowdphot.PSFPhotometry`.
+
+Semantics follow photutils 3 ``PSFPhotometry`` with its default ``TRFLSQFitter``: each source
+has a ``fit_shape`` stamp on its initial position (trimmed at the image edges, masked pixels
+dropped); a group is fitted as the sum of its members' PSFs over the concatenation of the
+members' stamps; residuals are ``(data - local_bkg_of_stamp_owner - model) / error``. Unlike
+photutils, all groups are solved together with a batched Levenberg-Marquardt (``lm``), so
+there is no Python loop per source or per group.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from crowdphot.core.fit.lm import Problem, levenberg_marquardt
+from crowdphot.core.fit.pairs import build_interactions
+from crowdphot.core.fit.solve import inverse_groups, make_layout, scale_blocks
+from crowdphot.core.fit.stamps import REASONS, gather_stamps, shared_pixel_mask
+from crowdphot.core.validate import as_pair, check_mask
+
+__all__ = ["FitResult", "fit_psf"]
+
+_PARAMS = ("x", "y", "flux")
+
+#: Fitted positions within this many pixels of a finite bound are flagged (as photutils).
+NEAR_BOUND_TOL = 0.01
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Per-source fit results; every field is an array of length ``n`` in input order.
+
+    Attributes
+    ----------
+    x, y, flux : ndarray of float
+        Fitted values (NaN for sources that could not be fitted, see ``reason``).
+    x_err, y_err, flux_err : ndarray of float
+        ``sqrt(diag(cov))``; NaN for fixed parameters and when ``cov_ok`` is False.
+    cov : ndarray of shape (n, 3, 3)
+        Per-source covariance block of ``(x, y, flux)`` taken from the group's inverse normal
+        matrix; absolute (``error`` given) or scaled by ``chi2 / dof`` of the group
+        (no ``error``), as astropy's fitters do. NaN rows/columns for fixed parameters.
+    n_pixels : ndarray of int64
+        Pixels of the source's own stamp used in the fit.
+    n_free : ndarray of int64
+        Free parameters of the source.
+    niter : ndarray of int64
+        Levenberg-Marquardt iterations of the source's group.
+    converged : ndarray of bool
+        The group met a convergence test before ``maxiters`` (False when not fitted).
+    cov_ok : ndarray of bool
+        The covariance is available (group normal matrix non-singular, more pixels than free
+        parameters in the group).
+    near_bound : ndarray of bool
+        A fitted x or y lies within ``NEAR_BOUND_TOL`` pixels of one of its finite bounds.
+    qfit : ndarray of float
+        Sum of ``|data - bkg - model|`` over the own stamp divided by the fitted flux.
+    cfit : ndarray of float
+        ``(data - bkg - model)`` at the pixel holding the initial position, divided by the
+        fitted flux (NaN when that pixel is not in the fit).
+    chi2 : ndarray of float
+        Sum of squared weighted residuals over the own stamp (unit weights without error).
+    reduced_chi2 : ndarray of float
+        ``chi2 / (n_pixels - n_free)``; NaN without ``error``.
+    center_in_stamp : ndarray of bool
+        The pixel holding the initial position is part of the fit.
+    fitted : ndarray of bool
+        The source took part in a fit (``reason == ''``).
+    reason : ndarray of str (object)
+        '' or why the source was not fitted: 'invalid_position', 'non_finite_flux',
+        'no_overlap', 'fully_masked' or 'too_few_pixels'.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    x_err: np.ndarray
+    y_err: np.ndarray
+    flux_err: np.ndarray
+    cov: np.ndarray
+    n_pixels: np.ndarray
+    n_free: np.ndarray
+    niter: np.ndarray
+    converged: np.ndarray
+    cov_ok: np.ndarray
+    near_bound: np.ndarray
+    qfit: np.ndarray
+    cfit: np.ndarray
+    chi2: np.ndarray
+    reduced_chi2: np.ndarray
+    center_in_stamp: np.ndarray
+    fitted: np.ndarray
+    reason: np.ndarray
+
+
+def _support_of(psf_model, support_shape):
+    if isinstance(support_shape, str):
+        try:
+            return tuple(int(v) for v in psf_model.default_stamp_shape)
+        except (ValueError, NotImplementedError, AttributeError, TypeError):
+            return None
+    return support_shape
+
+
+def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=None, mask=None,
+             local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-10,
+             ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
+             shared_pixels="once"):
+    """Unchecked core of :func:`fit_psf`.
+
+    ``fixed`` is an ``(n, 3)`` bool array and ``lo, hi`` are ``(n, 3)`` float arrays (columns
+    x, y, flux); other arguments as in :func:`fit_psf`, already validated. Non-finite data
+    pixels are dropped; ``strict_error`` raises on bad error values inside used stamps.
+    """
+    n = len(x)
+    fit_shape = tuple(int(v) for v in fit_shape)
+    fixed = np.zeros((n, 3), dtype=bool) if fixed is None else fixed
+    lo = np.full((n, 3), -np.inf) if lo is None else lo
+    hi = np.full((n, 3), np.inf) if hi is None else hi
+    n_free = 3 - fixed.sum(axis=1)
+    st = gather_stamps(data, x, y, flux, fit_shape, mask=mask, error=error,
+                       local_bkg=local_bkg, n_free=n_free, strict_error=strict_error)
+    fitted = st.reason == 0
+    theta0 = np.column_stack([x, y, flux])
+
+    res = {k: np.full(n, np.nan) for k in ("x", "y", "flux", "x_err", "y_err", "flux_err",
+                                           "qfit", "cfit", "chi2", "reduced_chi2")}
+    cov_all = np.full((n, 3, 3), np.nan)
+    niter_all = np.zeros(n, dtype=np.int64)
+    conv_all = np.zeros(n, dtype=bool)
+    covok_all = np.zeros(n, dtype=bool)
+
+    idx = np.flatnonzero(fitted)
+    if len(idx):
+        gid = np.arange(n) if group_id is None else np.asarray(group_id)
+        idx = idx[np.argsort(gid[idx], kind="stable")]
+        _, grp = np.unique(gid[idx], return_inverse=True)
+        grp = grp.astype(np.int64)
+        # the model's support only matters for groups (it can cost an astropy bounding box)
+        support = _support_of(psf_model, support_shape) if len(grp) > grp[-1] + 1 else None
+        inter = build_interactions(x[idx], y[idx], st.xlo[idx], st.ylo[idx], grp, fit_shape,
+                                   support_shape=support)
+        lay = make_layout(grp, inter, dense_max=dense_max,
+                          xy=np.column_stack([x[idx], y[idx]]))
+        weight = st.weight[idx]
+        npix_fit = st.n_pixels[idx]
+        if shared_pixels == "once" and len(grp) > grp[-1] + 1:
+            # a pixel in two members' stamps is one measurement: weight it once
+            repeat = shared_pixel_mask(st.xlo[idx], st.ylo[idx], st.valid[idx], fit_shape,
+                                       grp, data.shape[1])
+            if repeat.any():
+                weight = np.where(repeat, 0.0, weight)
+                npix_fit = npix_fit - repeat.sum(axis=1)
+        prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
+                       weight=weight, xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
+                       layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx])
+        theta, ev, niter, conv = levenberg_marquardt(prob, theta0[idx], maxiters=maxiters,
+                                                     xtol=xtol, ftol=ftol)
+        cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
+        for k, name in enumerate(_PARAMS):
+            res[name][idx] = theta[:, k]
+            with np.errstate(invalid="ignore"):
+                res[f"{name}_err"][idx] = np.sqrt(cov[:, k, k])
+        cov_all[idx] = cov
+        niter_all[idx] = niter[grp]
+        conv_all[idx] = conv[grp]
+        covok_all[idx] = cov_ok
+        _metrics(res, idx, ev.resid, st, theta[:, 2], n_free[idx], error is not None)
+
+    near = np.zeros(n, dtype=bool)
+    for k in range(2):
+        val = res[_PARAMS[k]]
+        with np.errstate(invalid="ignore"):
+            near |= (np.abs(val - lo[:, k]) <= NEAR_BOUND_TOL) | (
+                np.abs(val - hi[:, k]) <= NEAR_BOUND_TOL)
+    return FitResult(cov=cov_all, n_pixels=st.n_pixels, n_free=n_free.astype(np.int64),
+                     niter=niter_all, converged=conv_all, cov_ok=covok_all, near_bound=near,
+                     center_in_stamp=st.center >= 0, fitted=fitted,
+                     reason=np.array(REASONS, dtype=object)[st.reason], **res)
+
+
+def _covariance(prob, ev, npix, n_free, scale_by_chi2):
+    lay = prob.layout
+    grp = lay.group
+    scaled, sd, usable = scale_blocks(ev.blocks, lay, prob.free)
+    inv, gok = inverse_groups(scaled, lay, np.ones(lay.n_groups, dtype=bool))
+    diag = inv[:, [0, 1, 2], [0, 1, 2]]
+    with np.errstate(invalid="ignore"):
+        sane = np.where(usable, (diag > 0) & (diag < 1e12), True).all(axis=1)
+    cov = inv / (sd[:, :, None] * sd[:, None, :])
+    cov = np.where(prob.free[:, :, None] & prob.free[:, None, :], cov, np.nan)
+    dof = (np.bincount(grp, npix, minlength=lay.n_groups)
+           - np.bincount(grp, n_free, minlength=lay.n_groups))
+    if scale_by_chi2:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = np.where(dof > 0, 2.0 * ev.cost / np.maximum(dof, 1), np.nan)
+        cov = cov * factor[grp][:, None, None]
+    ok = gok[grp] & (dof[grp] > 0) & sane & (usable == prob.free).all(axis=1) & (n_free > 0)
+    cov = np.where(ok[:, None, None], cov, np.nan)
+    return cov, ok
+
+
+def _metrics(res, idx, resid, st, flux, n_free, have_error):
+    valid = st.valid[idx]
+    raw = np.where(valid, resid, 0.0)
+    wr = raw * st.weight[idx]
+    chi2 = np.einsum("ij,ij->i", wr, wr)
+    center = st.center[idx]
+    cen = np.where(center >= 0, raw[np.arange(len(idx)), np.maximum(center, 0)], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nz = flux != 0
+        res["qfit"][idx] = np.where(nz, np.abs(raw).sum(axis=1) / np.where(nz, flux, 1), np.nan)
+        res["cfit"][idx] = np.where(nz, cen / np.where(nz, flux, 1), np.nan)
+        res["chi2"][idx] = chi2
+        if have_error:
+            res["reduced_chi2"][idx] = chi2 / (st.n_pixels[idx] - n_free)
+
+
+# -- checked public wrapper ------------------------------------------------------------------
+def _as_image(name, value):
+    value = getattr(value, "value", value)  # astropy Quantity
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a 2D numeric array") from exc
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 2D array, got shape {arr.shape}")
+    return arr
+
+
+def _per_source(name, value, n, dtype=float):
+    arr = np.asarray(getattr(value, "value", value))
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        arr = np.full(n, arr)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {arr.shape}")
+    return arr.astype(dtype)
+
+
+def _check_dict(name, value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict keyed by 'x', 'y', 'flux' or None")
+    unknown = set(value) - set(_PARAMS)
+    if unknown:
+        raise ValueError(f"{name} has unknown key(s) {sorted(unknown)}; use 'x', 'y', 'flux'")
+    return value
+
+
+def _check_fixed(fixed, n):
+    fixed = _check_dict("fixed", fixed)
+    out = np.zeros((n, 3), dtype=bool)
+    for k, name in enumerate(_PARAMS):
+        if name in fixed:
+            val = np.asarray(fixed[name])
+            if val.dtype != bool:
+                raise TypeError(f"fixed[{name!r}] must be a bool or a bool array")
+            out[:, k] = _per_source(f"fixed[{name!r}]", val, n, bool)
+    return out
+
+
+def _check_bounds(bounds, n):
+    bounds = _check_dict("bounds", bounds)
+    lo = np.full((n, 3), -np.inf)
+    hi = np.full((n, 3), np.inf)
+    for k, name in enumerate(_PARAMS):
+        if name not in bounds:
+            continue
+        pair = bounds[name]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"bounds[{name!r}] must be a pair (lo, hi)")
+        lo[:, k] = np.where(_isnone(pair[0]), -np.inf, _bound(name, pair[0], n))
+        hi[:, k] = np.where(_isnone(pair[1]), np.inf, _bound(name, pair[1], n))
+        if np.any(lo[:, k] > hi[:, k]):
+            raise ValueError(f"bounds[{name!r}]: lower bound above upper bound")
+    return lo, hi
+
+
+def _isnone(v):
+    return v is None
+
+
+def _shared_pixels_arg(value):
+    if value not in ("once", "photutils"):
+        raise ValueError(f"shared_pixels must be 'once' or 'photutils', got {value!r}")
+    return value
+
+
+def _bound(name, v, n):
+    if v is None:
+        return np.zeros(n)
+    arr = _per_source(f"bounds[{name!r}]", v, n)
+    if np.any(np.isnan(arr)):
+        raise ValueError(f"bounds[{name!r}] contains NaN")
+    return arr
+
+
+def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=None,
+            error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
+            xtol=1e-10, ftol=1e-10, support_shape="auto", dense_max=64,
+            shared_pixels="once"):
+    """Fit PSFs to many sources at once, grouped sources simultaneously.
+
+    Parameters
+    ----------
+    data : array_like of shape (ny, nx)
+        The image; non-finite pixels are ignored.
+    psf_model : BatchedPSFMixin
+        PSF model (shape parameters are used at their current values).
+    x_init, y_init, flux_init : array_like of shape (n,)
+        Initial parameters. Non-finite values give unfitted, flagged sources.
+    fit_shape : int or (fy, fx)
+        Odd stamp shape (>= 3) centred on each initial position.
+    group_id : array_like of int, shape (n,), optional
+        Sources sharing an id are fitted simultaneously; by default each source is alone.
+    error : array_like of shape (ny, nx), optional
+        1-sigma pixel errors (weights ``1 / error``; absolute covariance). Like photutils,
+        only values at pixels used in a fit are checked (finite and > 0, else ValueError).
+    mask : array_like of bool, shape (ny, nx), optional
+        True marks pixels to ignore.
+    local_bkg : float or array_like of shape (n,), optional
+        Background subtracted from each source's own stamp (non-finite -> 0).
+    fixed : dict, optional
+        ``{'x' | 'y' | 'flux': bool or (n,) bool}``; fixed parameters keep their initial value.
+    bounds : dict, optional
+        ``{'x' | 'y' | 'flux': (lo, hi)}``, each a scalar, ``(n,)`` array or None; +-inf
+        allowed. The fit reaches the constrained optimum (parameters held on an active bound
+        while the others are re-optimised).
+    maxiters : int, optional
+        Maximum Levenberg-Marquardt iterations per group.
+    xtol, ftol : float, optional
+        A group converges when every step component is below ``xtol * (|p| + xtol)`` or the
+        relative cost decrease is below ``ftol``.
+    support_shape : 'auto', None or (sy, sx), optional
+        PSF extent used to find which members reach which stamps of a group ('auto': the
+        model's ``default_stamp_shape``; None: every member on every stamp of its group).
+    dense_max : int, optional
+        Groups up to this size use batched dense solves; larger ones (no size cap) take
+        per-group preconditioned conjugate-gradient steps and a block-tridiagonal covariance,
+        both about linear in the group size.
+    shared_pixels : {'once', 'photutils'}, optional
+        How a pixel lying in the fit stamps of two members of a group enters the fit. 'once'
+        (default): it is one measurement and is weighted once, which keeps the errors of close
+        blends honest. 'photutils': it is counted once per stamp, as photutils 3.0 does (its
+        errors for blends closer than the stamp size come out too small). Per-source metrics
+        (qfit, cfit, reduced_chi2, n_pixels) always use the source's own stamp.
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> from crowdphot import CircularGaussianPRF
+    >>> psf = CircularGaussianPRF(fwhm=2.5)
+    >>> img = psf.psf_stamps([20.3], [15.7], (32, 40), xlo=[0], ylo=[0])[0] * 1000.0
+    >>> res = fit_psf(img, psf, [20.0], [16.0], [900.0], fit_shape=7)
+    >>> round(float(res.x[0]), 6), round(float(res.flux[0]), 3), bool(res.converged[0])
+    (20.3, 1000.0, True)
+    """
+    if not callable(getattr(psf_model, "_stamps_grad", None)):
+        raise TypeError("psf_model must implement the batched PSF interface (_stamps_grad)")
+    # only the stamp pixels are ever read: non-finite data there is dropped and bad error
+    # values there raise (as photutils), so whole-image scans are not needed
+    arr = _as_image("data", data)
+    msk = check_mask("mask", mask, arr.shape)
+    err = None if error is None else _as_image("error", error)
+    if err is not None and err.shape != arr.shape:
+        raise ValueError(f"error must have the same shape as data {arr.shape}, got {err.shape}")
+    x = np.atleast_1d(np.asarray(getattr(x_init, "value", x_init), dtype=float))
+    if x.ndim != 1:
+        raise ValueError(f"x_init must be 1D, got shape {x.shape}")
+    n = len(x)
+    y = _per_source("y_init", y_init, n)
+    flux = _per_source("flux_init", flux_init, n)
+    shape = as_pair("fit_shape", fit_shape, lower_bound=1, odd=True)
+    if group_id is not None:
+        gid = np.asarray(group_id)
+        if gid.dtype.kind not in "iu":
+            raise TypeError(f"group_id must be integers, got dtype {gid.dtype}")
+        if gid.shape != (n,):
+            raise ValueError(f"group_id must have shape ({n},), got {gid.shape}")
+        group_id = gid
+    bkg = None if local_bkg is None else _per_source("local_bkg", local_bkg, n)
+    fx = _check_fixed(fixed, n)
+    lo, hi = _check_bounds(bounds, n)
+    if isinstance(maxiters, bool) or not isinstance(maxiters, numbers.Integral) or maxiters < 1:
+        raise ValueError(f"maxiters must be a positive integer, got {maxiters!r}")
+    for name, val in (("xtol", xtol), ("ftol", ftol)):
+        if not isinstance(val, numbers.Real) or not np.isfinite(val) or val <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {val!r}")
+    if isinstance(dense_max, bool) or not isinstance(dense_max, numbers.Integral) \
+            or dense_max < 1:
+        raise ValueError(f"dense_max must be a positive integer, got {dense_max!r}")
+    if isinstance(support_shape, str):
+        if support_shape != "auto":
+            raise ValueError(f"support_shape must be 'auto', None or (sy, sx), got "
+                             f"{support_shape!r}")
+    elif support_shape is not None:
+        support_shape = tuple(int(v) for v in as_pair("support_shape", support_shape,
+                                                      lower_bound=0))
+    return _fit_psf(arr, psf_model, x, y, flux, shape, group_id=group_id, error=err,
+                    mask=msk, local_bkg=bkg, fixed=fx, lo=lo, hi=hi, maxiters=int(maxiters),
+                    xtol=float(xtol), ftol=float(ftol), support_shape=support_shape,
+                    dense_max=int(dense_max), strict_error=True,
+                    shared_pixels=_shared_pixels_arg(shared_pixels))

@@ -1,0 +1,1 @@
+"""Compiled kernels (numba), one implementation each."""

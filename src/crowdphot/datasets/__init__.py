@@ -1,0 +1,16 @@
+"""Simulated images and the built-in JWST-like PSF grid, as photutils.datasets.
+"""
+
+from crowdphot.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "make_model_image": "crowdphot.datasets.simulation",
+    "make_model_params": "crowdphot.datasets.simulation",
+    "make_noise_image": "crowdphot.datasets.simulation",
+    "make_random_xycoords": "crowdphot.datasets.simulation",
+    "jwst_like_psf_grid": "crowdphot.datasets.jwst",
+    "jwst_like_psf_grid_path": "crowdphot.datasets.jwst",
+    "write_jwst_like_psf_grid": "crowdphot.datasets.jwst",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,1 @@
+"""Files: FITS images (JWST SCI/ERR/DQ), catalogs, atomic writes."""

@@ -1,0 +1,10 @@
+"""Whole-image workflows above the shells: tiles for mosaics, optionally over Dask."""
+
+from crowdphot.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "photometry_tiled": "crowdphot.pipeline.tiles",
+    "tile_grid": "crowdphot.pipeline.tiles",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

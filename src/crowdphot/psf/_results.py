@@ -1,0 +1,129 @@
+"""Assembly of the PSF-photometry catalog: columns, quality metrics and flags.
+
+The engine returns plain ``(n,)`` arrays; this module turns them into photutils 3's results
+table (same columns, order, dtypes and flag bits) without any per-source Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from crowdphot.psf.flags import PSF_FLAGS
+
+__all__ = ["SourceFit", "assemble_results", "define_flags"]
+
+# tolerance (pixels) within which a fitted position counts as "near" an xy bound
+NEAR_BOUND_TOL = 0.01
+
+
+@dataclass
+class SourceFit:
+    """Per-source fit outcome in input order; all fields are ``(n,)`` arrays.
+
+    ``reason`` holds why a source could not be fitted ('' when it was): 'invalid_position',
+    'non_finite_flux', 'no_overlap', 'fully_masked' or 'too_few_pixels'.
+    ``values``/``errors`` map a parameter alias ('x', 'y', 'flux', extra names) to arrays.
+    ``cov`` is ``(n, p, p)`` over the free parameters (NaN where unavailable).
+    """
+
+    values: dict
+    errors: dict
+    n_pixels: np.ndarray
+    group_size: np.ndarray
+    qfit: np.ndarray
+    cfit: np.ndarray
+    reduced_chi2: np.ndarray
+    converged: np.ndarray
+    cov_ok: np.ndarray
+    near_bound: np.ndarray
+    reason: np.ndarray
+    cov: np.ndarray | None = None
+    niter: np.ndarray | None = None
+
+
+def define_flags(fit, *, shape, fit_shape, local_bkg):
+    """Bitwise flags (photutils 3 bits) for every source.
+
+    Parameters
+    ----------
+    fit : SourceFit
+    shape : (ny, nx)
+        Image shape.
+    fit_shape : (fy, fx)
+    local_bkg : ndarray (n,)
+
+    Returns
+    -------
+    flags : ndarray of int64, shape (n,)
+    """
+    ny, nx = shape
+    x, y, flux = fit.values["x"], fit.values["y"], fit.values["flux"]
+    n = len(x)
+    flags = np.zeros(n, dtype=np.int64)
+    reason = fit.reason
+    valid = reason == ""
+    with np.errstate(invalid="ignore"):
+        flags[fit.n_pixels < int(np.prod(fit_shape))] |= PSF_FLAGS.N_PIXELS_FIT_PARTIAL
+        outside = (x < -0.5) | (y < -0.5) | (x > nx - 0.5) | (y > ny - 0.5)
+        flags[outside] |= PSF_FLAGS.OUTSIDE_BOUNDS
+        flags[flux <= 0] |= PSF_FLAGS.NEGATIVE_FLUX
+    flags[valid & ~fit.converged] |= PSF_FLAGS.NO_CONVERGENCE
+    flags[~(valid & fit.cov_ok)] |= PSF_FLAGS.NO_COVARIANCE
+    flags[valid & fit.near_bound] |= PSF_FLAGS.NEAR_BOUND
+    flags[reason == "no_overlap"] |= PSF_FLAGS.NO_OVERLAP
+    flags[reason == "fully_masked"] |= PSF_FLAGS.FULLY_MASKED
+    flags[reason == "too_few_pixels"] |= PSF_FLAGS.TOO_FEW_PIXELS
+    flags[reason == "non_finite_flux"] |= PSF_FLAGS.NON_FINITE_FLUX
+    flags[~np.isfinite(x) | ~np.isfinite(y)] |= PSF_FLAGS.NON_FINITE_POSITION
+    flags[~np.isfinite(flux)] |= PSF_FLAGS.NON_FINITE_FLUX
+    flags[~np.isfinite(np.asarray(local_bkg, dtype=float))] |= PSF_FLAGS.NON_FINITE_LOCALBKG
+    return flags
+
+
+def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, meta=None):
+    """Join the initial table with the fit outcome into photutils 3's results table.
+
+    Parameters
+    ----------
+    init_params : QTable
+        From ``build_init_params`` (``id, group_id, local_bkg, <alias>_init``...).
+    fit : SourceFit
+    aliases : list of str
+        Fitted parameter aliases in column order, starting with 'x', 'y', 'flux'.
+    unit : astropy unit or None
+        Data unit re-attached to flux-like columns.
+
+    Returns
+    -------
+    table : QTable
+        Columns id, group_id, group_size, local_bkg, <a>_init..., <a>_fit..., <a>_err...,
+        n_pixels_fit, qfit, cfit, reduced_chi2, flags. The pre-3.0 name ``npixfit`` stays
+        readable with a deprecation warning.
+    """
+    from crowdphot.utils._tables import make_deprecated_qtable
+
+    cols = {}
+    cols["id"] = np.asarray(init_params["id"])
+    cols["group_id"] = np.asarray(init_params["group_id"], dtype=np.int64)
+    cols["group_size"] = np.asarray(fit.group_size, dtype=np.int64)
+    cols["local_bkg"] = np.asarray(init_params["local_bkg"], dtype=float)
+    for a in aliases:
+        cols[f"{a}_init"] = np.asarray(init_params[f"{a}_init"])
+    for a in aliases:
+        cols[f"{a}_fit"] = np.asarray(fit.values[a], dtype=float)
+    for a in aliases:
+        cols[f"{a}_err"] = np.asarray(fit.errors[a], dtype=float)
+    cols["n_pixels_fit"] = np.asarray(fit.n_pixels, dtype=np.int64)
+    cols["qfit"] = np.asarray(fit.qfit, dtype=float)
+    cols["cfit"] = np.asarray(fit.cfit, dtype=float)
+    cols["reduced_chi2"] = np.asarray(fit.reduced_chi2, dtype=float)
+    cols["flags"] = define_flags(fit, shape=shape, fit_shape=fit_shape,
+                                 local_bkg=cols["local_bkg"])
+    table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
+                                   meta=meta or {})
+    if unit is not None:
+        for name in ("local_bkg", "flux_init", "flux_fit", "flux_err"):
+            table[name] = table[name] * unit
+    return table

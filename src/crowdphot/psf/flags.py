@@ -1,0 +1,308 @@
+"""Bit flags of the PSF photometry ``flags`` column.
+
+The bits, names and meanings are those of photutils 3, so flag columns written by either
+package decode the same way:
+
+====  ========================  ==========================================================
+bit   name                      set when
+====  ========================  ==========================================================
+1     n_pixels_fit_partial      fewer pixels were fitted than the full ``fit_shape`` stamp
+2     outside_bounds            the fitted position lies outside the image
+4     negative_flux             the fitted flux is <= 0
+8     no_convergence            the fitter did not report convergence (e.g. hit maxiters)
+16    no_covariance             no parameter covariance (so no uncertainties)
+32    near_bound                fitted x or y within 0.01 px of its ``xy_bounds`` limit
+64    no_overlap                the fit stamp does not overlap the image data
+128   fully_masked              every pixel of the fit stamp is masked
+256   too_few_pixels            fewer unmasked pixels than free parameters
+512   non_finite_position       the fitted x or y is NaN or inf
+1024  non_finite_flux           the fitted flux is NaN or inf
+2048  non_finite_localbkg       the local background is NaN or inf (it was not subtracted)
+====  ========================  ==========================================================
+
+`PSF_FLAGS` is the registry (``PSF_FLAGS.NEGATIVE_FLUX == 4``, ``PSF_FLAGS.get_name(4)``),
+`combine_flags` builds a flag column from boolean conditions and `decode_psf_flags`
+(alias `decode_flags`) turns flag values back into names.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from crowdphot.core.validate import deprecated_positional
+
+__all__ = ["FlagDefinition", "PSF_FLAGS", "combine_flags", "decode_flags", "decode_psf_flags"]
+
+
+@dataclass(frozen=True)
+class FlagDefinition:
+    """One flag: its bit value, name and what it means.
+
+    Attributes
+    ----------
+    bit_value : int
+        Power of two.
+    name : str
+        Name returned by `decode_psf_flags`.
+    description : str
+        One-line meaning.
+    detailed_description : str
+        Longer explanation.
+    """
+
+    bit_value: int
+    name: str
+    description: str
+    detailed_description: str
+
+
+_DEFINITIONS = (
+    FlagDefinition(1, "n_pixels_fit_partial", "fitted fewer pixels than the full fit_shape",
+                   "Part of the fit_shape stamp was off the image or masked, so the number of "
+                   "fitted pixels (n_pixels_fit) is below the full stamp size."),
+    FlagDefinition(2, "outside_bounds", "fitted position outside the image",
+                   "The fitted (x, y) position lies outside the bounds of the input image."),
+    FlagDefinition(4, "negative_flux", "non-positive flux",
+                   "The fitted flux is zero or negative."),
+    FlagDefinition(8, "no_convergence", "possible non-convergence",
+                   "The fitter did not report convergence (for example it reached its "
+                   "iteration limit), so the fit may not have converged."),
+    FlagDefinition(16, "no_covariance", "missing parameter covariance",
+                   "No parameter covariance matrix is available, so no uncertainties could be "
+                   "derived."),
+    FlagDefinition(32, "near_bound", "fitted parameter close to a bound",
+                   "At least one fitted parameter ended very close to one of its bounds."),
+    FlagDefinition(64, "no_overlap", "no overlap with the data",
+                   "The source's fitting stamp does not overlap any valid data pixel."),
+    FlagDefinition(128, "fully_masked", "all fit pixels masked",
+                   "Every pixel in the source's fitting stamp is masked."),
+    FlagDefinition(256, "too_few_pixels", "too few pixels to fit",
+                   "The fitting stamp has fewer unmasked pixels than free parameters."),
+    FlagDefinition(512, "non_finite_position", "non-finite fitted position",
+                   "The fitted x or y position is NaN or inf: the fit failed."),
+    FlagDefinition(1024, "non_finite_flux", "non-finite fitted flux",
+                   "The fitted flux is NaN or inf: the fit failed."),
+    FlagDefinition(2048, "non_finite_localbkg", "non-finite local background",
+                   "The local background is NaN or inf, so it was not subtracted before the "
+                   "fit."),
+)
+
+# Older and short spellings accepted wherever a flag is looked up by name.
+_ALIASES = {
+    "npixfit_partial": "n_pixels_fit_partial",  # photutils < 3 name
+    "partial": "n_pixels_fit_partial",
+    "outside": "outside_bounds",
+    "nonpositive_flux": "negative_flux",
+    "not_converged": "no_convergence",
+    "nonfinite_position": "non_finite_position",
+    "nonfinite_flux": "non_finite_flux",
+    "nonfinite_localbkg": "non_finite_localbkg",
+}
+
+
+class _FlagRegistry:
+    """Lookup of flag definitions by bit value or name (use the `PSF_FLAGS` instance).
+
+    Every flag is also an upper-case integer attribute, e.g. ``PSF_FLAGS.NO_CONVERGENCE == 8``.
+
+    Examples
+    --------
+    >>> PSF_FLAGS.get_name(8)
+    'no_convergence'
+    >>> PSF_FLAGS.get_bit_value('fully_masked')
+    128
+    """
+
+    def __init__(self, definitions):
+        self._definitions = tuple(definitions)
+        self._by_bit = {d.bit_value: d for d in self._definitions}
+        self._by_name = {d.name: d for d in self._definitions}
+        for d in self._definitions:
+            setattr(self, d.name.upper(), d.bit_value)
+        self.NPIXFIT_PARTIAL = self.N_PIXELS_FIT_PARTIAL
+
+    def __repr__(self):
+        return f"<PSF flag registry: {', '.join(self.names)}>"
+
+    @property
+    def all_flags(self):
+        """list of `FlagDefinition`, in bit order."""
+        return list(self._definitions)
+
+    @property
+    def bit_values(self):
+        """list of int, in bit order."""
+        return [d.bit_value for d in self._definitions]
+
+    @property
+    def names(self):
+        """list of str, in bit order."""
+        return [d.name for d in self._definitions]
+
+    @property
+    def flag_dict(self):
+        """dict: bit value -> name."""
+        return {d.bit_value: d.name for d in self._definitions}
+
+    @property
+    def all_bits(self):
+        """int: OR of every defined bit."""
+        return sum(self.bit_values)
+
+    def get_definition(self, identifier):
+        """`FlagDefinition` for a bit value (int) or a name (str, aliases accepted).
+
+        Raises
+        ------
+        KeyError
+            Unknown bit value or name.
+        TypeError
+            ``identifier`` is neither an int nor a str.
+        """
+        if isinstance(identifier, str):
+            name = _ALIASES.get(identifier, identifier)
+            if name not in self._by_name:
+                raise KeyError(f"no flag named {identifier!r}; known: {self.names}")
+            return self._by_name[name]
+        if isinstance(identifier, numbers.Integral) and not isinstance(identifier, bool):
+            if int(identifier) not in self._by_bit:
+                raise KeyError(f"no flag with bit value {identifier!r}")
+            return self._by_bit[int(identifier)]
+        raise TypeError(f"identifier must be an int (bit value) or str (name), got {identifier!r}")
+
+    def get_name(self, bit_value):
+        """Name of the flag with ``bit_value``."""
+        return self.get_definition(bit_value).name
+
+    def get_bit_value(self, name):
+        """Bit value of the flag called ``name``."""
+        return self.get_definition(name).bit_value
+
+    def get_description(self, bit_value):
+        """One-line description of the flag with ``bit_value``."""
+        return self.get_definition(bit_value).description
+
+    def get_detailed_description(self, bit_value):
+        """Longer description of the flag with ``bit_value``."""
+        return self.get_definition(bit_value).detailed_description
+
+
+#: The registry of PSF photometry flags.
+PSF_FLAGS = _FlagRegistry(_DEFINITIONS)
+
+
+def combine_flags(**conditions):
+    """OR together the bits of the flags whose condition is true.
+
+    Parameters
+    ----------
+    **conditions : bool or array_like of bool
+        Keyword = flag name (or alias such as ``partial``, ``outside``), value = where that
+        flag is set. Arrays broadcast together.
+
+    Returns
+    -------
+    flags : ndarray of int64
+        Shape of the broadcast conditions (0-d for scalars or no conditions).
+
+    Raises
+    ------
+    TypeError
+        Unknown flag name, or a condition that is not boolean.
+
+    Examples
+    --------
+    >>> combine_flags(partial=[True, False, True], negative_flux=[False, False, True])
+    array([1, 0, 5])
+    """
+    bits = {}
+    for key, value in conditions.items():
+        try:
+            bit = PSF_FLAGS.get_bit_value(key)
+        except KeyError:
+            raise TypeError(
+                f"combine_flags got an unknown flag name {key!r}; known: {PSF_FLAGS.names}"
+            ) from None
+        arr = np.asarray(value)
+        if arr.dtype != bool:
+            raise TypeError(f"condition {key!r} must be boolean, got dtype {arr.dtype}")
+        bits[key] = (bit, arr)
+    shape = np.broadcast_shapes(*(arr.shape for _, arr in bits.values()))
+    flags = np.zeros(shape, dtype=np.int64)
+    for bit, arr in bits.values():
+        flags |= np.where(arr, np.int64(bit), np.int64(0))
+    return flags
+
+
+def _decode_value(value, return_bit_values):
+    return [
+        (d.bit_value if return_bit_values else d.name)
+        for d in PSF_FLAGS.all_flags
+        if value & d.bit_value
+    ]
+
+
+def _check_flag_scalar(value):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"flags must be integers, got {value!r}")
+    if value < 0:
+        raise ValueError(f"flags must be non-negative integers, got {value!r}")
+    return int(value)
+
+
+@deprecated_positional("return_bit_values")
+def decode_psf_flags(flags, *, return_bit_values=False):
+    """Names (or bit values) of the flags set in each value of ``flags``.
+
+    Parameters
+    ----------
+    flags : int or array_like of int
+        One flag value or a flag column (any shape; arrays are decoded in flattened order).
+    return_bit_values : bool, optional
+        Return the bit values (ints) instead of the names.
+
+    Returns
+    -------
+    decoded : list of str (or int), or list of such lists
+        For a scalar (or 0-d array) a single list of the set flags, in bit order; for an array
+        one list per element. An unflagged value gives ``[]``.
+
+    Raises
+    ------
+    TypeError
+        Non-integer values.
+    ValueError
+        Negative values.
+
+    Examples
+    --------
+    >>> decode_psf_flags(5)
+    ['n_pixels_fit_partial', 'negative_flux']
+    >>> decode_psf_flags([0, 8, 136])
+    [[], ['no_convergence'], ['no_convergence', 'fully_masked']]
+    >>> decode_psf_flags(136, return_bit_values=True)
+    [8, 128]
+    """
+    if np.isscalar(flags):
+        return _decode_value(_check_flag_scalar(flags), return_bit_values)
+    arr = np.asarray(getattr(flags, "value", flags))
+    if arr.ndim == 0:
+        return _decode_value(_check_flag_scalar(arr.item()), return_bit_values)
+    arr = arr.ravel()
+    if arr.size == 0:
+        return []
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"flags must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and np.any(arr < 0):
+        raise ValueError("flags must be non-negative integers")
+    # A flag column holds few distinct values: decode each once, then copy per row.
+    uniq, inverse = np.unique(arr, return_inverse=True)
+    table = [_decode_value(int(v), return_bit_values) for v in uniq]
+    return [list(table[k]) for k in inverse.tolist()]
+
+
+#: Short alias of `decode_psf_flags`.
+decode_flags = decode_psf_flags

@@ -1,0 +1,198 @@
+"""Iterative PSF photometry: find, fit, subtract, find again in the residual (photutils 3 API)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+from astropy.table import vstack
+
+from crowdphot.core.validate import positive_real
+from crowdphot.psf._inputs import _table_from_finder, coerce_inputs
+from crowdphot.psf.photometry import (
+    PSFPhotometry,
+    PSFPhotometryResult,
+    _LatestResultMixin,
+)
+from crowdphot.utils._tables import add_deprecated_aliases
+
+__all__ = ["IterativePSFPhotometry"]
+
+
+def _valid_rows(results):
+    """Rows kept by ``results_to_init_params`` (all fitted values finite)."""
+    fit_cols = [c for c in results.colnames if c.endswith("_fit")]
+    return np.all([np.isfinite(np.asarray(getattr(results[c], "value", results[c])))
+                   for c in fit_cols], axis=0)
+
+
+class IterativePSFPhotometry(_LatestResultMixin):
+    """Iterative PSF photometry, as photutils 3's ``IterativePSFPhotometry``.
+
+    Each iteration fits the sources, subtracts the fitted models and runs the ``finder`` on
+    the residual image. In ``mode='new'`` only the newly found sources are fitted (on the
+    residual); in ``mode='all'`` all sources found so far are refitted together on the original
+    data (a ``grouper`` is then required so that new neighbours are fitted jointly).
+
+    Parameters
+    ----------
+    psf_model, fit_shape, finder : see :class:`PSFPhotometry` (``finder`` is required)
+    maxiters : int
+        Maximum number of find/fit iterations.
+    mode : {'new', 'all'}
+    sub_shape : int, (ny, nx) or None
+        Stamp used to subtract fitted models; default: the model's bounding box.
+    **kwargs
+        grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
+        local_bkg_estimator, group_warning_threshold, progress_bar, as for PSFPhotometry.
+
+    Examples
+    --------
+    >>> from crowdphot import (CircularGaussianPRF, DAOStarFinder, IterativePSFPhotometry,
+    ...                        make_psf_model_image)
+    >>> model = CircularGaussianPRF(fwhm=2.5)
+    >>> data, truth = make_psf_model_image((64, 64), model, 4, flux=(800, 1000),
+    ...                                    min_separation=12, seed=1, model_shape=(11, 11))
+    >>> finder = DAOStarFinder(threshold=20, fwhm=2.5)
+    >>> phot = IterativePSFPhotometry(model, (5, 5), finder, aperture_radius=4, maxiters=2)
+    >>> len(phot(data))
+    4
+    """
+
+    _run_name = "IterativePSFPhotometry"
+
+    def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
+                 fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
+                 aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
+                 sub_shape=None, progress_bar=False, shared_pixels="once"):
+        if finder is None:
+            raise ValueError("finder cannot be None for IterativePSFPhotometry")
+        if aperture_radius is None:
+            raise ValueError("aperture_radius cannot be None for IterativePSFPhotometry")
+        if int(positive_real("maxiters", maxiters)) != maxiters:
+            raise ValueError("maxiters must be a strictly-positive integer")
+        if mode not in ("new", "all"):
+            raise ValueError("mode must be 'new' or 'all'")
+        if mode == "all" and grouper is None:
+            raise ValueError("grouper must be input for the 'all' mode")
+        self._psfphot = PSFPhotometry(
+            psf_model, fit_shape, finder=finder, grouper=grouper, fitter=fitter,
+            fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
+            aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
+            group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
+            shared_pixels=shared_pixels)
+        self.maxiters = int(maxiters)
+        self.mode = mode
+        if sub_shape is not None:
+            from crowdphot.core.validate import as_pair
+
+            sub_shape = tuple(int(v) for v in as_pair("sub_shape", sub_shape, lower_bound=0,
+                                                      odd=True))
+        self.sub_shape = sub_shape
+        self._last = threading.local()
+
+    def __getattr__(self, name):
+        # configuration shared with the wrapped PSFPhotometry (psf_model, finder, ...)
+        if name in PSFPhotometry._ATTRS:
+            return getattr(self.__dict__["_psfphot"], name)
+        raise AttributeError(name)
+
+    def __repr__(self):
+        args = ", ".join(f"{a}={getattr(self, a)!r}" for a in
+                         (*PSFPhotometry._ATTRS, "maxiters", "mode", "sub_shape"))
+        return f"<{type(self).__name__}({args})>"
+
+    def run(self, data, *, mask=None, error=None, init_params=None):
+        """Stateless call: ``(combined PSFPhotometryResult or None, per-iteration results)``."""
+        data, mask, error, unit = coerce_inputs(data, mask, error)
+        if unit is not None:
+            import astropy.units as u
+
+            data_q = u.Quantity(data, unit)
+            error_q = None if error is None else u.Quantity(error, unit)
+        else:
+            data_q, error_q = data, error
+        first = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init_params)
+        if first is None:
+            return None, []
+        per_iter = [first]
+        # shallow copies: the per-iteration results in fit_results stay as they were fitted
+        table = first.results.copy(copy_data=False)
+        table["iter_detected"] = np.ones(len(table), dtype=np.int64)
+        current = first
+        residual = data_q
+        for it in range(2, self.maxiters + 1):
+            residual = current.make_residual_image(residual, psf_shape=self.sub_shape)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no sources found" is the normal end
+                found = self._psfphot.finder(residual, mask=mask)
+            if found is None or len(found) == 0:
+                break
+            new = _table_from_finder(found)
+            if self.mode == "all":
+                # previous fits (extra free parameters included) start the joint refit;
+                # sources whose fit failed are dropped, as photutils does
+                init_cols = ["id"] + [c for c in current.results.colnames
+                                      if c.endswith("_init")]
+                prev = current.results_to_init_params()[init_cols]
+                valid = _valid_rows(current.results)
+                new["id"] = np.arange(len(new)) + len(prev) + 1
+                new = self._with_aperture_flux(residual, mask, new, unit)
+                for name in init_cols[4:]:  # extra free parameters start at the model value
+                    alias = name[: -len("_init")]
+                    new[name] = float(getattr(self._psfphot.psf_model, alias).value)
+                init = vstack([prev, new[init_cols]])
+                detected = np.concatenate([np.asarray(table["iter_detected"])[valid],
+                                           np.full(len(new), it)])
+                current = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init)
+                if current is None:
+                    break
+                table = current.results.copy(copy_data=False)
+                table["iter_detected"] = detected
+                residual = data_q
+            else:
+                current = self._psfphot.run(residual, mask=mask, error=error_q, init_params=new)
+                if current is None:
+                    break
+                new_tbl = current.results.copy(copy_data=False)
+                new_tbl["id"] = new_tbl["id"] + np.max(table["id"])
+                new_tbl["group_id"] = new_tbl["group_id"] + np.max(table["group_id"])
+                new_tbl["iter_detected"] = np.full(len(new_tbl), it, dtype=np.int64)
+                new_tbl.meta = {}
+                table = vstack([table, new_tbl])
+            per_iter.append(current)
+        cols = list(table.colnames)
+        cols.remove("iter_detected")
+        cols.insert(cols.index("group_size") + 1, "iter_detected")
+        # vstack builds a fresh table: restore the pre-3.0 column alias
+        table = add_deprecated_aliases(table[cols], {"npixfit": "n_pixels_fit"})
+        table.meta.update({"psf_class": type(self).__name__, "maxiters": self.maxiters,
+                           "mode": self.mode, "sub_shape": self.sub_shape})
+        combined = PSFPhotometryResult(
+            results=table, init_params=None, finder_results=first.finder_results,
+            fit_info=None, psf_model=self._psfphot.psf_model,
+            main_params=first._main_params, unit=unit, progress_bar=self._psfphot.progress_bar)
+        return combined, per_iter
+
+    def _with_aperture_flux(self, data, mask, table, unit):
+        # photutils measures new sources' starting flux on the residual without sky removal
+        from crowdphot.aperture.core import CircularAperture
+
+        ap = CircularAperture(np.column_stack([table["x_init"], table["y_init"]]),
+                              r=self._psfphot.aperture_radius)
+        flux, _ = ap.do_photometry(data, mask=mask)
+        table["flux_init"] = flux
+        return table
+
+    def __call__(self, data, *, mask=None, error=None, init_params=None):
+        """Run the iterative photometry; returns the combined results table (or None)."""
+        combined, per_iter = self.run(data, mask=mask, error=error, init_params=init_params)
+        self._last.result = combined
+        self._last.fit_results = per_iter
+        return None if combined is None else combined.results
+
+    @property
+    def fit_results(self):
+        """Per-iteration :class:`PSFPhotometryResult` objects of the latest call."""
+        return list(getattr(self._last, "fit_results", []))
