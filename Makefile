@@ -9,11 +9,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[fast]"
+	$(BIN)/python -m pip install -q -e ".[plot]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[fast,test,bench]"
+	$(BIN)/python -m pip install -q -e ".[plot,test,bench]"
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
@@ -21,6 +21,7 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
