@@ -591,6 +591,9 @@ class _CircularBase:
         -------
         patches : list of matplotlib.patches.Patch
         """
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib(f"{type(self).__name__}.plot")
         import matplotlib.pyplot as plt
 
         if ax is None:

@@ -137,6 +137,13 @@ def _cmd_demo(args):
 
     if args.n_sources <= 0:
         raise CLIError(f"--n-sources must be positive, got {args.n_sources}")
+    if not args.no_plots:
+        from crowdphot.core.optional import require_matplotlib
+
+        try:
+            require_matplotlib("crowdphot demo's figures (--no-plots skips them)")
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
     run_demo(args.out, n_sources=args.n_sources, seed=args.seed, grouped=args.grouped,
              shape=tuple(args.shape), plots=not args.no_plots,
              progress_bar=not args.no_progress)

@@ -271,6 +271,10 @@ def run_demo(out="demo_output", *, n_sources=500, seed=0, grouped=False, shape=(
 
     if int(n_sources) <= 0:
         raise ValueError(f"n_sources must be positive, got {n_sources}")
+    if plots:  # fail before the run, not after it
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib("crowdphot demo's figures (--no-plots skips them)")
     shape = tuple(int(v) for v in shape)
     if len(shape) != 2 or min(shape) < 32:
         raise ValueError(f"shape must be (ny, nx) with both >= 32, got {shape}")

@@ -349,6 +349,13 @@ def run_phot(args):
 
     t0 = time.perf_counter()
     _check_options(args)
+    if args.plots:  # fail before the run, not after it
+        from crowdphot.core.optional import require_matplotlib
+
+        try:
+            require_matplotlib("crowdphot phot --plots")
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
     ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
     dq_bits = int(args.dq_bits) if args.dq_bits.isdigit() else args.dq_bits.split(",")
     if args.tile and not (args.residual or args.plots):

@@ -94,6 +94,9 @@ def plot_grid(model, *, ax=None, vmax_scale=None, peak_norm=False, deltas=False,
     >>> fig.axes[0].get_title()
     '(ePSFs − <ePSF>)'
     """
+    from crowdphot.core.optional import require_matplotlib
+
+    require_matplotlib("plot_grid")
     import matplotlib.pyplot as plt
     from astropy.visualization import simple_norm
     from mpl_toolkits.axes_grid1 import make_axes_locatable

@@ -209,6 +209,9 @@ class SourceGroups:
         -------
         ax : matplotlib Axes
         """
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib("SourceGroups.plot")
         import matplotlib.pyplot as plt
         from matplotlib import colormaps
         from matplotlib.collections import PatchCollection

@@ -55,6 +55,9 @@ def make_random_cmap(n_colors=256, *, seed=None, ncolors=None):
     if n_colors < 1:
         raise ValueError(f"n_colors must be at least 1, got {n_colors!r}")
 
+    from crowdphot.core.optional import require_matplotlib
+
+    require_matplotlib("make_random_cmap")
     from matplotlib import colors
 
     rng = np.random.default_rng(seed)

@@ -22,6 +22,9 @@ __all__ = [
 
 
 def _figure(figsize):
+    from crowdphot.core.optional import require_matplotlib
+
+    require_matplotlib("crowdphot.viz figures")
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, layout="constrained")
@@ -252,6 +255,9 @@ def plot_data_model_residual(data, model, residual, *, percent=99.0, zoom=None,
     >>> [a.get_title() for a in fig.axes[:3]]
     ['Data', 'Model', 'Residual']
     """
+    from crowdphot.core.optional import require_matplotlib
+
+    require_matplotlib("plot_data_model_residual")
     from matplotlib.colors import Normalize
 
     fig = _figure(figsize)
