@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean compat
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,9 +23,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+	$(BIN)/python compat/run_compat.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
+
+compat: $(VENV)/.installed-test
+	$(BIN)/python compat/run_compat.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check src tests bench

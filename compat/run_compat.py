@@ -1,0 +1,322 @@
+"""Run photutils 3.0's own test modules against crowdphot (``make compat``).
+
+The modules listed in ``compat/exclusions.toml`` are copied from the installed photutils into
+``build/compat/compat_tests/<subpkg>/tests/`` with every ``photutils`` import rewritten:
+
+- ``from photutils.<sub>[.<mod>] import Name`` -> ``from crowdphot.<sub> import Name`` when
+  crowdphot's public ``<sub>`` package provides ``Name`` (photutils' public home of the name);
+- a TEST-ONLY helper listed under ``[[helper]]`` (feature flags, data builders) stays photutils;
+- anything else (private names, names crowdphot lacks) is bound to a stand-in that fails every
+  test that uses it (``compat/_missing.py``), so one missing name never hides a whole module;
+- ``import photutils`` -> ``import crowdphot as photutils``; imports of photutils' own test
+  modules go to the copies.
+
+pytest then runs the copies (warnings are errors, as in photutils' configuration) and the
+script prints pass/fail/skip counts per module and the pass rate over the counted tests
+(collected minus the excluded ones). It exits 1 when the rate is below ``threshold``.
+
+Usage::
+
+    python compat/run_compat.py [--target photutils] [--only psf/test_photometry] [-v]
+
+``--target photutils`` runs the same copies against photutils itself (a check of the harness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = ROOT / "build" / "compat"
+PKG = "compat_tests"
+
+CONFTEST = '''\
+import pytest
+
+from compat_tests import _missing
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "remote_data: needs the network (skipped)")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="remote data")
+    for item in items:
+        if "remote_data" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    if call.when == "setup":
+        _missing.touched.clear()
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "call" and report.passed and _missing.touched:
+        report.outcome = "failed"
+        report.longrepr = "used names crowdphot lacks: " + ", ".join(sorted(_missing.touched))
+'''
+
+PYTEST_INI = '''\
+[pytest]
+addopts = -p no:cacheprovider
+filterwarnings =
+    error
+    ignore:numpy.ufunc size changed:RuntimeWarning
+    ignore:numpy.ndarray size changed:RuntimeWarning
+    ignore:Matplotlib is currently using agg:UserWarning
+    ignore:FigureCanvasAgg is non-interactive:UserWarning
+'''
+
+
+def load_config():
+    with open(HERE / "exclusions.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def photutils_dir():
+    import photutils
+
+    return Path(photutils.__file__).resolve().parent
+
+
+class Resolver:
+    """Decide where each name a test module imports from photutils comes from."""
+
+    def __init__(self, helpers, target):
+        self.helpers = helpers
+        self.target = target
+        self.log = []  # (file, photutils name, destination)
+
+    def _helper(self, module, name, relfile):
+        for rule in self.helpers:
+            if rule["module"] != module and not module.startswith(rule["module"] + "."):
+                continue
+            if not any(fnmatch.fnmatchcase(name, pat) for pat in rule["names"]):
+                continue
+            if any(relfile.startswith(p) for p in rule.get("not_in", [])):
+                continue
+            return True
+        return False
+
+    def _crowdphot_home(self, module, name):
+        """crowdphot module that provides photutils' ``module.name`` publicly, or None."""
+        if name.startswith("_"):
+            return None
+        parts = module.split(".")
+        home = "crowdphot" if len(parts) == 1 else f"crowdphot.{parts[1]}"
+        try:
+            mod = importlib.import_module(home)
+        except ImportError:
+            return None
+        if hasattr(mod, name):
+            return home
+        if len(parts) == 1:  # `from photutils import datasets`: a subpackage
+            try:
+                importlib.import_module(f"crowdphot.{name}")
+                return "crowdphot"
+            except ImportError:
+                return None
+        return None
+
+    def import_from(self, module, names, relfile):
+        """Source lines replacing ``from module import names`` (names: list of (name, asname))."""
+        parts = module.split(".")
+        if len(parts) >= 3 and parts[2] == "tests":  # photutils' own test helpers -> copies
+            mod = ".".join([PKG] + parts[1:])
+            return [f"from {mod} import {self._alias_list(names)}"]
+        if self.target == "photutils":
+            return [f"from {module} import {self._alias_list(names)}"]
+        lines = []
+        for name, asname in names:
+            bound = asname or name
+            full = f"{module}.{name}"
+            home = self._crowdphot_home(module, name)
+            if home is not None:
+                lines.append(f"from {home} import {name} as {bound}")
+                self.log.append((relfile, full, home))
+            elif self._helper(module, name, relfile):
+                lines.append(f"from {module} import {name} as {bound}  # compat: test helper")
+                self.log.append((relfile, full, "photutils (test helper)"))
+            else:
+                lines.append(f"from {PKG}._missing import missing as _compat_missing")
+                lines.append(f"{bound} = _compat_missing({full!r})")
+                self.log.append((relfile, full, "MISSING"))
+        return lines
+
+    @staticmethod
+    def _alias_list(names):
+        return ", ".join(n if a is None else f"{n} as {a}" for n, a in names)
+
+    def import_plain(self, names):
+        lines = []
+        for name, asname in names:
+            if name == "photutils" or name.startswith("photutils."):
+                if self.target == "photutils":
+                    lines.append(f"import {name}" + (f" as {asname}" if asname else ""))
+                elif name == "photutils":
+                    lines.append(f"import crowdphot as {asname or 'photutils'}")
+                else:
+                    raise SystemExit(f"unsupported import {name}")
+            else:
+                lines.append(f"import {name}" + (f" as {asname}" if asname else ""))
+        return lines
+
+
+def rewrite(source, relfile, resolver):
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    edits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                node.module == "photutils" or node.module.startswith("photutils.")):
+            new = resolver.import_from(node.module, [(a.name, a.asname) for a in node.names],
+                                       relfile)
+        elif isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] == "photutils" for a in node.names):
+            new = resolver.import_plain([(a.name, a.asname) for a in node.names])
+        else:
+            continue
+        edits.append((node.lineno, node.end_lineno, node.col_offset, new))
+    for start, end, col, new in sorted(edits, reverse=True):
+        indent = " " * col
+        lines[start - 1:end] = [indent + line + "\n" for line in new]
+    return "".join(lines)
+
+
+def build(config, target, only):
+    src = photutils_dir()
+    if BUILD.exists():
+        shutil.rmtree(BUILD)
+    pkg = BUILD / PKG
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(HERE / "_missing.py", pkg / "_missing.py")
+    (BUILD / "conftest.py").write_text(CONFTEST)
+    (BUILD / "pytest.ini").write_text(PYTEST_INI)
+    resolver = Resolver(config.get("helper", []), target)
+    files = []
+    for sub, mods in config["modules"].items():
+        tdir = pkg / sub / "tests"
+        tdir.mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+        (tdir / "__init__.py").write_text("")
+        for mod in mods:
+            rel = f"{sub}/tests/{mod}.py"
+            text = (src / rel).read_text()
+            (tdir / f"{mod}.py").write_text(rewrite(text, f"{sub}/{mod}", resolver))
+            if not only or any(f"{sub}/{mod}".startswith(o) for o in only):
+                files.append(tdir / f"{mod}.py")
+    for rel in config.get("support", []):
+        s, d = src / rel, pkg / rel
+        if s.is_dir():
+            shutil.copytree(s, d)
+        else:
+            d.write_text(rewrite(s.read_text(), rel, resolver))
+    return files, resolver
+
+
+def run_pytest(files, verbose):
+    xml = BUILD / "results.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={xml}",
+           "-o", "junit_family=xunit2", "--tb=line" if not verbose else "--tb=short",
+           *[str(f.relative_to(BUILD)) for f in files]]
+    env = dict(os.environ, PYTHONPATH=str(BUILD), MPLBACKEND="Agg")
+    proc = subprocess.run(cmd, cwd=BUILD, env=env, capture_output=not verbose, text=True)
+    if not xml.exists():
+        print(proc.stdout[-5000:] if proc.stdout else "", proc.stderr[-5000:] if proc.stderr else "")
+        raise SystemExit("pytest produced no results")
+    return ET.parse(xml).getroot(), proc
+
+
+def outcomes(root):
+    """Yield (test id '<sub>/<module>::<name>', outcome, message)."""
+    for case in root.iter("testcase"):
+        cls = case.get("classname", "")
+        parts = cls.split(".")
+        # compat_tests.<sub>.tests.<module>[.<Class>]
+        sub, mod = parts[1], parts[3]
+        name = "::".join(parts[4:] + [case.get("name")])
+        tid = f"{sub}/{mod}::{name}"
+        outcome, msg = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome, msg = "failed", (child.get("message") or "")[:300]
+                break
+            if child.tag == "skipped":
+                outcome, msg = "skipped", (child.get("message") or "")[:300]
+        yield tid, outcome, msg
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", choices=["crowdphot", "photutils"], default="crowdphot")
+    ap.add_argument("--only", nargs="*", default=[], help="run only these sub/module prefixes")
+    ap.add_argument("--failures", action="store_true", help="list every counted failure")
+    ap.add_argument("--imports", action="store_true", help="print the import resolution log")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
+    args = ap.parse_args(argv)
+    config = load_config()
+    t0 = time.perf_counter()
+    files, resolver = build(config, args.target, args.only)
+    if args.imports:
+        for rel, full, dest in sorted(set(resolver.log)):
+            print(f"  {rel:36s} {full:60s} -> {dest}")
+    root, _ = run_pytest(files, args.verbose)
+    rules = config.get("exclude", [])
+    per_mod, failures, used = {}, [], set()
+    for tid, outcome, msg in outcomes(root):
+        mod = tid.split("::")[0]
+        c = per_mod.setdefault(mod, dict(passed=0, failed=0, skipped=0, excluded=0, xpass=0))
+        rule = next((r for r in rules if fnmatch.fnmatchcase(tid, r["match"])), None)
+        if rule is not None and args.target == "crowdphot":
+            used.add(rule["match"])
+            c["excluded"] += 1
+            if outcome == "passed":
+                c["xpass"] += 1
+            continue
+        c[outcome] += 1
+        if outcome == "failed":
+            failures.append((tid, msg))
+    print(f"{'module':32s} {'pass':>5s} {'fail':>5s} {'skip':>5s} {'excl':>5s}")
+    tot = dict(passed=0, failed=0, skipped=0, excluded=0, xpass=0)
+    for mod in sorted(per_mod):
+        c = per_mod[mod]
+        for k in tot:
+            tot[k] += c[k]
+        print(f"{mod:32s} {c['passed']:5d} {c['failed']:5d} {c['skipped']:5d} {c['excluded']:5d}")
+    counted = tot["passed"] + tot["failed"]
+    rate = tot["passed"] / counted if counted else 0.0
+    print(f"{'TOTAL':32s} {tot['passed']:5d} {tot['failed']:5d} {tot['skipped']:5d} "
+          f"{tot['excluded']:5d}")
+    print(f"pass rate {rate:.4f} ({tot['passed']}/{counted} counted = collected - excluded - "
+          f"skipped); excluded tests that pass anyway: {tot['xpass']}; "
+          f"{time.perf_counter() - t0:.0f} s")
+    if args.failures:
+        for tid, msg in failures:
+            print(f"FAIL {tid}\n     {msg.splitlines()[0] if msg else ''}")
+    unused = [r["match"] for r in rules if r["match"] not in used]
+    if unused and not args.only and args.target == "crowdphot":
+        print("exclusion rules matching no test:", *unused, sep="\n  ")
+    threshold = config.get("threshold", 0.0)
+    if args.target == "crowdphot" and not args.only and rate < threshold:
+        print(f"FAILED: pass rate {rate:.4f} below the recorded threshold {threshold}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
