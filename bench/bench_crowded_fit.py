@@ -99,6 +99,12 @@ def run(quick=False):
 
     t_grouped, ours_grouped = best_of(ours(SourceGrouper(GROUP_SEP)), repeat=repeat)
     t_single, ours_single = best_of(ours(None), repeat=repeat)
+    if "--ours-only" in sys.argv:  # before/after comparisons of engine changes
+        q = quality(truth, ours_grouped)
+        return [row(f"crowded fit {len(truth)} stars, grouped(10) [crowdphot only]",
+                    float("nan"), t_grouped, _describe("crowdphot grouped(10)", q)),
+                row(f"crowded fit {len(truth)} stars, ungrouped [crowdphot only]",
+                    float("nan"), t_single, "")]
     t_theirs, theirs_table = best_of(call_theirs, repeat=1, warmup=False)
 
     q_theirs = quality(truth, theirs_table)

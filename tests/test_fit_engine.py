@@ -325,10 +325,10 @@ def test_bounds_respected_and_flagged(psf):
                                                             "flux": (None, 1500.0)})
     assert np.all(res.x >= lo) and np.all(res.x <= hi)
     np.testing.assert_allclose(res.x, lo, atol=1e-9)
-    assert res.near_bound.all()
+    assert (res.bound_distance <= 0.01).all()
     assert np.all(res.flux <= 1500.0)
     free = fit_psf(img, psf, x0, y, flux, fit_shape=5)
-    assert not free.near_bound.any()
+    assert not (free.bound_distance <= 0.01).any()
     np.testing.assert_allclose(free.x, x, atol=0.05)
 
 

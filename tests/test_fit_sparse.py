@@ -334,7 +334,7 @@ def test_chain_of_1500_in_one_group():
     assert 0.9 < np.nanmedian(res.reduced_chi2) < 1.15
 
 
-def test_normal_blocks_backends_agree_with_brute_force(kernel_backend):
+def test_normal_blocks_agree_with_brute_force():
     from crowdphot.core.fit.lm import _normal_blocks
 
     rng = np.random.default_rng(23)

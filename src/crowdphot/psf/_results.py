@@ -41,6 +41,8 @@ class SourceFit:
     reason: np.ndarray
     cov: np.ndarray | None = None
     niter: np.ndarray | None = None
+    sky: np.ndarray | None = None
+    sky_err: np.ndarray | None = None
 
 
 def define_flags(fit, *, shape, fit_shape, local_bkg):
@@ -99,8 +101,8 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
     -------
     table : QTable
         Columns id, group_id, group_size, local_bkg, <a>_init..., <a>_fit..., <a>_err...,
-        n_pixels_fit, qfit, cfit, reduced_chi2, flags. The pre-3.0 name ``npixfit`` stays
-        readable with a deprecation warning.
+        (sky_fit, sky_err with a fitted sky), n_pixels_fit, qfit, cfit, reduced_chi2, flags.
+        The pre-3.0 name ``npixfit`` stays readable with a deprecation warning.
     """
     from crowdphot.utils._tables import make_deprecated_qtable
 
@@ -115,6 +117,9 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
         cols[f"{a}_fit"] = np.asarray(fit.values[a], dtype=float)
     for a in aliases:
         cols[f"{a}_err"] = np.asarray(fit.errors[a], dtype=float)
+    if fit.sky is not None:  # fit_sky: each source's group sky
+        cols["sky_fit"] = np.asarray(fit.sky, dtype=float)
+        cols["sky_err"] = np.asarray(fit.sky_err, dtype=float)
     cols["n_pixels_fit"] = np.asarray(fit.n_pixels, dtype=np.int64)
     cols["qfit"] = np.asarray(fit.qfit, dtype=float)
     cols["cfit"] = np.asarray(fit.cfit, dtype=float)
@@ -124,6 +129,7 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
     table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
                                    meta=meta or {})
     if unit is not None:
-        for name in ("local_bkg", "flux_init", "flux_fit", "flux_err"):
-            table[name] = table[name] * unit
+        for name in ("local_bkg", "flux_init", "flux_fit", "flux_err", "sky_fit", "sky_err"):
+            if name in table.colnames:
+                table[name] = table[name] * unit
     return table

@@ -45,7 +45,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
         Stamp used to subtract fitted models; default: the model's bounding box.
     **kwargs
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
-        local_bkg_estimator, group_warning_threshold, progress_bar, as for PSFPhotometry.
+        local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels and
+        fit_sky (one sky per group, fitted in every iteration), as for PSFPhotometry.
 
     Examples
     --------
@@ -65,7 +66,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
-                 sub_shape=None, progress_bar=False, shared_pixels="once"):
+                 sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -81,7 +82,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
             fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
             aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
-            shared_pixels=shared_pixels)
+            shared_pixels=shared_pixels, fit_sky=fit_sky)
         self.maxiters = int(maxiters)
         self.mode = mode
         if sub_shape is not None:

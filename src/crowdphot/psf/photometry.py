@@ -161,6 +161,8 @@ def _fit_columns_table(results, rename, remove_invalid, reset_ids):
         return None
     tbl = QTable()
     for name in results.colnames:
+        if name == "sky_fit":  # the fitted sky is no model parameter
+            continue
         if name == "id" or "_fit" in name:
             tbl["id" if name == "id" else rename(name)] = results[name]
     if remove_invalid:
@@ -212,7 +214,7 @@ def _use_fast_path(psf_model, fitter, main_params):
 
 
 def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
-              progress_bar, shared_pixels="once"):
+              progress_bar, shared_pixels="once", fit_sky=False):
     from crowdphot.core.fit import fit_psf
 
     x0 = np.asarray(table["x_init"], dtype=float)[todo]
@@ -254,7 +256,7 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
             data, psf_model, x0[sel], y0[sel], f0[sel], fit_shape=tuple(fit_shape),
             group_id=gid[sel], error=error, mask=mask, local_bkg=bkg[sel], fixed=fixed,
             bounds={k: (lo[sel], hi[sel]) for k, (lo, hi) in bounds.items()},
-            maxiters=maxiters, shared_pixels=shared_pixels)
+            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky)
         pieces.append((sel, res))
         if bar is not None:
             bar.update(len(np.unique(gid[sel])))
@@ -276,7 +278,9 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
     converged = full(False, bool)
     cov_ok = full(False, bool)
     niter = full(0, np.int64)
-    cov = np.full((n, 3, 3), np.nan)
+    n_cov = pieces[0][1].cov.shape[1] if pieces else 3
+    cov = np.full((n, n_cov, n_cov), np.nan)
+    sky, sky_err = full(np.nan), full(np.nan)
     for sel, res in pieces:
         rows = idx_all[sel]
         for k in ("x", "y", "flux"):
@@ -289,6 +293,7 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
         niter[rows] = res.niter
         if getattr(res, "cov", None) is not None:
             cov[rows] = res.cov
+        sky[rows], sky_err[rows] = res.sky, res.sky_err
         sub_reason = getattr(res, "reason", None)
         if sub_reason is not None:
             reason[rows] = np.where(np.asarray(sub_reason) == "", reason[rows], sub_reason)
@@ -305,16 +310,20 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
             with np.errstate(invalid="ignore"):
                 near |= (np.abs(vals[k] - (init - b)) <= NEAR_BOUND_TOL) | (
                     np.abs(vals[k] - (init + b)) <= NEAR_BOUND_TOL)
+    fit_sky = n_cov > 3
+    if fit_sky:
+        sky[bad], sky_err[bad] = np.nan, np.nan
     return SourceFit(values=vals, errors=errs, n_pixels=npix, group_size=None, qfit=qfit,
                      cfit=cfit, reduced_chi2=rchi2, converged=converged, cov_ok=cov_ok,
-                     near_bound=near, reason=reason, cov=cov, niter=niter)
+                     near_bound=near, reason=reason, cov=cov, niter=niter,
+                     sky=sky if fit_sky else None, sky_err=sky_err if fit_sky else None)
 
 
 def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, init_params=None,
                        finder=None, grouper=None, fitter=None, fitter_maxiters=100,
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                        group_warning_threshold=25, progress_bar=False, meta=None,
-                       shared_pixels="once"):
+                       shared_pixels="once", fit_sky=False):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -354,12 +363,18 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     if _use_fast_path(psf_model, fitter, main_params):
         pieces = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
-                           progress_bar=progress_bar, shared_pixels=shared_pixels)
+                           progress_bar=progress_bar, shared_pixels=shared_pixels,
+                           fit_sky=fit_sky)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
+        if fit_sky:
+            order.append(3)  # the group's sky closes the covariance
         fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "", order)
     else:
+        if fit_sky:
+            raise ValueError("fit_sky=True needs the batched engine: a built-in crowdphot PSF "
+                             "model with only x_0, y_0 and flux free and fitter=None")
         from crowdphot.psf._generic import fit_generic
 
         fit, fit_info = fit_generic(data, mask, error, table, reason, psf_model=psf_model,
@@ -494,6 +509,12 @@ class PSFPhotometry(_LatestResultMixin):
         counted (batched engine): 'once' (default) weights it once, which keeps the errors of
         blends closer than the stamp size honest; 'photutils' counts it once per stamp, as
         photutils 3.0 does (identical results whenever stamps do not overlap).
+    fit_sky : bool
+        crowdphot extension (DAOPHOT ALLSTAR's sky). Fit one constant sky per group jointly
+        with its members, on top of any ``local_bkg`` (batched engine only). The results
+        gain ``sky_fit`` and ``sky_err`` (each source's group value) and ``fit_info``'s
+        ``param_cov`` gains the sky's row and column (last). Default False: photutils'
+        model, every number unchanged.
 
     Examples
     --------
@@ -511,7 +532,7 @@ class PSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, *, finder=None, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
-                 shared_pixels="once"):
+                 shared_pixels="once", fit_sky=False):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
@@ -538,6 +559,9 @@ class PSFPhotometry(_LatestResultMixin):
         if shared_pixels not in ("once", "photutils"):
             raise ValueError(f"shared_pixels must be 'once' or 'photutils', got {shared_pixels!r}")
         self.shared_pixels = shared_pixels
+        if not isinstance(fit_sky, (bool, np.bool_)):
+            raise TypeError(f"fit_sky must be True or False, got {fit_sky!r}")
+        self.fit_sky = bool(fit_sky)
         self._last = threading.local()
 
     _ATTRS = ("psf_model", "fit_shape", "finder", "grouper", "fitter", "fitter_maxiters",
@@ -555,6 +579,8 @@ class PSFPhotometry(_LatestResultMixin):
             v = getattr(self, a)
             meta[a] = repr(v) if a in ("psf_model", "finder", "grouper", "fitter",
                                        "local_bkg_estimator") and v is not None else v
+        if self.fit_sky:
+            meta["fit_sky"] = True
         return meta
 
     def run(self, data, *, mask=None, error=None, init_params=None):
@@ -566,7 +592,7 @@ class PSFPhotometry(_LatestResultMixin):
             aperture_radius=self.aperture_radius, local_bkg_estimator=self.local_bkg_estimator,
             group_warning_threshold=self.group_warning_threshold,
             progress_bar=self.progress_bar, meta=self._meta(),
-            shared_pixels=self.shared_pixels)
+            shared_pixels=self.shared_pixels, fit_sky=self.fit_sky)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
         """Run the photometry and return the results QTable (None when nothing to fit)."""

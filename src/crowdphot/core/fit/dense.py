@@ -1,4 +1,5 @@
-"""Batched dense solves for small groups: one ``(m, 3K, 3K)`` stack per padded group size ``K``.
+"""Batched dense solves for small groups: one ``(m, K n, K n)`` stack per padded group size ``n``
+(``K`` parameters per source, from the blocks' shape).
 
 The matrices handled here are Jacobi-scaled normal matrices (unit diagonal for usable
 parameters, identity rows for fixed parameters and padding slots), so a plain LAPACK solve is
@@ -31,7 +32,7 @@ def bucket_of(sizes, dense_max):
 
 
 def assemble_dense(blocks, rank1, loc1, loc2, n_groups, size):
-    """Scatter ``(nb, 3, 3)`` blocks into ``(n_groups, 3 * size, 3 * size)`` matrices.
+    """Scatter ``(nb, K, K)`` blocks into ``(n_groups, K * size, K * size)`` matrices.
 
     ``rank1`` is the position of each block's group in the stack, ``loc1, loc2`` the member
     slots of its row and column source. Empty slots get an identity block.
@@ -43,11 +44,12 @@ def assemble_dense(blocks, rank1, loc1, loc2, n_groups, size):
     >>> np.diag(m[0]).tolist()
     [2.0, 2.0, 2.0, 1.0, 1.0, 1.0]
     """
-    mat = np.zeros((n_groups, size, size, 3, 3))
+    n_k = blocks.shape[1]
+    mat = np.zeros((n_groups, size, size, n_k, n_k))
     slots = np.arange(size)
-    mat[:, slots, slots] = np.eye(3)
+    mat[:, slots, slots] = np.eye(n_k)
     mat[rank1, loc1, loc2] = blocks
-    return mat.transpose(0, 1, 3, 2, 4).reshape(n_groups, 3 * size, 3 * size)
+    return mat.transpose(0, 1, 3, 2, 4).reshape(n_groups, n_k * size, n_k * size)
 
 
 def _eig_solve(mat, rhs, rcond=1e-14):

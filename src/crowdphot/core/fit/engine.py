@@ -17,16 +17,14 @@ import numpy as np
 
 from crowdphot.core.fit.lm import Problem, levenberg_marquardt
 from crowdphot.core.fit.pairs import build_interactions
-from crowdphot.core.fit.solve import inverse_groups, make_layout, scale_blocks
+from crowdphot.core.fit.params import ParamSet
+from crowdphot.core.fit.solve import inverse_groups, make_layout, scale_blocks, scale_group
 from crowdphot.core.fit.stamps import REASONS, gather_stamps, shared_pixel_mask
 from crowdphot.core.validate import as_pair, check_mask
 
 __all__ = ["FitResult", "fit_psf"]
 
 _PARAMS = ("x", "y", "flux")
-
-#: Fitted positions within this many pixels of a finite bound are flagged (as photutils).
-NEAR_BOUND_TOL = 0.01
 
 
 @dataclass(frozen=True)
@@ -39,10 +37,11 @@ class FitResult:
         Fitted values (NaN for sources that could not be fitted, see ``reason``).
     x_err, y_err, flux_err : ndarray of float
         ``sqrt(diag(cov))``; NaN for fixed parameters and when ``cov_ok`` is False.
-    cov : ndarray of shape (n, 3, 3)
-        Per-source covariance block of ``(x, y, flux)`` taken from the group's inverse normal
-        matrix; absolute (``error`` given) or scaled by ``chi2 / dof`` of the group
-        (no ``error``), as astropy's fitters do. NaN rows/columns for fixed parameters.
+    cov : ndarray of shape (n, 3, 3), or (n, 4, 4) with ``fit_sky``
+        Per-source covariance block of ``(x, y, flux)`` (and the group's ``sky``) taken from
+        the group's inverse normal matrix; absolute (``error`` given) or scaled by
+        ``chi2 / dof`` of the group (no ``error``), as astropy's fitters do. NaN rows/columns
+        for fixed parameters.
     n_pixels : ndarray of int64
         Pixels of the source's own stamp used in the fit.
     n_free : ndarray of int64
@@ -54,8 +53,10 @@ class FitResult:
     cov_ok : ndarray of bool
         The covariance is available (group normal matrix non-singular, more pixels than free
         parameters in the group).
-    near_bound : ndarray of bool
-        A fitted x or y lies within ``NEAR_BOUND_TOL`` pixels of one of its finite bounds.
+    bound_distance : ndarray of float
+        Distance (pixels) of the fitted x or y to the nearest of its finite bounds (inf
+        without bounds, NaN when not fitted); :mod:`crowdphot.psf.flags` decides what is
+        "near".
     qfit : ndarray of float
         Sum of ``|data - bkg - model|`` over the own stamp divided by the fitted flux.
     cfit : ndarray of float
@@ -72,6 +73,8 @@ class FitResult:
     reason : ndarray of str (object)
         '' or why the source was not fitted: 'invalid_position', 'non_finite_flux',
         'no_overlap', 'fully_masked' or 'too_few_pixels'.
+    sky, sky_err : ndarray of float
+        The fitted sky of the source's group and its error (``fit_sky``; NaN otherwise).
     """
 
     x: np.ndarray
@@ -86,7 +89,7 @@ class FitResult:
     niter: np.ndarray
     converged: np.ndarray
     cov_ok: np.ndarray
-    near_bound: np.ndarray
+    bound_distance: np.ndarray
     qfit: np.ndarray
     cfit: np.ndarray
     chi2: np.ndarray
@@ -94,6 +97,8 @@ class FitResult:
     center_in_stamp: np.ndarray
     fitted: np.ndarray
     reason: np.ndarray
+    sky: np.ndarray
+    sky_err: np.ndarray
 
 
 def _support_of(psf_model, support_shape):
@@ -108,7 +113,7 @@ def _support_of(psf_model, support_shape):
 def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=None, mask=None,
              local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-10,
              ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
-             shared_pixels="once"):
+             shared_pixels="once", fit_sky=False):
     """Unchecked core of :func:`fit_psf`.
 
     ``fixed`` is an ``(n, 3)`` bool array and ``lo, hi`` are ``(n, 3)`` float arrays (columns
@@ -120,6 +125,7 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
     fixed = np.zeros((n, 3), dtype=bool) if fixed is None else fixed
     lo = np.full((n, 3), -np.inf) if lo is None else lo
     hi = np.full((n, 3), np.inf) if hi is None else hi
+    params = ParamSet(group=("sky",) if fit_sky else ())
     n_free = 3 - fixed.sum(axis=1)
     st = gather_stamps(data, x, y, flux, fit_shape, mask=mask, error=error,
                        local_bkg=local_bkg, n_free=n_free, strict_error=strict_error)
@@ -128,7 +134,10 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
 
     res = {k: np.full(n, np.nan) for k in ("x", "y", "flux", "x_err", "y_err", "flux_err",
                                            "qfit", "cfit", "chi2", "reduced_chi2")}
-    cov_all = np.full((n, 3, 3), np.nan)
+    n_all = params.n_source + params.n_group
+    cov_all = np.full((n, n_all, n_all), np.nan)
+    sky = np.full(n, np.nan)
+    sky_err = np.full(n, np.nan)
     niter_all = np.zeros(n, dtype=np.int64)
     conv_all = np.zeros(n, dtype=bool)
     covok_all = np.zeros(n, dtype=bool)
@@ -156,49 +165,72 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
                 npix_fit = npix_fit - repeat.sum(axis=1)
         prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
                        weight=weight, xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
-                       layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx])
-        theta, ev, niter, conv = levenberg_marquardt(prob, theta0[idx], maxiters=maxiters,
-                                                     xtol=xtol, ftol=ftol)
+                       layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params)
+        theta, phi, ev, niter, conv = levenberg_marquardt(prob, theta0[idx], maxiters=maxiters,
+                                                          xtol=xtol, ftol=ftol)
         cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
         for k, name in enumerate(_PARAMS):
             res[name][idx] = theta[:, k]
             with np.errstate(invalid="ignore"):
                 res[f"{name}_err"][idx] = np.sqrt(cov[:, k, k])
+        if params.n_group:
+            sky[idx] = phi[grp, 0]
+            with np.errstate(invalid="ignore"):
+                sky_err[idx] = np.sqrt(cov[:, 3, 3])
         cov_all[idx] = cov
         niter_all[idx] = niter[grp]
         conv_all[idx] = conv[grp]
         covok_all[idx] = cov_ok
         _metrics(res, idx, ev.resid, st, theta[:, 2], n_free[idx], error is not None)
 
-    near = np.zeros(n, dtype=bool)
-    for k in range(2):
-        val = res[_PARAMS[k]]
-        with np.errstate(invalid="ignore"):
-            near |= (np.abs(val - lo[:, k]) <= NEAR_BOUND_TOL) | (
-                np.abs(val - hi[:, k]) <= NEAR_BOUND_TOL)
+    dist = np.full(n, np.inf)
+    with np.errstate(invalid="ignore"):
+        for k in range(2):
+            val = res[_PARAMS[k]]
+            for bound in (lo[:, k], hi[:, k]):
+                d = np.abs(val - bound)
+                dist = np.where(np.isfinite(bound) & (d < dist), d, dist)
+    dist[~np.isfinite(res["x"]) | ~np.isfinite(res["y"])] = np.nan
     return FitResult(cov=cov_all, n_pixels=st.n_pixels, n_free=n_free.astype(np.int64),
-                     niter=niter_all, converged=conv_all, cov_ok=covok_all, near_bound=near,
-                     center_in_stamp=st.center >= 0, fitted=fitted,
-                     reason=np.array(REASONS, dtype=object)[st.reason], **res)
+                     niter=niter_all, converged=conv_all, cov_ok=covok_all,
+                     bound_distance=dist, center_in_stamp=st.center >= 0, fitted=fitted,
+                     reason=np.array(REASONS, dtype=object)[st.reason], sky=sky,
+                     sky_err=sky_err, **res)
 
 
 def _covariance(prob, ev, npix, n_free, scale_by_chi2):
+    """Per-source covariance ``(m, K + S, K + S)`` (own parameters, then the group's) and a
+    per-source availability flag."""
     lay = prob.layout
     grp = lay.group
+    n_s = prob.params.n_group
     scaled, sd, usable = scale_blocks(ev.blocks, lay, prob.free)
-    inv, gok = inverse_groups(scaled, lay, np.ones(lay.n_groups, dtype=bool))
-    diag = inv[:, [0, 1, 2], [0, 1, 2]]
+    free = prob.free
+    if n_s:
+        cross, gdiag, gsd, gusable = scale_group(ev.cross, ev.gblock, lay, usable, sd)
+        inv, gok, gcov, xcov = inverse_groups(scaled, lay, np.ones(lay.n_groups, dtype=bool),
+                                              group=(cross, gdiag))
+        inv = np.concatenate([np.concatenate([inv, xcov], axis=2),
+                              np.concatenate([xcov.transpose(0, 2, 1), gcov[grp]], axis=2)],
+                             axis=1)
+        sd = np.concatenate([sd, gsd[grp]], axis=1)
+        usable = np.concatenate([usable, gusable[grp]], axis=1)
+        free = np.concatenate([free, np.ones((len(grp), n_s), dtype=bool)], axis=1)
+    else:
+        inv, gok = inverse_groups(scaled, lay, np.ones(lay.n_groups, dtype=bool))
+    kk = np.arange(inv.shape[1])
+    diag = inv[:, kk, kk]
     with np.errstate(invalid="ignore"):
         sane = np.where(usable, (diag > 0) & (diag < 1e12), True).all(axis=1)
     cov = inv / (sd[:, :, None] * sd[:, None, :])
-    cov = np.where(prob.free[:, :, None] & prob.free[:, None, :], cov, np.nan)
+    cov = np.where(free[:, :, None] & free[:, None, :], cov, np.nan)
     dof = (np.bincount(grp, npix, minlength=lay.n_groups)
-           - np.bincount(grp, n_free, minlength=lay.n_groups))
+           - np.bincount(grp, n_free, minlength=lay.n_groups) - n_s)
     if scale_by_chi2:
         with np.errstate(invalid="ignore", divide="ignore"):
             factor = np.where(dof > 0, 2.0 * ev.cost / np.maximum(dof, 1), np.nan)
         cov = cov * factor[grp][:, None, None]
-    ok = gok[grp] & (dof[grp] > 0) & sane & (usable == prob.free).all(axis=1) & (n_free > 0)
+    ok = gok[grp] & (dof[grp] > 0) & sane & (usable == free).all(axis=1) & (n_free > 0)
     cov = np.where(ok[:, None, None], cov, np.nan)
     return cov, ok
 
@@ -304,7 +336,7 @@ def _bound(name, v, n):
 def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=None,
             error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
             xtol=1e-10, ftol=1e-10, support_shape="auto", dense_max=64,
-            shared_pixels="once"):
+            shared_pixels="once", fit_sky=False):
     """Fit PSFs to many sources at once, grouped sources simultaneously.
 
     Parameters
@@ -350,6 +382,11 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
         blends honest. 'photutils': it is counted once per stamp, as photutils 3.0 does (its
         errors for blends closer than the stamp size come out too small). Per-source metrics
         (qfit, cfit, reduced_chi2, n_pixels) always use the source's own stamp.
+    fit_sky : bool, optional
+        Fit one constant sky per group jointly with its members (DAOPHOT ALLSTAR's sky): the
+        model of every stamp of the group is ``sum of PSFs + sky`` (on top of ``local_bkg``).
+        The result's ``sky``/``sky_err`` hold each source's group value and ``cov`` gains the
+        sky's row and column. Off by default (photutils has no fitted sky).
 
     Returns
     -------
@@ -409,4 +446,4 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
                     mask=msk, local_bkg=bkg, fixed=fx, lo=lo, hi=hi, maxiters=int(maxiters),
                     xtol=float(xtol), ftol=float(ftol), support_shape=support_shape,
                     dense_max=int(dense_max), strict_error=True,
-                    shared_pixels=_shared_pixels_arg(shared_pixels))
+                    shared_pixels=_shared_pixels_arg(shared_pixels), fit_sky=bool(fit_sky))

@@ -5,6 +5,10 @@ evaluation per iteration covers every group that is still iterating (converged g
 out of the evaluation). Bounds are handled with an active set: a parameter on a bound whose
 descent direction points outward is held for the step, the others are solved for, and what is
 left of a step beyond a bound is clipped onto it.
+
+Parameters are described by a :class:`~crowdphot.core.fit.params.ParamSet`: ``theta`` holds the
+``K`` per-source parameters ``(m, K)`` and ``phi`` the ``S`` group parameters ``(G, S)`` (the
+sky); with ``S = 0`` no group-parameter arithmetic is done at all.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdphot.core.fit.pairs import segment_starts
-from crowdphot.core.fit.solve import scale_blocks, solve_groups
-from crowdphot.core.jit import njit, use_numba
+from crowdphot.core.fit.params import ParamSet
+from crowdphot.core.fit.solve import scale_blocks, scale_group, solve_groups
+from crowdphot.core.jit import njit
 
 __all__ = ["Problem", "Evaluation", "evaluate", "levenberg_marquardt"]
 
@@ -32,34 +37,52 @@ class Problem:
     ylo: np.ndarray
     inter: object  # pairs.Interactions
     layout: object  # solve.Layout
-    free: np.ndarray  # (m, 3) bool
-    lo: np.ndarray  # (m, 3)
-    hi: np.ndarray  # (m, 3)
+    free: np.ndarray  # (m, K) bool
+    lo: np.ndarray  # (m, K)
+    hi: np.ndarray  # (m, K)
+    params: ParamSet = ParamSet()
 
 
 @dataclass
 class Evaluation:
-    """Model quantities at the current parameters for the evaluated subset."""
+    """Model quantities at the current parameters for the evaluated subset.
+
+    ``ggrad``, ``gblock`` and ``cross`` are the group parameters' gradient, diagonal block and
+    coupling to each source's parameters (zero-sized when the fit has no group parameter).
+    """
 
     cost: np.ndarray  # (G,) 0.5 * sum of squared weighted residuals per group
-    grad: np.ndarray  # (m, 3) J^T r per source
-    blocks: np.ndarray  # (NB, 3, 3) J^T J blocks
+    grad: np.ndarray  # (m, K) J^T r per source
+    blocks: np.ndarray  # (NB, K, K) J^T J blocks
     resid: np.ndarray  # (m, npix) raw residual data - model per stamp
+    ggrad: np.ndarray | None = None  # (G, S) J_g^T r
+    gblock: np.ndarray | None = None  # (G, S, S) J_g^T J_g
+    cross: np.ndarray | None = None  # (m, K, S) J_s^T J_g
 
 
-def evaluate(prob, theta, gmask):
+def _empty(prob, m, npix, n_groups, nb):
+    k, s = prob.params.n_source, prob.params.n_group
+    return Evaluation(cost=np.zeros(n_groups), grad=np.zeros((m, k)),
+                      blocks=np.zeros((nb, k, k)), resid=np.zeros((m, npix)),
+                      ggrad=np.zeros((n_groups, s)), gblock=np.zeros((n_groups, s, s)),
+                      cross=np.zeros((m, k, s)))
+
+
+def evaluate(prob, theta, gmask, phi=None):
     """Evaluate cost, gradient, normal blocks and residuals for the groups in ``gmask``.
 
-    Returns an :class:`Evaluation` of full-size arrays, zero outside the evaluated groups.
+    ``theta`` (m, K) are the per-source parameters, ``phi`` (G, S) the group parameters
+    (None without any). Returns an :class:`Evaluation` of full-size arrays, zero outside the
+    evaluated groups.
     """
     inter, lay = prob.inter, prob.layout
     grp = lay.group
     m, npix = prob.data.shape
     n_groups = lay.n_groups
+    n_k, n_s = prob.params.n_source, prob.params.n_group
     psel = np.flatnonzero(gmask[grp[inter.pt]])
     if len(psel) == 0:
-        return Evaluation(cost=np.zeros(n_groups), grad=np.zeros((m, 3)),
-                          blocks=np.zeros((len(inter.bs1), 3, 3)), resid=np.zeros((m, npix)))
+        return _empty(prob, m, npix, n_groups, len(inter.bs1))
     ps, pt = inter.ps[psel], inter.pt[psel]
     fx = theta[ps, 2]
     v, gx, gy = prob.psf._stamps_grad(theta[ps, 0], theta[ps, 1], prob.xlo[pt], prob.ylo[pt],
@@ -69,68 +92,65 @@ def evaluate(prob, theta, gmask):
     starts = segment_starts(pt)
     stamps = pt[starts]
     model = np.add.reduceat(fx[:, None] * v, starts, axis=0)
+    if n_s:  # the sky: a constant over every stamp of the group
+        model = model + phi[grp[stamps], 0][:, None]
     raw = prob.data[stamps] - model
     w = prob.weight[stamps]
     r = raw * w
     cost = np.bincount(grp[stamps], 0.5 * np.einsum("ij,ij->i", r, r), minlength=n_groups)
 
     wp = prob.weight[pt]
-    jac = np.empty((npair, 3, npix))
+    jac = np.empty((npair, n_k, npix))
     jac[:, 0] = np.reshape(gx, (npair, npix)) * (fx[:, None] * wp)
     jac[:, 1] = np.reshape(gy, (npair, npix)) * (fx[:, None] * wp)
     jac[:, 2] = v * wp
     stamp_of_pair = np.cumsum(np.r_[True, pt[1:] != pt[:-1]]) - 1
     gp = np.einsum("pkn,pn->pk", jac, r[stamp_of_pair])
-    grad = np.zeros((m, 3))
-    for k in range(3):
+    grad = np.zeros((m, n_k))
+    for k in range(n_k):
         grad[:, k] = np.bincount(ps, gp[:, k], minlength=m)
 
     tsel = np.flatnonzero(gmask[grp[inter.ps[inter.q1]]])
     blocks = _normal_blocks(jac, starts, inter.tb[tsel], len(inter.bs1))
     resid = np.zeros((m, npix))
     resid[stamps] = raw
-    return Evaluation(cost=cost, grad=grad, blocks=blocks, resid=resid)
+    ev = _empty(prob, 0, npix, n_groups, 0)
+    ev.cost, ev.grad, ev.blocks, ev.resid = cost, grad, blocks, resid
+    ev.cross = np.zeros((m, n_k, n_s))
+    if n_s:
+        # d model / d sky = 1 on every pixel of the group's stamps (weighted: w)
+        gs = grp[stamps]
+        ev.ggrad[:, 0] = np.bincount(gs, np.einsum("ij,ij->i", r, w), minlength=n_groups)
+        ev.gblock[:, 0, 0] = np.bincount(gs, np.einsum("ij,ij->i", w, w), minlength=n_groups)
+        cp = np.einsum("pkn,pn->pk", jac, w[stamp_of_pair])
+        for k in range(n_k):
+            ev.cross[:, k, 0] = np.bincount(ps, cp[:, k], minlength=m)
+    return ev
 
 
-def _normal_blocks(jac, starts, tb, n_blocks, max_floats=2**23):
+def _normal_blocks(jac, starts, tb, n_blocks):
     """Normal-matrix blocks ``sum J_s1 J_s2^T`` from the pairs' weighted Jacobians.
 
     ``tb`` is the block of every triple of the evaluated stamps, in stamp-major order. Stamps
     are batched by their number of pairs ``c``: the pairs of a stamp form one ``(3 c, npix)``
-    matrix, a batched matmul gives its Gram matrix (all ``c * c`` triples of the stamp, in
-    triple order) and one ``bincount`` adds every entry to its block.
+    matrix; its Gram matrix holds all ``c * c`` triples of the stamp, in triple order, and each
+    entry is added to its block (one compiled kernel, no temporaries).
     """
-    npair, _, npix = jac.shape
+    npair, n_k, npix = jac.shape
     counts = np.diff(np.r_[starts, npair])
+    blocks = np.zeros((n_blocks, n_k, n_k))
     if counts.max(initial=0) <= 1:  # isolated sources: one triple per stamp
-        blocks = np.zeros((n_blocks, 3, 3))
         blocks[tb] = np.matmul(jac, jac.transpose(0, 2, 1))
         return blocks
     toff = np.cumsum(counts * counts) - counts * counts
-    if use_numba():
-        blocks = np.zeros((n_blocks, 3, 3))
-        _normal_blocks_nb(np.ascontiguousarray(jac), starts, counts, toff, tb, blocks)
-        return blocks
-    kl = 3 * np.arange(3)[:, None, None] + np.arange(3)  # (k, 1, l) inside a 3 x 3 block
-    acc = np.zeros(n_blocks * 9)
-    for c in np.unique(counts):  # a handful of distinct stamp sizes
-        stamps_c = np.flatnonzero(counts == c)
-        ab = (np.arange(c)[:, None] * c + np.arange(c)).astype(np.int64)
-        per = max(1, max_floats // (9 * c * c + 3 * c * npix))
-        for c0 in range(0, len(stamps_c), per):  # chunks bound memory; usually one
-            chunk = stamps_c[c0:c0 + per]
-            pad = jac[starts[chunk][:, None] + np.arange(c)].reshape(len(chunk), 3 * c, npix)
-            gram = np.matmul(pad, pad.transpose(0, 2, 1))  # (stamp, a, k, b, l) flattened
-            bid = 9 * tb[toff[chunk][:, None, None] + ab]  # (stamp, a, b)
-            idx = bid[:, :, None, :, None] + kl[None, None, :, :, :]
-            acc += np.bincount(idx.ravel(), gram.ravel(), minlength=n_blocks * 9)
-    return acc.reshape(n_blocks, 3, 3)
+    _normal_blocks_nb(np.ascontiguousarray(jac), starts, counts, toff, tb, blocks)
+    return blocks
 
 
 @njit
 def _normal_blocks_nb(jac, starts, counts, toff, tb, out):  # pragma: no cover - compiled
-    # compiled form of _normal_blocks: no Gram / index temporaries, and the symmetry
-    # G_ba = G_ab^T halves the products
+    # no Gram / index temporaries, and the symmetry G_ba = G_ab^T halves the products
+    n_k = jac.shape[1]
     npix = jac.shape[2]
     for t in range(starts.shape[0]):
         p0, c, o = starts[t], counts[t], toff[t]
@@ -138,8 +158,8 @@ def _normal_blocks_nb(jac, starts, counts, toff, tb, out):  # pragma: no cover -
             for b in range(a, c):
                 bab = tb[o + a * c + b]
                 bba = tb[o + b * c + a]
-                for k in range(3):
-                    for m in range(3):
+                for k in range(n_k):
+                    for m in range(n_k):
                         acc = 0.0
                         for q in range(npix):
                             acc += jac[p0 + a, k, q] * jac[p0 + b, m, q]
@@ -156,11 +176,21 @@ def _merge(cur, new, prob, acc_groups):
     cur.grad[src] = new.grad[src]
     cur.blocks[blk] = new.blocks[blk]
     cur.resid[src] = new.resid[src]
+    if prob.params.n_group:
+        cur.ggrad[acc_groups] = new.ggrad[acc_groups]
+        cur.gblock[acc_groups] = new.gblock[acc_groups]
+        cur.cross[src] = new.cross[src]
 
 
-def _quadratic(blocks, delta, lay):
-    q = np.einsum("bk,bkl,bl->b", delta[lay.bs1], blocks, delta[lay.bs2])
-    return np.bincount(lay.group[lay.bs1], q, minlength=lay.n_groups)
+def _quadratic(ev, delta, dphi, lay):
+    """``delta^T (J^T J) delta`` per group, group parameters included."""
+    q = np.einsum("bk,bkl,bl->b", delta[lay.bs1], ev.blocks, delta[lay.bs2])
+    out = np.bincount(lay.group[lay.bs1], q, minlength=lay.n_groups)
+    if dphi is not None:
+        qc = np.einsum("sk,sku,su->s", delta, ev.cross, dphi[lay.group])
+        out = out + 2.0 * np.bincount(lay.group, qc, minlength=lay.n_groups)
+        out = out + np.einsum("gu,guv,gv->g", dphi, ev.gblock, dphi)
+    return out
 
 
 def _all_in_group(cond, grp, n_groups):
@@ -193,16 +223,19 @@ def restrict(prob, gmask):
     sub = Problem(psf=prob.psf, fit_shape=prob.fit_shape, data=prob.data[src],
                   weight=prob.weight[src], xlo=prob.xlo[src], ylo=prob.ylo[src],
                   inter=sub_inter, layout=sub_lay, free=prob.free[src], lo=prob.lo[src],
-                  hi=prob.hi[src])
+                  hi=prob.hi[src], params=prob.params)
     return sub, src, blk
+
+
+_GROUP_FIELDS = ("ggrad", "gblock")
 
 
 class _State:
     """Iteration state of the working (sub-)problem, with write-back to the full arrays."""
 
-    def __init__(self, prob, theta, ev, lam0):
+    def __init__(self, prob, theta, phi, ev, lam0):
         g = prob.layout.n_groups
-        self.prob, self.theta, self.ev = prob, theta, ev
+        self.prob, self.theta, self.phi, self.ev = prob, theta, phi, ev
         self.lam = np.full(g, lam0)
         self.nu = np.full(g, 2.0)
         self.niter = np.zeros(g, dtype=np.int64)
@@ -214,21 +247,27 @@ class _State:
         self.grp = np.arange(g)
 
     def write_back(self, out):
-        theta, ev, niter, conv = out
+        theta, phi, ev, niter, conv = out
         theta[self.src] = self.theta
+        phi[self.grp] = self.phi
         ev.cost[self.grp] = self.ev.cost
         ev.grad[self.src] = self.ev.grad
         ev.blocks[self.blk] = self.ev.blocks
         ev.resid[self.src] = self.ev.resid
+        ev.cross[self.src] = self.ev.cross
+        for name in _GROUP_FIELDS:
+            getattr(ev, name)[self.grp] = getattr(self.ev, name)
         niter[self.grp] = self.niter
         conv[self.grp] = self.converged
 
     def compact(self):
         keep = ~self.done
         sub, src, blk = restrict(self.prob, keep)
-        self.prob, self.theta = sub, self.theta[src]
+        self.prob, self.theta, self.phi = sub, self.theta[src], self.phi[keep]
         self.ev = Evaluation(cost=self.ev.cost[keep], grad=self.ev.grad[src],
-                             blocks=self.ev.blocks[blk], resid=self.ev.resid[src])
+                             blocks=self.ev.blocks[blk], resid=self.ev.resid[src],
+                             ggrad=self.ev.ggrad[keep], gblock=self.ev.gblock[keep],
+                             cross=self.ev.cross[src])
         for name in ("lam", "nu", "niter", "converged", "done", "lu"):
             setattr(self, name, getattr(self, name)[keep])
         self.src, self.blk, self.grp = self.src[src], self.blk[blk], self.grp[keep]
@@ -253,18 +292,33 @@ def _step(st, xtol, ftol):
         _step_unguarded(st, xtol, ftol)
 
 
-def _step_unguarded(st, xtol, ftol):
+def _solve_step(st, active):
+    """The damped Gauss-Newton step of every active group: ``(delta (m, K), dphi (G, S))``."""
     prob, cur, theta = st.prob, st.ev, st.theta
+    lay = prob.layout
+    grp = lay.group
+    scaled, sd, usable = scale_blocks(cur.blocks, lay, _free_set(prob, theta, cur.grad),
+                                      st.lam[grp])
+    rhs = np.where(usable, cur.grad / sd, 0.0)
+    if not prob.params.n_group:
+        delta = solve_groups(scaled, rhs, lay, active, st.lu) / sd
+        return np.where(active[grp][:, None] & usable, delta, 0.0), None
+    cross, gdiag, gsd, gusable = scale_group(cur.cross, cur.gblock, lay, usable, sd, st.lam)
+    grhs = np.where(gusable, cur.ggrad / gsd, 0.0)
+    z, zg = solve_groups(scaled, rhs, lay, active, st.lu, group=(cross, gdiag, grhs))
+    delta = np.where(active[grp][:, None] & usable, z / sd, 0.0)
+    dphi = np.where(active[:, None] & gusable, zg / gsd, 0.0)
+    return delta, dphi
+
+
+def _step_unguarded(st, xtol, ftol):
+    prob, cur, theta, phi = st.prob, st.ev, st.theta, st.phi
     lay = prob.layout
     grp = lay.group
     n_groups = lay.n_groups
     active = ~st.done
     st.niter[active] += 1
-    scaled, sd, usable = scale_blocks(cur.blocks, lay, _free_set(prob, theta, cur.grad),
-                                      st.lam[grp])
-    rhs = np.where(usable, cur.grad / sd, 0.0)
-    delta = solve_groups(scaled, rhs, lay, active, st.lu) / sd
-    delta = np.where(active[grp][:, None] & usable, delta, 0.0)
+    delta, dphi = _solve_step(st, active)
     cand = np.clip(theta + delta, prob.lo, prob.hi)
     delta = cand - theta
     fin_src = np.isfinite(delta).all(axis=1)
@@ -272,13 +326,22 @@ def _step_unguarded(st, xtol, ftol):
     delta = np.where(fin_src[:, None], delta, 0.0)
     cand = theta + delta
     lin = np.bincount(grp, np.einsum("sk,sk->s", delta, cur.grad), minlength=n_groups)
-    pred = lin - 0.5 * _quadratic(cur.blocks, delta, lay)
     small_src = (np.abs(delta) <= xtol * (np.abs(theta) + xtol)).all(axis=1)
+    small = _all_in_group(small_src, grp, n_groups)
+    cphi = phi
+    if dphi is not None:
+        fin_g = np.isfinite(dphi).all(axis=1)
+        finite &= fin_g
+        dphi = np.where(fin_g[:, None], dphi, 0.0)
+        cphi = phi + dphi
+        lin = lin + np.einsum("gu,gu->g", dphi, cur.ggrad)
+        small &= (np.abs(dphi) <= xtol * (np.abs(phi) + xtol)).all(axis=1)
+    pred = lin - 0.5 * _quadratic(cur, delta, dphi, lay)
     # a negligible proposed step means the group sits at its minimum: stop without paying
     # for one more evaluation
-    small = finite & _all_in_group(small_src, grp, n_groups)
+    small &= finite
     evalg = active & finite & ~small
-    new = evaluate(prob, cand, evalg)
+    new = evaluate(prob, cand, evalg, cphi)
     actual = cur.cost - new.cost
     accept = evalg & np.isfinite(new.cost) & (new.cost <= cur.cost)
     rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
@@ -290,6 +353,8 @@ def _step_unguarded(st, xtol, ftol):
         | (~accept & (pred <= tol) & finite))
     _merge(cur, new, prob, accept)
     st.theta = np.where(accept[grp][:, None], cand, theta)
+    if dphi is not None:
+        st.phi = np.where(accept[:, None], cphi, phi)
     shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * np.clip(rho, 0, 1) - 1.0) ** 3)
     rej = active & ~accept
     st.lam = np.where(accept, np.maximum(st.lam * shrink, 1e-12),
@@ -299,20 +364,35 @@ def _step_unguarded(st, xtol, ftol):
     st.done |= newly | (st.lam > 1e16)
 
 
-def levenberg_marquardt(prob, theta0, *, maxiters=100, xtol=1e-10, ftol=1e-10, lam0=1e-3):
+def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-10, ftol=1e-10,
+                        lam0=1e-3):
     """Minimise every group's weighted sum of squares at once.
 
     Groups that have converged are dropped from the working problem once they are the
     majority, so late iterations only pay for the groups still iterating.
 
-    Returns ``theta (m, 3), evaluation at theta, niter (G,), converged (G,)``.
+    Parameters
+    ----------
+    prob : Problem
+    theta0 : ndarray of shape (m, K)
+        Initial per-source parameters.
+    phi0 : ndarray of shape (G, S), optional
+        Initial group parameters (zeros by default).
+
+    Returns
+    -------
+    ``theta (m, K), phi (G, S), evaluation at theta, niter (G,), converged (G,)``.
     """
     n_groups = prob.layout.n_groups
     theta = np.clip(theta0, prob.lo, prob.hi)
-    ev = evaluate(prob, theta, np.ones(n_groups, dtype=bool))
-    out = (theta.copy(), ev, np.zeros(n_groups, dtype=np.int64), np.zeros(n_groups, dtype=bool))
-    st = _State(prob, theta, Evaluation(ev.cost.copy(), ev.grad.copy(), ev.blocks.copy(),
-                                        ev.resid.copy()), lam0)
+    phi = (np.zeros((n_groups, prob.params.n_group)) if phi0 is None
+           else np.array(phi0, dtype=float))
+    ev = evaluate(prob, theta, np.ones(n_groups, dtype=bool), phi)
+    out = (theta.copy(), phi.copy(), ev, np.zeros(n_groups, dtype=np.int64),
+           np.zeros(n_groups, dtype=bool))
+    st = _State(prob, theta, phi, Evaluation(
+        ev.cost.copy(), ev.grad.copy(), ev.blocks.copy(), ev.resid.copy(), ev.ggrad.copy(),
+        ev.gblock.copy(), ev.cross.copy()), lam0)
     for _ in range(maxiters):
         n_active = int(np.count_nonzero(~st.done))
         if n_active == 0:

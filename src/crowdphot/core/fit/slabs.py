@@ -83,11 +83,11 @@ def _spd_inverse(mats):
 
 
 def inverse_diag_blocks_slabs(blocks, pos1, pos2, group, slab, *, max_floats=2**25):
-    """The ``3 x 3`` diagonal blocks of the inverse of block-tridiagonal group matrices.
+    """The ``K x K`` diagonal blocks of the inverse of block-tridiagonal group matrices.
 
     Parameters
     ----------
-    blocks : ndarray of shape (nb, 3, 3)
+    blocks : ndarray of shape (nb, K, K)
         Blocks of symmetric matrices (both ``(i, j)`` and ``(j, i)`` present).
     pos1, pos2 : ndarray of int, shape (nb,)
         Row and column source (``0..N-1``) of each block.
@@ -100,7 +100,7 @@ def inverse_diag_blocks_slabs(blocks, pos1, pos2, group, slab, *, max_floats=2**
 
     Returns
     -------
-    out : ndarray of shape (N, 3, 3)
+    out : ndarray of shape (N, K, K)
     ok : ndarray of bool, shape (G,)
         False for singular (or non-finite) groups, whose blocks should not be trusted.
 
@@ -114,7 +114,7 @@ def inverse_diag_blocks_slabs(blocks, pos1, pos2, group, slab, *, max_floats=2**
     """
     n = len(group)
     n_groups = int(group.max()) + 1 if n else 0
-    out = np.full((n, 3, 3), np.nan)
+    out = np.full((n,) + blocks.shape[1:], np.nan)
     ok = np.ones(n_groups, dtype=bool)
     if n == 0:
         return out, ok
@@ -142,8 +142,8 @@ def inverse_diag_blocks_slabs(blocks, pos1, pos2, group, slab, *, max_floats=2**
 
 
 def _fill(mats, blocks, sel, lev_of, rank, slot1, slot2):
-    """Scatter the ``blocks[sel]`` into the per-level stacks ``mats`` (views (g, P, 3, Q, 3))."""
-    k = np.arange(3)
+    """Scatter the ``blocks[sel]`` into the per-level stacks ``mats`` (views (g, P, K, Q, K))."""
+    k = np.arange(blocks.shape[1])
     sel = sel[np.argsort(lev_of[sel], kind="stable")]
     bounds = np.searchsorted(lev_of[sel], np.arange(len(mats) + 1))
     for lev, mat in enumerate(mats):
@@ -158,23 +158,24 @@ def _run_stack(blocks, pos1, pos2, group, slab, slot, gsel, lev_size, out, ok):
     rank[gsel] = np.arange(len(gsel))
     ng, n_lev = len(gsel), len(lev_size)
     sz = [int(v) for v in lev_size]
-    diag = [np.zeros((ng, q, 3, q, 3)) for q in sz]
-    off = [np.zeros((ng, sz[lev], 3, sz[lev + 1], 3)) for lev in range(n_lev - 1)]
+    n_k = blocks.shape[1]
+    diag = [np.zeros((ng, q, n_k, q, n_k)) for q in sz]
+    off = [np.zeros((ng, sz[lev], n_k, sz[lev + 1], n_k)) for lev in range(n_lev - 1)]
     for d, q in zip(diag, sz, strict=True):  # padding slots: identity, uncoupled
-        d[:, np.arange(q), :, np.arange(q), :] = np.eye(3)
+        d[:, np.arange(q), :, np.arange(q), :] = np.eye(n_k)
     r = rank[group[pos1]]
     use = r >= 0
     s1, s2 = slab[pos1], slab[pos2]
     args = (r, slot[pos1], slot[pos2])
     _fill(diag, blocks, np.flatnonzero(use & (s1 == s2)), s1, *args)
     _fill(off, blocks, np.flatnonzero(use & (s2 == s1 + 1)), s1, *args)
-    diag = [d.reshape(ng, 3 * q, 3 * q) for d, q in zip(diag, sz, strict=True)]
-    off = [o.reshape(ng, 3 * sz[lev], 3 * sz[lev + 1]) for lev, o in enumerate(off)]
+    diag = [d.reshape(ng, n_k * q, n_k * q) for d, q in zip(diag, sz, strict=True)]
+    off = [o.reshape(ng, n_k * sz[lev], n_k * sz[lev + 1]) for lev, o in enumerate(off)]
     good = np.ones(ng, dtype=bool)
     for mat in diag + off:
         good &= np.isfinite(mat).all(axis=(1, 2))
     for lev in range(n_lev):
-        diag[lev][~good] = np.eye(3 * sz[lev])
+        diag[lev][~good] = np.eye(n_k * sz[lev])
         if lev < n_lev - 1:
             off[lev][~good] = 0.0
     # forward sweep: Schur complements; diag[lev] is replaced by S_l^{-1} and off[lev] by
@@ -190,13 +191,13 @@ def _run_stack(blocks, pos1, pos2, group, slab, slot, gsel, lev_size, out, ok):
     src = np.flatnonzero(rank[group] >= 0)
     gr, sl, so = rank[group[src]], slab[src], slot[src]
     g_next = diag[n_lev - 1]
-    res = np.empty((len(src), 3, 3))
+    res = np.empty((len(src), n_k, n_k))
     for lev in range(n_lev - 1, -1, -1):  # backward sweep: diagonal blocks of the inverse
         if lev < n_lev - 1:
             x = off[lev]
             g_next = diag[lev] + np.matmul(np.matmul(x, g_next), x.transpose(0, 2, 1))
         at = np.flatnonzero(sl == lev)
-        g4 = g_next.reshape(ng, sz[lev], 3, sz[lev], 3)
+        g4 = g_next.reshape(ng, sz[lev], n_k, sz[lev], n_k)
         res[at] = g4[gr[at], so[at], :, so[at], :]
     out[src] = res
     ok[gsel] = good

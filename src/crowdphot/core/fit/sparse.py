@@ -3,10 +3,11 @@
 The normal matrix of every large group is a block of one block-diagonal sparse matrix. The
 Levenberg-Marquardt steps solve it with a per-group preconditioned conjugate gradient (linear
 in the group size; the Jacobi-scaled, damped matrices are well conditioned), falling back to a
-single sparse LU factorisation for groups where CG stalls. For the covariance only the ``3 x 3``
-diagonal blocks of the inverse are needed; because groups never couple, column ``j`` of every
-group's inverse can be obtained from the *same* right-hand side (one unit entry per group),
-so the number of right-hand sides is ``3 * max(group size)``, not ``3 * n``.
+single sparse LU factorisation for groups where CG stalls. For the covariance only the ``K x K``
+diagonal blocks of the inverse are needed (``K`` parameters per source, from the blocks'
+shape); because groups never couple, column ``j`` of every group's inverse can be obtained
+from the *same* right-hand side (one unit entry per group), so the number of right-hand sides
+is ``K * max(group size)``, not ``K * n``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["assemble_sparse", "solve_sparse", "solve_pcg", "inverse_diag_blocks_
 
 
 def assemble_sparse(blocks, pos1, pos2, n_src, *, fmt="csc"):
-    """CSC (or ``fmt='csr'``) matrix of shape ``(3 n_src, 3 n_src)`` from ``(nb, 3, 3)`` blocks
+    """CSC (or ``fmt='csr'``) matrix of shape ``(K n_src, K n_src)`` from ``(nb, K, K)`` blocks
     at source positions.
 
     Examples
@@ -28,11 +29,13 @@ def assemble_sparse(blocks, pos1, pos2, n_src, *, fmt="csc"):
     >>> a.shape, a.nnz
     ((3, 3), 9)
     """
-    k = np.arange(3)
-    rows = np.broadcast_to(3 * pos1[:, None, None] + k[None, :, None], blocks.shape)
-    cols = np.broadcast_to(3 * pos2[:, None, None] + k[None, None, :], blocks.shape)
+    n_k = blocks.shape[1]
+    k = np.arange(n_k)
+    rows = np.broadcast_to(n_k * pos1[:, None, None] + k[None, :, None], blocks.shape)
+    cols = np.broadcast_to(n_k * pos2[:, None, None] + k[None, None, :], blocks.shape)
     make = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
-    return make((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(3 * n_src, 3 * n_src))
+    return make((blocks.ravel(), (rows.ravel(), cols.ravel())),
+                shape=(n_k * n_src, n_k * n_src))
 
 
 def _factor(mat):
@@ -72,9 +75,9 @@ def solve_pcg(mat, rhs, diag, group, *, rtol=1e-13, maxiter=40, direct=None):
 
     Parameters
     ----------
-    mat : sparse matrix of shape (3 N, 3 N)
-    rhs : ndarray of shape (N, 3)
-    diag : ndarray of shape (N, 3, 3)
+    mat : sparse matrix of shape (K N, K N)
+    rhs : ndarray of shape (N, K)
+    diag : ndarray of shape (N, K, K)
         The diagonal blocks of ``mat`` (the preconditioner).
     group : ndarray of int, shape (N,)
         Compact group label (``0..G-1``) of each source.
@@ -84,7 +87,7 @@ def solve_pcg(mat, rhs, diag, group, *, rtol=1e-13, maxiter=40, direct=None):
 
     Returns
     -------
-    ndarray of shape (N, 3), NaN for singular or non-finite groups.
+    ndarray of shape (N, K), NaN for singular or non-finite groups.
 
     Examples
     --------
@@ -93,6 +96,7 @@ def solve_pcg(mat, rhs, diag, group, *, rtol=1e-13, maxiter=40, direct=None):
     [[0.5, 0.5, 0.5]]
     """
     n = len(group)
+    n_k = rhs.shape[1]
     n_groups = int(group.max()) + 1 if n else 0
     if not (np.all(np.isfinite(mat.data)) and np.all(np.isfinite(rhs))):
         return np.full(rhs.shape, np.nan)
@@ -101,13 +105,13 @@ def solve_pcg(mat, rhs, diag, group, *, rtol=1e-13, maxiter=40, direct=None):
     except np.linalg.LinAlgError:
         return solve_sparse(mat, rhs)
     csr = mat.tocsr()
-    flat_group = np.repeat(group, 3)
+    flat_group = np.repeat(group, n_k)
 
     def gdot(a, b):
         return np.bincount(flat_group, a * b, minlength=n_groups)
 
     def precond(v):
-        return np.matmul(pinv, v.reshape(n, 3, 1)).ravel()
+        return np.matmul(pinv, v.reshape(n, n_k, 1)).ravel()
 
     b = rhs.ravel()
     x = np.zeros_like(b)
@@ -136,33 +140,33 @@ def solve_pcg(mat, rhs, diag, group, *, rtol=1e-13, maxiter=40, direct=None):
             beta = np.where(done, 0.0, rz_new / np.where(rz > 0, rz, 1.0))
         p = z + beta[flat_group] * p
         rz = rz_new
-    x = x.reshape(n, 3)
+    x = x.reshape(n, n_k)
     bad = ~(gdot(r, r) <= goal) | lu
     if direct is not None:
         direct |= bad
     if bad.any():
         sel = bad[group]
-        rows = (3 * np.flatnonzero(sel)[:, None] + np.arange(3)).ravel()
+        rows = (n_k * np.flatnonzero(sel)[:, None] + np.arange(n_k)).ravel()
         x[sel] = solve_sparse(csr[rows][:, rows].tocsc(), rhs[sel])
     return x
 
 
 def inverse_diag_blocks_sparse(mat, pos, local, *, chunk=256):
-    """The ``3 x 3`` diagonal blocks of ``inv(mat)`` for a block-diagonal set of groups.
+    """The ``K x K`` diagonal blocks of ``inv(mat)`` for a block-diagonal set of groups.
 
     Parameters
     ----------
-    mat : sparse matrix of shape (3 N, 3 N)
+    mat : sparse matrix of shape (K N, K N)
     pos : ndarray of int, shape (N,)
         Position of each source in ``mat`` (``0..N-1``).
     local : ndarray of int, shape (N,)
         Index of each source within its group.
     chunk : int
-        Right-hand sides per triangular solve (bounds memory to ``3 N * chunk`` floats).
+        Right-hand sides per triangular solve (bounds memory to ``K N * chunk`` floats).
 
     Returns
     -------
-    blocks : ndarray of shape (N, 3, 3)
+    blocks : ndarray of shape (N, K, K)
     ok : bool
         False when the matrix is singular or not finite (blocks are then NaN).
 
@@ -175,7 +179,8 @@ def inverse_diag_blocks_sparse(mat, pos, local, *, chunk=256):
     ([0.5, 0.25], True)
     """
     n = len(pos)
-    out = np.full((n, 3, 3), np.nan)
+    n_k = mat.shape[0] // max(n, 1)
+    out = np.full((n, n_k, n_k), np.nan)
     if n == 0:
         return out, True
     if not np.all(np.isfinite(mat.data)):
@@ -184,14 +189,14 @@ def inverse_diag_blocks_sparse(mat, pos, local, *, chunk=256):
     if lu is None:
         return out, False
     kmax = int(local.max()) + 1
-    per = max(1, chunk // 3)
-    k = np.arange(3)
+    per = max(1, chunk // n_k)
+    k = np.arange(n_k)
     for j0 in range(0, kmax, per):  # loop over member slots, not over groups or sources
         j1 = min(kmax, j0 + per)
         sel = np.flatnonzero((local >= j0) & (local < j1))
-        rhs = np.zeros((3 * n, 3 * (j1 - j0)))
-        rows = (3 * pos[sel])[:, None] + k
-        cols = (3 * (local[sel] - j0))[:, None] + k
+        rhs = np.zeros((n_k * n, n_k * (j1 - j0)))
+        rows = (n_k * pos[sel])[:, None] + k
+        cols = (n_k * (local[sel] - j0))[:, None] + k
         rhs[rows, cols] = 1.0
         sol = lu.solve(rhs)
         out[sel] = sol[rows[:, :, None], cols[:, None, :]]
