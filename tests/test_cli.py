@@ -395,7 +395,8 @@ def test_init_table_column_choices():
     cat = QTable({"id": [4, 5, 6], "x_init": [1.0, 2.0, 3.0], "y_init": [1.0, 2.0, 3.0],
                   "x_fit": [1.5, np.nan, 3.5], "y_fit": [1.5, 2.5, 3.5],
                   "flux_fit": [10.0, 20.0, 30.0]})
-    init = init_table(cat)
+    with pytest.warns(UserWarning, match="1 row.s. with NaN positions dropped"):
+        init = init_table(cat)
     # a previous catalog's fitted values win over its initial guesses; NaN rows are dropped
     assert init["id"].tolist() == [4, 6] and init["x_init"].tolist() == [1.5, 3.5]
     assert init["flux_init"].tolist() == [10.0, 30.0]

@@ -72,7 +72,12 @@ def _add_phot(sub):
     p.add_argument("--mode", choices=("new", "all"), default="new",
                    help="iterative mode (default: %(default)s)")
     p.add_argument("--init", default=None,
-                   help="forced photometry at the positions of this catalog (x/y or ra/dec)")
+                   help="forced photometry at the positions of this catalog (x/y or ra/dec; "
+                   "default: none, find the stars)")
+    p.add_argument("--init-coords", choices=("auto", "sky", "pixel"), default="auto",
+                   help="positions of the --init catalog: 'auto' uses ra/dec when the catalog "
+                   "has them and the image has a celestial WCS, else x/y (default: "
+                   "%(default)s)")
     p.add_argument("--residual", default=None, help="write the residual image here (FITS)")
     p.add_argument("--plots", default=None, help="write figures into this folder")
     p.add_argument("--regions", default=None, help="write a DS9 region file of fitted stars")

@@ -10,22 +10,16 @@ temporary name and renamed into place.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from crowdphot.cli.catalog import add_sky_columns, init_table
 from crowdphot.cli.errors import CLIError
 from crowdphot.cli.psfload import load_psf
 
 __all__ = ["run_phot", "robust_sigma", "write_ds9_regions", "init_table"]
-
-# column spellings accepted for forced-photometry positions, most specific first
-_X_NAMES = ("x_fit", "x_init", "x", "x_0", "x_centroid", "xcentroid", "xcen", "x_peak")
-_Y_NAMES = ("y_fit", "y_init", "y", "y_0", "y_centroid", "ycentroid", "ycen", "y_peak")
-_FLUX_NAMES = ("flux_fit", "flux_init", "flux", "flux_0")
-_RA_NAMES = ("ra", "RA", "ra_fit", "ALPHA_J2000")
-_DEC_NAMES = ("dec", "DEC", "Dec", "dec_fit", "DELTA_J2000")
-
 
 def robust_sigma(data, mask=None):
     """1.4826 x median absolute deviation of the unmasked, finite pixels.
@@ -103,86 +97,11 @@ def write_ds9_regions(table, path, *, radius=3.0, color="green"):
             regs.write(str(tmp), format="ds9", overwrite=True)
 
 
-def _first(colnames, names):
-    return next((n for n in names if n in colnames), None)
-
-
 def _values(col):
     return np.asarray(getattr(col, "value", col), dtype=float)
 
 
-def _degrees(col):
-    """Column values in degrees (plain numbers are taken as degrees)."""
-    import astropy.units as u
-
-    if getattr(col, "unit", None) is None:
-        return _values(col)
-    return np.asarray(u.Quantity(col).to_value(u.deg), dtype=float)
-
-
-def init_table(catalog, wcs=None):
-    """Initial positions (and fluxes) for forced photometry from any reasonable catalog.
-
-    Takes ``x_fit/y_fit`` (a previous crowdphot or photutils catalog), else
-    ``x_init/y_init``, ``x/y``, ``x_0/y_0`` or finder centroids, else ``ra/dec`` in degrees
-    converted with ``wcs``. A flux column (``flux_fit``, ``flux_init``, ``flux``) becomes the
-    initial flux. Rows with non-finite positions are dropped.
-
-    Parameters
-    ----------
-    catalog : Table
-    wcs : astropy WCS, optional
-        Celestial WCS of the image, needed only for ``ra/dec`` catalogs.
-
-    Returns
-    -------
-    init : QTable
-        ``id, x_init, y_init`` (and ``flux_init``), plain floats.
-
-    Raises
-    ------
-    ValueError
-        No usable position columns.
-
-    Examples
-    --------
-    >>> from astropy.table import QTable
-    >>> init_table(QTable({'x_fit': [1.0], 'y_fit': [2.0]})).colnames
-    ['id', 'x_init', 'y_init']
-    """
-    from astropy.table import QTable
-
-    names = catalog.colnames
-    xcol, ycol = _first(names, _X_NAMES), _first(names, _Y_NAMES)
-    if xcol is not None and ycol is not None:
-        x, y = _values(catalog[xcol]), _values(catalog[ycol])
-    else:
-        racol, deccol = _first(names, _RA_NAMES), _first(names, _DEC_NAMES)
-        if racol is None or deccol is None:
-            raise ValueError("the --init catalog needs x/y (e.g. x_fit, x_init, x) or ra/dec "
-                             f"columns; it has {names}")
-        if wcs is None:
-            raise ValueError("the --init catalog has only ra/dec but the image has no "
-                             "celestial WCS")
-        ra, dec = _degrees(catalog[racol]), _degrees(catalog[deccol])
-        x, y = (np.asarray(v, dtype=float) for v in wcs.world_to_pixel_values(ra, dec))
-    good = np.isfinite(x) & np.isfinite(y)
-    if not np.any(good):
-        raise ValueError("the --init catalog has no rows with finite positions")
-    out = QTable()
-    ids = _values(catalog["id"]).astype(np.int64) if "id" in names else None
-    out["id"] = ids[good] if ids is not None else np.arange(1, int(good.sum()) + 1)
-    out["x_init"] = x[good]
-    out["y_init"] = y[good]
-    fcol = _first(names, _FLUX_NAMES)
-    if fcol is not None:
-        flux = _values(catalog[fcol])[good]
-        if np.all(np.isfinite(flux)):
-            out["flux_init"] = flux
-    return out
-
-
-def _read_init(path, wcs):
+def _read_init(path, wcs, coords="auto"):
     from astropy.table import QTable
 
     p = Path(path)
@@ -191,8 +110,12 @@ def _read_init(path, wcs):
     try:
         catalog = QTable.read(p)
     except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad tables
-        raise ValueError(f"{p}: cannot read the init catalog ({exc})") from None
-    return init_table(catalog, wcs)
+        raise CLIError(f"{p}: cannot read the init catalog ({' '.join(str(exc).split())})"
+                       "; give an .ecsv, .fits or .csv table") from None
+    try:
+        return init_table(catalog, wcs, coords=coords, source=f"--init catalog {p}")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _warn_builtin_filter_mismatch(path, psf_spec, header):
@@ -343,7 +266,6 @@ def run_phot(args):
     code : int
         0 on success; user errors raise ``CLIError``/``ValueError`` for ``main`` to report.
     """
-    import astropy.units as u
 
     from crowdphot.io.fits import FitsPlanes, read_image, write_fits_image, write_table
 
@@ -371,7 +293,11 @@ def run_phot(args):
     image.planes = planes
     _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
     psf = load_psf(args.psf, detector_id=args.psf_detector)
-    init = _read_init(args.init, image.wcs) if args.init else None
+    if image.wcs is None:
+        warnings.warn(f"{args.image}: no sky coordinates in the catalog: "
+                      f"{image.wcs_problem or 'no celestial WCS'}", UserWarning, stacklevel=2)
+    init = _read_init(args.init, image.wcs, getattr(args, "init_coords", "auto")) \
+        if args.init else None
     finder, threshold = (None, None) if init is not None else _finder(args, image)
     table, phot = _photometry(args, image, psf, finder, init)
     if table is None or len(table) == 0:
@@ -385,16 +311,16 @@ def run_phot(args):
                        "fitted (off the image or fully masked?); check the catalog's columns "
                        "or its sky coordinates")
     if image.wcs is not None:
-        ra, dec = image.wcs.pixel_to_world_values(_values(table["x_fit"]),
-                                                  _values(table["y_fit"]))
-        table["ra"] = np.asarray(ra) * u.deg
-        table["dec"] = np.asarray(dec) * u.deg
+        add_sky_columns(table, image.wcs)
     if image.unit:
         table.meta["BUNIT"] = str(image.unit)
     table.meta["image"] = str(args.image)
     table.meta["psf"] = str(args.psf)
     if threshold is not None:
         table.meta["threshold"] = float(threshold)
+    if init is not None:
+        table.meta["init"] = str(args.init)
+        table.meta["init_coords"] = init.meta.get("coords", "pixel")
     model = None
     if args.residual or args.plots:
         model = _model_image(psf, table, image.data.shape, phot, not args.no_progress)

@@ -16,9 +16,19 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-__all__ = ["JWST_DQ_FLAGS", "DEFAULT_DQ_MASK", "ImageData", "FitsPlanes", "clean_planes",
-           "dq_to_mask", "read_image", "table_format", "write_table", "write_fits_image",
-           "atomic_path", "atomic_write", "default_file_mode"]
+__all__ = ["JWST_DQ_FLAGS", "DEFAULT_DQ_MASK", "InputError", "ImageData", "FitsPlanes",
+           "clean_planes", "dq_to_mask", "parse_dq_bits", "read_image", "open_fits",
+           "pixel_to_icrs", "icrs_to_pixel", "image_header_for", "table_format",
+           "write_table", "write_fits_image", "atomic_path", "atomic_write",
+           "default_file_mode", "plain_meta"]
+
+
+class InputError(ValueError):
+    """A problem with an input file or option that the user can fix (bad FITS, bad name).
+
+    The command line prints it as one line (exit code 2); a plain ``ValueError`` raised
+    elsewhere is treated as a bug and keeps its traceback.
+    """
 
 #: JWST data-quality bit names (jwst pipeline ``dqflags.pixel``): the facts of the format.
 JWST_DQ_FLAGS = {
@@ -58,6 +68,12 @@ class ImageData:
     planes : FitsPlanes or None
         Lazy per-cut access to the same file (tiled runs); ``data`` is None when only the
         header was read.
+    wcs_problem : str or None
+        Why ``wcs`` is None (no WCS keywords, an unparseable WCS, a non-celestial one).
+    path : str or None
+        The file read.
+    saturated : ndarray (ny, nx) bool or None
+        Pixels whose DQ has the SATURATED bit (whatever ``dq_bits`` masks); None without DQ.
     """
 
     data: np.ndarray | None
@@ -67,6 +83,9 @@ class ImageData:
     wcs: object | None
     unit: str | None
     planes: object | None = None
+    wcs_problem: str | None = None
+    path: str | None = None
+    saturated: np.ndarray | None = None
 
 
 def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
@@ -83,6 +102,35 @@ def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
     >>> dq_to_mask(np.array([[0, 1], [2, 4]]), ['SATURATED']).tolist()
     [[False, False], [True, False]]
     """
+    value = parse_dq_bits(bits)
+    return (np.asarray(dq).astype(np.int64) & value) != 0
+
+
+def parse_dq_bits(bits):
+    """Integer bit mask from DQ flag names, integers, or decimal/hex (``0x6``) strings.
+
+    Parameters
+    ----------
+    bits : int, str or sequence of str/int
+        A comma-separated string, names from :data:`JWST_DQ_FLAGS` (``SAT``, ``JUMP`` and
+        ``BAD`` are accepted), or integer values.
+
+    Returns
+    -------
+    value : int
+
+    Raises
+    ------
+    InputError
+        For an unknown name.
+
+    Examples
+    --------
+    >>> parse_dq_bits('0x6'), parse_dq_bits('SATURATED,1'), parse_dq_bits(5)
+    (6, 3, 5)
+    """
+    if isinstance(bits, str):
+        bits = [b for b in bits.split(",") if b.strip()]
     if isinstance(bits, (int, np.integer)):
         value = int(bits)
     else:
@@ -91,16 +139,21 @@ def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
             if isinstance(b, str):
                 key = b.strip().upper()
                 key = _DQ_ALIASES.get(key, key)
-                if key.isdigit():
-                    value |= int(key)
+                try:
+                    value |= int(key, 0)
                     continue
+                except ValueError:
+                    pass
                 if key not in JWST_DQ_FLAGS:
-                    raise ValueError(f"unknown DQ flag name {b!r}; known: "
-                                     f"{', '.join(JWST_DQ_FLAGS)}")
+                    raise InputError(f"unknown DQ flag name {b!r}; use names ("
+                                     f"{', '.join(JWST_DQ_FLAGS)}) or an integer mask such "
+                                     "as 6 or 0x6")
                 value |= JWST_DQ_FLAGS[key]
             else:
                 value |= int(b)
-    return (np.asarray(dq).astype(np.int64) & value) != 0
+    if value < 0:
+        raise InputError(f"the DQ bit mask must be >= 0, got {value}")
+    return value
 
 
 def _find_hdu(hdul, ext, path, what):
@@ -109,10 +162,85 @@ def _find_hdu(hdul, ext, path, what):
     try:
         hdu = hdul[ext]
     except (KeyError, IndexError):
-        raise ValueError(f"{path}: no extension {ext!r} for the {what}") from None
-    if hdu.data is None or np.ndim(hdu.data) != 2:
-        raise ValueError(f"{path}: extension {ext!r} ({what}) is not a 2D image")
+        raise InputError(f"{path}: no extension {ext!r} for the {what}; the file has "
+                         f"{', '.join(_hdu_names(hdul))}") from None
+    if not hdu.is_image or hdu.header.get("NAXIS", 0) != 2:
+        raise InputError(f"{path}: extension {ext!r} ({what}) is not a 2D image")
     return hdu
+
+
+def _hdu_names(hdul):
+    return [f"{i}:{h.name or '(unnamed)'}" for i, h in enumerate(hdul)]
+
+
+def open_fits(path, what="image", *, memmap=None):
+    """Open a FITS file, turning every way it can be unreadable into one :class:`InputError`.
+
+    The HDU list is read in full (headers only, data stay lazy), so a truncated header or
+    junk between HDUs fails here rather than half-way through the photometry. Trailing bytes
+    after the last complete HDU (the extra 2880-byte block some archive files carry) are
+    ignored, as astropy does when the file is read HDU by HDU.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file is for, used in messages (``'image'``, ``'PSF'``).
+
+    Returns
+    -------
+    hdul : astropy HDUList (close it, or use it as a context manager)
+
+    Raises
+    ------
+    InputError
+        Missing, a directory, not FITS, or broken.
+
+    Examples
+    --------
+    >>> open_fits('missing.fits')  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    InputError: image file not found: missing.fits
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a FITS {what} file; give the file name")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    kwargs = {} if memmap is None else {"memmap": memmap}
+    try:
+        hdul = fits.open(path, lazy_load_hdus=True, **kwargs)
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"{path}: not a readable FITS file ({_short(exc)}); "
+                         f"give a FITS {what}") from None
+    try:
+        hdul.readall()
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        if len(hdul) == 0:
+            hdul.close()
+            raise InputError(f"{path}: not a readable FITS file ({_short(exc)}); "
+                         f"give a FITS {what}") \
+                from None
+        # trailing bytes after complete HDUs: keep what was read, as astropy's getdata does
+        warnings.warn(f"{path}: ignoring unreadable bytes after HDU {len(hdul) - 1} "
+                      f"({_short(exc)})", UserWarning, stacklevel=2)
+    return hdul
+
+
+def _short(exc):
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _read_plane(hdu, path, what):
+    """The pixels of an image HDU; a truncated file gives one clear :class:`InputError`."""
+    try:
+        data = hdu.data
+        if data is not None:
+            np.asarray(data[-1:])  # touch the end: a truncated file fails here, not later
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"{path}: the {what} extension cannot be read; the file is "
+                         f"truncated or corrupt ({_short(exc)})") from None
+    return data
 
 
 def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT_DQ_MASK):
@@ -142,41 +270,62 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
     (4, 5)
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        hdul = fits.open(path)
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable FITS file ({exc})") from None
-    with hdul:
-        names = [h.name.upper() for h in hdul]
-        if ext is None:
-            if "SCI" in names:
-                ext = "SCI"
-            else:
-                ext = next((i for i, h in enumerate(hdul)
-                            if h.data is not None and np.ndim(h.data) == 2), None)
-                if ext is None:
-                    raise ValueError(f"{path}: no 2D image extension found")
+    dq_value = parse_dq_bits(dq_bits)
+    with open_fits(path) as hdul:
+        ext, err_ext, dq_ext = _resolve_exts(hdul, path, ext, err_ext, dq_ext)
         sci = _find_hdu(hdul, ext, path, "science data")
-        data = sci.data
-        if err_ext == "auto":
-            err_ext = "ERR" if "ERR" in names else None
-        if dq_ext == "auto":
-            dq_ext = "DQ" if "DQ" in names else None
         err_hdu = _find_hdu(hdul, err_ext, path, "error")
         dq_hdu = _find_hdu(hdul, dq_ext, path, "data quality")
+        data = _read_plane(sci, path, "science")
         header = sci.header.copy()
-        primary = hdul[0].header
+        primary = hdul[0].header.copy()
+        planes = {}
         for hdu, what in ((err_hdu, "ERR"), (dq_hdu, "DQ")):
-            if hdu is not None and hdu.data.shape != data.shape:
-                raise ValueError(f"{path}: {what} shape {hdu.data.shape} != SCI shape "
-                                 f"{data.shape}")
-        data, error, mask = clean_planes(data, None if err_hdu is None else err_hdu.data,
-                                         None if dq_hdu is None else dq_hdu.data, dq_bits)
-    wcs = _celestial_wcs(header, primary)
+            if hdu is None:
+                planes[what] = None
+                continue
+            plane = _read_plane(hdu, path, what)
+            if plane.shape != data.shape:
+                raise InputError(f"{path}: {what} shape {plane.shape} differs from the "
+                                 f"science shape {data.shape}; give --err-ext/--dq-ext "
+                                 "none or the right extension")
+            planes[what] = plane
+        err, dq = planes["ERR"], planes["DQ"]
+        if err is not None:
+            good = np.isfinite(err) & (err > 0)
+            if not good.any():
+                raise InputError(f"{path}: the {err_ext} extension has no positive finite "
+                                 "error; give --err-ext none to fit without errors")
+        saturated = None if dq is None else dq_to_mask(dq, JWST_DQ_FLAGS["SATURATED"])
+        data, error, mask = clean_planes(data, err, dq, dq_value)
+    if mask is not None and mask.all():
+        raise InputError(f"{path}: every pixel is masked (non-finite data or error, or DQ "
+                         f"bits {dq_value:#x}); check --dq-bits and --err-ext")
+    wcs, problem = _celestial_wcs(header, primary)
     unit = header.get("BUNIT", primary.get("BUNIT"))
-    return ImageData(data=data, error=error, mask=mask, header=header, wcs=wcs, unit=unit)
+    return ImageData(data=data, error=error, mask=mask, header=header, wcs=wcs, unit=unit,
+                     wcs_problem=problem, path=str(path),
+                     saturated=saturated if saturated is not None and saturated.any()
+                     else None)
+
+
+def _resolve_exts(hdul, path, ext, err_ext, dq_ext):
+    """Science/ERR/DQ extension names or indices ('auto' and None resolved)."""
+    names = [h.name.upper() for h in hdul]
+    if ext is None:
+        if "SCI" in names:
+            ext = "SCI"
+        else:
+            ext = next((i for i, h in enumerate(hdul)
+                        if h.is_image and h.header.get("NAXIS", 0) == 2), None)
+            if ext is None:
+                raise InputError(f"{path}: no 2D image extension found (it has "
+                                 f"{', '.join(_hdu_names(hdul))}); give --ext")
+    if err_ext == "auto":
+        err_ext = "ERR" if "ERR" in names else None
+    if dq_ext == "auto":
+        dq_ext = "DQ" if "DQ" in names else None
+    return ext, err_ext, dq_ext
 
 
 def clean_planes(data, error=None, dq=None, dq_bits=DEFAULT_DQ_MASK):
@@ -211,29 +360,24 @@ class FitsPlanes:
     def __init__(self, path, *, ext=None, err_ext="auto", dq_ext="auto",
                  dq_bits=DEFAULT_DQ_MASK):
         self.path = str(path)
-        self.dq_bits = dq_bits
-        with fits.open(self.path) as hdul:
-            names = [h.name.upper() for h in hdul]
-            if ext is None:
-                ext = "SCI" if "SCI" in names else next(
-                    (i for i, h in enumerate(hdul)
-                     if h.is_image and h.header.get("NAXIS", 0) == 2), None)
-                if ext is None:
-                    raise ValueError(f"{path}: no 2D image extension found")
-            self.ext = ext
-            self.err_ext = ("ERR" if "ERR" in names else None) if err_ext == "auto" else err_ext
-            self.dq_ext = ("DQ" if "DQ" in names else None) if dq_ext == "auto" else dq_ext
-            h = hdul[ext].header
+        self.dq_bits = parse_dq_bits(dq_bits)
+        with open_fits(self.path) as hdul:
+            self.ext, self.err_ext, self.dq_ext = _resolve_exts(hdul, path, ext, err_ext,
+                                                                dq_ext)
+            h = _find_hdu(hdul, self.ext, path, "science data").header
+            for other, what in ((self.err_ext, "error"), (self.dq_ext, "data quality")):
+                _find_hdu(hdul, other, path, what)
             self.shape = (int(h["NAXIS2"]), int(h["NAXIS1"]))
 
     def header_info(self):
         """``ImageData`` with header, WCS and unit but no pixels (``data`` etc. are None)."""
-        with fits.open(self.path) as hdul:
+        with open_fits(self.path) as hdul:
             header = hdul[self.ext].header.copy()
             primary = hdul[0].header.copy()
-        return ImageData(data=None, error=None, mask=None, header=header,
-                         wcs=_celestial_wcs(header, primary),
-                         unit=header.get("BUNIT", primary.get("BUNIT")))
+        wcs, problem = _celestial_wcs(header, primary)
+        return ImageData(data=None, error=None, mask=None, header=header, wcs=wcs,
+                         unit=header.get("BUNIT", primary.get("BUNIT")), wcs_problem=problem,
+                         path=self.path)
 
     def sample(self, size=2048):
         """``(data, error, mask)`` of a central cut of at most ``size`` pixels a side."""
@@ -251,7 +395,8 @@ class FitsPlanes:
 
 
 def _celestial_wcs(header, primary):
-    """Celestial WCS of the science header (or of the primary one when SCI has none)."""
+    """``(wcs, problem)``: the celestial WCS of the science header (or of the primary one
+    when SCI has none), or None and why not."""
     from astropy.wcs import WCS, FITSFixedWarning
 
     for hdr in (header, primary):
@@ -261,10 +406,116 @@ def _celestial_wcs(header, primary):
             warnings.simplefilter("ignore", FITSFixedWarning)
             try:
                 w = WCS(hdr)
-            except Exception:  # noqa: BLE001 - a broken WCS is reported as "no WCS"
-                return None
-        return w.celestial if w.has_celestial else None
-    return None
+                if not w.has_celestial:
+                    return None, (f"its WCS (CTYPE {hdr.get('CTYPE1')!s}, "
+                                  f"{hdr.get('CTYPE2')!s}) is not celestial")
+                w = w.celestial
+                # a WCS that parses but cannot transform is as bad as none
+                w.pixel_to_world_values(np.array([0.0]), np.array([0.0]))
+            except Exception as exc:  # noqa: BLE001 - astropy raises many types here
+                return None, f"its WCS cannot be used ({_short(exc)})"
+        return w, None
+    return None, "it has no WCS keywords (CTYPE1/CTYPE2)"
+
+
+def pixel_to_icrs(wcs, x, y):
+    """ICRS right ascension and declination (degrees) of pixel positions.
+
+    Whatever the WCS frame (ICRS, FK5, FK4 with its equinox, galactic, ecliptic), the
+    positions are transformed to ICRS with astropy's ``SkyCoord``; distortion (SIP) is
+    included.
+
+    Parameters
+    ----------
+    wcs : astropy WCS (celestial)
+    x, y : ndarray (n,)
+        Pixel positions (0-based; non-finite values give NaN).
+
+    Returns
+    -------
+    ra, dec : ndarray (n,)
+        Degrees, ICRS.
+    frame : str
+        The frame of the WCS itself (e.g. ``'icrs'``, ``'fk5'``, ``'galactic'``).
+
+    Examples
+    --------
+    >>> from astropy.wcs import WCS
+    >>> w = WCS(naxis=2); w.wcs.ctype = ['GLON-TAN', 'GLAT-TAN']
+    >>> ra, dec, frame = pixel_to_icrs(w, np.array([0.0]), np.array([0.0]))
+    >>> frame, round(float(ra[0]), 3), round(float(dec[0]), 3)
+    ('galactic', 266.405, -28.936)
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    ra = np.full(x.shape, np.nan)
+    dec = np.full(x.shape, np.nan)
+    sky = wcs.pixel_to_world(x[ok] if ok.any() else np.array([0.0]),
+                             y[ok] if ok.any() else np.array([0.0]))
+    frame = sky.frame.name
+    if ok.any():
+        icrs = sky.icrs
+        ra[ok] = icrs.ra.deg
+        dec[ok] = icrs.dec.deg
+    return ra, dec, frame
+
+
+def icrs_to_pixel(wcs, ra, dec):
+    """Pixel positions of ICRS ``ra``, ``dec`` (degrees) through any celestial WCS.
+
+    The inverse of :func:`pixel_to_icrs` (frame transformation and SIP included).
+
+    Returns
+    -------
+    x, y : ndarray (n,)
+
+    Examples
+    --------
+    >>> from astropy.wcs import WCS
+    >>> w = WCS(naxis=2); w.wcs.ctype = ['RA---TAN', 'DEC--TAN']; w.wcs.cdelt = [-1e-4, 1e-4]
+    >>> [round(float(v[0]), 6) for v in icrs_to_pixel(w, [0.0], [0.0])]
+    [0.0, 0.0]
+    """
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    x = np.full(ra.shape, np.nan)
+    y = np.full(ra.shape, np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if ok.any():
+        coords = SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg, frame="icrs")
+        px, py = wcs.world_to_pixel(coords)
+        x[ok], y[ok] = np.asarray(px, dtype=float), np.asarray(py, dtype=float)
+    return x, y
+
+
+# structural cards that belong to one HDU and must not be copied into another
+_STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3",
+               "EXTEND", "PCOUNT", "GCOUNT", "BSCALE", "BZERO", "BLANK", "CHECKSUM",
+               "DATASUM", "EXTNAME", "EXTVER", "EXTLEVEL")
+
+
+def image_header_for(header):
+    """A copy of a science header fit for another image of the same pixels.
+
+    Keeps everything (WCS with its SIP distortion, BUNIT, photometric keywords) except the
+    structural cards of the original HDU (``XTENSION``, ``BITPIX``, ``NAXISn``, scaling,
+    checksums, ``EXTNAME``).
+
+    Examples
+    --------
+    >>> h = fits.Header({'XTENSION': 'IMAGE', 'NAXIS': 2, 'CTYPE1': 'RA---TAN-SIP'})
+    >>> list(image_header_for(h))
+    ['CTYPE1']
+    """
+    out = header.copy()
+    for key in _STRUCTURAL:
+        while key in out:
+            del out[key]
+    return out
 
 
 def atomic_path(path):
@@ -351,6 +602,53 @@ def table_format(path):
                      f"{path}; use one of {', '.join(sorted(_TABLE_FORMATS))}")
 
 
+def plain_meta(value):
+    """Metadata as plain YAML types: tuples become lists, numpy scalars Python numbers.
+
+    ECSV writes a tuple as ``!!python/tuple``, which only Python's unsafe YAML loader reads;
+    lists read everywhere.
+
+    Examples
+    --------
+    >>> plain_meta({'fit_shape': (5, 5), 'n': np.int64(3)})
+    {'fit_shape': [5, 5], 'n': 3}
+    """
+    if isinstance(value, dict):
+        return {str(k): plain_meta(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_meta(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain_meta(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "unit") and hasattr(value, "value") and np.ndim(value.value) == 0:
+        return f"{value.value} {value.unit}"
+    return str(value)
+
+
+def _csv_with_unit_names(table):
+    """Plain-valued copy whose columns with a unit are renamed ``'name [unit]'``."""
+    from astropy.table import Table
+
+    out = Table(meta={})
+    for name in table.colnames:
+        col = table[name]
+        unit = getattr(col, "unit", None)
+        if unit is not None and str(unit) and hasattr(col, "value"):
+            out[f"{name} [{unit}]"] = np.asarray(col.value)
+        elif unit is not None and str(unit):
+            out[f"{name} [{unit}]"] = np.asarray(col)
+        else:
+            out[name] = col
+    return out
+
+
 def _fits_safe_meta(meta):
     """Metadata that FITS headers can hold: scalars kept, other values as their repr."""
     out = {}
@@ -391,10 +689,16 @@ def write_table(table, path, *, overwrite=True):
     fmt = table_format(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use overwrite)")
+    table = table.copy(copy_data=False)
     if fmt == "fits" and table.meta:
         # FITS headers take only scalars; long keys become HIERARCH cards (which is fine)
-        table = table.copy(copy_data=False)
         table.meta = _fits_safe_meta(table.meta)
+    elif fmt == "ascii.ecsv":
+        table.meta = plain_meta(dict(table.meta))
+    elif fmt == "ascii.csv":
+        # CSV has no place for units: they go into the column names, 'flux_fit [MJy / sr]'
+        # (a spreadsheet's habit; crowdphot --init reads such names back)
+        table = _csv_with_unit_names(table)
     with atomic_write(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
         table.write(tmp, format=fmt, overwrite=True)

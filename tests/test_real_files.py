@@ -1,0 +1,210 @@
+"""``crowdphot phot`` on files shaped like real archive products (issue 11).
+
+Every file is made here: a JWST-like calibrated MEF (SCI/ERR/DQ, MJy/sr, TAN-SIP WCS, the
+usual primary keywords), the same field on a shifted pointing, a galactic-WCS image as
+Spitzer's mosaics have, an FK4 one, an unparseable WCS. Stars are Gaussian PRFs written as an
+oversampled PSF image so that each run takes a fraction of a second after imports.
+"""
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import MaskedColumn, QTable, Table
+from astropy.wcs import WCS
+
+from crowdphot import CircularGaussianPRF, match_catalogs
+from crowdphot.cli.app import main
+from crowdphot.datasets.simulation import make_model_image
+
+FWHM = 2.5
+NOISE = 1.0
+SHAPE = (120, 120)
+N_STARS = 10
+
+
+def _sip_header(crpix, crval=(80.49, -69.50), ctype=("RA---TAN-SIP", "DEC--TAN-SIP")):
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = ctype
+    h["CRVAL1"], h["CRVAL2"] = crval
+    h["CRPIX1"], h["CRPIX2"] = crpix
+    scale = 0.063 / 3600
+    h["CD1_1"], h["CD1_2"], h["CD2_1"], h["CD2_2"] = -scale, 0.0, 0.0, scale
+    h["CUNIT1"] = h["CUNIT2"] = "deg"
+    if ctype[0].endswith("-SIP"):
+        h["A_ORDER"] = h["B_ORDER"] = 2
+        # ~0.4 px of distortion at the corners: enough to matter, as NIRCam's does
+        h["A_2_0"], h["A_0_2"], h["A_1_1"] = 2e-5, -1e-5, 1.5e-5
+        h["B_2_0"], h["B_0_2"], h["B_1_1"] = -1e-5, 2e-5, 1e-5
+    return h
+
+
+def _gauss_psf_file(path, *, oversampling=4, size=31, keyword=True):
+    n = size * oversampling + 1
+    offsets = (np.arange(n) - (n - 1) / 2) / oversampling
+    xx, yy = np.meshgrid(offsets, offsets)
+    hdu = fits.PrimaryHDU(CircularGaussianPRF(fwhm=FWHM)(xx, yy))
+    if keyword:
+        hdu.header["OVERSAMP"] = oversampling
+    hdu.writeto(path)
+    return path
+
+
+def _sky_stars(seed=3):
+    """Star sky positions and fluxes, placed through a reference pointing."""
+    rng = np.random.default_rng(seed)
+    w = WCS(_sip_header((60.5, 60.5)))
+    xy = []
+    while len(xy) < N_STARS:
+        p = rng.uniform(20, SHAPE[0] - 20, 2)
+        if all(np.hypot(*(p - q)) > 14 for q in xy):
+            xy.append(p)
+    xy = np.array(xy)
+    sky = w.pixel_to_world(xy[:, 0], xy[:, 1])
+    flux = rng.uniform(3000, 8000, N_STARS)
+    return sky, flux
+
+
+def _write_mef(path, header, sky, flux, *, seed=0, bunit="MJy/sr", primary_extra=None,
+               dq=None, nan_pixels=()):
+    """A JWST-like calibrated file of the stars at ``sky`` seen through ``header``'s WCS."""
+    w = WCS(header)
+    x, y = w.world_to_pixel(sky)
+    params = QTable({"x_0": x, "y_0": y, "flux": flux})
+    data = make_model_image(SHAPE, CircularGaussianPRF(fwhm=FWHM), params,
+                            model_shape=(15, 15))
+    data = data + np.random.default_rng(seed).normal(0, NOISE, SHAPE)
+    for yy, xx in nan_pixels:
+        data[yy, xx] = np.nan
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"] = "JWST"
+    primary.header["INSTRUME"] = "NIRCAM"
+    primary.header["FILTER"] = "F444W"
+    primary.header["PUPIL"] = "CLEAR"
+    primary.header["DETECTOR"] = "NRCALONG"
+    for k, v in (primary_extra or {}).items():
+        primary.header[k] = v
+    sci = header.copy()
+    if bunit is not None:
+        sci["BUNIT"] = bunit
+    hdus = [primary, fits.ImageHDU(data.astype(np.float32), sci, name="SCI"),
+            fits.ImageHDU(np.full(SHAPE, NOISE, np.float32), name="ERR"),
+            fits.ImageHDU(np.zeros(SHAPE, np.uint32) if dq is None else dq, name="DQ")]
+    fits.HDUList(hdus).writeto(path)
+    return QTable({"x_0": x, "y_0": y, "flux": flux, "ra": sky.ra.deg, "dec": sky.dec.deg})
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    sky, flux = _sky_stars()
+    psf = _gauss_psf_file(root / "psf.fits")
+    truth_a = _write_mef(root / "a_cal.fits", _sip_header((60.5, 60.5)), sky, flux, seed=1)
+    # the same field, pointed 8 px away in x and 5 in y: pixel catalogs of A are wrong here
+    truth_b = _write_mef(root / "b_cal.fits", _sip_header((68.5, 55.5)), sky, flux, seed=2)
+    return {"root": root, "psf": psf, "sky": sky, "flux": flux, "a": root / "a_cal.fits",
+            "b": root / "b_cal.fits", "truth_a": truth_a, "truth_b": truth_b}
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _phot(image, psf, out, capsys, *extra, ok=True):
+    code, stdout, stderr = _run(["phot", image, "--psf", psf, "-o", out, "--threshold", 30,
+                                 "--fwhm", FWHM, "--no-progress", *extra], capsys)
+    if ok:
+        assert code == 0, stderr
+        return QTable.read(out), stderr
+    return code, stderr
+
+
+def _matched(truth, table, sep=1.0):
+    t = QTable({"x_0": truth["x_0"], "y_0": truth["y_0"], "flux": truth["flux"]})
+    m = match_catalogs(t, table, separation=sep)
+    assert len(m) == len(truth)
+    return m
+
+
+# -- item 1: --init with sky coordinates --------------------------------------------------------
+def test_init_catalog_of_another_pointing_uses_its_sky_positions(field, tmp_path, capsys):
+    cat_a, _ = _phot(field["a"], field["psf"], tmp_path / "a.ecsv", capsys)
+    assert {"x_fit", "y_fit", "ra", "dec"} <= set(cat_a.colnames)
+    forced, err = _phot(field["b"], field["psf"], tmp_path / "b.ecsv", capsys,
+                        "--init", tmp_path / "a.ecsv")
+    # A's x/y are 8 px off on B: a warning says so, and the sky positions are used
+    assert "differ from its ra/dec" in err and "using ra/dec" in err
+    m = _matched(field["truth_b"], forced, sep=0.1)
+    # the positions come from A's fit (noise ~0.02 px) mapped through B's SIP WCS
+    np.testing.assert_allclose(m["x_fit"], m["x_0"], atol=0.1)
+    rel = np.asarray(m["flux_fit"]) / np.asarray(m["flux"]) - 1
+    assert np.max(np.abs(rel)) < 0.02
+    assert forced.meta["init_coords"] == "sky"
+
+
+def test_init_coords_pixel_keeps_the_catalog_pixels(field, tmp_path, capsys):
+    cat = QTable({"x": field["truth_a"]["x_0"], "y": field["truth_a"]["y_0"],
+                  "ra": field["truth_a"]["ra"], "dec": field["truth_a"]["dec"]})
+    cat.write(tmp_path / "cat.ecsv")
+    forced, _ = _phot(field["a"], field["psf"], tmp_path / "f.ecsv", capsys,
+                      "--init", tmp_path / "cat.ecsv", "--init-coords", "pixel")
+    np.testing.assert_array_equal(forced["x_fit"], cat["x"])
+    assert forced.meta["init_coords"] == "pixel"
+
+
+def test_masked_init_positions_are_an_error_not_a_star_at_zero(field, tmp_path, capsys):
+    t = Table({"x": MaskedColumn(field["truth_a"]["x_0"], mask=[False] * 9 + [True]),
+               "y": field["truth_a"]["y_0"]})
+    t.write(tmp_path / "masked.ecsv")
+    code, err = _phot(field["a"], field["psf"], tmp_path / "f.ecsv", capsys,
+                      "--init", tmp_path / "masked.ecsv", "--init-coords", "pixel", ok=False)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "1 row(s) with masked x/y (rows 9)" in err
+    assert not (tmp_path / "f.ecsv").exists()
+
+
+# -- item 2: ICRS sky coordinates whatever the WCS frame ---------------------------------------
+def _single_frame_file(path, header):
+    sky, flux = _sky_stars()
+    truth = _write_mef(path, _sip_header((60.5, 60.5)), sky, flux, seed=4)
+    with fits.open(path, mode="update") as hdul:
+        for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "RADESYS", "EQUINOX"):
+            if key in header:
+                hdul["SCI"].header[key] = header[key]
+        for key in [k for k in hdul["SCI"].header if k[:2] in ("A_", "B_")]:
+            del hdul["SCI"].header[key]
+    return truth
+
+
+@pytest.mark.parametrize("frame", ["galactic", "fk4"])
+def test_sky_columns_are_icrs_whatever_the_wcs_frame(tmp_path, capsys, field, frame):
+    h = fits.Header()
+    if frame == "galactic":
+        h["CTYPE1"], h["CTYPE2"] = "GLON-TAN", "GLAT-TAN"
+        h["CRVAL1"], h["CRVAL2"] = 280.47, -32.89
+    else:
+        h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+        h["CRVAL1"], h["CRVAL2"] = 80.0, -69.6
+        h["RADESYS"], h["EQUINOX"] = "FK4", 1950.0
+    truth = _single_frame_file(tmp_path / f"{frame}.fits", h)
+    table, _ = _phot(tmp_path / f"{frame}.fits", field["psf"], tmp_path / "c.ecsv", capsys)
+    m = _matched(truth, table)
+    w = WCS(fits.getheader(tmp_path / f"{frame}.fits", "SCI"))
+    expected = w.pixel_to_world(np.asarray(m["x_fit"]), np.asarray(m["y_fit"])).icrs
+    got = SkyCoord(m["ra"], m["dec"], frame="icrs")
+    assert np.max(got.separation(expected).arcsec) < 1e-6
+    raw = w.pixel_to_world_values(np.asarray(m["x_fit"]), np.asarray(m["y_fit"]))
+    # the raw frame values (l/b, B1950) are far from ICRS: they were not written
+    assert np.min(np.abs(np.asarray(m["ra"].value) - raw[0])) > 0.05
+    assert table.meta["sky_frame"] == "icrs" and table.meta["wcs_frame"] == frame
+
+
+def test_unusable_wcs_is_a_warning_not_silence(tmp_path, capsys, field):
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---XYZ", "DEC--XYZ"
+    _single_frame_file(tmp_path / "bad.fits", h)
+    table, err = _phot(tmp_path / "bad.fits", field["psf"], tmp_path / "c.ecsv", capsys)
+    assert "ra" not in table.colnames
+    assert "warning" in err and "WCS cannot be used" in err
