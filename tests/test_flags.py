@@ -24,12 +24,20 @@ EXPECTED = {
 }
 
 
+#: crowdphot's extensions, above photutils' bits
+EXTENSIONS = {4096: "left_stamp", 8192: "absurd_value"}
+
+
 def test_registry_bits_and_names():
-    assert PSF_FLAGS.flag_dict == EXPECTED
-    assert PSF_FLAGS.flag_dict == PHOTUTILS_FLAGS.flag_dict
-    assert PSF_FLAGS.bit_values == PHOTUTILS_FLAGS.bit_values
-    assert PSF_FLAGS.names == PHOTUTILS_FLAGS.names
-    assert PSF_FLAGS.all_bits == 4095
+    # photutils' bits, names and order first, then crowdphot's extension bits
+    assert PSF_FLAGS.flag_dict == {**EXPECTED, **EXTENSIONS}
+    assert PSF_FLAGS.bit_values[:12] == PHOTUTILS_FLAGS.bit_values
+    assert PSF_FLAGS.names[:12] == PHOTUTILS_FLAGS.names
+    assert PSF_FLAGS.all_bits == 4095 + 4096 + 8192
+    for bit, name in EXTENSIONS.items():
+        assert getattr(PSF_FLAGS, name.upper()) == bit
+        assert PSF_FLAGS.get_definition(bit).detailed_description
+        assert decode_psf_flags(bit) == [name]
     for bit, name in EXPECTED.items():
         assert getattr(PSF_FLAGS, name.upper()) == getattr(PHOTUTILS_FLAGS, name.upper()) == bit
         assert PSF_FLAGS.get_name(bit) == name
@@ -39,7 +47,7 @@ def test_registry_bits_and_names():
         assert definition.description and definition.detailed_description
         assert PSF_FLAGS.get_description(bit) == definition.description
         assert PSF_FLAGS.get_detailed_description(bit) == definition.detailed_description
-    assert [d.bit_value for d in PSF_FLAGS.all_flags] == sorted(EXPECTED)
+    assert [d.bit_value for d in PSF_FLAGS.all_flags] == sorted({**EXPECTED, **EXTENSIONS})
     assert PSF_FLAGS.NPIXFIT_PARTIAL == 1
     assert "no_convergence" in repr(PSF_FLAGS)
 
@@ -59,7 +67,7 @@ def test_registry_aliases_and_errors():
         PSF_FLAGS.get_definition(True)
 
 
-@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 6144, 3 * 1024 + 17])
+@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 2048 + 16384, 3 * 1024 + 17])
 @pytest.mark.parametrize("bits", [False, True])
 def test_decode_scalar_matches_photutils(value, bits):
     ours = decode_psf_flags(value, return_bit_values=bits)
@@ -69,8 +77,9 @@ def test_decode_scalar_matches_photutils(value, bits):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 8191), max_size=30))
+@given(st.lists(st.integers(0, 4095), max_size=30))
 def test_decode_array_matches_photutils(values):
+    # photutils' bits decode identically (crowdphot's 4096 and 8192 are extensions)
     arr = np.array(values, dtype=np.int64)
     assert decode_flags(arr) == photutils_decode(arr)
     assert decode_flags(arr, return_bit_values=True) == photutils_decode(

@@ -55,7 +55,8 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
     """
     from astropy.modeling.fitting import TRFLSQFitter
 
-    from crowdphot.psf._results import NEAR_BOUND_TOL, SourceFit
+    from crowdphot.psf._results import SourceFit
+    from crowdphot.psf.flags import near_xy_bound
 
     # astropy fitters keep per-call state (fit_info); a private copy keeps threads that share
     # one configured PSFPhotometry from reading each other's
@@ -72,7 +73,6 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
     qfit, cfit, rchi2 = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     converged = np.zeros(n, dtype=bool)
     cov_ok = np.zeros(n, dtype=bool)
-    near = np.zeros(n, dtype=bool)
     infos = [{} for _ in range(n)]
     init = {a: np.asarray(table[f"{a}_init"], dtype=float) for a in aliases}
     bkg = np.asarray(table["local_bkg"], dtype=float)
@@ -158,11 +158,9 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
                 # as photutils: inf (not a warning) when pixels == free parameters
                 with np.errstate(divide="ignore", invalid="ignore"):
                     rchi2[i] = np.sum((r / error[sy, sx]) ** 2) / np.float64(sx.size - nfree)
-            for a, b in zip(("x", "y"), xy_bounds or (None, None), strict=True):
-                if b is not None and min(abs(vals[a][i] - init[a][i] + b),
-                                         abs(vals[a][i] - init[a][i] - b)) <= NEAR_BOUND_TOL:
-                    near[i] = True
             start += sx.size
+    # the flag bits themselves come from crowdphot.psf.flags, as for the batched engine
+    near = near_xy_bound((vals["x"], vals["y"]), (init["x"], init["y"]), xy_bounds)
     fit = SourceFit(values=vals, errors=errs, n_pixels=npix, group_size=None, qfit=qfit,
                     cfit=cfit, reduced_chi2=rchi2, converged=converged, cov_ok=cov_ok,
                     near_bound=near, reason=reason)

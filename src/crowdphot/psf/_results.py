@@ -1,7 +1,8 @@
-"""Assembly of the PSF-photometry catalog: columns, quality metrics and flags.
+"""Assembly of the PSF-photometry catalog: columns and quality metrics.
 
-The engine returns plain ``(n,)`` arrays; this module turns them into photutils 3's results
-table (same columns, order, dtypes and flag bits) without any per-source Python loop.
+The fitting paths return plain ``(n,)`` arrays; this module turns them into photutils 3's
+results table (same columns, order and dtypes) without any per-source Python loop. The flag
+bits are computed by :func:`crowdphot.psf.flags.psf_flags` from the raw diagnostics.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdphot.psf.flags import PSF_FLAGS
+from crowdphot.psf.flags import psf_flags
 
-__all__ = ["SourceFit", "assemble_results", "define_flags"]
-
-# tolerance (pixels) within which a fitted position counts as "near" an xy bound
-NEAR_BOUND_TOL = 0.01
+__all__ = ["SourceFit", "assemble_results"]
 
 
 @dataclass
@@ -26,6 +24,8 @@ class SourceFit:
     'non_finite_flux', 'no_overlap', 'fully_masked' or 'too_few_pixels'.
     ``values``/``errors`` map a parameter alias ('x', 'y', 'flux', extra names) to arrays.
     ``cov`` is ``(n, p, p)`` over the free parameters (NaN where unavailable).
+    ``left_stamp`` / ``absurd`` (optional): the position left its fit stamp (fit stopped);
+    an absurd value was replaced by NaN.
     """
 
     values: dict
@@ -43,45 +43,8 @@ class SourceFit:
     niter: np.ndarray | None = None
     sky: np.ndarray | None = None
     sky_err: np.ndarray | None = None
-
-
-def define_flags(fit, *, shape, fit_shape, local_bkg):
-    """Bitwise flags (photutils 3 bits) for every source.
-
-    Parameters
-    ----------
-    fit : SourceFit
-    shape : (ny, nx)
-        Image shape.
-    fit_shape : (fy, fx)
-    local_bkg : ndarray (n,)
-
-    Returns
-    -------
-    flags : ndarray of int64, shape (n,)
-    """
-    ny, nx = shape
-    x, y, flux = fit.values["x"], fit.values["y"], fit.values["flux"]
-    n = len(x)
-    flags = np.zeros(n, dtype=np.int64)
-    reason = fit.reason
-    valid = reason == ""
-    with np.errstate(invalid="ignore"):
-        flags[fit.n_pixels < int(np.prod(fit_shape))] |= PSF_FLAGS.N_PIXELS_FIT_PARTIAL
-        outside = (x < -0.5) | (y < -0.5) | (x > nx - 0.5) | (y > ny - 0.5)
-        flags[outside] |= PSF_FLAGS.OUTSIDE_BOUNDS
-        flags[flux <= 0] |= PSF_FLAGS.NEGATIVE_FLUX
-    flags[valid & ~fit.converged] |= PSF_FLAGS.NO_CONVERGENCE
-    flags[~(valid & fit.cov_ok)] |= PSF_FLAGS.NO_COVARIANCE
-    flags[valid & fit.near_bound] |= PSF_FLAGS.NEAR_BOUND
-    flags[reason == "no_overlap"] |= PSF_FLAGS.NO_OVERLAP
-    flags[reason == "fully_masked"] |= PSF_FLAGS.FULLY_MASKED
-    flags[reason == "too_few_pixels"] |= PSF_FLAGS.TOO_FEW_PIXELS
-    flags[reason == "non_finite_flux"] |= PSF_FLAGS.NON_FINITE_FLUX
-    flags[~np.isfinite(x) | ~np.isfinite(y)] |= PSF_FLAGS.NON_FINITE_POSITION
-    flags[~np.isfinite(flux)] |= PSF_FLAGS.NON_FINITE_FLUX
-    flags[~np.isfinite(np.asarray(local_bkg, dtype=float))] |= PSF_FLAGS.NON_FINITE_LOCALBKG
-    return flags
+    left_stamp: np.ndarray | None = None
+    absurd: np.ndarray | None = None
 
 
 def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, meta=None):
@@ -124,8 +87,11 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
     cols["qfit"] = np.asarray(fit.qfit, dtype=float)
     cols["cfit"] = np.asarray(fit.cfit, dtype=float)
     cols["reduced_chi2"] = np.asarray(fit.reduced_chi2, dtype=float)
-    cols["flags"] = define_flags(fit, shape=shape, fit_shape=fit_shape,
-                                 local_bkg=cols["local_bkg"])
+    cols["flags"] = psf_flags(
+        x=fit.values["x"], y=fit.values["y"], flux=fit.values["flux"], n_pixels=fit.n_pixels,
+        fit_shape=fit_shape, shape=shape, reason=fit.reason, converged=fit.converged,
+        cov_ok=fit.cov_ok, near_bound=fit.near_bound, local_bkg=cols["local_bkg"],
+        left_stamp=fit.left_stamp, absurd=fit.absurd)
     table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
                                    meta=meta or {})
     if unit is not None:

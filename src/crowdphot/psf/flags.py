@@ -18,11 +18,22 @@ bit   name                      set when
 512   non_finite_position       the fitted x or y is NaN or inf
 1024  non_finite_flux           the fitted flux is NaN or inf
 2048  non_finite_localbkg       the local background is NaN or inf (it was not subtracted)
+4096  left_stamp                crowdphot: the position left its fit stamp; the fit was stopped
+8192  absurd_value              crowdphot: an absurd fitted value was replaced by NaN
 ====  ========================  ==========================================================
+
+Bits 1-2048 are photutils 3's; 4096 and 8192 are crowdphot extensions (photutils lets such
+fits run on and reports what they reach). A fit stopped by ``left_stamp`` is also flagged
+``no_convergence`` (8), as photutils flags the same runaways when they hit its iteration limit.
 
 `PSF_FLAGS` is the registry (``PSF_FLAGS.NEGATIVE_FLUX == 4``, ``PSF_FLAGS.get_name(4)``),
 `combine_flags` builds a flag column from boolean conditions and `decode_psf_flags`
 (alias `decode_flags`) turns flag values back into names.
+
+This module is also the one place where the bits are computed: the fitting paths (the batched
+engine and the astropy-fitter path) return raw diagnostics (why a source was not fitted,
+convergence, covariance availability, distances to bounds, runaway and absurd-value markers)
+and `psf_flags` turns them into the ``flags`` column.
 """
 
 from __future__ import annotations
@@ -34,7 +45,12 @@ import numpy as np
 
 from crowdphot.core.validate import deprecated_positional
 
-__all__ = ["FlagDefinition", "PSF_FLAGS", "combine_flags", "decode_flags", "decode_psf_flags"]
+__all__ = ["FlagDefinition", "PSF_FLAGS", "NEAR_BOUND_TOL", "combine_flags", "decode_flags",
+           "decode_psf_flags", "near_xy_bound", "psf_flags"]
+
+#: A fitted x or y within this many pixels of an ``xy_bounds`` limit is flagged near_bound
+#: (photutils' tolerance).
+NEAR_BOUND_TOL = 0.01
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,14 @@ _DEFINITIONS = (
     FlagDefinition(2048, "non_finite_localbkg", "non-finite local background",
                    "The local background is NaN or inf, so it was not subtracted before the "
                    "fit."),
+    FlagDefinition(4096, "left_stamp", "position left the fit stamp (crowdphot)",
+                   "During the fit the source's position moved outside its fit_shape stamp, "
+                   "where the stamp's pixels no longer constrain it; its fit was stopped "
+                   "there (no_convergence is set too) and its values are unreliable."),
+    FlagDefinition(8192, "absurd_value", "absurd fitted value replaced by NaN (crowdphot)",
+                   "A fitted value was absurd (|flux| above 1e3 x the image's peak x the fit "
+                   "area, or a position more than 10 fit boxes from its start) and is "
+                   "reported as NaN instead."),
 )
 
 # Older and short spellings accepted wherever a flag is looked up by name.
@@ -277,8 +301,18 @@ def decode_psf_flags(flags, *, return_bit_values=False):
     ValueError
         Negative values.
 
+    Notes
+    -----
+    Bits 1-2048 are photutils 3's. crowdphot adds two: 4096 ``left_stamp`` (the position
+    left its fit stamp during the fit, which was stopped there and is also flagged
+    ``no_convergence``) and 8192 ``absurd_value`` (an absurd fitted value -- |flux| above
+    1e3 x the image's peak x the fit area, or a position more than 10 fit boxes from its
+    start -- was replaced by NaN).
+
     Examples
     --------
+    >>> decode_psf_flags(4104)
+    ['no_convergence', 'left_stamp']
     >>> decode_psf_flags(5)
     ['n_pixels_fit_partial', 'negative_flux']
     >>> decode_psf_flags([0, 8, 136])
@@ -306,3 +340,97 @@ def decode_psf_flags(flags, *, return_bit_values=False):
 
 #: Short alias of `decode_psf_flags`.
 decode_flags = decode_psf_flags
+
+
+def near_xy_bound(values, inits, xy_bounds, *, tol=NEAR_BOUND_TOL):
+    """Sources whose fitted x or y lies within ``tol`` of an ``xy_bounds`` limit.
+
+    Parameters
+    ----------
+    values, inits : sequence of two ndarray of shape (n,)
+        Fitted and initial ``(x, y)``.
+    xy_bounds : None or (bx, by)
+        Maximum distance of the fit from its start per axis (None: unbounded axis).
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+
+    Examples
+    --------
+    >>> near_xy_bound((np.array([11.0, 10.5]), np.array([5.0, 5.0])),
+    ...               (np.array([10.0, 10.0]), np.array([5.0, 5.0])), (1.0, None)).tolist()
+    [True, False]
+    """
+    near = np.zeros(np.shape(values[0]), dtype=bool)
+    if xy_bounds is None:
+        return near
+    for val, init, b in zip(values, inits, xy_bounds, strict=True):
+        if b is None:
+            continue
+        with np.errstate(invalid="ignore"):
+            near |= (np.abs(val - (init - b)) <= tol) | (np.abs(val - (init + b)) <= tol)
+    return near
+
+
+def psf_flags(*, x, y, flux, n_pixels, fit_shape, shape, reason, converged, cov_ok,
+              near_bound, local_bkg, left_stamp=None, absurd=None):
+    """The ``flags`` column from a fit's raw diagnostics (photutils 3 bits + extensions).
+
+    Parameters
+    ----------
+    x, y, flux : ndarray of shape (n,)
+        Reported fitted values (NaN where not fitted or replaced).
+    n_pixels : ndarray of int, shape (n,)
+        Fitted pixels of the source's own stamp.
+    fit_shape : (fy, fx)
+    shape : (ny, nx)
+        Image shape.
+    reason : ndarray of str, shape (n,)
+        '' when the source was fitted, else why not ('no_overlap', 'fully_masked',
+        'too_few_pixels', 'non_finite_flux', 'invalid_position').
+    converged, cov_ok, near_bound : ndarray of bool, shape (n,)
+    local_bkg : ndarray of shape (n,)
+    left_stamp, absurd : ndarray of bool, shape (n,), optional
+        The position left its fit stamp (the fit was stopped); an absurd value was replaced
+        by NaN.
+
+    Returns
+    -------
+    flags : ndarray of int64, shape (n,)
+
+    Examples
+    --------
+    >>> f = psf_flags(x=np.array([5.0, np.nan]), y=np.array([5.0, 3.0]),
+    ...               flux=np.array([-1.0, 2.0]), n_pixels=np.array([25, 25]),
+    ...               fit_shape=(5, 5), shape=(10, 10), reason=np.array(['', '']),
+    ...               converged=np.array([True, True]), cov_ok=np.array([True, False]),
+    ...               near_bound=np.array([False, False]), local_bkg=np.zeros(2))
+    >>> f.tolist()
+    [4, 528]
+    """
+    ny, nx = shape
+    n = len(x)
+    flags = np.zeros(n, dtype=np.int64)
+    reason = np.asarray(reason)
+    valid = reason == ""
+    with np.errstate(invalid="ignore"):
+        flags[n_pixels < int(np.prod(fit_shape))] |= PSF_FLAGS.N_PIXELS_FIT_PARTIAL
+        outside = (x < -0.5) | (y < -0.5) | (x > nx - 0.5) | (y > ny - 0.5)
+        flags[outside] |= PSF_FLAGS.OUTSIDE_BOUNDS
+        flags[flux <= 0] |= PSF_FLAGS.NEGATIVE_FLUX
+    flags[valid & ~converged] |= PSF_FLAGS.NO_CONVERGENCE
+    flags[~(valid & cov_ok)] |= PSF_FLAGS.NO_COVARIANCE
+    flags[valid & near_bound] |= PSF_FLAGS.NEAR_BOUND
+    flags[reason == "no_overlap"] |= PSF_FLAGS.NO_OVERLAP
+    flags[reason == "fully_masked"] |= PSF_FLAGS.FULLY_MASKED
+    flags[reason == "too_few_pixels"] |= PSF_FLAGS.TOO_FEW_PIXELS
+    flags[reason == "non_finite_flux"] |= PSF_FLAGS.NON_FINITE_FLUX
+    flags[~np.isfinite(x) | ~np.isfinite(y)] |= PSF_FLAGS.NON_FINITE_POSITION
+    flags[~np.isfinite(flux)] |= PSF_FLAGS.NON_FINITE_FLUX
+    flags[~np.isfinite(np.asarray(local_bkg, dtype=float))] |= PSF_FLAGS.NON_FINITE_LOCALBKG
+    if left_stamp is not None:
+        flags[valid & left_stamp] |= PSF_FLAGS.LEFT_STAMP | PSF_FLAGS.NO_CONVERGENCE
+    if absurd is not None:
+        flags[valid & absurd] |= PSF_FLAGS.ABSURD_VALUE
+    return flags

@@ -17,7 +17,8 @@ from astropy.table import QTable
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
 from crowdphot.psf import _inputs as _photinit
-from crowdphot.psf._results import NEAR_BOUND_TOL, SourceFit, assemble_results
+from crowdphot.psf._results import SourceFit, assemble_results
+from crowdphot.psf.flags import near_xy_bound
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 
@@ -301,15 +302,9 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
     for k in ("x", "y", "flux"):
         vals[k][bad] = np.nan
         errs[k][bad] = np.nan
-    near = np.zeros(n, dtype=bool)
-    if xy_bounds is not None:
-        for k, b in zip(("x", "y"), xy_bounds, strict=True):
-            if b is None:
-                continue
-            init = np.asarray(table[f"{k}_init"], dtype=float)
-            with np.errstate(invalid="ignore"):
-                near |= (np.abs(vals[k] - (init - b)) <= NEAR_BOUND_TOL) | (
-                    np.abs(vals[k] - (init + b)) <= NEAR_BOUND_TOL)
+    near = near_xy_bound((vals["x"], vals["y"]),
+                         (np.asarray(table["x_init"], dtype=float),
+                          np.asarray(table["y_init"], dtype=float)), xy_bounds)
     fit_sky = n_cov > 3
     if fit_sky:
         sky[bad], sky_err[bad] = np.nan, np.nan
