@@ -208,3 +208,42 @@ def test_unusable_wcs_is_a_warning_not_silence(tmp_path, capsys, field):
     table, err = _phot(tmp_path / "bad.fits", field["psf"], tmp_path / "c.ecsv", capsys)
     assert "ra" not in table.colnames
     assert "warning" in err and "WCS cannot be used" in err
+
+
+# -- item 5: a PSF image oversampled without an OVERSAMP keyword -------------------------------
+def _undeclared_psf(path, *, scale_card):
+    _gauss_psf_file(path, keyword=False)
+    if scale_card:
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["CDELT1"] = -0.063 / 4 / 3600  # as IRAC's flight PSF says it
+            hdul[0].header["CDELT2"] = 0.063 / 4 / 3600
+    return path
+
+
+def test_psf_oversampling_from_pixel_scale_keywords(field, tmp_path, capsys):
+    psf = _undeclared_psf(tmp_path / "psf_scale.fits", scale_card=True)
+    table, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys)
+    assert "make it 4x oversampled" in err and "does not match" not in err
+    m = _matched(field["truth_a"], table)
+    assert np.max(np.abs(np.asarray(m["flux_fit"]) / m["flux"] - 1)) < 0.02
+
+
+def test_undeclared_oversampling_warns_and_option_fixes_it(field, tmp_path, capsys):
+    psf = _undeclared_psf(tmp_path / "psf_bare.fits", scale_card=False)
+    table, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys)
+    # taken as 1x the PSF is 4x too wide: a warning names the widths and the option
+    assert "the PSF's width" in err and "--psf-oversampling" in err
+    assert table.meta["psf_fwhm_px"] > 1.5 * table.meta["star_fwhm_px"]
+    table, err = _phot(field["a"], psf, tmp_path / "d.ecsv", capsys, "--psf-oversampling", 4)
+    assert "the PSF's width" not in err
+    assert 0.85 < table.meta["psf_fwhm_px"] / table.meta["star_fwhm_px"] < 1.15
+    m = _matched(field["truth_a"], table)
+    assert np.max(np.abs(np.asarray(m["flux_fit"]) / m["flux"] - 1)) < 0.02
+
+
+def test_non_integer_pixel_scale_ratio_is_refused(field, tmp_path, capsys):
+    psf = _gauss_psf_file(tmp_path / "odd.fits", keyword=False)
+    with fits.open(psf, mode="update") as hdul:
+        hdul[0].header["PIXELSCL"] = 0.063 / 3.5
+    code, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys, ok=False)
+    assert code == 2 and "not a whole number" in err and "--psf-oversampling" in err

@@ -46,6 +46,9 @@ def _add_phot(sub):
                    "(default: %(default)s)")
     p.add_argument("--psf-detector", type=int, default=None,
                    help="detector id of a multi-detector STDPSF file")
+    p.add_argument("--psf-oversampling", type=int, default=None, metavar="N",
+                   help="samples per image pixel of a PSF image (default: its OVERSAMP "
+                   "keyword, else the ratio of the image's and the PSF's pixel scales, else 1)")
     p.add_argument("-o", "--output", required=True,
                    help="catalog file; format from the extension (.ecsv, .fits, .csv)")
     p.add_argument("--ext", default=None, help="science extension (default: SCI or first 2D)")

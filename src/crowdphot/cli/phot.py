@@ -156,6 +156,8 @@ def _check_options(args):
         # a typo in a path should not silently create directory trees
         if value is not None and not Path(value).resolve().parent.is_dir():
             raise CLIError(f"{option}: folder {Path(value).parent} does not exist")
+    if getattr(args, "psf_oversampling", None) is not None and args.psf_oversampling < 1:
+        raise CLIError(f"--psf-oversampling must be >= 1, got {args.psf_oversampling}")
     if args.fit_shape < 3 or args.fit_shape % 2 == 0:
         raise CLIError(f"--fit-shape must be an odd integer >= 3, got {args.fit_shape}")
     for name in ("threshold", "fwhm", "group_radius", "aperture_radius"):
@@ -292,7 +294,11 @@ def run_phot(args):
                             dq_bits=dq_bits) if args.tile else None
     image.planes = planes
     _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
-    psf = load_psf(args.psf, detector_id=args.psf_detector)
+    from crowdphot.cli.checks import image_pixel_scale, psf_width_check
+
+    psf = load_psf(args.psf, detector_id=args.psf_detector,
+                   oversampling=getattr(args, "psf_oversampling", None),
+                   image_scale=image_pixel_scale(image))
     if image.wcs is None:
         warnings.warn(f"{args.image}: no sky coordinates in the catalog: "
                       f"{image.wcs_problem or 'no celestial WCS'}", UserWarning, stacklevel=2)
@@ -312,6 +318,12 @@ def run_phot(args):
                        "or its sky coordinates")
     if image.wcs is not None:
         add_sky_columns(table, image.wcs)
+    if image.data is not None:
+        width = psf_width_check(image.data, image.mask, table, psf, fwhm_guess=args.fwhm,
+                                source=str(args.image))
+        if width is not None:
+            table.meta["psf_fwhm_px"] = round(width["psf_fwhm"], 4)
+            table.meta["star_fwhm_px"] = round(width["star_fwhm"], 4)
     if image.unit:
         table.meta["BUNIT"] = str(image.unit)
     table.meta["image"] = str(args.image)
