@@ -237,7 +237,7 @@ def run_pytest(files, verbose):
     env = dict(os.environ, PYTHONPATH=str(BUILD), MPLBACKEND="Agg")
     proc = subprocess.run(cmd, cwd=BUILD, env=env, capture_output=not verbose, text=True)
     if not xml.exists():
-        print(proc.stdout[-5000:] if proc.stdout else "", proc.stderr[-5000:] if proc.stderr else "")
+        print((proc.stdout or "")[-5000:], (proc.stderr or "")[-5000:])
         raise SystemExit("pytest produced no results")
     return ET.parse(xml).getroot(), proc
 

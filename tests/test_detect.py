@@ -391,7 +391,7 @@ def test_positional_options_work_with_photutils_deprecation_warning():
         positional = IRAFStarFinder(6.0, 3.0, 2.0)(data)
     keyword = IRAFStarFinder(threshold=6.0, fwhm=3.0, sigma_radius=2.0)(data)
     assert np.all(positional.as_array() == keyword.as_array())
-    with pytest.warns(AstropyDeprecationWarning, match="'ratio', 'theta' positionally"):
+    with pytest.warns(AstropyDeprecationWarning, match="'ratio' and 'theta' positionally"):
         finder = DAOStarFinder(6.0, 3.0, 0.8, 30.0)
     assert (finder.ratio, finder.theta) == (0.8, 30.0)
     with pytest.raises(TypeError, match="multiple values"):

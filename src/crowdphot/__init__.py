@@ -43,6 +43,8 @@ _EXPORTS = {
     # detection, apertures, background, grouping, matching
     "IRAFStarFinder": "crowdphot.detection.finders",
     "DAOStarFinder": "crowdphot.detection.finders",
+    "StarFinder": "crowdphot.detection.starfinder",
+    "find_peaks": "crowdphot.detection.peakfinder",
     "NoDetectionsWarning": "crowdphot.utils.exceptions",
     "use_future_column_names": "crowdphot.utils._tables",
     "CircularAperture": "crowdphot.aperture.core",

@@ -136,7 +136,9 @@ def check_mask(name, mask, shape):
         return None
     m = np.asarray(mask)
     if m.shape != tuple(shape):
-        raise ValueError(f"{name} must have the same shape as data {tuple(shape)}, got {m.shape}")
+        raise ValueError(  # photutils' wording
+            f"data and {name} must have the same shape: {name} must have the same shape as "
+            f"data {tuple(shape)}, got {m.shape}")
     return m.astype(bool, copy=False)
 
 
@@ -249,10 +251,17 @@ def deprecated_positional(*names, since="3.0", until="4.0"):
                         raise TypeError(f"{func.__qualname__}() got multiple values for "
                                         f"argument {name!r}")
                     kwargs[name] = value
-                warnings.warn(
-                    f"Passing {', '.join(repr(m) for m in moved)} positionally to "
-                    f"{func.__qualname__}() is deprecated since {since} and will be an error "
-                    f"in {until}; pass {'it' if len(moved) == 1 else 'them'} by keyword",
+                quoted = [f"'{m}'" for m in moved]
+                listed = (quoted[0] if len(quoted) == 1 else
+                          " and ".join(quoted) if len(quoted) == 2 else
+                          ", ".join(quoted[:-1]) + f", and {quoted[-1]}")
+                noun = ("it as a keyword argument" if len(moved) == 1
+                        else "them as keyword arguments")
+                examples = ", ".join(f"{m}=..." for m in moved)
+                warnings.warn(  # photutils 3's wording
+                    f"Passing {listed} positionally to '{func.__name__}' is deprecated as of "
+                    f"version {since} and will be removed in version {until}. Pass {noun} "
+                    f"instead (e.g., {examples}).",
                     AstropyDeprecationWarning, stacklevel=2)
                 args = args[:n_pos]
             return func(*args, **kwargs)

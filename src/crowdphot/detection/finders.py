@@ -68,15 +68,16 @@ def _split_unit(name, value):
 
 
 def _check_positive_scalar(name, value, *, allow_zero=False):
+    # photutils 3's wording: "<name> must be a scalar value", "... must be positive"
     if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a scalar number, got {value!r}")
+        raise TypeError(f"{name} must be a scalar value, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a scalar number, got {value!r}") from exc
+        raise TypeError(f"{name} must be a scalar value, got {value!r}") from exc
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+        bound = "must be >= 0" if allow_zero else "must be positive"
+        raise ValueError(f"{name} {bound} (and finite), got {value!r}")
     return value
 
 
@@ -113,8 +114,8 @@ def _resolve_range(lower, upper, new, stem, new_name, default):
     if lower is _DEPRECATED and upper is _DEPRECATED:
         return _check_range(new_name, new)
     warnings.warn(
-        f"'{stem}lo' and '{stem}hi' are deprecated (photutils 3.0); pass "
-        f"{new_name}=(lower, upper) instead.",
+        f"The '{stem}lo' and '{stem}hi' parameters are deprecated and will be removed in a "
+        f"future version. Use '{new_name}=(lower, upper)' instead.",
         AstropyDeprecationWarning,
         stacklevel=5,
     )
@@ -130,7 +131,8 @@ def _renamed(old_value, new_value, old, new, new_default=None):
     if new_value is not new_default:
         raise TypeError(f"cannot give both '{old}' (deprecated) and '{new}'")
     warnings.warn(
-        f"'{old}' was deprecated in photutils 3.0 and will be removed in 4.0; use '{new}'.",
+        f"'{old}' was deprecated in version 3.0 and will be removed in version 4.0. Use "
+        f"argument '{new}' instead.",
         AstropyDeprecationWarning,
         stacklevel=5,
     )
@@ -141,7 +143,7 @@ def _check_n_brightest(value):
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
-        raise TypeError(f"n_brightest must be a positive integer or None, got {value!r}")
+        raise TypeError(f"n_brightest must be an integer (> 0) or None, got {value!r}")
     try:
         as_float = float(value)
     except (TypeError, ValueError) as exc:
@@ -170,7 +172,7 @@ def _check_xycoords(xycoords):
         return None
     arr = np.asarray(xycoords, dtype=float)
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"xycoords must be shaped as an (N, 2) array, got shape {arr.shape}")
+        raise ValueError(f"xycoords must be shaped as an Nx2 array, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError("xycoords must be finite (found NaN or inf)")
     return arr
@@ -241,13 +243,27 @@ class _StarFinderBase:
         )
         return n_brightest, peak_max
 
-    def __call__(self, data, mask=None):
+    @deprecated_positional("mask")
+    def __call__(self, data, *, mask=None):
         """Find stars in ``data`` (see :meth:`find_stars`)."""
         return self.find_stars(data, mask=mask)
 
+    def _repr_items(self):
+        for key in self._repr_params:
+            value = getattr(self, key)
+            if isinstance(value, np.ndarray) and value.ndim > 0:
+                value = f"<array; shape={value.shape}>"  # photutils' short form
+            yield key, value
+
     def __repr__(self):
-        params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._repr_params)
+        params = ", ".join(f"{k}={v!r}" for k, v in self._repr_items())
         return f"{type(self).__name__}({params})"
+
+    def __str__(self):
+        cls = type(self)
+        lines = [f"<{cls.__module__}.{cls.__qualname__}>"]
+        lines += [f"{k}: {v!r}" for k, v in self._repr_items()]
+        return "\n".join(lines)
 
     def _check_units(self, data):
         data_unit = getattr(data, "unit", None)
@@ -256,9 +272,11 @@ class _StarFinderBase:
             given["peak_max"] = self._peak_max_unit
         if len(set(given.values())) > 1:
             detail = ", ".join(f"{k}: {v}" for k, v in given.items())
-            raise ValueError(f"data, threshold and peak_max must have the same units ({detail})")
+            names = [k for k in given]
+            raise ValueError(f"The inputs {names} must all have the same units: {detail}")
         return data_unit
 
+    @deprecated_positional("mask")
     def find_stars(self, data, *, mask=None):
         """Find stars in an image.
 
@@ -282,7 +300,8 @@ class _StarFinderBase:
         thr = self._thr_value
         if thr.ndim == 2 and thr.shape != arr.shape:
             raise ValueError(
-                f"threshold array must have the same shape as data {arr.shape}, got {thr.shape}"
+                f"threshold array must have the same shape as the input data {arr.shape}, "
+                f"got {thr.shape}"
             )
         kernel = self.kernel
         if bad is not None:
@@ -419,7 +438,7 @@ class IRAFStarFinder(_StarFinderBase):
     )  # fmt: skip
     _repr_params = (
         "threshold", "fwhm", "sigma_radius", "sharpness_range", "roundness_range",
-        "exclude_border", "n_brightest", "peak_max", "min_separation",
+        "exclude_border", "n_brightest", "peak_max", "xycoords", "min_separation",
     )  # fmt: skip
 
     @deprecated_positional("sigma_radius", "minsep_fwhm", "sharplo", "sharphi", "roundlo",
@@ -452,7 +471,8 @@ class IRAFStarFinder(_StarFinderBase):
         )  # fmt: skip
         if minsep_fwhm is not _DEPRECATED:
             warnings.warn(
-                "'minsep_fwhm' is deprecated (photutils 3.0); pass min_separation in pixels.",
+                "The 'minsep_fwhm' parameter is deprecated and will be removed in a future "
+                "version. Use 'min_separation' instead.",
                 AstropyDeprecationWarning,
                 stacklevel=2,
             )
@@ -524,8 +544,8 @@ class DAOStarFinder(_StarFinderBase):
     _unit_ratio_columns = ("sharpness", "roundness1", "daofind_mag")
     _repr_params = (
         "threshold", "fwhm", "ratio", "theta", "sigma_radius", "sharpness_range",
-        "roundness_range", "exclude_border", "n_brightest", "peak_max", "min_separation",
-        "scale_threshold",
+        "roundness_range", "exclude_border", "n_brightest", "peak_max", "xycoords",
+        "min_separation", "scale_threshold",
     )  # fmt: skip
 
     @deprecated_positional("ratio", "theta", "sigma_radius", "sharplo", "sharphi", "roundlo",
@@ -562,9 +582,12 @@ class DAOStarFinder(_StarFinderBase):
             threshold, fwhm, sigma_radius, exclude_border, n_brightest, peak_max, xycoords,
             min_separation,
         )  # fmt: skip
-        self.ratio = _check_positive_scalar("ratio", ratio)
+        try:
+            self.ratio = _check_positive_scalar("ratio", ratio)
+        except ValueError:
+            self.ratio = 2.0  # reported below with photutils' wording
         if self.ratio > 1.0:
-            raise ValueError(f"ratio must be > 0 and <= 1, got {ratio!r}")
+            raise ValueError(f"ratio must be > 0 and <= 1.0, got {ratio!r}")
         if np.ndim(theta) != 0 or not np.isfinite(float(theta)):
             raise ValueError(f"theta must be a finite scalar (degrees), got {theta!r}")
         self.theta = float(theta) % 360.0
