@@ -4,6 +4,16 @@
 from crowdphot.core.lazy import lazy_exports
 
 _EXPORTS = {
+    "Background2D": "crowdphot.background.background_2d",
+    "BackgroundBase": "crowdphot.background.core",
+    "BackgroundRMSBase": "crowdphot.background.estimators",
+    "BiweightLocationBackground": "crowdphot.background.estimators",
+    "BiweightScaleBackgroundRMS": "crowdphot.background.estimators",
+    "BkgIDWInterpolator": "crowdphot.background.interpolators",
+    "BkgZoomInterpolator": "crowdphot.background.interpolators",
+    "MADStdBackgroundRMS": "crowdphot.background.estimators",
+    "SExtractorBackground": "crowdphot.background.estimators",
+    "StdBackgroundRMS": "crowdphot.background.estimators",
     "LocalBackground": "crowdphot.background.core",
     "MMMBackground": "crowdphot.background.core",
     "MeanBackground": "crowdphot.background.core",
