@@ -34,8 +34,8 @@ def _sip_header(crpix, crval=(80.49, -69.50), ctype=("RA---TAN-SIP", "DEC--TAN-S
     if ctype[0].endswith("-SIP"):
         h["A_ORDER"] = h["B_ORDER"] = 2
         # ~0.4 px of distortion at the corners: enough to matter, as NIRCam's does
-        h["A_2_0"], h["A_0_2"], h["A_1_1"] = 2e-5, -1e-5, 1.5e-5
-        h["B_2_0"], h["B_0_2"], h["B_1_1"] = -1e-5, 2e-5, 1e-5
+        h["A_2_0"], h["A_0_2"], h["A_1_1"] = 1e-4, -5e-5, 7e-5
+        h["B_2_0"], h["B_0_2"], h["B_1_1"] = -5e-5, 1e-4, 5e-5
     return h
 
 
@@ -247,3 +247,58 @@ def test_non_integer_pixel_scale_ratio_is_refused(field, tmp_path, capsys):
         hdul[0].header["PIXELSCL"] = 0.063 / 3.5
     code, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys, ok=False)
     assert code == 2 and "not a whole number" in err and "--psf-oversampling" in err
+
+
+# -- item 7: the residual image ---------------------------------------------------------------
+def test_residual_keeps_nan_and_the_sip_wcs(tmp_path, capsys, field):
+    sky, flux = _sky_stars()
+    dq = np.zeros(SHAPE, np.uint32)
+    dq[5:8, 100:104] = 1  # DO_NOT_USE
+    _write_mef(tmp_path / "m.fits", _sip_header((60.5, 60.5)), sky, flux, seed=5, dq=dq,
+               nan_pixels=[(10, 10), (11, 12)])
+    _phot(tmp_path / "m.fits", field["psf"], tmp_path / "c.ecsv", capsys, "--residual",
+          tmp_path / "res.fits")
+    res = fits.getdata(tmp_path / "res.fits")
+    assert np.isnan(res[10, 10]) and np.isnan(res[11, 12]) and np.all(np.isnan(res[5:8, 100:104]))
+    assert np.count_nonzero(np.isnan(res)) == 2 + 12
+    header = fits.getheader(tmp_path / "res.fits")
+    sci = fits.getheader(tmp_path / "m.fits", "SCI")
+    assert header["CTYPE1"] == "RA---TAN-SIP" and header["A_2_0"] == sci["A_2_0"]
+    assert header["BUNIT"] == "MJy/sr" and header["FILTER"] == "F444W"
+    # the same sky at the far corner, to well below a milliarcsecond (SIP moves it ~0.4 px)
+    corner = (SHAPE[1] - 1.0, SHAPE[0] - 1.0)
+    a = WCS(header).pixel_to_world(*corner)
+    b = WCS(sci).pixel_to_world(*corner)
+    assert a.separation(b).arcsec < 1e-6
+    no_sip = WCS(sci).deepcopy()
+    no_sip.sip = None
+    assert no_sip.pixel_to_world(*corner).separation(b).arcsec > 0.01
+
+
+# -- item 8: simulate's ERR is the noise it added -----------------------------------------------
+@pytest.mark.parametrize("poisson", [True, False])
+def test_simulate_err_is_the_noise_actually_added(field, tmp_path, capsys, poisson):
+    out = tmp_path / "sim.fits"
+    extra = [] if poisson else ["--no-poisson"]
+    code, _, err = _run(["simulate", out, "--psf", field["psf"], "--n-sources", 60,
+                         "--shape", 200, 200, "--flux", 2000, 40000, "--min-separation", 14,
+                         "--noise", 2.0, "--seed", 5, "--no-progress", *extra], capsys)
+    assert code == 0, err
+    truth = QTable.read(tmp_path / "sim_truth.ecsv")
+    sci = fits.getdata(out, "SCI").astype(float)
+    sigma = fits.getdata(out, "ERR").astype(float)
+    model = make_model_image(sci.shape, CircularGaussianPRF(fwhm=FWHM), truth,
+                             model_shape=(31, 31))
+    pull = (sci - model) / sigma
+    assert abs(np.std(pull) - 1) < 0.03
+    # on the stars' cores alone (where Poisson noise dominates when added)
+    core = model > 20 * 2.0
+    assert abs(np.std(pull[core]) - 1) < 0.1
+    if poisson:
+        assert np.median(sigma[core]) > 3 * 2.0
+    # and phot's flux errors are honest: pulls of the fitted fluxes have unit spread
+    table, _ = _phot(out, field["psf"], tmp_path / "c.ecsv", capsys)
+    m = match_catalogs(truth, table, separation=1.0)
+    assert len(m) >= 55
+    fpull = (np.asarray(m["flux_fit"]) - np.asarray(m["flux"])) / np.asarray(m["flux_err"])
+    assert 0.7 < np.std(fpull) < 1.35

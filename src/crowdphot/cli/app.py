@@ -102,7 +102,11 @@ def _add_simulate(sub):
     p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
     p.add_argument("--flux", type=float, nargs=2, default=(500, 20_000), metavar=("LO", "HI"))
     p.add_argument("--min-separation", type=float, default=25)
-    p.add_argument("--noise", type=float, default=0.5, help="Gaussian noise sigma")
+    p.add_argument("--noise", type=float, default=0.5,
+                   help="Gaussian (read) noise sigma (default: %(default)s)")
+    p.add_argument("--no-poisson", action="store_true",
+                   help="no Poisson noise of the stars' counts (default: Poisson noise is "
+                   "added, and ERR includes it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -189,10 +193,17 @@ def _cmd_simulate(args):
     data, truth = make_psf_model_image(shape, psf, args.n_sources, flux=tuple(args.flux),
                                        min_separation=args.min_separation, seed=args.seed,
                                        progress_bar=not args.no_progress)
+    model = np.clip(data, 0.0, None)
+    if not args.no_poisson:
+        # the stars' photon noise (counts = electrons, GAIN = 1), from its own stream
+        rng = np.random.default_rng([int(args.seed), 0x5EED])
+        data = rng.poisson(model).astype(float)
     if args.noise > 0:
         data = data + make_noise_image(data.shape, mean=0, stddev=args.noise, seed=args.seed)
-    # Poisson-like variance of the source counts plus the read noise
-    err = np.sqrt(np.abs(data) + max(args.noise, 1e-3) ** 2)
+    # ERR is the standard deviation of the noise actually added: the true model's Poisson
+    # variance (when added) plus the read noise; a floor keeps a noiseless image usable
+    variance = (0.0 if args.no_poisson else model) + args.noise**2
+    err = np.sqrt(np.maximum(np.broadcast_to(variance, shape), 1e-6))
     primary = fits.PrimaryHDU()
     primary.header["ORIGIN"] = "crowdphot simulate"
     primary.header["PSF"] = str(args.psf)[-68:]
@@ -200,6 +211,11 @@ def _cmd_simulate(args):
     primary.header["SEED"] = args.seed
     sci_header = _simulation_wcs(shape).to_header()
     sci_header["BUNIT"] = "DN"
+    sci_header["GAIN"] = (1.0, "electrons per DN")
+    sci_header["NOISE"] = ("read" if args.no_poisson else "Poisson+read",
+                           "noise added; ERR is its standard deviation")
+    for key, value in _psf_context(psf, args.psf).items():
+        primary.header[key] = value
     hdul = fits.HDUList([primary, fits.ImageHDU(data.astype(np.float32), sci_header, name="SCI"),
                          fits.ImageHDU(err.astype(np.float32), name="ERR"),
                          fits.ImageHDU(np.zeros(shape, dtype=np.uint32), name="DQ")])
@@ -208,6 +224,23 @@ def _cmd_simulate(args):
     write_table(truth, truth_path)
     print(f"wrote {out} ({len(truth)} stars) and {truth_path}")
     return 0
+
+
+def _psf_context(psf, spec):
+    """TELESCOP/INSTRUME/FILTER/PUPIL/DETECTOR of the PSF, for a simulated image's header."""
+    meta = getattr(psf, "meta", None) or {}
+    out = {}
+    if str(spec).lower().startswith("builtin:"):
+        out = {"TELESCOP": "JWST", "INSTRUME": "NIRCAM", "PUPIL": "CLEAR"}
+    for key, names in (("TELESCOP", ("telescope", "TELESCOP")),
+                       ("INSTRUME", ("instrument", "instrume", "INSTRUME")),
+                       ("FILTER", ("filter", "FILTER")), ("DETECTOR", ("detector", "DETECTOR"))):
+        value = next((meta[n] for n in names if n in meta), None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, str) and value.strip():
+            out[key] = value.strip().upper()
+    return out
 
 
 def _cmd_psfgrid(args):

@@ -339,7 +339,8 @@ def run_phot(args):
     # every result is computed: only writing is left
     write_table(table, args.output)
     if args.residual:
-        write_fits_image(image.data - model, args.residual, header=_residual_header(image))
+        write_fits_image(_residual(image, model), args.residual,
+                         header=_residual_header(image))
     if args.regions:
         write_ds9_regions(table, args.regions, radius=max(2.0, args.fwhm))
     if args.plots:
@@ -350,15 +351,28 @@ def run_phot(args):
     return 0
 
 
-def _residual_header(image):
-    from astropy.io import fits
+def _residual(image, model):
+    """data - model, NaN where the input was unusable (masked, non-finite, bad DQ)."""
+    residual = image.data - model
+    if image.mask is not None:
+        residual[image.mask] = np.nan
+    return residual
 
-    header = fits.Header()
-    if image.wcs is not None:
-        header.update(image.wcs.to_header())
-    if image.unit:
+
+def _residual_header(image):
+    """The science header (WCS with its SIP distortion, BUNIT, ...) for the residual image."""
+    from crowdphot.io.fits import image_header_for
+
+    header = image_header_for(image.header)
+    # what was observed, from the primary header where JWST keeps it
+    for key in ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "PUPIL", "DATE-OBS"):
+        value = image.keyword(key)
+        if value is not None and key not in header:
+            header[key] = value
+    if image.unit and "BUNIT" not in header:
         header["BUNIT"] = str(image.unit)
-    header["COMMENT"] = "data minus the fitted PSF models (crowdphot phot)"
+    header["COMMENT"] = ("data minus the fitted PSF models (crowdphot phot); NaN where the "
+                         "input was unusable")
     return header
 
 

@@ -74,6 +74,8 @@ class ImageData:
         The file read.
     saturated : ndarray (ny, nx) bool or None
         Pixels whose DQ has the SATURATED bit (whatever ``dq_bits`` masks); None without DQ.
+    primary : astropy Header or None
+        The primary header (JWST keeps TELESCOP, INSTRUME, FILTER, PUPIL, DETECTOR there).
     """
 
     data: np.ndarray | None
@@ -86,6 +88,15 @@ class ImageData:
     wcs_problem: str | None = None
     path: str | None = None
     saturated: np.ndarray | None = None
+    primary: fits.Header | None = None
+
+    def keyword(self, key, default=None):
+        """A header value from the science header, else the primary header."""
+        if key in self.header:
+            return self.header[key]
+        if self.primary is not None and key in self.primary:
+            return self.primary[key]
+        return default
 
 
 def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
@@ -304,7 +315,7 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
     wcs, problem = _celestial_wcs(header, primary)
     unit = header.get("BUNIT", primary.get("BUNIT"))
     return ImageData(data=data, error=error, mask=mask, header=header, wcs=wcs, unit=unit,
-                     wcs_problem=problem, path=str(path),
+                     wcs_problem=problem, path=str(path), primary=primary,
                      saturated=saturated if saturated is not None and saturated.any()
                      else None)
 
@@ -377,7 +388,7 @@ class FitsPlanes:
         wcs, problem = _celestial_wcs(header, primary)
         return ImageData(data=None, error=None, mask=None, header=header, wcs=wcs,
                          unit=header.get("BUNIT", primary.get("BUNIT")), wcs_problem=problem,
-                         path=self.path)
+                         path=self.path, primary=primary)
 
     def sample(self, size=2048):
         """``(data, error, mask)`` of a central cut of at most ``size`` pixels a side."""
