@@ -82,6 +82,7 @@ _EXPORTS = {
     "IterativePSFPhotometry": "crowdphot.psf.iterative",
     "PSFPhotometryResult": "crowdphot.psf.photometry",
     "run_psf_photometry": "crowdphot.psf.photometry",
+    "cramer_rao_bound": "crowdphot.psf.likelihood",
     "decode_flags": "crowdphot.psf.flags",
     "photometry_tiled": "crowdphot.pipeline.tiles",
     "tile_grid": "crowdphot.pipeline.tiles",

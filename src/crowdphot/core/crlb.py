@@ -10,10 +10,12 @@ The information is that of the shifted-Poisson likelihood ``g * d + R**2 ~ Poiss
 R**2)`` (Snyder, Hammoud & White 1993, JOSA A 10, 1014; Huang et al. 2013, Nat. Methods 10, 653),
 whose per-pixel Fisher information is ``(d mu / d theta)(d mu / d theta)^T / V(mu)``; for
 ``R = 0`` it is the exact Poisson information. With read noise the exact Poisson-Gaussian
-information (Chao, Ward & Ober 2016, JOSA A 33, B36) is larger by at most ``1.9 %`` per pixel
-(``R = 5 e-``; ``0.7 %`` at 10 e-/px sky, ``< 0.02 %`` above 100 e-), so the bounds here are
-within ``1 %`` of the exact ones and are exactly what the shifted-Poisson maximum-likelihood
-fit attains (:func:`crowdphot.psf.likelihood.fit_psf_likelihood`).
+information (Chao, Ward & Ober 2016, JOSA A 33, B36) is larger, by a factor measured by
+numerical integration of ``(p(d - 1) - p(d))**2 / p(d)``: for ``R = 5 e-``, 1.019 at 0.5 e-/px,
+1.007 at 10 e-/px and < 1.0002 above 100 e-/px (the approximation is poorest near ``R = 1 e-``
+below 1 e-/px: 1.14). So the bounds here are within 1 % of the exact ones for sky-limited
+CCD data, and they are exactly what the shifted-Poisson maximum-likelihood fit attains
+(:func:`crowdphot.psf.likelihood.fit_psf_likelihood`).
 
 Parameters are ordered ``(x, y, flux[, sky])``; ``sky`` is a constant over the stamp.
 """
@@ -25,8 +27,8 @@ import numpy as np
 __all__ = ["pixel_variance", "fisher_information", "bounds_from_fisher", "VARIANCE_FLOOR_E"]
 
 #: Floor of the pixel variance in electrons^2, so that empty pixels of a photon-counting
-#: (R = 0) detector keep a finite weight; irrelevant whenever R >= 0.33 e-.
-VARIANCE_FLOOR_E = 0.1
+#: (R = 0) detector keep a finite weight; irrelevant whenever R >= 0.04 e-.
+VARIANCE_FLOOR_E = 1e-3
 
 
 def pixel_variance(mu, read_noise, gain):

@@ -26,6 +26,7 @@ _EXPORTS = {
     "PSF_FLAGS": "crowdphot.psf.flags",
     "decode_psf_flags": "crowdphot.psf.flags",
     "make_psf_model_image": "crowdphot.datasets.simulation",
+    "cramer_rao_bound": "crowdphot.psf.likelihood",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -45,8 +45,9 @@ class IterativePSFPhotometry(_LatestResultMixin):
         Stamp used to subtract fitted models; default: the model's bounding box.
     **kwargs
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
-        local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels and
-        fit_sky (one sky per group, fitted in every iteration), as for PSFPhotometry.
+        local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
+        fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
+        and crlb, as for PSFPhotometry (likelihood='poisson' needs mode='all').
 
     Examples
     --------
@@ -66,7 +67,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
-                 sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False):
+                 sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False,
+                 likelihood="gaussian", read_noise=None, gain=1.0, crlb=False):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -77,12 +79,16 @@ class IterativePSFPhotometry(_LatestResultMixin):
             raise ValueError("mode must be 'new' or 'all'")
         if mode == "all" and grouper is None:
             raise ValueError("grouper must be input for the 'all' mode")
+        if likelihood == "poisson" and mode == "new":
+            # mode 'new' fits residual images, whose pixel variances the model does not know
+            raise ValueError("likelihood='poisson' needs mode='all' (with a grouper)")
         self._psfphot = PSFPhotometry(
             psf_model, fit_shape, finder=finder, grouper=grouper, fitter=fitter,
             fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
             aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
-            shared_pixels=shared_pixels, fit_sky=fit_sky)
+            shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
+            read_noise=read_noise, gain=gain, crlb=crlb)
         self.maxiters = int(maxiters)
         self.mode = mode
         if sub_shape is not None:

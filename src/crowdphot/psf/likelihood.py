@@ -39,8 +39,8 @@ from crowdphot.core.batched import stamp_origin
 from crowdphot.core.crlb import bounds_from_fisher, fisher_information, pixel_variance
 from crowdphot.core.validate import as_pair
 
-__all__ = ["LIKELIHOODS", "check_noise_options", "cramer_rao_bound", "fit_psf_likelihood",
-           "flux_crlb_column"]
+__all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
+           "engine_for", "fit_psf_likelihood", "flux_crlb_column"]
 
 LIKELIHOODS = ("gaussian", "poisson")
 _PARAMS = ("x", "y", "flux")
@@ -453,3 +453,37 @@ def flux_crlb_column(shape, psf_model, x_fit, y_fit, flux_fit, x_init, y_init, l
                                     gain=gain, xlo=xlo[part], ylo=ylo[part], valid=valid[part])
         out[idx[part]] = bounds_from_fisher(fisher)[0][:, 2]
     return out
+
+
+def engine_for(read_noise, gain):
+    """A drop-in for :func:`crowdphot.core.fit.fit_psf` that fits by maximum likelihood.
+
+    The photometry shells call the returned function exactly as the engine (``error`` None).
+
+    Examples
+    --------
+    >>> fit = engine_for(5.0, 2.0)
+    >>> fit.keywords
+    {'read_noise': 5.0, 'gain': 2.0}
+    """
+    import functools
+
+    return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain)
+
+
+def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain, unit=None):
+    """Add ``flux_crlb`` (see :func:`flux_crlb_column`) to a photometry results table in place.
+
+    The column goes right after ``flux_err``; it carries the data unit when there is one.
+    """
+    def plain(name):
+        col = results[name]
+        return np.asarray(getattr(col, "value", col), dtype=float)
+
+    col = flux_crlb_column(shape, psf_model, plain("x_fit"), plain("y_fit"), plain("flux_fit"),
+                           plain("x_init"), plain("y_init"), plain("local_bkg"),
+                           fit_shape=tuple(fit_shape), read_noise=read_noise, gain=gain,
+                           mask=mask)
+    if unit is not None:
+        col = col * unit
+    results.add_column(col, name="flux_crlb", index=results.colnames.index("flux_err") + 1)

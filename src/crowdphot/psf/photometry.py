@@ -19,6 +19,7 @@ from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_e
 from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._results import SourceFit, assemble_results
 from crowdphot.psf.flags import near_xy_bound
+from crowdphot.psf.likelihood import check_noise_options
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 
@@ -215,8 +216,13 @@ def _use_fast_path(psf_model, fitter, main_params):
 
 
 def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
-              progress_bar, shared_pixels="once", fit_sky=False):
+              progress_bar, shared_pixels="once", fit_sky=False, noise=None):
     from crowdphot.core.fit import fit_psf
+
+    if noise is not None:  # likelihood='poisson': (read_noise, gain)
+        from crowdphot.psf.likelihood import engine_for
+
+        fit_psf = engine_for(*noise)
 
     x0 = np.asarray(table["x_init"], dtype=float)[todo]
     y0 = np.asarray(table["y_init"], dtype=float)[todo]
@@ -318,7 +324,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        finder=None, grouper=None, fitter=None, fitter_maxiters=100,
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                        group_warning_threshold=25, progress_bar=False, meta=None,
-                       shared_pixels="once", fit_sky=False):
+                       shared_pixels="once", fit_sky=False, likelihood="gaussian",
+                       read_noise=None, gain=1.0, crlb=False):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -339,6 +346,11 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     >>> round(float(res.results['x_fit'][0]), 4), round(float(res.results['flux_fit'][0]), 2)
     (20.3, 1000.0)
     """
+    likelihood, read_noise, gain, crlb = check_noise_options(likelihood, read_noise, gain, crlb)
+    if likelihood == "poisson" and error is not None:
+        warnings.warn("error is ignored with likelihood='poisson' (the pixel variances come "
+                      "from the model, read_noise and gain)", CrowdphotWarning, stacklevel=3)
+        error = None
     data, mask, error, unit = _photinit.coerce_inputs(data, mask, error)
     data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4)
     main_params = _photinit.model_main_params(psf_model)
@@ -359,7 +371,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         pieces = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                            progress_bar=progress_bar, shared_pixels=shared_pixels,
-                           fit_sky=fit_sky)
+                           fit_sky=fit_sky,
+                           noise=(read_noise, gain) if likelihood == "poisson" else None)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
@@ -367,6 +380,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             order.append(3)  # the group's sky closes the covariance
         fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "", order)
     else:
+        if likelihood == "poisson" or crlb:
+            raise ValueError("likelihood='poisson' and crlb=True need the batched engine: a "
+                             "built-in crowdphot PSF model with only x_0, y_0 and flux free and "
+                             "fitter=None")
         if fit_sky:
             raise ValueError("fit_sky=True needs the batched engine: a built-in crowdphot PSF "
                              "model with only x_0, y_0 and flux free and fitter=None")
@@ -382,6 +399,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     fit.group_size = counts[inverse]
     results = assemble_results(table, fit, aliases=aliases, shape=data.shape,
                                fit_shape=fit_shape, unit=unit, meta=meta)
+    if crlb:
+        from crowdphot.psf.likelihood import add_crlb_column
+
+        add_crlb_column(results, psf_model, data.shape, mask, fit_shape, read_noise, gain, unit)
     n_bad = int(np.count_nonzero((fit.reason == "") & ~fit.converged))
     if n_bad:
         warnings.warn(
@@ -510,6 +531,19 @@ class PSFPhotometry(_LatestResultMixin):
         gain ``sky_fit`` and ``sky_err`` (each source's group value) and ``fit_info``'s
         ``param_cov`` gains the sky's row and column (last). Default False: photutils'
         model, every number unchanged.
+    likelihood : {'gaussian', 'poisson'}
+        crowdphot extension. 'gaussian' (default): weighted least squares with ``error``, as
+        photutils. 'poisson': maximum likelihood for counts (data in ADU including the sky,
+        expectation = model + ``local_bkg``, variance = expectation / gain +
+        (read_noise / gain)**2), see :mod:`crowdphot.psf.likelihood`; ``error`` is not used
+        and the errors come from the Fisher information (batched engine only).
+    read_noise : float, optional
+        Read noise in electrons rms (needed by 'poisson' and ``crlb``; 0 for photon counting).
+    gain : float
+        Electrons per ADU (default 1).
+    crlb : bool
+        Add a ``flux_crlb`` column: the flux Cramér–Rao bound of each source at its fitted
+        parameters (as if isolated, on its fit stamp, ``local_bkg`` as the sky).
 
     Examples
     --------
@@ -527,7 +561,8 @@ class PSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, *, finder=None, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
-                 shared_pixels="once", fit_sky=False):
+                 shared_pixels="once", fit_sky=False, likelihood="gaussian", read_noise=None,
+                 gain=1.0, crlb=False):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
@@ -557,6 +592,8 @@ class PSFPhotometry(_LatestResultMixin):
         if not isinstance(fit_sky, (bool, np.bool_)):
             raise TypeError(f"fit_sky must be True or False, got {fit_sky!r}")
         self.fit_sky = bool(fit_sky)
+        self.likelihood, self.read_noise, self.gain, self.crlb = check_noise_options(
+            likelihood, read_noise, gain, crlb)
         self._last = threading.local()
 
     _ATTRS = ("psf_model", "fit_shape", "finder", "grouper", "fitter", "fitter_maxiters",
@@ -576,6 +613,8 @@ class PSFPhotometry(_LatestResultMixin):
                                        "local_bkg_estimator") and v is not None else v
         if self.fit_sky:
             meta["fit_sky"] = True
+        if self.likelihood != "gaussian" or self.crlb:
+            meta.update(likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain)
         return meta
 
     def run(self, data, *, mask=None, error=None, init_params=None):
@@ -587,7 +626,9 @@ class PSFPhotometry(_LatestResultMixin):
             aperture_radius=self.aperture_radius, local_bkg_estimator=self.local_bkg_estimator,
             group_warning_threshold=self.group_warning_threshold,
             progress_bar=self.progress_bar, meta=self._meta(),
-            shared_pixels=self.shared_pixels, fit_sky=self.fit_sky)
+            shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
+            likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
+            crlb=self.crlb)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
         """Run the photometry and return the results QTable (None when nothing to fit)."""

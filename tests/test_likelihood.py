@@ -1,0 +1,238 @@
+"""Maximum-likelihood (Poisson + read noise) fitting: oracle, statistics at the CRLB, shells."""
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.table import QTable
+from scipy.optimize import minimize
+
+from crowdphot import (
+    CircularGaussianPRF,
+    DAOStarFinder,
+    IterativePSFPhotometry,
+    PSFPhotometry,
+    SourceGrouper,
+    cramer_rao_bound,
+    render_image,
+)
+from crowdphot.core.fit import fit_psf
+from crowdphot.psf.flags import PSF_FLAGS
+from crowdphot.psf.likelihood import fit_psf_likelihood
+
+PSF = CircularGaussianPRF(fwhm=2.5)
+SKY, RN = 10.0, 5.0
+
+
+def _scene(flux, nside, *, spacing=16, seed=0, gain=1.0, pair_sep=None):
+    """Isolated stars (or close pairs) on a grid: data in ADU with Poisson + read noise."""
+    rng = np.random.default_rng(seed)
+    g = (np.arange(nside) + 0.5) * spacing
+    gx, gy = np.meshgrid(g, g)
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    f = np.full(x.size, float(flux))
+    gid = np.arange(x.size)
+    if pair_sep is not None:
+        ang = rng.uniform(0, 2 * np.pi, x.size)
+        sep = rng.uniform(*pair_sep, x.size)
+        x = np.concatenate([x, x + sep * np.cos(ang)])
+        y = np.concatenate([y, y + sep * np.sin(ang)])
+        f = np.concatenate([f, f / 2])
+        gid = np.concatenate([gid, gid])
+    shape = (nside * spacing, nside * spacing)
+    expect_e = render_image(shape, PSF, x, y, f, model_shape=15) + SKY
+    data_e = rng.poisson(expect_e) + rng.normal(0, RN, shape)
+    start = np.random.default_rng(seed + 1)
+    xi = x + start.normal(0, 0.05, x.size)
+    yi = y + start.normal(0, 0.05, x.size)
+    fi = f * (1 + start.normal(0, 0.02, x.size))
+    return data_e / gain, x, y, f / gain, (xi, yi, fi / gain), gid
+
+
+def _nll(p, data, xlo, ylo, shape, rn, gain, bkg):
+    """Shifted-Poisson negative log-likelihood of one star (electrons)."""
+    u = PSF.psf_stamps([p[0]], [p[1]], shape, xlo=[xlo], ylo=[ylo])[0]
+    mu = gain * (p[2] * u + bkg) + rn**2
+    d = gain * data + rn**2
+    return float(np.sum(mu - d * np.log(mu)))
+
+
+@pytest.mark.parametrize("gain", [1.0, 2.0])
+def test_matches_brute_force_likelihood_maximum(gain):
+    data, x, y, f, (xi, yi, fi), _ = _scene(800.0, 3, seed=3, gain=gain)
+    bkg = np.full(x.size, SKY / gain)
+    res = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, gain=gain,
+                             local_bkg=bkg, tol=1e-5)
+    assert res.converged.all()
+    for i in range(x.size):
+        xlo, ylo = int(np.ceil(xi[i] - 3.5)), int(np.ceil(yi[i] - 3.5))
+        stamp = data[ylo:ylo + 7, xlo:xlo + 7]
+        opt = minimize(_nll, [x[i], y[i], f[i]], method="Nelder-Mead",
+                       args=(stamp, xlo, ylo, (7, 7), RN, gain, SKY / gain),
+                       options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 20000})
+        got = np.array([res.x[i], res.y[i], res.flux[i]])
+        err = np.array([res.x_err[i], res.y_err[i], res.flux_err[i]])
+        assert np.all(np.abs(got - opt.x) < 2e-3 * err), (got, opt.x, err)
+
+
+def _stats(res, x, y, f, crlb):
+    n = x.size
+    df = res.flux - f
+    return {
+        "bias": np.median(df) / f[0],
+        "bias_se": 1.2533 * np.std(df) / np.sqrt(n) / f[0],
+        "sd_flux": np.std(df) / np.mean(crlb["flux_crlb"]),
+        "sd_x": np.std(res.x - x) / np.mean(crlb["x_crlb"]),
+        "pull_flux": np.std(df / res.flux_err),
+        "pull_x": np.std((res.x - x) / res.x_err),
+        "tol_sd": 3.0 / np.sqrt(2 * n),
+    }
+
+
+@pytest.mark.parametrize("flux", [500.0, 3000.0, 3e4])
+def test_isolated_stars_reach_the_bound_without_bias(flux):
+    data, x, y, f, (xi, yi, fi), _ = _scene(flux, 40, seed=int(flux))
+    bkg = np.full(x.size, SKY)
+    crlb = cramer_rao_bound(PSF, f, x, y, sky=SKY, read_noise=RN, fit_shape=7)
+    ml = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, local_bkg=bkg)
+    assert ml.converged.all()
+    s = _stats(ml, x, y, f, crlb)
+    assert abs(s["bias"]) < 3 * s["bias_se"] + 1e-4, s
+    assert 1 - s["tol_sd"] < s["sd_flux"] < 1.05 + s["tol_sd"], s
+    assert 1 - s["tol_sd"] < s["sd_x"] < 1.05 + s["tol_sd"], s
+    assert abs(s["pull_flux"] - 1) < s["tol_sd"], s
+    assert abs(s["pull_x"] - 1) < s["tol_sd"], s
+    # contrast: least squares with data-based weights sqrt(data + rn^2) is biased low
+    ls = fit_psf(data, PSF, xi, yi, fi, fit_shape=7, local_bkg=bkg,
+                 error=np.sqrt(np.maximum(data, 0) + RN**2))
+    g = _stats(ls, x, y, f, crlb)
+    if flux <= 3000:
+        assert g["bias"] < -5 * g["bias_se"], g
+
+
+def test_blended_pairs_have_honest_errors():
+    data, x, y, f, (xi, yi, fi), gid = _scene(3000.0, 32, spacing=20, seed=11,
+                                              pair_sep=(1.5, 3.5))
+    ml = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
+                            local_bkg=np.full(x.size, SKY), group_id=gid)
+    assert ml.converged.all()
+    tol = 3.0 / np.sqrt(2 * x.size)
+    for name, truth in (("flux", f), ("x", x), ("y", y)):
+        pull = (getattr(ml, name) - truth) / getattr(ml, f"{name}_err")
+        assert abs(np.std(pull) - 1) < tol, (name, np.std(pull))
+        assert abs(np.median(pull)) < 4 * 1.2533 / np.sqrt(x.size), (name, np.median(pull))
+
+
+def test_fitted_sky_with_poisson_likelihood():
+    data, x, y, f, (xi, yi, fi), _ = _scene(3000.0, 24, seed=5)
+    ml = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=9, read_noise=RN, fit_sky=True)
+    crlb = cramer_rao_bound(PSF, f, x, y, sky=SKY, read_noise=RN, fit_shape=9, fit_sky=True)
+    assert ml.converged.all()
+    tol = 3.0 / np.sqrt(2 * x.size)
+    assert abs(np.median(ml.sky) - SKY) < 4 * 1.2533 * np.mean(crlb["sky_crlb"]) / np.sqrt(
+        x.size)
+    assert abs(np.std((ml.sky - SKY) / ml.sky_err) - 1) < tol
+    assert abs(np.std((ml.flux - f) / ml.flux_err) - 1) < tol
+
+
+def test_unconverged_reweighting_is_reported():
+    data, x, y, f, (xi, yi, fi), _ = _scene(3000.0, 4, seed=2)
+    res = fit_psf_likelihood(data, PSF, xi, yi, 0.5 * fi, fit_shape=7, read_noise=RN,
+                             local_bkg=np.full(x.size, SKY), max_outer=1)
+    assert not res.converged.any()
+    full = fit_psf_likelihood(data, PSF, xi, yi, 0.5 * fi, fit_shape=7, read_noise=RN,
+                              local_bkg=np.full(x.size, SKY))
+    assert full.converged.all()
+
+
+def test_sky_map_equals_local_background():
+    data, x, y, f, (xi, yi, fi), _ = _scene(2000.0, 4, seed=4)
+    a = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
+                           local_bkg=np.full(x.size, SKY))
+    b = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
+                           sky=np.full(data.shape, SKY))
+    np.testing.assert_allclose(b.flux, a.flux, rtol=1e-9)
+    np.testing.assert_allclose(b.flux_err, a.flux_err, rtol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"read_noise": -1}, ValueError, "read_noise"),
+    ({"read_noise": 5, "gain": 0}, ValueError, "gain"),
+    ({"read_noise": 5, "tol": 0}, ValueError, "tol"),
+    ({"read_noise": 5, "max_outer": 0}, ValueError, "max_outer"),
+    ({"read_noise": 5, "error": np.ones((32, 32))}, ValueError, "error"),
+    ({"read_noise": 5, "sky": np.ones((3, 3))}, ValueError, "sky"),
+])
+def test_fit_validation(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fit_psf_likelihood(np.ones((32, 32)), PSF, [10.0], [10.0], [100.0], fit_shape=5,
+                           **kwargs)
+
+
+# -- the photometry shells ----------------------------------------------------------------------
+def _table_scene():
+    data, x, y, f, (xi, yi, fi), _ = _scene(2000.0, 5, seed=8)
+    init = QTable({"x": xi, "y": yi, "flux": fi, "local_bkg": np.full(x.size, SKY)})
+    return data, init
+
+
+def test_photometry_poisson_mode_and_crlb_column():
+    data, init = _table_scene()
+    phot = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN, crlb=True)
+    tbl = phot(data, init_params=init)
+    direct = fit_psf_likelihood(data, PSF, init["x"], init["y"], init["flux"], fit_shape=7,
+                                read_noise=RN, local_bkg=init["local_bkg"])
+    np.testing.assert_allclose(tbl["flux_fit"], direct.flux, rtol=1e-9)
+    assert tbl.colnames.index("flux_crlb") == tbl.colnames.index("flux_err") + 1
+    # isolated stars: the Fisher error at the solution is the bound at the fitted parameters
+    np.testing.assert_allclose(tbl["flux_err"], tbl["flux_crlb"], rtol=2e-3)
+    assert np.all(tbl["flags"] & PSF_FLAGS.NO_CONVERGENCE == 0)
+    assert tbl.meta["likelihood"] == "poisson"
+
+
+def test_gaussian_default_is_unchanged():
+    data, init = _table_scene()
+    err = np.sqrt(np.maximum(data, 0) + RN**2)
+    a = PSFPhotometry(PSF, 7)(data, error=err, init_params=init)
+    b = PSFPhotometry(PSF, 7, likelihood="gaussian", read_noise=RN, crlb=True)(
+        data, error=err, init_params=init)
+    assert "flux_crlb" not in a.colnames and "likelihood" not in a.meta
+    for c in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[c]), np.asarray(b[c]))
+    assert np.all(b["flux_crlb"] > 0)
+
+
+def test_photometry_option_checks():
+    with pytest.raises(ValueError, match="read_noise"):
+        PSFPhotometry(PSF, 7, likelihood="poisson")
+    with pytest.raises(ValueError, match="likelihood"):
+        PSFPhotometry(PSF, 7, likelihood="cauchy", read_noise=1.0)
+    with pytest.raises(ValueError, match="gain"):
+        PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=1.0, gain=-2)
+    with pytest.raises(TypeError, match="crlb"):
+        PSFPhotometry(PSF, 7, crlb="yes", read_noise=1.0)
+    data, init = _table_scene()
+    phot = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)
+    with pytest.warns(UserWarning, match="error is ignored"):
+        tbl = phot(data, error=np.ones(data.shape), init_params=init)
+    np.testing.assert_allclose(tbl["flux_fit"], phot(data, init_params=init)["flux_fit"])
+    psf = CircularGaussianPRF(fwhm=2.5)
+    psf.fwhm.fixed = False
+    with pytest.raises(ValueError, match="batched engine"):
+        PSFPhotometry(psf, 7, likelihood="poisson", read_noise=RN)(data, init_params=init)
+
+
+def test_iterative_poisson():
+    data, init = _table_scene()
+    finder = DAOStarFinder(threshold=50.0, fwhm=2.5)
+    with pytest.raises(ValueError, match="mode='all'"):
+        IterativePSFPhotometry(PSF, 7, finder, aperture_radius=3, likelihood="poisson",
+                               read_noise=RN)
+    it = IterativePSFPhotometry(PSF, 7, finder, aperture_radius=3, likelihood="poisson",
+                                read_noise=RN, mode="all", grouper=SourceGrouper(5.0),
+                                maxiters=2, crlb=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = it(data - 0.0, init_params=init)
+    assert len(tbl) >= len(init) and "flux_crlb" in tbl.colnames
