@@ -2,9 +2,8 @@
 
 The classes mirror photutils 3's ``CircularAperture`` / ``CircularAnnulus`` (same constructor,
 attributes, masks, plotting and ``aperture_photometry`` table), but all positions are handled in
-one batched call: with numba a compiled kernel accumulates every aperture's weighted sum in one
-pass; otherwise the weights of all apertures are built as ``(n, ky, kx)`` stamps (see
-:mod:`crowdphot.core.kernels.overlap`), gathered from the image with one fancy index and reduced.
+one batched call: a compiled kernel (:mod:`crowdphot.core.kernels.overlap`) accumulates every
+aperture's weighted sum in one pass, without building weight stamps.
 
 Overlap methods
 ---------------
@@ -29,10 +28,10 @@ from astropy import units as u
 from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable
 
-from crowdphot.core.jit import use_numba
+from crowdphot.aperture.bounding_box import BoundingBox
 from crowdphot.core.kernels.overlap import (
     METHODS,
-    circle_sums_compiled,
+    circle_sums,
     circle_weight_stamps,
     stamp_bbox,
 )
@@ -52,26 +51,26 @@ __all__ = [
     "circular_aperture_sums",
 ]
 
-# (sources x stamp pixels) handled per batch: bounds peak memory at a few tens of MB
-_CHUNK_PIXELS = 1_000_000
-
-
 # ----------------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------------
 def _as_radius(name, value):
     """A strictly positive, finite real scalar as float."""
     if isinstance(value, u.Quantity):
-        raise TypeError(f"{name} must be a number in pixels, not a Quantity")
+        raise TypeError(f"'{name}' must be a positive scalar in pixels, not a Quantity")
     arr = np.asarray(value)
     if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"'{name}' must be a positive scalar (a real number), got {value!r}")
     if arr.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got an array of shape {arr.shape}")
+        raise ValueError(f"'{name}' must be a positive scalar, got an array of shape {arr.shape}")
     val = float(arr)
     if not math.isfinite(val) or val <= 0:
-        raise ValueError(f"{name} must be a strictly positive finite number, got {value!r}")
+        raise ValueError(f"'{name}' must be a positive scalar (finite, > 0), got {value!r}")
     return val
+
+
+_POSITIONS_MSG = ("'positions' must be a (x, y) pixel position or a list or array of (x, y) pixel "
+                  "positions, e.g., [(x1, y1), (x2, y2), (x3, y3)]")
 
 
 def _as_positions(value):
@@ -79,22 +78,23 @@ def _as_positions(value):
     if isinstance(value, collections.abc.Iterator):
         value = tuple(value)  # zip(xs, ys) in the notebook, generators
     if isinstance(value, u.Quantity) or (
-        isinstance(value, (tuple, list)) and any(isinstance(v, u.Quantity) for v in value)
+        isinstance(value, (tuple, list)) and any(
+            isinstance(v, u.Quantity)
+            or (isinstance(v, tuple) and any(isinstance(e, u.Quantity) for e in v))
+            for v in value)
     ):
-        raise TypeError("positions must be pixel coordinates, not a Quantity")
+        raise TypeError("'positions' must not be a Quantity (pixel coordinates)")
     try:
         arr = np.array(value, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            "positions must be an (x, y) pair or a sequence of (x, y) pairs of numbers"
-        ) from exc
+    except TypeError as exc:
+        raise TypeError(_POSITIONS_MSG) from exc
+    except ValueError as exc:
+        raise ValueError(_POSITIONS_MSG) from exc
     if not (arr.shape == (2,) or (arr.ndim == 2 and arr.shape[1] == 2)):
-        raise ValueError(
-            "positions must be an (x, y) pair or an (n, 2) array of (x, y) pairs, "
-            f"got shape {arr.shape}"
-        )
+        raise ValueError(f"{_POSITIONS_MSG}; got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("positions must not contain NaN or inf values")
+        raise ValueError("'positions' must not contain any non-finite (e.g., NaN or inf) "
+                         "positions")
     return arr
 
 
@@ -170,43 +170,7 @@ def _aperture_sums(data, error, excluded, x, y, r, r_in, method, subpixels):
     nonfinite : int
         Number of (aperture, pixel) pairs skipped because the data value was non-finite.
     """
-    n = x.size
-    if use_numba() and n > 0:
-        return circle_sums_compiled(data, error, excluded, x, y, r, r_in, method, subpixels)
-    sums = np.full(n, np.nan)
-    errs = None if error is None else np.full(n, np.nan)
-    nonfinite = 0
-    ny_img, nx_img = data.shape
-    side = 2 * int(math.ceil(r)) + 2
-    chunk = max(1, _CHUNK_PIXELS // (side * side))
-    for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        w, ixmin, iymin, nx, ny = circle_weight_stamps(
-            x[sl], y[sl], r, r_in=r_in, method=method, subpixels=subpixels
-        )
-        ky, kx = w.shape[1:]
-        yy = iymin[:, None] + np.arange(ky)
-        xx = ixmin[:, None] + np.arange(kx)
-        in_y = (yy >= 0) & (yy < ny_img)
-        in_x = (xx >= 0) & (xx < nx_img)
-        idx = (np.clip(yy, 0, ny_img - 1)[:, :, None], np.clip(xx, 0, nx_img - 1)[:, None, :])
-        use = (w > 0) & in_y[:, :, None] & in_x[:, None, :]
-        if excluded is not None:
-            use &= ~excluded[idx]
-        vals = data[idx]
-        finite = np.isfinite(vals)
-        nonfinite += int(np.count_nonzero(use & ~finite))
-        use &= finite
-        wu = np.where(use, w, 0.0)
-        overlap = (ixmin < nx_img) & (iymin < ny_img) & (ixmin + nx > 0) & (iymin + ny > 0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            # skipped pixels may hold NaN: select rather than multiply by a zero weight
-            total = np.where(use, vals * wu, 0.0).sum(axis=(1, 2))
-            sums[sl] = np.where(overlap, total, np.nan)
-            if error is not None:
-                var = np.where(use, error[idx] ** 2 * wu, 0.0).sum(axis=(1, 2))
-                errs[sl] = np.where(overlap, np.sqrt(var), np.nan)
-    return sums, errs, nonfinite
+    return circle_sums(data, error, excluded, x, y, r, r_in, method, subpixels)
 
 
 def circular_aperture_sums(data, x, y, r, *, r_in=None, error=None, mask=None, method="exact",
@@ -265,67 +229,6 @@ def circular_aperture_sums(data, x, y, r, *, r_in=None, error=None, mask=None, m
 # ----------------------------------------------------------------------------------------------
 # masks
 # ----------------------------------------------------------------------------------------------
-class BoundingBox:
-    """Integer pixel box ``[ixmin, ixmax) x [iymin, iymax)`` (upper limits exclusive).
-
-    Examples
-    --------
-    >>> BoundingBox(1, 10, 2, 20).shape
-    (18, 9)
-    """
-
-    def __init__(self, ixmin, ixmax, iymin, iymax):
-        vals = (ixmin, ixmax, iymin, iymax)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
-            raise TypeError("ixmin, ixmax, iymin and iymax must be integers")
-        if ixmin > ixmax or iymin > iymax:
-            raise ValueError("ixmin must be <= ixmax and iymin must be <= iymax")
-        self.ixmin, self.ixmax, self.iymin, self.iymax = (int(v) for v in vals)
-
-    def __repr__(self):
-        return (f"BoundingBox(ixmin={self.ixmin}, ixmax={self.ixmax}, iymin={self.iymin}, "
-                f"iymax={self.iymax})")
-
-    def __eq__(self, other):
-        if not isinstance(other, BoundingBox):
-            return NotImplemented
-        return (self.ixmin, self.ixmax, self.iymin, self.iymax) == (
-            other.ixmin, other.ixmax, other.iymin, other.iymax)
-
-    __hash__ = None
-
-    @property
-    def shape(self):
-        """``(ny, nx)`` size of the box."""
-        return self.iymax - self.iymin, self.ixmax - self.ixmin
-
-    @property
-    def center(self):
-        """``(y, x)`` centre of the box."""
-        return 0.5 * (self.iymax - 1 + self.iymin), 0.5 * (self.ixmax - 1 + self.ixmin)
-
-    @property
-    def extent(self):
-        """``(xmin, xmax, ymin, ymax)`` pixel-edge extent (for ``imshow``)."""
-        return self.ixmin - 0.5, self.ixmax - 0.5, self.iymin - 0.5, self.iymax - 0.5
-
-    def get_overlap_slices(self, shape):
-        """Slices of an array of ``shape`` and of the box covering their overlap.
-
-        Returns ``(None, None)`` when they do not overlap.
-        """
-        if len(shape) != 2:
-            raise ValueError(f"shape must have 2 elements, got {shape!r}")
-        ny, nx = shape
-        if self.ixmin >= nx or self.iymin >= ny or self.ixmax <= 0 or self.iymax <= 0:
-            return None, None
-        large = (slice(max(self.iymin, 0), min(self.iymax, ny)),
-                 slice(max(self.ixmin, 0), min(self.ixmax, nx)))
-        small = (slice(max(-self.iymin, 0), min(self.iymax, ny) - self.iymin),
-                 slice(max(-self.ixmin, 0), min(self.ixmax, nx) - self.ixmin))
-        return large, small
-
-
 class ApertureMask:
     """Pixel weights of one aperture on its bounding box.
 
@@ -346,7 +249,7 @@ class ApertureMask:
     def __init__(self, data, bbox):
         self.data = np.asarray(data)
         if self.data.shape != bbox.shape:
-            raise ValueError("mask data and bbox must have the same shape")
+            raise ValueError("mask data and bounding box must have the same shape")
         self.bbox = bbox
 
     def __array__(self, dtype=None, copy=None):
@@ -409,7 +312,7 @@ class ApertureMask:
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape != data.shape:
-                raise ValueError("mask must have the same shape as data")
+                raise ValueError("mask and data must have the same shape")
             keep &= ~mask[large]
         with np.errstate(invalid="ignore"):
             return (data[large] * weights)[keep]
@@ -451,12 +354,12 @@ class _CircularBase:
 
     def __len__(self):
         if self.isscalar:
-            raise TypeError(f"a scalar {type(self).__name__} has no len()")
+            raise TypeError(f"A scalar {type(self).__name__!r} object has no len()")
         return self._positions.shape[0]
 
     def __getitem__(self, index):
         if self.isscalar:
-            raise TypeError(f"a scalar {type(self).__name__} cannot be indexed")
+            raise TypeError(f"A scalar {type(self).__name__!r} object cannot be indexed")
         kwargs = {p: getattr(self, p) for p in self._params}
         kwargs["positions"] = self._positions[index]
         return type(self)(**kwargs)
@@ -476,6 +379,12 @@ class _CircularBase:
         pos = np.array2string(self._positions, separator=", ")
         extra = ", ".join(f"{p}={getattr(self, p)}" for p in self._params[1:])
         return f"<{type(self).__name__}({pos}, {extra})>"
+
+    def __str__(self):
+        lines = [f"Aperture: {type(self).__name__}"]
+        lines += [f"{p}: {np.array2string(np.asarray(getattr(self, p)), separator=', ')}"
+                  if p == "positions" else f"{p}: {getattr(self, p)}" for p in self._params]
+        return "\n".join(lines)
 
     def copy(self):
         """An independent copy."""
@@ -565,6 +474,8 @@ class _CircularBase:
         data = np.asanyarray(data)
         if data.ndim != 2:
             raise ValueError(f"data must be a 2D array, got {data.ndim} dimension(s)")
+        if mask is not None and np.shape(mask) != data.shape:
+            raise ValueError("mask and data must have the same shape")
         msk = check_mask("mask", mask, data.shape)
         x, y = self._xy()
         r_out, r_in = self._radii()
@@ -679,9 +590,13 @@ class CircularAnnulus(_CircularBase):
 
     def __init__(self, positions, r_in, r_out):
         r_in = _as_radius("r_in", r_in)
-        r_out = _as_radius("r_out", r_out)
+        try:
+            r_out = _as_radius("r_out", r_out)
+        except ValueError:
+            r_out = -np.inf  # reported below, in photutils' words
         if not r_out > r_in:
-            raise ValueError(f"r_out must be greater than r_in, got r_in={r_in}, r_out={r_out}")
+            raise ValueError(f"'r_out' must be greater than 'r_in', got r_in={r_in}, "
+                             f"r_out={r_out}")
         self.positions = positions
         self._r_in = r_in
         self._r_out = r_out
@@ -691,10 +606,18 @@ class CircularAnnulus(_CircularBase):
         """Inner radius in pixels."""
         return self._r_in
 
+    @r_in.setter
+    def r_in(self, value):
+        self._r_in = _as_radius("r_in", value)
+
     @property
     def r_out(self):
         """Outer radius in pixels."""
         return self._r_out
+
+    @r_out.setter
+    def r_out(self, value):
+        self._r_out = _as_radius("r_out", value)
 
     @property
     def area(self):
