@@ -7,9 +7,9 @@ from astropy.table import MaskedColumn, QTable, Table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _oracles import greedy_match as _greedy_numpy
+from crowdphot.core.kernels.greedy import greedy_match as _greedy_kernel
 from crowdphot.utils.match import (
-    _greedy_kernel,
-    _greedy_numpy,
     match_catalogs,
     match_summary,
     match_xy,

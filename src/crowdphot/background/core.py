@@ -17,8 +17,7 @@ import numpy as np
 from astropy.stats import SigmaClip
 
 from crowdphot.aperture.core import CircularAnnulus, _as_image, _as_radius
-from crowdphot.core.jit import use_numba
-from crowdphot.core.kernels.overlap import annulus_values_compiled, circle_weight_stamps
+from crowdphot.core.kernels.overlap import annulus_values
 from crowdphot.core.validate import check_mask, check_positions, deprecated_positional
 
 __all__ = [
@@ -201,27 +200,8 @@ def _annulus_values(data, excluded, x, y, r_in, r_out):
     Pixels are those whose centre lies in the annulus (photutils' ``'center'`` rule), inside
     the image, finite and not ``excluded``; the rest of each row is masked padding.
     """
-    if use_numba():
-        vals, counts = annulus_values_compiled(data, excluded, x, y, r_in, r_out)
-        return np.ma.MaskedArray(vals, mask=np.arange(vals.shape[1]) >= counts[:, None])
-    w, ixmin, iymin, _, _ = circle_weight_stamps(x, y, r_out, r_in=r_in, method="center")
-    ny_img, nx_img = data.shape
-    ky, kx = w.shape[1:]
-    yy = iymin[:, None] + np.arange(ky)
-    xx = ixmin[:, None] + np.arange(kx)
-    idx = (np.clip(yy, 0, ny_img - 1)[:, :, None], np.clip(xx, 0, nx_img - 1)[:, None, :])
-    keep = (w > 0) & ((yy >= 0) & (yy < ny_img))[:, :, None] & ((xx >= 0) & (xx < nx_img))[
-        :, None, :
-    ]
-    if excluded is not None:
-        keep &= ~excluded[idx]
-    vals = data[idx]
-    keep &= np.isfinite(vals)
-    keep = keep.reshape(x.size, -1)
-    vals = vals.reshape(x.size, -1)
-    cols = keep.any(axis=0)  # drop stamp pixels that no source uses
-    keep, vals = keep[:, cols], vals[:, cols]
-    return np.ma.MaskedArray(np.where(keep, vals, 0.0), mask=~keep)
+    vals, counts = annulus_values(data, excluded, x, y, r_in, r_out)
+    return np.ma.MaskedArray(vals, mask=np.arange(vals.shape[1]) >= counts[:, None])
 
 
 class LocalBackground:

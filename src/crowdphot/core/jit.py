@@ -1,37 +1,82 @@
-"""Optional numba acceleration.
+"""Runtime of the compiled kernels: the native extension, its thread count, and a lazy ``njit``.
 
-numba is an optional dependency (the ``fast`` extra). Kernels are written once as plain Python
-loops over arrays; with numba they are compiled, without it callers use their vectorised numpy
-fallback instead (never the slow pure-Python loop). ``CROWDPHOT_DISABLE_NUMBA=1`` forces the
-numpy paths, which the tests use to check both.
+Every kernel of the package is C compiled at install time into one extension,
+``crowdphot.core.kernels._native`` (sources in ``core/kernels/_src``); the Python modules of
+``crowdphot.core.kernels`` are its only callers. Nothing is compiled when a process starts, so the
+first call costs the same as later ones.
+
+``njit`` is numba's, applied lazily: numba is imported and the function compiled (or loaded from
+numba's cache) at its first call rather than when the defining module is imported.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
-__all__ = ["HAVE_NUMBA", "use_numba", "njit"]
+__all__ = ["native", "get_num_threads", "set_num_threads", "njit"]
 
-try:  # pragma: no cover - depends on the environment
-    import numba as _numba
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    _numba = None
-    HAVE_NUMBA = False
-
-
-def use_numba():
-    """True when compiled kernels should be used (numba installed and not disabled)."""
-    return HAVE_NUMBA and os.environ.get("CROWDPHOT_DISABLE_NUMBA", "") not in ("1", "true")
+try:
+    from crowdphot.core.kernels import _native as native
+except ImportError as exc:  # pragma: no cover - a source tree without the built extension
+    raise ImportError(
+        "crowdphot's compiled kernels (crowdphot.core.kernels._native) are not built; install "
+        "the package with `pip install -e .` (needs a C compiler)"
+    ) from exc
 
 
-def njit(*args, **kwargs):
-    """``numba.njit`` when available (cached, nogil), else a decorator returning the function.
+def _default_threads():
+    value = os.environ.get("CROWDPHOT_NUM_THREADS", "")
+    if value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads():
+    """Threads the parallel kernels use (default: the usable cores, or ``CROWDPHOT_NUM_THREADS``).
 
     Examples
     --------
-    >>> @njit
+    >>> get_num_threads() >= 1
+    True
+    """
+    return native.get_num_threads()
+
+
+def set_num_threads(n):
+    """Limit the parallel kernels (and numba's, once numba is loaded) to ``n`` threads.
+
+    Returns the previous kernel thread count.
+
+    Examples
+    --------
+    >>> old = set_num_threads(1)
+    >>> get_num_threads()
+    1
+    >>> _ = set_num_threads(old)
+    """
+    import sys
+
+    old = native.get_num_threads()
+    native.set_num_threads(max(1, int(n)))
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    return old
+
+
+native.set_num_threads(_default_threads())
+
+
+def njit(*args, **kwargs):
+    """``numba.njit`` (cached, nogil), imported and applied at the function's first call.
+
+    Examples
+    --------
+    >>> @njit(cache=False)  # a doctest has no file for numba's cache
     ... def add(a, b):
     ...     return a + b
     >>> add(1, 2)
@@ -39,12 +84,22 @@ def njit(*args, **kwargs):
     """
     kwargs.setdefault("cache", True)
     kwargs.setdefault("nogil", True)
-    if HAVE_NUMBA:
-        return _numba.njit(*args, **kwargs)
+
+    def decorate(fn):
+        compiled = None
+
+        @functools.wraps(fn)
+        def call(*a, **k):
+            nonlocal compiled
+            if compiled is None:
+                import numba
+
+                compiled = numba.njit(**kwargs)(fn)
+            return compiled(*a, **k)
+
+        call.py_func = fn
+        return call
+
     if args and callable(args[0]):
-        return args[0]
-    return lambda f: f
-
-
-#: ``numba.prange`` (usable inside compiled kernels) when numba is installed, else ``range``.
-prange = _numba.prange if HAVE_NUMBA else range
+        return decorate(args[0])
+    return decorate

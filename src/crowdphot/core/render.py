@@ -6,9 +6,9 @@ flux, plus an optional per-star constant ``local_bkg`` over the same stamp. Stam
 outside the image are dropped; stars whose stamp misses the image entirely contribute nothing.
 
 Stars are processed in chunks of ``k`` stamps ``(k, ny, nx)`` so that memory stays bounded, and the
-chunk is scattered into the image in one call (a compiled kernel when numba is available, else
-``np.add.at`` on flat indices). There is no Python loop per star, except in the last-resort path for
-models whose ``evaluate`` cannot broadcast over array parameters.
+chunk is scattered into the image in one call of a compiled kernel. There is no Python loop per
+star, except in the last-resort path for models whose ``evaluate`` cannot broadcast over array
+parameters.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from astropy.modeling import Model
 
 from crowdphot.core.batched import BatchedPSFMixin, stamp_origin
-from crowdphot.core.jit import njit, use_numba
+from crowdphot.core.kernels.scatter import scatter_add
 from crowdphot.core.validate import as_pair, check_positions
 
 __all__ = ["render_image", "model_stamp_shape"]
@@ -70,50 +70,6 @@ def model_stamp_shape(model, *, bbox_factor=None):
         bbox = bbox.bounding_box()
     (ylo, yhi), (xlo, xhi) = bbox
     return (int(np.ceil(yhi - ylo)), int(np.ceil(xhi - xlo)))
-
-
-# -- scatter kernels -----------------------------------------------------------------------------
-@njit
-def _scatter_numba(out, stamps, weights, bkg, xlo, ylo):  # pragma: no cover - compiled
-    img_ny, img_nx = out.shape
-    k, sy, sx = stamps.shape
-    for i in range(k):
-        y0 = ylo[i]
-        x0 = xlo[i]
-        r0 = max(0, -y0)
-        r1 = min(sy, img_ny - y0)
-        c0 = max(0, -x0)
-        c1 = min(sx, img_nx - x0)
-        w = weights[i]
-        b = bkg[i]
-        for r in range(r0, r1):
-            row = y0 + r
-            for c in range(c0, c1):
-                out[row, x0 + c] += w * stamps[i, r, c] + b
-
-
-def _scatter_numpy(out, stamps, weights, bkg, xlo, ylo):
-    img_ny, img_nx = out.shape
-    _, sy, sx = stamps.shape
-    rows = ylo[:, None] + np.arange(sy)
-    cols = xlo[:, None] + np.arange(sx)
-    inside = ((rows >= 0) & (rows < img_ny))[:, :, None] & ((cols >= 0) & (cols < img_nx))[
-        :, None, :
-    ]
-    flat = rows[:, :, None] * img_nx + cols[:, None, :]
-    values = weights[:, None, None] * stamps + bkg[:, None, None]
-    if inside.all():
-        np.add.at(out.reshape(-1), flat.reshape(-1), values.reshape(-1))
-    else:
-        np.add.at(out.reshape(-1), flat[inside], values[inside])
-
-
-def _scatter(out, stamps, weights, bkg, xlo, ylo):
-    """Add ``weights[i] * stamps[i] + bkg[i]`` at ``(ylo[i], xlo[i])`` into ``out`` (trimmed)."""
-    if use_numba():
-        _scatter_numba(out, stamps, weights, bkg, xlo, ylo)
-    else:
-        _scatter_numpy(out, stamps, weights, bkg, xlo, ylo)
 
 
 # -- stamp sources -------------------------------------------------------------------------------
@@ -206,8 +162,7 @@ def _render_unchecked(out, stamp_fn, x0, y0, bkg, shape, *, index=None, chunk_si
         part = slice(start, start + chunk)
         sel = index[part]
         stamps, weights = stamp_fn(sel, xlo[part], ylo[part], shape)
-        _scatter(out, stamps, np.ascontiguousarray(weights, dtype=float),
-                 np.ascontiguousarray(bkg[sel], dtype=float), xlo[part], ylo[part])
+        scatter_add(out, stamps, weights, bkg[sel], xlo[part], ylo[part])
         if advance is not None:
             advance(len(sel))
     return out

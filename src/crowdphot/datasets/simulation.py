@@ -16,7 +16,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from scipy.spatial import KDTree
 
 from crowdphot.core.batched import BatchedPSFMixin
-from crowdphot.core.jit import njit, use_numba
+from crowdphot.core.kernels.greedy import greedy_keep
 from crowdphot.core.render import (
     _check_model,
     _EvaluateStamps,
@@ -25,7 +25,7 @@ from crowdphot.core.render import (
     _render_unchecked,
     model_stamp_shape,
 )
-from crowdphot.core.validate import CrowdphotWarning, as_pair
+from crowdphot.core.validate import CrowdphotWarning, as_pair, deprecated_positional
 
 __all__ = [
     "SimulationWarning",
@@ -42,39 +42,6 @@ class SimulationWarning(CrowdphotWarning, AstropyUserWarning):
 
 
 # -- random coordinates ------------------------------------------------------------------------
-@njit
-def _greedy_keep_numba(n, first, second):  # pragma: no cover - compiled
-    keep = np.ones(n, dtype=np.bool_)
-    m = first.shape[0]
-    p = 0
-    while p < m:
-        i = first[p]
-        q = p
-        while q < m and first[q] == i:
-            q += 1
-        if keep[i]:
-            for t in range(p, q):
-                keep[second[t]] = False
-        p = q
-    return keep
-
-
-def _greedy_keep_numpy(n, first, second):
-    # Same greedy result by rounds: a point is settled once all lower-index neighbours are; the
-    # lowest unsettled point always settles, and random fields need only a few rounds.
-    state = np.zeros(n, dtype=np.int8)  # 0 open, 1 kept, -1 dropped
-    while True:
-        open_ = state == 0
-        if not open_.any():
-            return state == 1
-        killed = np.zeros(n, dtype=bool)
-        killed[second[state[first] == 1]] = True
-        blocked = np.zeros(n, dtype=bool)
-        blocked[second[state[first] == 0]] = True
-        state[open_ & killed] = -1
-        state[open_ & ~killed & ~blocked] = 1
-
-
 def _separate(xy, min_separation):
     """Drop points within ``min_separation`` (inclusive) of an earlier kept point (greedy)."""
     if min_separation <= 0 or len(xy) < 2:
@@ -87,11 +54,7 @@ def _separate(xy, min_separation):
     order = np.lexsort((hi, lo))
     first = np.ascontiguousarray(lo[order], dtype=np.int64)
     second = np.ascontiguousarray(hi[order], dtype=np.int64)
-    if use_numba():
-        keep = _greedy_keep_numba(len(xy), first, second)
-    else:
-        keep = _greedy_keep_numpy(len(xy), first, second)
-    return xy[keep]
+    return xy[greedy_keep(len(xy), first, second)]
 
 
 def _check_count(name, value):
@@ -163,8 +126,8 @@ def make_random_xycoords(size, x_range, y_range, *, min_separation=0.0, seed=Non
     xy = _separate(np.column_stack((xc, yc)), min_separation)[:size]
     if len(xy) < size:
         warnings.warn(
-            f"only {len(xy)} of the {size} requested sources fit with min_separation="
-            f"{min_separation:g} in the given range; returning {len(xy)}",
+            f"Unable to produce {size!r} coordinates within the given shape and minimum "
+            f"separation ({min_separation:g}). Only {len(xy)} coordinates were generated.",
             SimulationWarning,
             stacklevel=2,
         )
@@ -210,12 +173,13 @@ def make_model_params(shape, n_sources, *, x_name="x_0", y_name="y_0", min_separ
     xrange = (border_size[1], shape[1] - border_size[1])
     yrange = (border_size[0], shape[0] - border_size[0])
     if xrange[0] >= xrange[1] or yrange[0] >= yrange[1]:
-        raise ValueError(f"border_size {tuple(int(v) for v in border_size)} is too large for "
-                         f"shape {tuple(int(v) for v in shape)}")
+        raise ValueError(f"border_size is too large for the given shape (border_size "
+                         f"{tuple(int(v) for v in border_size)}, shape "
+                         f"{tuple(int(v) for v in shape)})")
     ranges = {}
     for name, prange in kwargs.items():
         if isinstance(prange, (str, bytes)) or np.ndim(prange) != 1 or len(prange) != 2:
-            raise ValueError(f"{name} must be a (low, high) 2-tuple, got {prange!r}")
+            raise ValueError(f"{name} must be a 2-tuple (low, high), got {prange!r}")
         low, high = (float(getattr(v, "value", v)) for v in prange)
         if not (np.isfinite(low) and np.isfinite(high)) or low > high:
             raise ValueError(f"{name} range must be finite with low <= high, got {prange!r}")
@@ -520,7 +484,8 @@ def _local_bkg(params_table, rows, unit):
     return bkg
 
 
-def make_noise_image(shape, distribution="gaussian", mean=None, stddev=None, seed=None):
+@deprecated_positional("distribution", "mean", "stddev", "seed")
+def make_noise_image(shape, *, distribution="gaussian", mean=None, stddev=None, seed=None):
     """Image of Gaussian or Poisson noise (same draws as photutils 3.0 for the same seed).
 
     Parameters
@@ -549,15 +514,16 @@ def make_noise_image(shape, distribution="gaussian", mean=None, stddev=None, see
     """
     img_shape = tuple(int(v) for v in as_pair("shape", shape, lower_bound=0))
     if distribution not in ("gaussian", "poisson"):
-        raise ValueError(f"distribution must be 'gaussian' or 'poisson', got {distribution!r}")
+        raise ValueError(f"Invalid distribution: {distribution}. Use either 'gaussian' or "
+                         "'poisson'.")
     if mean is None:
-        raise ValueError("mean must be given")
+        raise ValueError("'mean' must be input")
     if not np.isfinite(mean):
         raise ValueError(f"mean must be finite, got {mean!r}")
     rng = np.random.default_rng(seed)
     if distribution == "gaussian":
         if stddev is None:
-            raise ValueError("stddev must be given for Gaussian noise")
+            raise ValueError("'stddev' must be input for Gaussian noise")
         if not np.isfinite(stddev) or stddev < 0:
             raise ValueError(f"stddev must be finite and >= 0, got {stddev!r}")
         return rng.normal(loc=mean, scale=stddev, size=img_shape)

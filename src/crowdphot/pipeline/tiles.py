@@ -200,9 +200,9 @@ def _with_unit(value, unit):
 # tasks (run on workers; everything they need travels in their arguments)
 # ----------------------------------------------------------------------------------------------
 def _limit_threads():
-    """On a Dask worker, let numba kernels use only the worker's own threads.
+    """On a Dask worker, let the compiled kernels use only the worker's own threads.
 
-    Each worker process would otherwise start one numba thread per core, so N workers on N
+    Each worker process would otherwise start one kernel thread per core, so N workers on N
     cores would run N * N threads and lose time to oversubscription.
     """
     try:
@@ -210,14 +210,10 @@ def _limit_threads():
 
         worker = get_worker()
     except (ImportError, ValueError):
-        return  # not on a worker: the caller's numba settings apply
-    from crowdphot.core.jit import HAVE_NUMBA
+        return  # not on a worker: the caller's thread settings apply
+    from crowdphot.core.jit import set_num_threads
 
-    if HAVE_NUMBA:
-        import numba
-
-        n = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    set_num_threads(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1)
 
 
 def _detect_task(source, tile, box, finder, unit):

@@ -21,7 +21,7 @@ import numpy as np
 from astropy.table import QTable, hstack
 from scipy.spatial import cKDTree
 
-from crowdphot.core.jit import njit, use_numba
+from crowdphot.core.kernels.greedy import greedy_match
 from crowdphot.core.validate import positive_real
 
 __all__ = ["match_xy", "match_catalogs", "match_summary"]
@@ -80,52 +80,11 @@ def _candidate_pairs(ref_x, ref_y, x, y, separation):
     return i[order], j[order], d[order]
 
 
-@njit
-def _greedy_kernel(i, j, n_ref, n_src):
-    used_ref = np.zeros(n_ref, dtype=np.bool_)
-    used_src = np.zeros(n_src, dtype=np.bool_)
-    accept = np.zeros(i.size, dtype=np.bool_)
-    for k in range(i.size):
-        if not used_ref[i[k]] and not used_src[j[k]]:
-            used_ref[i[k]] = True
-            used_src[j[k]] = True
-            accept[k] = True
-    return accept
-
-
-def _greedy_numpy(i, j, n_ref, n_src):
-    """Same result as `_greedy_kernel`, in rounds of mutual-nearest-neighbour acceptance.
-
-    An edge that is the first remaining edge of both its reference and its source would be
-    accepted by the sequential greedy pass (nothing earlier can claim either member), so each
-    round accepts all such edges, drops the edges that touch accepted members and repeats.
-    Typical catalogs need a handful of rounds.
-    """
-    accept = np.zeros(i.size, dtype=bool)
-    used_ref = np.zeros(n_ref, dtype=bool)
-    used_src = np.zeros(n_src, dtype=bool)
-    alive = np.arange(i.size)
-    sentinel = i.size
-    while alive.size:
-        ii, jj = i[alive], j[alive]
-        first_ref = np.full(n_ref, sentinel)
-        first_src = np.full(n_src, sentinel)
-        np.minimum.at(first_ref, ii, alive)
-        np.minimum.at(first_src, jj, alive)
-        win = alive[(first_ref[ii] == alive) & (first_src[jj] == alive)]
-        accept[win] = True
-        used_ref[i[win]] = True
-        used_src[j[win]] = True
-        alive = alive[~(used_ref[ii] | used_src[jj])]
-    return accept
-
-
 def _match_unchecked(ref_x, ref_y, x, y, separation):
     i, j, d = _candidate_pairs(ref_x, ref_y, x, y, separation)
     if i.size == 0:
         return i.astype(np.int64), j.astype(np.int64), d
-    greedy = _greedy_kernel if use_numba() else _greedy_numpy
-    accept = greedy(i, j, ref_x.size, x.size)
+    accept = greedy_match(i, j, ref_x.size, x.size)
     i, j, d = i[accept], j[accept], d[accept]
     order = np.argsort(i, kind="stable")
     return i[order].astype(np.int64), j[order].astype(np.int64), d[order]

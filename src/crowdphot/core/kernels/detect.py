@@ -14,9 +14,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-from crowdphot.core.jit import njit, prange, use_numba
+from crowdphot.core.jit import native
 
 __all__ = [
     "StarKernel",
@@ -110,75 +109,6 @@ def make_star_kernel(fwhm, *, ratio=1.0, theta=0.0, sigma_radius=1.5):
 # --------------------------------------------------------------------------------------------
 # convolution
 # --------------------------------------------------------------------------------------------
-@njit(parallel=True)
-def _convolve_taps_numba(data, oy, ox, w):  # pragma: no cover - compiled
-    ny, nx = data.shape
-    out = np.empty((ny, nx))
-    for y in prange(ny):
-        acc = np.zeros(nx)
-        for t in range(w.size):
-            ys = y + oy[t]
-            if ys < 0 or ys >= ny:
-                continue
-            x0 = max(0, -ox[t])
-            x1 = min(nx, nx - ox[t])
-            src = data[ys, x0 + ox[t] : x1 + ox[t]]
-            dst = acc[x0:x1]
-            wt = w[t]
-            for x in range(x1 - x0):
-                dst[x] += wt * src[x]
-        out[y] = acc
-    return out
-
-
-@njit(parallel=True)
-def _convolve_symmetric_numba(data, wq, seg):  # pragma: no cover - compiled
-    # wq[i, j]: weight at offsets (+-i, +-j). Summing the mirrored rows and columns first halves
-    # the multiply-adds. Also returns the maximum of every `seg`-pixel run of each output row so
-    # that the peak search can skip runs that never reach the threshold.
-    ny, nx = data.shape
-    ry, rx = wq.shape[0] - 1, wq.shape[1] - 1
-    nseg = (nx + seg - 1) // seg
-    out = np.empty((ny, nx))
-    seg_max = np.empty((ny, nseg))
-    for y in prange(ny):
-        v = np.zeros(nx + 2 * rx)  # zero margins give the constant-0 boundary in x
-        vin = v[rx : rx + nx]
-        acc = np.zeros(nx)
-        for i in range(ry + 1):
-            a = y - i
-            b = y + i
-            if i == 0:
-                vin[:] = data[y]
-            elif a >= 0 and b < ny:
-                ra = data[a]
-                rb = data[b]
-                for x in range(nx):
-                    vin[x] = ra[x] + rb[x]
-            elif a >= 0:
-                vin[:] = data[a]
-            elif b < ny:
-                vin[:] = data[b]
-            else:
-                continue
-            w0 = wq[i, 0]
-            if w0 != 0.0:
-                for x in range(nx):
-                    acc[x] += w0 * vin[x]
-            for j in range(1, rx + 1):
-                wt = wq[i, j]
-                if wt == 0.0:
-                    continue
-                lo = v[rx - j : rx - j + nx]
-                hi = v[rx + j : rx + j + nx]
-                for x in range(nx):
-                    acc[x] += wt * (lo[x] + hi[x])
-        out[y] = acc
-        for s in range(nseg):
-            seg_max[y, s] = acc[s * seg : min(nx, (s + 1) * seg)].max()
-    return out, seg_max
-
-
 _SEG = 64
 
 
@@ -186,33 +116,33 @@ def convolve_zero_padded(data, kernel, *, return_seg_max=False):
     """Convolve ``data`` (ny, nx) with an odd-shaped ``kernel`` (ky, kx), outside pixels = 0.
 
     Equivalent to ``scipy.ndimage.convolve(data, kernel, mode='constant', cval=0.0)`` up to
-    summation order; the numba paths skip zero taps, fold mirror-symmetric kernels and split rows
-    over threads.
+    summation order; the compiled kernels skip zero taps, fold mirror-symmetric kernels and split
+    rows over threads.
 
-    With ``return_seg_max`` also returns the maximum of each 64-pixel run of every row,
-    shape (ny, ceil(nx / 64)), or None when that summary is not computed (numpy path).
+    With ``return_seg_max`` also returns the maximum of each 64-pixel run of every row (NaN
+    ignored), shape (ny, ceil(nx / 64)), or None when that summary is not computed (kernels that
+    are not mirror-symmetric).
 
     Examples
     --------
     >>> float(convolve_zero_padded(np.eye(3), np.ones((3, 3)))[1, 1])
     3.0
     """
+    data = np.ascontiguousarray(data, dtype=float)
+    kernel = np.asarray(kernel, dtype=float)
+    ky, kx = kernel.shape
+    cy, cx = ky // 2, kx // 2
+    out = np.empty(data.shape)
     seg_max = None
-    if not use_numba():
-        out = ndimage.convolve(data, kernel, mode="constant", cval=0.0)
+    if np.array_equal(kernel, kernel[::-1, :]) and np.array_equal(kernel, kernel[:, ::-1]):
+        wq = np.ascontiguousarray(kernel[cy:, cx:])
+        seg_max = np.empty((data.shape[0], -(-data.shape[1] // _SEG)))
+        native.convolve_symmetric(data, wq, _SEG, out, seg_max)
     else:
-        data = np.ascontiguousarray(data, dtype=float)
-        ky, kx = kernel.shape
-        cy, cx = ky // 2, kx // 2
-        if np.array_equal(kernel, kernel[::-1, :]) and np.array_equal(kernel, kernel[:, ::-1]):
-            wq = np.ascontiguousarray(kernel[cy:, cx:])
-            out, seg_max = _convolve_symmetric_numba(data, wq, _SEG)
-        else:
-            iy, ix = np.nonzero(kernel)
-            # convolution flips the kernel: tap (i, j) reads pixel (y + cy - i, x + cx - j)
-            oy = (cy - iy).astype(np.int64)
-            ox = (cx - ix).astype(np.int64)
-            out = _convolve_taps_numba(data, oy, ox, kernel[iy, ix].copy())
+        iy, ix = np.nonzero(kernel)
+        # convolution flips the kernel: tap (i, j) reads pixel (y + cy - i, x + cx - j)
+        native.convolve_taps(data, (cy - iy).astype(np.int64), (cx - ix).astype(np.int64),
+                             np.ascontiguousarray(kernel[iy, ix]), out)
     return (out, seg_max) if return_seg_max else out
 
 
@@ -238,168 +168,6 @@ def _circle_geometry(radius):
         half_side = int(np.floor(radius / np.sqrt(2)))
     insc = max(2 * half_side + 1, 3)
     return circle, size, half, insc
-
-
-@njit
-def _none_greater(conv, y, x, v, y0, y1, x0, x1):  # pragma: no cover - compiled
-    # True when no pixel of the box [y0, y1) x [x0, x1) exceeds v; outside pixels count as 0
-    ny, nx = conv.shape
-    if (y0 < 0 or x0 < 0 or y1 > ny or x1 > nx) and 0.0 > v:
-        return False
-    for yy in range(max(y0, 0), min(y1, ny)):
-        for xx in range(max(x0, 0), min(x1, nx)):
-            if conv[yy, xx] > v:
-                return False
-    return True
-
-
-@njit
-def _footprint_peak(conv, y, x, v, foot):  # pragma: no cover - compiled
-    # v equals the footprint maximum (footprint centred, outside pixels count as 0)
-    ny, nx = conv.shape
-    fy, fx = foot.shape
-    for j in range(fy):
-        yy = y + j - fy // 2
-        for k in range(fx):
-            if not foot[j, k]:
-                continue
-            xx = x + k - fx // 2
-            if 0 <= yy < ny and 0 <= xx < nx:
-                if conv[yy, xx] > v:
-                    return False
-            elif 0.0 > v:
-                return False
-    return True
-
-
-@njit
-def _circle_peak(conv, y, x, v, foot, fs, half, hins, insc_inside):  # pragma: no cover
-    # photutils' test: max of the circumscribed box, or max of the inscribed box and of the
-    # circle. When the inscribed box lies inside the circumscribed one (any sane radius) the
-    # cheap inscribed test can reject first.
-    ny, nx = conv.shape
-    # the 3x3 neighbourhood is part of the inscribed box: most non-peaks fail here already
-    if insc_inside and not _none_greater(conv, y, x, v, y - 1, y + 2, x - 1, x + 2):
-        return False
-    insc_ok = _none_greater(conv, y, x, v, y - hins, y + hins + 1, x - hins, x + hins + 1)
-    if insc_inside and not insc_ok:
-        return False
-    if _none_greater(conv, y, x, v, y - half, y - half + fs, x - half, x - half + fs):
-        return True
-    if not insc_ok:
-        return False
-    vmax = -np.inf
-    for j in range(fs):
-        yy = y + j - half
-        if yy < 0 or yy >= ny:
-            continue
-        for k in range(fs):
-            xx = x + k - half
-            if foot[j, k] and 0 <= xx < nx:
-                vmax = max(vmax, conv[yy, xx])
-    if y < half or x < half or y - half + fs > ny or x - half + fs > nx:
-        vmax = max(vmax, 0.0)
-    return v == vmax
-
-
-@njit
-def _peaks_numba(
-    conv,
-    thr,
-    thr_scalar,
-    mask,
-    use_mask,
-    by,
-    bx,
-    foot,
-    circle_mode,
-    fs,
-    half,
-    insc,
-    seg_max,
-    seg,
-):  # pragma: no cover - compiled
-    ny, nx = conv.shape
-    hins = insc // 2
-    insc_inside = hins <= half and hins <= fs - 1 - half
-    cap = 1024
-    ys = np.empty(cap, np.int64)
-    xs = np.empty(cap, np.int64)
-    n = 0
-    t = thr[0, 0]
-    # runs whose maximum is not above a scalar threshold cannot hold a peak
-    use_seg = thr_scalar and seg_max.shape[0] == ny
-    nseg = (nx + seg - 1) // seg
-    for y in range(by, ny - by):
-        for s in range(nseg):
-            if use_seg and not seg_max[y, s] > t:
-                continue
-            for x in range(max(bx, s * seg), min(nx - bx, (s + 1) * seg)):
-                v = conv[y, x]
-                if not thr_scalar:
-                    t = thr[y, x]
-                if not v > t or (use_mask and mask[y, x]):
-                    continue
-                if circle_mode:
-                    ok = _circle_peak(conv, y, x, v, foot, fs, half, hins, insc_inside)
-                else:
-                    ok = _footprint_peak(conv, y, x, v, foot)
-                if not ok:
-                    continue
-                if n == cap:
-                    cap *= 2
-                    ys2 = np.empty(cap, np.int64)
-                    xs2 = np.empty(cap, np.int64)
-                    ys2[:n] = ys[:n]
-                    xs2[:n] = xs[:n]
-                    ys = ys2
-                    xs = xs2
-                ys[n] = y
-                xs[n] = x
-                n += 1
-    return ys[:n], xs[:n]
-
-
-def _peaks_numpy(conv, thr, mask, border, footprint, circle):
-    """Vectorised peak flags: scipy maximum filters plus a chunked exact-circle check."""
-    ny, nx = conv.shape
-    if circle is None:
-        peaks = conv == ndimage.maximum_filter(conv, footprint=footprint, mode="constant", cval=0.0)
-    else:
-        foot, fs, half, insc = circle
-        definite = conv == ndimage.maximum_filter(conv, size=fs, mode="constant", cval=0.0)
-        cand = conv == ndimage.maximum_filter(conv, size=insc, mode="constant", cval=0.0)
-        peaks = definite
-        check = cand & ~definite & (conv > thr)
-        if mask is not None:
-            check &= ~mask
-        ys, xs = np.nonzero(check)
-        if ys.size:
-            jj, kk = np.nonzero(foot)
-            dy, dx = jj - half, kk - half
-            padv = -np.inf
-            for s in range(0, ys.size, 4096):
-                yc, xc = ys[s : s + 4096, None], xs[s : s + 4096, None]
-                yy, xx = yc + dy, xc + dx
-                inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-                vals = np.where(inside, conv[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)], padv)
-                vmax = vals.max(axis=1)
-                yc, xc = yc[:, 0], xc[:, 0]
-                clipped = (yc - half < 0) | (xc - half < 0) | (yc - half + fs > ny)
-                clipped |= xc - half + fs > nx
-                vmax = np.where(clipped, np.maximum(vmax, 0.0), vmax)
-                peaks[yc, xc] = conv[yc, xc] == vmax
-    peaks &= conv > thr
-    if mask is not None:
-        peaks &= ~mask
-    by, bx = border
-    if by > 0:
-        peaks[:by] = False
-        peaks[-by:] = False
-    if bx > 0:
-        peaks[:, :bx] = False
-        peaks[:, -bx:] = False
-    return peaks
 
 
 def find_peak_pixels(
@@ -430,32 +198,22 @@ def find_peak_pixels(
         return empty, empty.copy()
     circle = _circle_geometry(min_separation) if min_separation > 0 else None
     thr_arr = np.asarray(thr, dtype=float)
-    if use_numba():
-        if circle is None:
-            foot = np.ascontiguousarray(footprint, dtype=np.bool_)
-            fs = half = insc = 0
-        else:
-            foot, fs, half, insc = circle
-        y, x = _peaks_numba(
-            np.ascontiguousarray(conv),
-            np.ascontiguousarray(thr_arr.reshape(1, 1) if thr_arr.ndim == 0 else thr_arr),
-            thr_arr.ndim == 0,
-            np.zeros((1, 1), np.bool_) if mask is None else np.ascontiguousarray(mask),
-            mask is not None,
-            by,
-            bx,
-            foot,
-            circle is not None,
-            fs,
-            half,
-            insc,
-            np.zeros((0, 0)) if seg_max is None else seg_max,
-            _SEG,
-        )
-        return x, y
-    flags = _peaks_numpy(conv, thr_arr, mask, (by, bx), footprint, circle)
-    y, x = np.nonzero(flags)
-    return x, y
+    if circle is None:
+        foot = np.ascontiguousarray(footprint, dtype=np.bool_)
+        fs = half = insc = 0
+    else:
+        foot, fs, half, insc = circle
+    found = native.find_peaks(
+        np.ascontiguousarray(conv, dtype=float),
+        np.ascontiguousarray(thr_arr.reshape(1, 1) if thr_arr.ndim == 0 else thr_arr),
+        np.zeros((1, 1), np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=bool),
+        mask is not None, by, bx, np.ascontiguousarray(foot, dtype=bool), circle is not None,
+        int(fs), int(half), int(insc),
+        np.zeros((0, 0)) if seg_max is None else np.ascontiguousarray(seg_max, dtype=float),
+        _SEG,
+    )
+    yx = np.frombuffer(found, dtype=np.int64).reshape(-1, 2)
+    return yx[:, 1].copy(), yx[:, 0].copy()
 
 
 # --------------------------------------------------------------------------------------------
