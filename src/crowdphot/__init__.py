@@ -39,6 +39,10 @@ _EXPORTS = {
     "make_noise_image": "crowdphot.datasets.simulation",
     "make_model_params": "crowdphot.datasets.simulation",
     "make_random_xycoords": "crowdphot.datasets.simulation",
+    "apply_poisson_noise": "crowdphot.datasets.noise",
+    "make_random_models_table": "crowdphot.datasets.model_params",
+    "params_table_to_models": "crowdphot.datasets.model_params",
+    "make_wcs": "crowdphot.datasets.wcs",
     "render_image": "crowdphot.core.render",
     # detection, apertures, background, grouping, matching
     "IRAFStarFinder": "crowdphot.detection.finders",
