@@ -302,3 +302,48 @@ def test_simulate_err_is_the_noise_actually_added(field, tmp_path, capsys, poiss
     assert len(m) >= 55
     fpull = (np.asarray(m["flux_fit"]) - np.asarray(m["flux"])) / np.asarray(m["flux_err"])
     assert 0.7 < np.std(fpull) < 1.35
+
+
+# -- item 6: units ----------------------------------------------------------------------------
+def test_flux_columns_carry_the_image_unit_in_every_format(field, tmp_path, capsys):
+    import astropy.units as u
+
+    ecsv, _ = _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, "--plots",
+                    tmp_path / "figs")
+    for name in ("flux_fit", "flux_err", "flux_init"):
+        assert ecsv[name].unit == u.MJy / u.sr
+    assert ecsv["ra"].unit == u.deg and ecsv.meta["flux_unit"] == "MJy / sr"
+    fits_cat = QTable.read(_phot(field["a"], field["psf"], tmp_path / "c.fits", capsys)[0]
+                           and tmp_path / "c.fits")
+    assert fits_cat["flux_fit"].unit == u.MJy / u.sr
+    _phot(field["a"], field["psf"], tmp_path / "c.csv", capsys)
+    header = (tmp_path / "c.csv").read_text().splitlines()[0].split(",")
+    assert "flux_fit [MJy / sr]" in header and "x_fit" in header
+    csv = Table.read(tmp_path / "c.csv")
+    np.testing.assert_allclose(csv["flux_fit [MJy / sr]"], ecsv["flux_fit"].value, rtol=1e-9)
+    # a CSV catalog reads back as an --init catalog, units in the names and all
+    forced, _ = _phot(field["a"], field["psf"], tmp_path / "f.ecsv", capsys, "--init",
+                      tmp_path / "c.csv")
+    assert len(forced) == len(ecsv)
+
+
+@pytest.mark.parametrize(("bunit", "expected"), [
+    ("MJY/SR", "MJy / sr"), ("DN/S", "DN / s"), ("ELECTRONS/S", "electron / s"),
+    ("e-/s", "electron / s"), ("Jy/beam", "Jy / beam"), ("mag", None), ("blah", None)])
+def test_bunit_spellings(bunit, expected):
+    from crowdphot.io.fits import parse_bunit
+
+    unit = parse_bunit(bunit)
+    assert (None if unit is None else unit.to_string()) == expected
+
+
+def test_plot_labels_use_the_image_unit(field):
+    pytest.importorskip("matplotlib")
+    from crowdphot.viz.figures import plot_data_model_residual, plot_detections
+
+    img = np.random.default_rng(0).normal(size=(16, 16))
+    fig = plot_data_model_residual(img, img, img, unit="MJy / sr")
+    labels = [a.get_xlabel() + a.get_ylabel() for a in fig.axes]
+    assert any("MJy / sr" in t for t in labels) and not any("counts" in t for t in labels)
+    fig = plot_detections(img, [3.0], [4.0], unit="MJy / sr")
+    assert any("MJy / sr" in a.get_ylabel() + a.get_xlabel() for a in fig.axes)

@@ -217,6 +217,11 @@ def _photometry(args, image, psf, finder, init):
     common = dict(grouper=grouper, aperture_radius=args.aperture_radius,
                   local_bkg_estimator=local_bkg, progress_bar=not args.no_progress,
                   group_warning_threshold=10**9)
+    from crowdphot.cli.noise import noise_options
+
+    common.update(noise_options(args, image))
+    # the Poisson likelihood takes its variances from the model, not from the ERR plane
+    error = None if common.get("likelihood") == "poisson" else image.error
     fit_shape = (args.fit_shape, args.fit_shape)
     if init is not None:
         # forced photometry: positions are held fixed, only fluxes are fitted
@@ -235,9 +240,9 @@ def _photometry(args, image, psf, finder, init):
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
                                       mode=args.mode, **common)
-        return phot(image.data, mask=image.mask, error=image.error), phot
+        return phot(image.data, mask=image.mask, error=error), phot
     phot = PSFPhotometry(psf, fit_shape, finder=finder, **common)
-    return phot(image.data, mask=image.mask, error=image.error, init_params=init), phot
+    return phot(image.data, mask=image.mask, error=error, init_params=init), phot
 
 
 def _model_image(psf, table, shape, phot, progress_bar):
@@ -326,6 +331,7 @@ def run_phot(args):
             table.meta["star_fwhm_px"] = round(width["star_fwhm"], 4)
     if image.unit:
         table.meta["BUNIT"] = str(image.unit)
+        _attach_unit(table, image.unit, args.image)
     table.meta["image"] = str(args.image)
     table.meta["psf"] = str(args.psf)
     if threshold is not None:
@@ -349,6 +355,29 @@ def run_phot(args):
     print(f"{len(table)} stars fitted ({int(np.count_nonzero(flags == 0))} unflagged) in "
           f"{time.perf_counter() - t0:.2f} s -> {args.output}")
     return 0
+
+
+# columns photutils gives the data unit when the data are a Quantity
+_UNIT_COLUMNS = ("flux_init", "flux_fit", "flux_err", "flux_crlb", "local_bkg")
+
+
+def _attach_unit(table, bunit, path):
+    """Give the flux columns the image's unit (BUNIT), as photutils does for Quantity data."""
+    from crowdphot.io.fits import parse_bunit
+
+    unit = parse_bunit(bunit)
+    if unit is None:
+        warnings.warn(f"{path}: BUNIT {str(bunit)!r} is not a unit astropy reads; the flux "
+                      "columns have no unit (BUNIT is kept in the metadata)", UserWarning,
+                      stacklevel=3)
+        return
+    for name in _UNIT_COLUMNS:
+        if name in table.colnames and getattr(table[name], "unit", None) is None:
+            table[name] = _values(table[name]) * unit
+    table.meta["flux_unit"] = unit.to_string()
+    if "sr" in [b.name for b in unit.bases if hasattr(b, "name")]:
+        table.meta["flux_unit_note"] = ("sum over pixels of a surface brightness: multiply "
+                                        "by the pixel solid angle (PIXAR_SR) for a flux")
 
 
 def _residual(image, model):
@@ -383,16 +412,24 @@ def _phot_plots(out, image, table, model, args):
     data = np.where(image.mask, np.nan, image.data) if image.mask is not None else image.data
     x, y = _values(table["x_fit"]), _values(table["y_fit"])
     radius = max(3.0, 2.0 * args.fwhm)
+    from crowdphot.io.fits import parse_bunit
+
+    parsed = parse_bunit(image.unit)
+    unit = parsed.to_string() if parsed is not None else (str(image.unit) if image.unit
+                                                          else "data units")
     figs = {
-        "detections.png": lambda: plot_detections(data, x, y, radius=radius,
+        "detections.png": lambda: plot_detections(data, x, y, radius=radius, unit=unit,
                                                   title=f"{len(x)} fitted stars"),
         "data_model_residual.png": lambda: plot_data_model_residual(data, model,
-                                                                    data - model),
+                                                                    data - model, unit=unit),
     }
     if args.group_radius and "group_id" in table.colnames:
         figs["groups.png"] = lambda: plot_groups(data, x, y, np.asarray(table["group_id"]),
                                                  radius=radius)
     out.mkdir(parents=True, exist_ok=True)
-    for name, make in figs.items():
+    from tqdm.auto import tqdm
+
+    for name, make in tqdm(figs.items(), desc="Figures", total=len(figs), unit="fig",
+                           disable=args.no_progress):
         with atomic_write(out / name) as tmp:
             make().savefig(tmp, dpi=90, format="png")

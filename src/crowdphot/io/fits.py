@@ -20,7 +20,7 @@ __all__ = ["JWST_DQ_FLAGS", "DEFAULT_DQ_MASK", "InputError", "ImageData", "FitsP
            "clean_planes", "dq_to_mask", "parse_dq_bits", "read_image", "open_fits",
            "pixel_to_icrs", "icrs_to_pixel", "image_header_for", "table_format",
            "write_table", "write_fits_image", "atomic_path", "atomic_write",
-           "default_file_mode", "plain_meta"]
+           "default_file_mode", "plain_meta", "parse_bunit"]
 
 
 class InputError(ValueError):
@@ -427,6 +427,48 @@ def _celestial_wcs(header, primary):
                 return None, f"its WCS cannot be used ({_short(exc)})"
         return w, None
     return None, "it has no WCS keywords (CTYPE1/CTYPE2)"
+
+
+# BUNIT spellings archives use that astropy's parser misreads or rejects (upper case 'S' is
+# siemens to astropy; 'e-' is not a unit)
+_BUNIT_ALIASES = {
+    "MJY/SR": "MJy/sr", "MJY SR-1": "MJy/sr", "JY": "Jy", "MJY": "MJy", "UJY": "uJy",
+    "NJY": "nJy", "JY/PIXEL": "Jy/pix", "JY/PIX": "Jy/pix", "DN": "DN", "DN/S": "DN/s",
+    "DN/SEC": "DN/s", "DN S-1": "DN/s", "ADU": "adu", "ADU/S": "adu/s", "COUNTS": "count",
+    "COUNT": "count", "CTS": "count", "COUNTS/S": "count/s", "COUNTS/SEC": "count/s",
+    "CTS/S": "count/s", "ELECTRONS": "electron", "ELECTRON": "electron", "E-": "electron",
+    "ELECTRONS/S": "electron/s", "ELECTRONS/SEC": "electron/s", "E-/S": "electron/s",
+    "E/S": "electron/s", "ELECTRON/S": "electron/s",
+}
+
+
+def parse_bunit(text):
+    """The astropy unit of a FITS ``BUNIT`` value, or None when it is not a flux unit.
+
+    Archive spellings are read as meant (``'MJY/SR'``, ``'DN/S'`` -- per second, not per
+    siemens --, ``'ELECTRONS/S'``, ``'e-/s'``); magnitudes and unknown strings give None.
+
+    Examples
+    --------
+    >>> parse_bunit('MJy/sr'), parse_bunit('DN/S'), parse_bunit('e-/s'), parse_bunit('???')
+    (Unit("MJy / sr"), Unit("DN / s"), Unit("electron / s"), None)
+    """
+    import astropy.units as u
+
+    if text is None or not str(text).strip():
+        return None
+    text = str(text).strip()
+    key = " ".join(text.upper().split())
+    candidates = [_BUNIT_ALIASES[key]] if key in _BUNIT_ALIASES else []
+    if text != text.upper():  # mixed case is meant literally; all capitals are ambiguous
+        candidates.append(text)
+    for candidate in candidates:
+        unit = u.Unit(candidate, parse_strict="silent")
+        if (isinstance(unit, u.UnrecognizedUnit) or not isinstance(unit, u.UnitBase)
+                or "function" in type(unit).__module__ or "dex" in str(unit.decompose())):
+            continue  # unknown, or a magnitude (a PSF fit sums linear fluxes)
+        return unit
+    return None
 
 
 def pixel_to_icrs(wcs, x, y):

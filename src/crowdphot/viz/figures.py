@@ -154,7 +154,7 @@ def _circles(ax, x, y, radius, colors, linewidth):
 
 
 def plot_detections(data, x, y, *, radius=20, color="red", percent=99.0, title=None,
-                    figsize=(8, 7)):
+                    figsize=(8, 7), unit="counts"):
     """The image with a circle of ``radius`` pixels around each detection.
 
     Parameters
@@ -162,6 +162,8 @@ def plot_detections(data, x, y, *, radius=20, color="red", percent=99.0, title=N
     data : array_like (ny, nx)
     x, y : array_like (n,)
         Detected (or fitted) positions in pixels.
+    unit : str, optional
+        The data unit for the colour bar label (e.g. the image's BUNIT).
 
     Returns
     -------
@@ -176,7 +178,7 @@ def plot_detections(data, x, y, *, radius=20, color="red", percent=99.0, title=N
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    fig = plot_image(data, percent=percent, figsize=figsize,
+    fig = plot_image(data, percent=percent, figsize=figsize, colorbar_label=unit,
                      title=title or f"{len(x)} detected sources (circles: r = {radius:g} px)")
     _circles(fig.axes[0], x, y, radius, color, 1.0)
     return fig
@@ -231,7 +233,7 @@ def plot_groups(data, x, y, group_ids, *, radius=20, seed=123, percent=99.0, zoo
 
 
 def plot_data_model_residual(data, model, residual, *, percent=99.0, zoom=None,
-                             residual_sigma=5.0, figsize=(16, 5.2)):
+                             residual_sigma=5.0, figsize=(16, 5.2), unit="counts"):
     """Three panels: data and model on one sqrt stretch, the residual on its own scale.
 
     The residual is shown with a diverging colour map over ``+-residual_sigma`` robust
@@ -242,6 +244,8 @@ def plot_data_model_residual(data, model, residual, *, percent=99.0, zoom=None,
     data, model, residual : array_like (ny, nx)
     zoom : (xmin, xmax, ymin, ymax), optional
         Close-up limits applied to all three panels.
+    unit : str, optional
+        The data unit for the colour bar labels (e.g. the image's BUNIT).
 
     Returns
     -------
@@ -266,14 +270,14 @@ def plot_data_model_residual(data, model, residual, *, percent=99.0, zoom=None,
     full = zoom is not None
     _show(axes[0], data, full_resolution=full, norm=norm)
     im = _show(axes[1], model, full_resolution=full, norm=norm)
-    fig.colorbar(im, ax=axes[:2], shrink=0.85, label="counts", location="bottom", aspect=40)
+    fig.colorbar(im, ax=axes[:2], shrink=0.85, label=unit, location="bottom", aspect=40)
     im = _show(axes[2], residual, full_resolution=full, cmap="RdBu_r")
     # the scale follows the noise of the pixels shown (block averages are less noisy)
     sigma = robust_std(np.ma.filled(im.get_array(), np.nan))
     vmax = residual_sigma * sigma if np.isfinite(sigma) and sigma > 0 else 1.0
     im.set_norm(Normalize(-vmax, vmax))
     fig.colorbar(im, ax=axes[2], shrink=0.85, location="bottom", aspect=20,
-                 label=f"residual counts (±{residual_sigma:g} σ, σ = {sigma:.3g})")
+                 label=f"residual {unit} (±{residual_sigma:g} σ, σ = {sigma:.3g})")
     factor = int(np.ceil(max(np.shape(_values(data))) / DISPLAY_MAX_SIDE))
     if not full and factor > 1:
         fig.suptitle(f"(shown as {factor} x {factor} pixel block averages)", fontsize=9)
