@@ -93,6 +93,14 @@ _EXPORTS = {
     "decode_flags": "crowdphot.psf.flags",
     "photometry_tiled": "crowdphot.pipeline.tiles",
     "tile_grid": "crowdphot.pipeline.tiles",
+    # empirical PSFs
+    "EPSFStar": "crowdphot.psf.epsf_stars",
+    "EPSFStars": "crowdphot.psf.epsf_stars",
+    "LinkedEPSFStar": "crowdphot.psf.epsf_stars",
+    "extract_stars": "crowdphot.psf.epsf_stars",
+    "EPSFBuilder": "crowdphot.psf.epsf_builder",
+    "EPSFBuildResult": "crowdphot.psf.epsf_builder",
+    "EPSFFitter": "crowdphot.psf.epsf_builder",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -88,6 +88,9 @@ def _add_phot(sub):
     p.add_argument("--tile", type=int, default=None, help="process in tiles of this size")
     p.add_argument("--workers", type=int, default=None, help="local Dask workers for tiles")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    from crowdphot.cli.noise import add_noise_arguments
+
+    add_noise_arguments(p)
 
 
 def _add_simulate(sub):

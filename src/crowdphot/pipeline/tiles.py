@@ -253,7 +253,8 @@ def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = run_psf_photometry(_with_unit(data, unit), model, fit_shape, mask=mask,
-                                 error=_with_unit(error, unit), init_params=init, **kwargs)
+                                 error=None if kwargs.get("likelihood") == "poisson"
+                                 else _with_unit(error, unit), init_params=init, **kwargs)
     messages = [(w.category, str(w.message)) for w in caught]
     if res is None:
         return None, messages
@@ -390,7 +391,8 @@ def photometry_tiled(data, psf_model, fit_shape, *, finder=None, mask=None, erro
                      init_params=None, grouper=None, fitter=None, fitter_maxiters=100,
                      xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                      group_warning_threshold=25, progress_bar=False, tile_shape=2048,
-                     margin=None, client=None, workers=None, scheduler=None):
+                     margin=None, client=None, workers=None, scheduler=None,
+                     likelihood="gaussian", read_noise=None, gain=1.0, crlb=False):
     """PSF photometry of a large image in tiles, in this process or on a Dask cluster.
 
     Same result as ``PSFPhotometry(psf_model, fit_shape, finder=..., ...)(data, ...)`` on the
@@ -425,6 +427,8 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     scheduler : str, optional
         Without ``client``: connect to the Dask scheduler at this address for the call
         (it takes precedence over ``workers``).
+    likelihood, read_noise, gain, crlb
+        As for :class:`crowdphot.PSFPhotometry` (maximum-likelihood fits and ``flux_crlb``).
 
     Without ``client``, ``workers`` or ``scheduler`` the tiles run one after another in this
     process (bounded memory, no parallelism).
@@ -461,7 +465,8 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                            fitter_maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                            aperture_radius=aperture_radius,
                            local_bkg_estimator=local_bkg_estimator,
-                           group_warning_threshold=group_warning_threshold)
+                           group_warning_threshold=group_warning_threshold,
+                           likelihood=likelihood, read_noise=read_noise, gain=gain, crlb=crlb)
     fit_shape = config.fit_shape
     if init_params is None and finder is None:
         raise ValueError("finder must be given when init_params is not input")
@@ -500,7 +505,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         kwargs = dict(fitter=fitter, fitter_maxiters=config.fitter_maxiters,
                       xy_bounds=config.xy_bounds, aperture_radius=aperture_radius,
                       local_bkg_estimator=local_bkg_estimator, group_warning_threshold=10**9,
-                      progress_bar=False, meta=config._meta())
+                      progress_bar=False, meta=config._meta(),
+                      likelihood=config.likelihood, read_noise=config.read_noise,
+                      gain=config.gain, crlb=config.crlb)
         outs = runner.map(_fit_task, [box for box, _ in jobs],
                           [(box, sub, psf_model, fit_shape, unit, kwargs) for box, sub in jobs],
                           progress=progress_bar, desc="Fit tiles")

@@ -27,6 +27,13 @@ _EXPORTS = {
     "decode_psf_flags": "crowdphot.psf.flags",
     "make_psf_model_image": "crowdphot.datasets.simulation",
     "cramer_rao_bound": "crowdphot.psf.likelihood",
+    "EPSFStar": "crowdphot.psf.epsf_stars",
+    "EPSFStars": "crowdphot.psf.epsf_stars",
+    "LinkedEPSFStar": "crowdphot.psf.epsf_stars",
+    "extract_stars": "crowdphot.psf.epsf_stars",
+    "EPSFBuilder": "crowdphot.psf.epsf_builder",
+    "EPSFBuildResult": "crowdphot.psf.epsf_builder",
+    "EPSFFitter": "crowdphot.psf.epsf_builder",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
