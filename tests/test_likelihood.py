@@ -236,3 +236,75 @@ def test_iterative_poisson():
         warnings.simplefilter("ignore")
         tbl = it(data - 0.0, init_params=init)
     assert len(tbl) >= len(init) and "flux_crlb" in tbl.colnames
+
+
+def test_tiled_run_equals_whole_image():
+    from crowdphot import photometry_tiled
+
+    data, x, y, f, (xi, yi, fi), _ = _scene(2000.0, 8, seed=9)
+    init = QTable({"x": xi, "y": yi, "flux": fi, "local_bkg": np.full(x.size, SKY)})
+    a = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN, crlb=True)(
+        data, init_params=init)
+    b = photometry_tiled(data, PSF, 7, init_params=init, tile_shape=48, likelihood="poisson",
+                         read_noise=RN, crlb=True)
+    for c in ("flux_fit", "x_fit", "flux_err", "flux_crlb"):
+        np.testing.assert_allclose(np.asarray(b[c]), np.asarray(a[c]), rtol=1e-9)
+
+
+# -- command line -------------------------------------------------------------------------------
+class _Image:
+    def __init__(self, unit, **keys):
+        self.unit, self.keys = unit, keys
+
+    def keyword(self, key, default=None):
+        return self.keys.get(key, default)
+
+
+def _args(**kw):
+    import argparse
+
+    base = {"likelihood": "poisson", "read_noise": None, "gain": None, "crlb": False}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_cli_noise_options_from_headers():
+    from crowdphot.cli.errors import CLIError
+    from crowdphot.cli.noise import noise_options
+
+    assert noise_options(_args(likelihood="gaussian"), _Image("DN")) == {}
+    got = noise_options(_args(), _Image("DN", RDNOISE=4.5, GAIN=2.0))
+    assert got == {"likelihood": "poisson", "read_noise": 4.5, "gain": 2.0, "crlb": False}
+    # HST: per-amplifier read noise, data in electrons -> gain 1 whatever ATODGAIN says
+    hst = _Image("ELECTRONS", READNSEA=3.0, READNSEB=4.0, ATODGAIN=1.5)
+    assert noise_options(_args(), hst)["read_noise"] == 3.5
+    assert noise_options(_args(), hst)["gain"] == 1.0
+    # options win over the header
+    assert noise_options(_args(read_noise=1.0, gain=3.0), hst)["gain"] == 3.0
+    with pytest.raises(CLIError, match="read-noise"):
+        noise_options(_args(), _Image("DN", GAIN=2.0))
+    with pytest.raises(CLIError, match="--gain"):
+        noise_options(_args(), _Image("DN", RDNOISE=2.0))
+    with pytest.raises(CLIError, match="counts"):
+        noise_options(_args(read_noise=5.0, gain=1.0), _Image("MJy/sr"))
+    with pytest.raises(CLIError, match="gain must be"):
+        noise_options(_args(read_noise=5.0, gain=-1.0), _Image("DN"))
+
+
+def test_cli_poisson_run(tmp_path):
+    from astropy.table import Table
+
+    from crowdphot.cli import main
+
+    img = str(tmp_path / "sim.fits")
+    assert main(["simulate", img, "--n-sources", "12", "--shape", "160", "160",
+                 "--min-separation", "12", "--no-progress", "--seed", "3"]) == 0
+    out = str(tmp_path / "cat.ecsv")
+    assert main(["phot", img, "-o", out, "--likelihood", "poisson", "--read-noise", "0.5",
+                 "--crlb", "--local-bkg", "8", "12", "--no-progress"]) == 0
+    t = Table.read(out)
+    assert t.meta["likelihood"] == "poisson" and t.meta["gain"] == 1.0  # header GAIN
+    assert str(t["flux_crlb"].unit) == str(t["flux_err"].unit)
+    ok = t["flags"] == 0
+    assert ok.sum() >= 8
+    np.testing.assert_allclose(t["flux_err"][ok], t["flux_crlb"][ok], rtol=1e-2)
