@@ -93,6 +93,9 @@ _EXPORTS = {
     "decode_flags": "crowdphot.psf.flags",
     "photometry_tiled": "crowdphot.pipeline.tiles",
     "tile_grid": "crowdphot.pipeline.tiles",
+    "artificial_star_test": "crowdphot.pipeline.ast",
+    "ast_summary": "crowdphot.pipeline.ast",
+    "completeness_map": "crowdphot.pipeline.ast",
     # empirical PSFs
     "EPSFStar": "crowdphot.psf.epsf_stars",
     "EPSFStars": "crowdphot.psf.epsf_stars",

@@ -74,6 +74,20 @@ def _mean_std_range(a, lo, hi):
 
 
 @njit
+def _mean_std_shifted(a, lo, hi, shift):
+    """One-pass mean and std of ``a[lo:hi]`` about ``shift`` (the median: no cancellation)."""
+    n = hi - lo
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(lo, hi):
+        d = a[i] - shift
+        s1 += d
+        s2 += d * d
+    m = s1 / n
+    return shift + m, math.sqrt(max(s2 / n - m * m, 0.0))
+
+
+@njit
 def _mad_range(a, lo, hi, med, buf):
     """Median of ``|a[lo:hi] - med|``: two sorted runs merged from the median outwards."""
     n = hi - lo
@@ -147,9 +161,8 @@ def _clip_rows_nb(rows, do_clip, use_median, use_mad, maxiters, sig_lo, sig_hi, 
         while True:
             med = 0.0
             mean = 0.0
-            if use_median or use_mad:
-                med = _median_range(a, lo, hi)
-            mean, std = _mean_std_range(a, lo, hi)
+            med = _median_range(a, lo, hi)
+            mean, std = _mean_std_shifted(a, lo, hi, med)
             cen = med if use_median else mean
             if use_mad:
                 std = _mad_range(a, lo, hi, med, buf) * _MAD_SCALE
@@ -201,6 +214,26 @@ def _range_mad_nb(rows, lo, hi, out):
         buf = np.empty(n)
         med = _median_range(rows[r], lo[r], hi[r])
         out[r] = _mad_range(rows[r], lo[r], hi[r], med, buf)
+
+
+@njit(parallel=True)
+def sparse_rows_compiled(indptr, indices, weights, cols, lo, hi, out):
+    """``out[i] = clip(sum_k weights[k] * cols[indices[k]])`` over row ``i``'s CSR entries."""
+    nx = cols.shape[1]
+    for i in prange(out.shape[0]):
+        row = out[i]
+        row[:] = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            w = weights[k]
+            src = cols[indices[k]]
+            for j in range(nx):
+                row[j] += w * src[j]
+        for j in range(nx):
+            v = row[j]
+            if v < lo:
+                row[j] = lo
+            elif v > hi:
+                row[j] = hi
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from crowdphot.background.estimators import (
 )
 from crowdphot.background.interpolators import (
     BkgIDWInterpolator,
-    _ZoomInterpolator,
+    _BkgZoomInterpolator,
     idw_interpolate,
 )
 
@@ -90,12 +90,23 @@ def box_rows(data, mask, box_size):
     ny, nx = data.shape
     by, bx = (int(v) for v in box_size)
     my, mx = -(-ny // by), -(-nx // bx)
-    padded = np.full((my * by, mx * bx), np.nan)
-    padded[:ny, :nx] = data
+    rows = np.empty((my, mx, by, bx))
+    full_y, full_x = ny // by, nx // bx
+    y1, x1 = full_y * by, full_x * bx
+    # full boxes: one strided copy; the partial edge boxes are padded with NaN
+    rows[:full_y, :full_x] = data[:y1, :x1].reshape(full_y, by, full_x, bx).transpose(0, 2, 1, 3)
+    if full_y < my or full_x < mx:
+        edge = np.full((my * by, mx * bx), np.nan)
+        edge[y1:ny, :nx] = data[y1:, :]
+        edge[:ny, x1:nx] = data[:, x1:]
+        edge = edge.reshape(my, by, mx, bx).transpose(0, 2, 1, 3)
+        rows[full_y:] = edge[full_y:]
+        rows[:full_y, full_x:] = edge[:full_y, full_x:]
     if mask is not None:
-        padded[:ny, :nx][mask] = np.nan
-    rows = padded.reshape(my, by, mx, bx).transpose(0, 2, 1, 3).reshape(my * mx, by * bx)
-    return np.ascontiguousarray(rows), (my, mx)
+        padded = np.zeros((my * by, mx * bx), bool)
+        padded[:ny, :nx] = mask
+        np.copyto(rows, np.nan, where=padded.reshape(my, by, mx, bx).transpose(0, 2, 1, 3))
+    return rows.reshape(my * mx, by * bx), (my, mx)
 
 
 def _nanmedian_filter(data, size):
@@ -218,7 +229,7 @@ class Background2D:
         self.filter_size = _pair("filter_size", filter_size, odd=True)
         self.filter_threshold = filter_threshold
         self.sigma_clip = _make_sigma_clip(sigma_clip)
-        self.interpolator = _ZoomInterpolator() if interpolator is None else interpolator
+        self.interpolator = _BkgZoomInterpolator() if interpolator is None else interpolator
         if bkg_estimator is None:
             bkg_estimator = SExtractorBackground(sigma_clip=None)
         if bkg_rms_estimator is None:

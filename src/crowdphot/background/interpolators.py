@@ -15,6 +15,8 @@ k-d tree (``scipy.spatial.cKDTree``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from astropy.utils.exceptions import AstropyDeprecationWarning
 
@@ -25,6 +27,7 @@ __all__ = ["BkgIDWInterpolator", "BkgZoomInterpolator", "idw_interpolate", "zoom
 _SEPARABLE_MODES = ("reflect", "mirror", "grid-mirror")
 
 
+@functools.lru_cache(maxsize=32)
 def _weights_1d(m, factor, n_out, order, mode):
     """Sparse ``(n_out, m)`` matrix of scipy's 1-D spline evaluation weights (no prefilter)."""
     from scipy import ndimage, sparse
@@ -38,7 +41,7 @@ def _weights_1d(m, factor, n_out, order, mode):
     return sparse.csr_matrix(np.column_stack(cols))
 
 
-def zoom_mesh(mesh, box_size, shape, *, order=3, mode="reflect", cval=0.0):
+def zoom_mesh(mesh, box_size, shape, *, order=3, mode="reflect", cval=0.0, clip=None):
     """Spline-resize ``mesh`` by ``box_size`` and crop to ``shape`` (float64).
 
     Equal (to rounding) to ``scipy.ndimage.zoom(mesh, box_size, order=order, mode=mode,
@@ -58,6 +61,8 @@ def zoom_mesh(mesh, box_size, shape, *, order=3, mode="reflect", cval=0.0):
         scipy.ndimage boundary mode.
     cval : float, optional
         Value outside the input for the constant modes.
+    clip : (float, float), optional
+        Clip the result to this range.
 
     Returns
     -------
@@ -75,13 +80,32 @@ def zoom_mesh(mesh, box_size, shape, *, order=3, mode="reflect", cval=0.0):
     ny, nx = (int(v) for v in shape)
     if mode not in _SEPARABLE_MODES or order < 0 or order > 5:
         out = ndimage.zoom(mesh, (by, bx), order=order, mode=mode, cval=cval, grid_mode=True)
-        return np.ascontiguousarray(out[:ny, :nx], dtype=float)
+        out = np.ascontiguousarray(out[:ny, :nx], dtype=float)
+        if clip is not None:
+            np.clip(out, clip[0], clip[1], out=out)
+        return out
     coeffs = (ndimage.spline_filter(mesh, order, output=np.float64, mode=mode)
               if order > 1 else mesh)
     wy = _weights_1d(mesh.shape[0], by, ny, order, mode)
     wx = _weights_1d(mesh.shape[1], bx, nx, order, mode)
     cols = np.ascontiguousarray((wx @ coeffs.T).T)  # (my, nx)
-    return np.ascontiguousarray(wy @ cols)
+    return _sparse_rows(wy, cols, clip)
+
+
+def _sparse_rows(w, cols, clip):
+    """``w @ cols`` for a CSR ``w`` with a few weights per row, optionally clipped."""
+    from crowdphot.background._meshstats import sparse_rows_compiled, use_numba
+
+    if use_numba():
+        out = np.empty((w.shape[0], cols.shape[1]))
+        lo, hi = clip if clip is not None else (-np.inf, np.inf)
+        sparse_rows_compiled(w.indptr.astype(np.int64), w.indices.astype(np.int64),
+                             w.data.astype(float), cols, float(lo), float(hi), out)
+        return out
+    out = np.ascontiguousarray(w @ cols)
+    if clip is not None:
+        np.clip(out, clip[0], clip[1], out=out)
+    return out
 
 
 def idw_interpolate(points, values, query, *, leafsize=10, n_neighbors=10, power=1.0,
@@ -127,7 +151,7 @@ def idw_interpolate(points, values, query, *, leafsize=10, n_neighbors=10, power
     return out
 
 
-class _ZoomInterpolator:
+class _BkgZoomInterpolator:
     """Spline (``scipy.ndimage.zoom``-equivalent) resizing of the mesh; see module docstring.
 
     Parameters
@@ -149,7 +173,7 @@ class _ZoomInterpolator:
         self.clip = clip
 
     def __repr__(self):
-        return (f"BkgZoomInterpolator(order={self.order!r}, mode={self.mode!r}, "
+        return (f"{type(self).__name__}(order={self.order!r}, mode={self.mode!r}, "
                 f"cval={self.cval!r}, clip={self.clip!r})")
 
     def __call__(self, data, **kwargs):
@@ -164,12 +188,10 @@ class _ZoomInterpolator:
         dtype = kwargs.get("dtype", float)
         if np.ptp(data) == 0:
             return np.full(kwargs["shape"], np.min(data), dtype=dtype)
+        bounds = (np.min(data), np.max(data)) if self.clip else None
         out = zoom_mesh(data, kwargs["box_size"], kwargs["shape"], order=self.order,
-                        mode=self.mode, cval=self.cval)
-        out = out.astype(dtype, copy=False)
-        if self.clip:
-            np.clip(out, np.min(data), np.max(data), out=out)
-        return out
+                        mode=self.mode, cval=self.cval, clip=bounds)
+        return out.astype(dtype, copy=False)
 
 
 def _deprecation(name, extra=""):
@@ -179,7 +201,7 @@ def _deprecation(name, extra=""):
                   AstropyDeprecationWarning, stacklevel=3)
 
 
-class BkgZoomInterpolator(_ZoomInterpolator):
+class BkgZoomInterpolator(_BkgZoomInterpolator):
     """Spline resizing of the background mesh (deprecated in photutils 3.0, as here).
 
     Parameters
