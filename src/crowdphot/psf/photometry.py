@@ -32,10 +32,11 @@ class FitInfo:
 
     Keys: ``param_cov`` (covariance of the free parameters in the model's parameter order,
     e.g. flux, x_0, y_0, as photutils; absent when unavailable), ``status``
-    (1 converged, 0 iteration limit reached), ``message`` and ``niter``.
+    (1 converged, 0 not converged: iteration limit reached, or stopped because the position
+    left its fit stamp), ``message`` and ``niter``.
     """
 
-    def __init__(self, cov, converged, niter, valid, order=(0, 1, 2)):
+    def __init__(self, cov, converged, niter, valid, order=(0, 1, 2), left_stamp=None):
         self._cov = cov
         # engine covariances are (x, y, flux); photutils reports the free parameters in the
         # model's parameter order (flux, x_0, y_0 for the built-in models)
@@ -43,6 +44,7 @@ class FitInfo:
         self._converged = converged
         self._niter = niter
         self._valid = valid
+        self._left_stamp = left_stamp
 
     def __len__(self):
         return len(self._valid)
@@ -62,6 +64,8 @@ class FitInfo:
         info["status"] = 1 if converged else 0
         info["message"] = ("converged" if converged
                            else "maximum number of iterations reached")
+        if self._left_stamp is not None and self._left_stamp[i]:
+            info["message"] = "stopped: the position left its fit stamp"
         if self._niter is not None:
             info["niter"] = int(self._niter[i])
         return info
@@ -288,6 +292,7 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
     n_cov = pieces[0][1].cov.shape[1] if pieces else 3
     cov = np.full((n, n_cov, n_cov), np.nan)
     sky, sky_err = full(np.nan), full(np.nan)
+    left_stamp, absurd = full(False, bool), full(False, bool)
     for sel, res in pieces:
         rows = idx_all[sel]
         for k in ("x", "y", "flux"):
@@ -301,6 +306,7 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
         if getattr(res, "cov", None) is not None:
             cov[rows] = res.cov
         sky[rows], sky_err[rows] = res.sky, res.sky_err
+        left_stamp[rows], absurd[rows] = res.left_stamp, res.absurd
         sub_reason = getattr(res, "reason", None)
         if sub_reason is not None:
             reason[rows] = np.where(np.asarray(sub_reason) == "", reason[rows], sub_reason)
@@ -317,7 +323,8 @@ def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
     return SourceFit(values=vals, errors=errs, n_pixels=npix, group_size=None, qfit=qfit,
                      cfit=cfit, reduced_chi2=rchi2, converged=converged, cov_ok=cov_ok,
                      near_bound=near, reason=reason, cov=cov, niter=niter,
-                     sky=sky if fit_sky else None, sky_err=sky_err if fit_sky else None)
+                     sky=sky if fit_sky else None, sky_err=sky_err if fit_sky else None,
+                     left_stamp=left_stamp, absurd=absurd)
 
 
 def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, init_params=None,
@@ -378,7 +385,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
             order.append(3)  # the group's sky closes the covariance
-        fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "", order)
+        fit_info = FitInfo(fit.cov, fit.converged, fit.niter, fit.reason == "", order,
+                           left_stamp=fit.left_stamp)
     else:
         if likelihood == "poisson" or crlb:
             raise ValueError("likelihood='poisson' and crlb=True need the batched engine: a "
@@ -405,9 +413,12 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         add_crlb_column(results, psf_model, data.shape, mask, fit_shape, read_noise, gain, unit)
     n_bad = int(np.count_nonzero((fit.reason == "") & ~fit.converged))
     if n_bad:
-        warnings.warn(
-            f"{n_bad} fit(s) may not have converged; check the 'flags' column (bit 8)",
-            CrowdphotWarning, stacklevel=3)
+        from crowdphot.utils.exceptions import FitConvergenceWarning
+
+        warnings.warn(  # photutils' wording and class (an AstropyUserWarning)
+            'One or more fit(s) may not have converged. Please check the "flags" column in '
+            f"the output table ({n_bad} fit(s), flag bit 8).",
+            FitConvergenceWarning, stacklevel=3)
     init_out = table.copy()
     if unit is not None:
         for name in ("local_bkg", "flux_init"):

@@ -26,6 +26,11 @@ __all__ = ["FitResult", "fit_psf"]
 
 _PARAMS = ("x", "y", "flux")
 
+#: A fitted |flux| above this times the stamps' peak |data| times the fit area is absurd.
+ABSURD_FLUX = 1e3
+#: A fitted position farther than this many fit boxes from its start is absurd.
+ABSURD_BOXES = 10
+
 
 @dataclass(frozen=True)
 class FitResult:
@@ -75,6 +80,13 @@ class FitResult:
         'no_overlap', 'fully_masked' or 'too_few_pixels'.
     sky, sky_err : ndarray of float
         The fitted sky of the source's group and its error (``fit_sky``; NaN otherwise).
+    left_stamp : ndarray of bool
+        The position reached the edge of the source's fit stamp during the fit and the
+        source was stopped there (``converged`` is then False).
+    absurd : ndarray of bool
+        A fitted value was absurd (|flux| above ``ABSURD_FLUX`` times the largest |data| of
+        the fit stamps times the stamp area, or a position more than ``ABSURD_BOXES`` fit
+        boxes from its start, or not finite): the source's values and errors are NaN.
     """
 
     x: np.ndarray
@@ -99,6 +111,8 @@ class FitResult:
     reason: np.ndarray
     sky: np.ndarray
     sky_err: np.ndarray
+    left_stamp: np.ndarray
+    absurd: np.ndarray
 
 
 def _support_of(psf_model, support_shape):
@@ -111,7 +125,7 @@ def _support_of(psf_model, support_shape):
 
 
 def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=None, mask=None,
-             local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-10,
+             local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-6,
              ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
              shared_pixels="once", fit_sky=False):
     """Unchecked core of :func:`fit_psf`.
@@ -141,6 +155,7 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
     niter_all = np.zeros(n, dtype=np.int64)
     conv_all = np.zeros(n, dtype=bool)
     covok_all = np.zeros(n, dtype=bool)
+    stopped_all = np.zeros(n, dtype=bool)
 
     idx = np.flatnonzero(fitted)
     if len(idx):
@@ -166,8 +181,8 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
         prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
                        weight=weight, xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
                        layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params)
-        theta, phi, ev, niter, conv = levenberg_marquardt(prob, theta0[idx], maxiters=maxiters,
-                                                          xtol=xtol, ftol=ftol)
+        theta, phi, ev, niter, conv, stopped = levenberg_marquardt(
+            prob, theta0[idx], maxiters=maxiters, xtol=xtol, ftol=ftol)
         cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
         for k, name in enumerate(_PARAMS):
             res[name][idx] = theta[:, k]
@@ -179,10 +194,16 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
                 sky_err[idx] = np.sqrt(cov[:, 3, 3])
         cov_all[idx] = cov
         niter_all[idx] = niter[grp]
-        conv_all[idx] = conv[grp]
+        conv_all[idx] = conv[grp] & ~stopped
+        stopped_all[idx] = stopped
         covok_all[idx] = cov_ok
         _metrics(res, idx, ev.resid, st, theta[:, 2], n_free[idx], error is not None)
 
+    absurd = _absurd(res, x, y, fitted, fit_shape, st)
+    for name in ("x", "y", "flux", "x_err", "y_err", "flux_err", "qfit", "cfit"):
+        res[name][absurd] = np.nan
+    cov_all[absurd] = np.nan
+    covok_all &= ~absurd
     dist = np.full(n, np.inf)
     with np.errstate(invalid="ignore"):
         for k in range(2):
@@ -195,7 +216,19 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
                      niter=niter_all, converged=conv_all, cov_ok=covok_all,
                      bound_distance=dist, center_in_stamp=st.center >= 0, fitted=fitted,
                      reason=np.array(REASONS, dtype=object)[st.reason], sky=sky,
-                     sky_err=sky_err, **res)
+                     sky_err=sky_err, left_stamp=stopped_all, absurd=absurd, **res)
+
+
+def _absurd(res, x0, y0, fitted, fit_shape, st):
+    """Fitted sources whose values no data can support (see ``FitResult.absurd``)."""
+    fy, fx = fit_shape
+    peak = float(np.max(np.abs(st.data[fitted]), initial=0.0))
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(res["x"]) & np.isfinite(res["y"]) & np.isfinite(res["flux"]))
+        bad |= np.abs(res["flux"]) > ABSURD_FLUX * peak * fy * fx
+        bad |= (np.abs(res["x"] - x0) > ABSURD_BOXES * fx) | (
+            np.abs(res["y"] - y0) > ABSURD_BOXES * fy)
+    return fitted & bad
 
 
 def _covariance(prob, ev, npix, n_free, scale_by_chi2):
@@ -335,7 +368,7 @@ def _bound(name, v, n):
 
 def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=None,
             error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
-            xtol=1e-10, ftol=1e-10, support_shape="auto", dense_max=64,
+            xtol=1e-6, ftol=1e-10, support_shape="auto", dense_max=64,
             shared_pixels="once", fit_sky=False):
     """Fit PSFs to many sources at once, grouped sources simultaneously.
 
@@ -367,8 +400,9 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
     maxiters : int, optional
         Maximum Levenberg-Marquardt iterations per group.
     xtol, ftol : float, optional
-        A group converges when every step component is below ``xtol * (|p| + xtol)`` or the
-        relative cost decrease is below ``ftol``.
+        A group converges when every step component is below ``xtol`` times that
+        parameter's (conditional) error ``1 / sqrt((J^T J)_kk)`` -- never relative to the
+        parameter's value -- or the relative cost decrease is below ``ftol``.
     support_shape : 'auto', None or (sy, sx), optional
         PSF extent used to find which members reach which stamps of a group ('auto': the
         model's ``default_stamp_shape``; None: every member on every stamp of its group).
@@ -391,6 +425,13 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
     Returns
     -------
     FitResult
+
+    Notes
+    -----
+    Steps are robust (DAOPHOT ALLSTAR's habits): position changes are clamped to
+    ``crowdphot.core.fit.lm.MAX_SHIFT`` pixels per iteration; a source whose position reaches
+    the edge of its own fit stamp is stopped there (``left_stamp``, not ``converged``); and
+    absurd values (``absurd``) are reported as NaN, never as numbers.
 
     Examples
     --------

@@ -9,6 +9,14 @@ left of a step beyond a bound is clipped onto it.
 Parameters are described by a :class:`~crowdphot.core.fit.params.ParamSet`: ``theta`` holds the
 ``K`` per-source parameters ``(m, K)`` and ``phi`` the ``S`` group parameters ``(G, S)`` (the
 sky); with ``S = 0`` no group-parameter arithmetic is done at all.
+
+Robust steps (DAOPHOT ALLSTAR's habits): every position step is clamped to ``MAX_SHIFT``
+pixels per iteration (a trust region in pixels, on top of the Marquardt damping); a source
+whose position reaches the edge of its own fit stamp -- where the stamp's pixels stop
+constraining it and faint fits run away -- is *stopped* there (all its parameters held for the
+rest of the fit) and reported, so that it can be flagged; and a step counts as negligible when
+every component is below ``xtol`` times that parameter's error (``1 / sqrt((J^T J)_kk)``),
+never relative to the parameter's value (a runaway flux of 1e100 makes any relative test pass).
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from crowdphot.core.fit.params import ParamSet
 from crowdphot.core.fit.solve import scale_blocks, scale_group, solve_groups
 from crowdphot.core.jit import njit
 
-__all__ = ["Problem", "Evaluation", "evaluate", "levenberg_marquardt"]
+__all__ = ["Problem", "Evaluation", "evaluate", "levenberg_marquardt", "MAX_SHIFT"]
+
+#: Largest position change (pixels, per axis) of one Levenberg-Marquardt step.
+MAX_SHIFT = 1.0
 
 
 @dataclass(frozen=True)
@@ -242,13 +253,15 @@ class _State:
         self.converged = np.zeros(g, dtype=bool)
         self.done = ~np.isfinite(ev.cost)
         self.lu = np.zeros(g, dtype=bool)  # large groups where CG stalled: LU from then on
+        self.stopped = np.zeros(len(theta), dtype=bool)  # left their stamp: held from then on
         self.src = np.arange(len(theta))
         self.blk = np.arange(len(prob.layout.bs1))
         self.grp = np.arange(g)
 
     def write_back(self, out):
-        theta, phi, ev, niter, conv = out
+        theta, phi, ev, niter, conv, stopped = out
         theta[self.src] = self.theta
+        stopped[self.src] = self.stopped
         phi[self.grp] = self.phi
         ev.cost[self.grp] = self.ev.cost
         ev.grad[self.src] = self.ev.grad
@@ -264,6 +277,7 @@ class _State:
         keep = ~self.done
         sub, src, blk = restrict(self.prob, keep)
         self.prob, self.theta, self.phi = sub, self.theta[src], self.phi[keep]
+        self.stopped = self.stopped[src]
         self.ev = Evaluation(cost=self.ev.cost[keep], grad=self.ev.grad[src],
                              blocks=self.ev.blocks[blk], resid=self.ev.resid[src],
                              ggrad=self.ev.ggrad[keep], gblock=self.ev.gblock[keep],
@@ -273,8 +287,8 @@ class _State:
         self.src, self.blk, self.grp = self.src[src], self.blk[blk], self.grp[keep]
 
 
-def _free_set(prob, theta, grad):
-    """Free parameters minus the active bound constraints of this step.
+def _free_set(prob, theta, grad, stopped):
+    """Free parameters minus the active bound constraints of this step and the stopped sources.
 
     ``grad`` is ``J^T r``, the steepest-descent direction of the cost. A parameter sitting on
     a bound whose descent direction points outward is held for the step (identity row, zero
@@ -283,7 +297,14 @@ def _free_set(prob, theta, grad):
     the descent direction points back inside.
     """
     held = ((theta <= prob.lo) & (grad < 0)) | ((theta >= prob.hi) & (grad > 0))
-    return prob.free & ~held
+    return prob.free & ~held & ~stopped[:, None]
+
+
+def _stamp_box(prob):
+    """``(lo, hi)`` of shape (m, 2): the (x, y) extent of each source's own fit stamp."""
+    fy, fx = prob.fit_shape
+    lo = np.column_stack([prob.xlo - 0.5, prob.ylo - 0.5])
+    return lo, lo + np.array([fx, fy], dtype=float)
 
 
 def _step(st, xtol, ftol):
@@ -293,22 +314,26 @@ def _step(st, xtol, ftol):
 
 
 def _solve_step(st, active):
-    """The damped Gauss-Newton step of every active group: ``(delta (m, K), dphi (G, S))``."""
+    """The damped Gauss-Newton step of every active group.
+
+    Returns ``delta (m, K), dphi (G, S) or None, sd (m, K), gsd (G, S) or None``; ``1 / sd``
+    is each parameter's conditional error (the unit of the convergence test).
+    """
     prob, cur, theta = st.prob, st.ev, st.theta
     lay = prob.layout
     grp = lay.group
-    scaled, sd, usable = scale_blocks(cur.blocks, lay, _free_set(prob, theta, cur.grad),
-                                      st.lam[grp])
+    scaled, sd, usable = scale_blocks(cur.blocks, lay,
+                                      _free_set(prob, theta, cur.grad, st.stopped), st.lam[grp])
     rhs = np.where(usable, cur.grad / sd, 0.0)
     if not prob.params.n_group:
         delta = solve_groups(scaled, rhs, lay, active, st.lu) / sd
-        return np.where(active[grp][:, None] & usable, delta, 0.0), None
+        return np.where(active[grp][:, None] & usable, delta, 0.0), None, sd, None
     cross, gdiag, gsd, gusable = scale_group(cur.cross, cur.gblock, lay, usable, sd, st.lam)
     grhs = np.where(gusable, cur.ggrad / gsd, 0.0)
     z, zg = solve_groups(scaled, rhs, lay, active, st.lu, group=(cross, gdiag, grhs))
     delta = np.where(active[grp][:, None] & usable, z / sd, 0.0)
     dphi = np.where(active[:, None] & gusable, zg / gsd, 0.0)
-    return delta, dphi
+    return delta, dphi, sd, gsd
 
 
 def _step_unguarded(st, xtol, ftol):
@@ -318,15 +343,21 @@ def _step_unguarded(st, xtol, ftol):
     n_groups = lay.n_groups
     active = ~st.done
     st.niter[active] += 1
-    delta, dphi = _solve_step(st, active)
+    delta, dphi, sd, gsd = _solve_step(st, active)
+    # trust region in pixels: position steps clamped per iteration, positions kept on the
+    # source's own stamp (reaching its edge stops the source, below)
+    delta[:, :2] = np.clip(delta[:, :2], -MAX_SHIFT, MAX_SHIFT)
     cand = np.clip(theta + delta, prob.lo, prob.hi)
+    box_lo, box_hi = _stamp_box(prob)
+    cand[:, :2] = np.clip(cand[:, :2], box_lo, box_hi)
     delta = cand - theta
     fin_src = np.isfinite(delta).all(axis=1)
     finite = _all_in_group(fin_src, grp, n_groups)
     delta = np.where(fin_src[:, None], delta, 0.0)
     cand = theta + delta
     lin = np.bincount(grp, np.einsum("sk,sk->s", delta, cur.grad), minlength=n_groups)
-    small_src = (np.abs(delta) <= xtol * (np.abs(theta) + xtol)).all(axis=1)
+    # negligible: below xtol times the parameter's (conditional) error, never relative to it
+    small_src = (np.abs(delta) * sd <= xtol).all(axis=1)
     small = _all_in_group(small_src, grp, n_groups)
     cphi = phi
     if dphi is not None:
@@ -335,7 +366,7 @@ def _step_unguarded(st, xtol, ftol):
         dphi = np.where(fin_g[:, None], dphi, 0.0)
         cphi = phi + dphi
         lin = lin + np.einsum("gu,gu->g", dphi, cur.ggrad)
-        small &= (np.abs(dphi) <= xtol * (np.abs(phi) + xtol)).all(axis=1)
+        small &= (np.abs(dphi) * gsd <= xtol).all(axis=1)
     pred = lin - 0.5 * _quadratic(cur, delta, dphi, lay)
     # a negligible proposed step means the group sits at its minimum: stop without paying
     # for one more evaluation
@@ -353,6 +384,8 @@ def _step_unguarded(st, xtol, ftol):
         | (~accept & (pred <= tol) & finite))
     _merge(cur, new, prob, accept)
     st.theta = np.where(accept[grp][:, None], cand, theta)
+    edge = ((st.theta[:, :2] <= box_lo) | (st.theta[:, :2] >= box_hi)).any(axis=1)
+    st.stopped |= edge & prob.free[:, :2].any(axis=1)
     if dphi is not None:
         st.phi = np.where(accept[:, None], cphi, phi)
     shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * np.clip(rho, 0, 1) - 1.0) ** 3)
@@ -364,7 +397,7 @@ def _step_unguarded(st, xtol, ftol):
     st.done |= newly | (st.lam > 1e16)
 
 
-def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-10, ftol=1e-10,
+def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-6, ftol=1e-10,
                         lam0=1e-3):
     """Minimise every group's weighted sum of squares at once.
 
@@ -378,10 +411,17 @@ def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-10, ft
         Initial per-source parameters.
     phi0 : ndarray of shape (G, S), optional
         Initial group parameters (zeros by default).
+    xtol : float
+        A step is negligible when each component is below ``xtol`` times the parameter's
+        conditional error ``1 / sqrt((J^T J)_kk)``.
+    ftol : float
+        Relative decrease of the cost below which a group has converged.
 
     Returns
     -------
-    ``theta (m, K), phi (G, S), evaluation at theta, niter (G,), converged (G,)``.
+    ``theta (m, K), phi (G, S), evaluation at theta, niter (G,), converged (G,),
+    stopped (m,)`` -- ``stopped``: the source's position reached the edge of its fit stamp
+    and was held there.
     """
     n_groups = prob.layout.n_groups
     theta = np.clip(theta0, prob.lo, prob.hi)
@@ -389,7 +429,7 @@ def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-10, ft
            else np.array(phi0, dtype=float))
     ev = evaluate(prob, theta, np.ones(n_groups, dtype=bool), phi)
     out = (theta.copy(), phi.copy(), ev, np.zeros(n_groups, dtype=np.int64),
-           np.zeros(n_groups, dtype=bool))
+           np.zeros(n_groups, dtype=bool), np.zeros(len(theta), dtype=bool))
     st = _State(prob, theta, phi, Evaluation(
         ev.cost.copy(), ev.grad.copy(), ev.blocks.copy(), ev.resid.copy(), ev.ggrad.copy(),
         ev.gblock.copy(), ev.cross.copy()), lam0)
