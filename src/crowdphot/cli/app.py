@@ -144,6 +144,9 @@ def build_parser():
     _add_phot(sub)
     _add_simulate(sub)
     _add_psfgrid(sub)
+    from crowdphot.cli.ast import add_ast_parser
+
+    add_ast_parser(sub, _add_phot)
     return parser
 
 
@@ -271,8 +274,14 @@ def _cmd_phot(args):
     return run_phot(args)
 
 
+def _cmd_ast(args):
+    from crowdphot.cli.ast import run_ast
+
+    return run_ast(args)
+
+
 _COMMANDS = {"demo": _cmd_demo, "phot": _cmd_phot, "simulate": _cmd_simulate,
-             "psfgrid": _cmd_psfgrid}
+             "psfgrid": _cmd_psfgrid, "ast": _cmd_ast}
 
 # what a user can cause with a bad file or option; anything else is a bug and keeps its traceback
 _USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, IsADirectoryError,

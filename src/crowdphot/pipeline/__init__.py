@@ -5,6 +5,9 @@ from crowdphot.core.lazy import lazy_exports
 _EXPORTS = {
     "photometry_tiled": "crowdphot.pipeline.tiles",
     "tile_grid": "crowdphot.pipeline.tiles",
+    "artificial_star_test": "crowdphot.pipeline.ast",
+    "ast_summary": "crowdphot.pipeline.ast",
+    "completeness_map": "crowdphot.pipeline.ast",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,641 @@
+"""Artificial star tests (DOLPHOT's fake-star mode): completeness, bias and scatter in seconds.
+
+Artificial stars are drawn uniformly on the image and log-uniformly in flux (uniform in
+magnitude), rendered with the image's own PSF model by crowdphot's renderer and added to the
+image in *batches* whose members are far enough apart not to crowd each other (greedy graph
+colouring of the stars closer than ``spacing``). Each batch is measured by the same pipeline as
+the photometry run it is compared with -- the ``phot`` object's finder, grouper, local
+background, fit shape and fit options -- but incrementally:
+
+* the finder runs on the image with the batch added (it is a local operation, so every
+  detection away from an artificial star is the original run's);
+* only the detections within reach of an artificial star are fitted, together with every
+  member of their groups when ``phot`` has a grouper; all the image's other stars stay in the
+  data exactly as they were in the original run, so the crowding an artificial star sees is the
+  image's own.
+
+The result for a non-iterative ``PSFPhotometry`` is therefore the same as a full re-run on the
+image with the batch added (tested), at the cost of fitting a few stars per artificial star.
+An artificial star's measurement is the fitted star nearest its input position (within
+``search_radius``); it is *recovered* when that star lies within ``match_radius`` pixels and its
+flux within a fraction ``match_flux`` of the input, the rule used to score the field's own stars
+against their truth.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+from astropy.table import QTable
+from scipy.spatial import cKDTree
+
+from crowdphot.core.render import render_image
+from crowdphot.core.validate import positive_real
+
+__all__ = [
+    "ASTResult",
+    "artificial_star_test",
+    "ast_summary",
+    "completeness_map",
+    "draw_artificial_stars",
+]
+
+#: Output columns, in order (one row per artificial star).
+AST_COLUMNS = ("x_in", "y_in", "flux_in", "recovered", "x_out", "y_out", "flux_out",
+               "flux_err", "flags")
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------
+def _check_n(n_stars):
+    if isinstance(n_stars, bool) or not isinstance(n_stars, (int, np.integer)):
+        raise TypeError(f"n_stars must be an integer, got {n_stars!r}")
+    if n_stars <= 0:
+        raise ValueError(f"n_stars must be positive, got {n_stars}")
+    return int(n_stars)
+
+
+def _check_flux_range(flux_range):
+    try:
+        lo, hi = (float(v) for v in flux_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"flux_range must be two numbers (LO, HI), got {flux_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0:
+        raise ValueError(f"flux_range must be finite and positive, got ({lo:g}, {hi:g})")
+    if lo >= hi:
+        raise ValueError(f"flux_range: LO must be below HI, got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
+def _check_fraction(name, value):
+    v = positive_real(name, value)
+    return float(v)
+
+
+def _noise_sigma(data, mask, error):
+    """A robust per-pixel noise level: the median error, else 1.4826 x MAD of the data."""
+    good = np.isfinite(data) if mask is None else (~mask & np.isfinite(data))
+    if error is not None:
+        e = np.asarray(error, dtype=float)[good]
+        e = e[np.isfinite(e) & (e > 0)]
+        if e.size:
+            return float(np.median(e))
+    values = data[good]
+    if values.size > 200_000:  # a regular sample is plenty for a noise level
+        values = values[:: values.size // 200_000]
+    med = np.median(values)
+    return float(1.4826 * np.median(np.abs(values - med)))
+
+
+def _peak_fraction(psf_model, shape):
+    """Largest pixel value of a unit-flux star at the image centre (its peak per unit flux)."""
+    ny, nx = shape
+    x0, y0 = (nx - 1) / 2.0, (ny - 1) / 2.0
+    best = 0.0
+    for dx, dy in ((0.0, 0.0), (0.5, 0.5)):  # centred on a pixel and on a corner
+        img = render_image((ny, nx), psf_model, [x0 + dx], [y0 + dy], [1.0])
+        best = max(best, float(img.max()))
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing and batching
+# ----------------------------------------------------------------------------------------------
+def draw_artificial_stars(shape, n_stars, flux_range, *, seed=None, border=0.0, avoid=None,
+                          min_separation=0.0):
+    """Draw artificial stars: uniform on the image, log-uniform in flux (uniform in magnitude).
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Image shape.
+    n_stars : int
+        Number of stars, > 0.
+    flux_range : (LO, HI)
+        Flux limits, ``0 < LO < HI``.
+    seed : int or numpy Generator, optional
+        Same seed, same stars.
+    border : float, optional
+        Keep stars at least this many pixels inside the image edge.
+    avoid : (x, y) arrays, optional
+        Positions (e.g. the catalogued stars) that no star may land within ``min_separation``
+        of; rejected positions are redrawn.
+    min_separation : float, optional
+        Exclusion radius around ``avoid`` (pixels; 0: uniform everywhere).
+
+    Returns
+    -------
+    x, y, flux : ndarray of float64, shape (n_stars,)
+
+    Examples
+    --------
+    >>> x, y, f = draw_artificial_stars((100, 200), 5, (10.0, 1000.0), seed=1)
+    >>> bool(np.all((x >= 0) & (x <= 199) & (f >= 10) & (f <= 1000)))
+    True
+    """
+    n = _check_n(n_stars)
+    lo, hi = _check_flux_range(flux_range)
+    ny, nx = (int(v) for v in shape)
+    b = float(border)
+    if b < 0 or 2 * b >= min(nx, ny) - 1:
+        raise ValueError(f"border must be >= 0 and leave room on the image, got {border!r}")
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(b, nx - 1 - b, n)
+    y = rng.uniform(b, ny - 1 - b, n)
+    flux = lo * (hi / lo) ** rng.uniform(0.0, 1.0, n)
+    sep = float(min_separation)
+    if sep > 0 and avoid is not None and len(avoid[0]):
+        ax, ay = (np.asarray(v, dtype=float) for v in avoid)
+        good = np.isfinite(ax) & np.isfinite(ay)
+        tree = cKDTree(np.column_stack([ax[good], ay[good]]))
+        for _ in range(1000):
+            bad = np.flatnonzero(np.isfinite(tree.query(np.column_stack([x, y]),
+                                                        distance_upper_bound=sep)[0]))
+            if bad.size == 0:
+                break
+            x[bad] = rng.uniform(b, nx - 1 - b, bad.size)
+            y[bad] = rng.uniform(b, ny - 1 - b, bad.size)
+        else:
+            raise ValueError(f"min_separation={sep:g} leaves no room for artificial stars")
+    return x, y, flux
+
+
+def assign_batches(x, y, spacing):
+    """Batch index of each star such that stars of one batch are more than ``spacing`` apart.
+
+    Greedy colouring in input order of the graph of pairs closer than ``spacing``: each star
+    takes the lowest batch not used by an earlier neighbour. Deterministic.
+
+    Parameters
+    ----------
+    x, y : ndarray of shape (n,)
+    spacing : float
+
+    Returns
+    -------
+    batch : ndarray of int64, shape (n,)
+
+    Examples
+    --------
+    >>> assign_batches(np.array([0.0, 1.0, 50.0, 2.0]), np.zeros(4), 10.0)
+    array([0, 1, 0, 2])
+    """
+    from crowdphot.core.kernels.colouring import greedy_colouring
+
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(spacing, output_type="ndarray")
+    return greedy_colouring(n, pairs[:, 0], pairs[:, 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# the test
+# ----------------------------------------------------------------------------------------------
+class ASTResult:
+    """Result of :func:`artificial_star_test`.
+
+    Attributes
+    ----------
+    table : QTable
+        One row per artificial star: ``x_in, y_in, flux_in, recovered, x_out, y_out, flux_out,
+        flux_err, flags`` (+ ``batch``); outputs are NaN (flags 0) when no star was fitted
+        within ``search_radius`` of the input position.
+    catalog : QTable or None
+        The original photometry run of the image.
+    meta : dict
+        Settings and timings (``t_phot``, ``t_ast`` seconds, ``n_batches``, ``spacing`` ...).
+    """
+
+    def __init__(self, table, catalog, meta):
+        self.table = table
+        self.catalog = catalog
+        self.meta = meta
+
+    def summary(self, **kwargs):
+        """:func:`ast_summary` of the table (same keyword arguments)."""
+        return ast_summary(self.table, **kwargs)
+
+    def __repr__(self):
+        n = len(self.table)
+        rec = int(np.count_nonzero(self.table["recovered"]))
+        return f"<ASTResult(n_stars={n}, recovered={rec})>"
+
+
+def _finder_reach(finder):
+    """Pixels around an added star within which the finder's output can change."""
+    fwhm = float(getattr(finder, "fwhm", 3.0) or 3.0)
+    sep = float(getattr(finder, "min_separation", 2.5 * fwhm) or 0.0)
+    return max(sep, 1.5 * fwhm) + 2.0
+
+
+def _reach(phot, stamp_shape, search_radius):
+    """Spacing that keeps one batch star's light away from another's measurement."""
+    fit_half = 0.5 * math.hypot(*phot.fit_shape)
+    lb = phot.local_bkg_estimator
+    annulus = float(getattr(lb, "outer_radius", 0.0) or 0.0)
+    aperture = float(phot.aperture_radius or 0.0)
+    star = 0.5 * math.hypot(*stamp_shape)
+    local = max(fit_half, annulus, aperture, _finder_reach(phot.finder))
+    return 2.0 * (search_radius + 1.0) + star + local
+
+
+def _values(col):
+    return np.asarray(getattr(col, "value", col), dtype=float)
+
+
+def _check_phot(phot):
+    from crowdphot.psf.iterative import IterativePSFPhotometry
+    from crowdphot.psf.photometry import PSFPhotometry
+
+    if isinstance(phot, IterativePSFPhotometry):
+        raise TypeError("artificial_star_test needs a PSFPhotometry object; iterative "
+                        "photometry is not supported yet")
+    if not isinstance(phot, PSFPhotometry):
+        raise TypeError(f"phot must be a PSFPhotometry object, got {type(phot).__name__}")
+    if phot.finder is None:
+        raise ValueError("phot must have a finder: artificial stars are re-detected")
+    for name in ("x_0", "y_0"):
+        if phot.psf_model.fixed.get(name, False):
+            raise ValueError("phot's PSF model has fixed positions (forced photometry); "
+                             "artificial star tests re-detect and fit positions")
+
+
+def _fitter_phot(phot):
+    """The same photometry without its finder (the batch's detections are given)."""
+    from crowdphot.psf.photometry import PSFPhotometry
+
+    extra = {name: getattr(phot, name) for name in ("shared_pixels", "fit_sky")
+             if hasattr(phot, name)}
+    return PSFPhotometry(phot.psf_model, phot.fit_shape, finder=None, grouper=None,
+                         fitter=phot.fitter, fitter_maxiters=phot.fitter_maxiters,
+                         xy_bounds=phot.xy_bounds, aperture_radius=phot.aperture_radius,
+                         local_bkg_estimator=phot.local_bkg_estimator,
+                         group_warning_threshold=10**9, progress_bar=False, **extra)
+
+
+@contextmanager
+def _quiet_empty():
+    """Silence 'no sources found' warnings: an empty neighbourhood is a normal outcome."""
+    from crowdphot.utils.exceptions import NoDetectionsWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=NoDetectionsWarning)
+        warnings.filterwarnings("ignore", message="no sources were found")
+        yield
+
+
+def _detect(phot, image, mask):
+    with _quiet_empty():
+        found = phot.finder(image, mask=mask)
+    if found is None or len(found) == 0:
+        return np.empty(0), np.empty(0)
+    for xname, yname in (("x_centroid", "y_centroid"), ("xcentroid", "ycentroid"),
+                         ("x", "y")):
+        if xname in found.colnames:
+            return _values(found[xname]), _values(found[yname])
+    raise ValueError("the finder's table has no xcentroid/ycentroid columns")
+
+
+def _measure_batch(phot, fitter, data, mask, error, xin, yin, fin, *, search_radius, gain, rng):
+    """Fitted (x, y, flux, flux_err, flags) of the star nearest each artificial star."""
+    n = len(xin)
+    out = np.full((n, 4), np.nan)
+    flags = np.zeros(n, dtype=np.int64)
+    added = render_image(data.shape, phot.psf_model, xin, yin, fin)
+    err = error
+    if gain is not None:
+        # the artificial stars' own photon noise (and its share of the error map)
+        noisy = rng.poisson(np.clip(added * gain, 0, None)) / gain
+        if err is not None:
+            err = np.sqrt(err**2 + np.clip(added, 0, None) / gain)
+        added = noisy
+    image = data + added
+    xd, yd = _detect(phot, image, mask)
+    if xd.size == 0:
+        return out, flags
+    tree = cKDTree(np.column_stack([xd, yd]))
+    near = tree.query_ball_point(np.column_stack([xin, yin]), search_radius + 1.0)
+    sel = np.zeros(xd.size, dtype=bool)
+    for idx in near:
+        sel[idx] = True
+    if not np.any(sel):
+        return out, flags
+    init = QTable()
+    if phot.grouper is not None:
+        # every member of the selected detections' groups, grouped as the full run groups them
+        gid = np.asarray(phot.grouper(xd, yd))
+        sel |= np.isin(gid, np.unique(gid[sel]))
+        init["group_id"] = gid[sel]
+    init["x_init"] = xd[sel]
+    init["y_init"] = yd[sel]
+    result = fitter.run(image, mask=mask, error=err, init_params=init)
+    if result is None:
+        return out, flags
+    res = result.results
+    xf, yf = _values(res["x_fit"]), _values(res["y_fit"])
+    ok = np.isfinite(xf) & np.isfinite(yf)
+    if not np.any(ok):
+        return out, flags
+    rows = np.flatnonzero(ok)
+    dist, j = cKDTree(np.column_stack([xf[ok], yf[ok]])).query(
+        np.column_stack([xin, yin]), distance_upper_bound=search_radius)
+    hit = np.isfinite(dist)
+    r = rows[j[hit]]
+    out[hit, 0] = xf[r]
+    out[hit, 1] = yf[r]
+    out[hit, 2] = _values(res["flux_fit"])[r]
+    out[hit, 3] = _values(res["flux_err"])[r] if "flux_err" in res.colnames else np.nan
+    flags[hit] = np.asarray(res["flags"])[r] if "flags" in res.colnames else 0
+    return out, flags
+
+
+def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=None, seed=None,
+                         match_radius=0.5, match_flux=0.1, search_radius=None, gain=None,
+                         border=0.0, min_separation=0.0, spacing=None, catalog=None,
+                         progress_bar=False):
+    """Inject artificial stars into ``data`` and measure them with ``phot``'s pipeline.
+
+    Parameters
+    ----------
+    data : array_like (ny, nx)
+        The image.
+    phot : PSFPhotometry
+        Configured photometry with a finder (the run being characterised); its PSF model is
+        the image's PSF and is used to render the artificial stars.
+    n_stars : int
+        Number of artificial stars, > 0.
+    flux_range : (LO, HI)
+        Flux limits, ``0 < LO < HI``, drawn log-uniformly; HI must reach above the noise.
+    mask, error : array_like (ny, nx), optional
+        As for ``phot``.
+    seed : int, optional
+        Same seed, same stars and same results.
+    match_radius : float, optional
+        Recovered stars lie within this many pixels of their input position (0.5).
+    match_flux : float, optional
+        ... and within this fraction of their input flux (0.1).
+    search_radius : float, optional
+        The measurement is the fitted star nearest the input position within this radius;
+        default ``max(match_radius, min(fit_shape) / 2)``.
+    gain : float, optional
+        Add the artificial stars' own photon noise for this gain (electrons per data unit),
+        also added to ``error``; default: noiseless stars (the image's noise is already there).
+    border : float, optional
+        Keep artificial stars this many pixels inside the edges.
+    min_separation : float, optional
+        Keep artificial stars at least this far from the original run's catalogued stars
+        (default 0: uniform on the image, as DOLPHOT's fake stars). Use it to mimic a field
+        whose stars keep a minimum distance (simulations).
+    spacing : float, optional
+        Smallest distance between stars of one batch; default: from the PSF stamp, fit shape,
+        background annulus, finder and search radius.
+    catalog : QTable, optional
+        The original run's catalog, if already computed (else ``phot`` is run once).
+    progress_bar : bool, optional
+        Show a tqdm bar over batches.
+
+    Returns
+    -------
+    result : ASTResult
+
+    Raises
+    ------
+    ValueError
+        ``n_stars <= 0``, ``LO >= HI``, a flux range whose brightest star peaks below the
+        noise, or ``phot`` without a finder.
+
+    Examples
+    --------
+    >>> from crowdphot import (CircularGaussianPRF, DAOStarFinder, PSFPhotometry,
+    ...                        make_noise_image)
+    >>> psf = CircularGaussianPRF(fwhm=2.5)
+    >>> data = make_noise_image((64, 64), mean=0, stddev=1.0, seed=0)
+    >>> phot = PSFPhotometry(psf, (5, 5), finder=DAOStarFinder(5.0, 2.5), aperture_radius=3)
+    >>> res = artificial_star_test(data, phot, 20, (300, 1000), seed=1)
+    >>> int(np.count_nonzero(res.table['recovered']))
+    20
+    """
+    from crowdphot.psf._inputs import coerce_inputs
+
+    n = _check_n(n_stars)
+    lo, hi = _check_flux_range(flux_range)
+    _check_phot(phot)
+    match_radius = _check_fraction("match_radius", match_radius)
+    match_flux = _check_fraction("match_flux", match_flux)
+    if gain is not None:
+        gain = float(positive_real("gain", gain))
+    data, mask, error, _unit = coerce_inputs(data, mask, error)
+    data = np.asarray(data, dtype=float)
+    if data.ndim != 2:
+        raise ValueError(f"data must be a 2D image, got shape {data.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+    if error is not None:
+        error = np.asarray(error, dtype=float)
+    fit_half = 0.5 * min(phot.fit_shape)
+    search = (max(match_radius, fit_half) if search_radius is None
+              else float(positive_real("search_radius", search_radius)))
+    sigma = _noise_sigma(data, mask, error)
+    peak = hi * _peak_fraction(phot.psf_model, (min(data.shape[0], 101),
+                                                min(data.shape[1], 101)))
+    if not peak > sigma:
+        raise ValueError(f"flux_range: the brightest artificial star (flux {hi:g}) peaks at "
+                         f"{peak:.3g}, below the image noise ({sigma:.3g} per pixel); raise HI")
+
+    t0 = time.perf_counter()
+    if catalog is None:
+        with _quiet_empty():
+            catalog = phot(data, mask=mask, error=error)
+    t_phot = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    avoid = None
+    if min_separation and catalog is not None and len(catalog):
+        avoid = (_values(catalog["x_fit"]), _values(catalog["y_fit"]))
+    xin, yin, fin = draw_artificial_stars(data.shape, n, (lo, hi), seed=rng, border=border,
+                                          avoid=avoid, min_separation=min_separation)
+    from crowdphot.core.batched import BatchedPSFMixin
+    from crowdphot.core.render import model_stamp_shape
+
+    model = phot.psf_model
+    stamp = (tuple(model.default_stamp_shape) if isinstance(model, BatchedPSFMixin)
+             else model_stamp_shape(model))
+    gap = _reach(phot, stamp, search) if spacing is None else float(
+        positive_real("spacing", spacing))
+    batch = assign_batches(xin, yin, gap)
+    n_batches = int(batch.max()) + 1
+    fitter = _fitter_phot(phot)
+    out = np.full((n, 4), np.nan)
+    flags = np.zeros(n, dtype=np.int64)
+    noise_rng = np.random.default_rng(rng.integers(2**63)) if gain is not None else None
+    order = np.argsort(batch, kind="stable")
+    bounds = np.searchsorted(batch[order], np.arange(n_batches + 1))
+    progress = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=n, desc="Artificial stars", unit="star")
+    try:
+        for b in range(n_batches):
+            idx = order[bounds[b]:bounds[b + 1]]
+            o, f = _measure_batch(phot, fitter, data, mask, error, xin[idx], yin[idx],
+                                  fin[idx], search_radius=search, gain=gain, rng=noise_rng)
+            out[idx] = o
+            flags[idx] = f
+            if progress is not None:
+                progress.update(len(idx))
+    finally:
+        if progress is not None:
+            progress.close()
+    t_ast = time.perf_counter() - t1
+
+    dist = np.hypot(out[:, 0] - xin, out[:, 1] - yin)
+    with np.errstate(invalid="ignore"):
+        recovered = (dist <= match_radius) & (np.abs(out[:, 2] - fin) <= match_flux * fin)
+    table = QTable()
+    table["x_in"], table["y_in"], table["flux_in"] = xin, yin, fin
+    table["recovered"] = recovered
+    table["x_out"], table["y_out"] = out[:, 0], out[:, 1]
+    table["flux_out"], table["flux_err"] = out[:, 2], out[:, 3]
+    table["flags"] = flags
+    table["batch"] = batch
+    meta = {"n_stars": n, "flux_range": (lo, hi), "seed": seed, "match_radius": match_radius,
+            "match_flux": match_flux, "search_radius": search, "gain": gain,
+            "spacing": gap, "n_batches": n_batches, "noise_sigma": sigma,
+            "t_phot": t_phot, "t_ast": t_ast}
+    table.meta.update({k: v for k, v in meta.items() if not k.startswith("t_")})
+    return ASTResult(table, catalog, meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# summaries
+# ----------------------------------------------------------------------------------------------
+def _binomial_err(k, n):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        return np.sqrt(p * (1 - p) / n)
+
+
+def ast_summary(table, *, bins=None, zeropoint=0.0, match_radius=None):
+    """Completeness, bias and scatter against input magnitude.
+
+    Magnitudes are ``zeropoint - 2.5 log10(flux)``. Bias and scatter are taken over the stars
+    found within ``match_radius`` of their input position (whatever their flux), as the median
+    and 1.4826 x MAD of ``mag_out - mag_in``.
+
+    Parameters
+    ----------
+    table : QTable
+        :func:`artificial_star_test`'s table.
+    bins : int or array_like, optional
+        Magnitude bin edges, or a number of equal bins (default: 0.5-mag bins over the range).
+    zeropoint : float, optional
+    match_radius : float, optional
+        Default: the test's ``match_radius`` (``table.meta``), else 0.5.
+
+    Returns
+    -------
+    summary : QTable
+        Columns ``mag_lo, mag_hi, flux_lo, flux_hi, n, n_recovered, completeness,
+        completeness_err`` (binomial), ``n_found, bias, scatter``.
+
+    Examples
+    --------
+    >>> t = QTable({'x_in': [0.0, 1.0], 'y_in': [0.0, 0.0], 'flux_in': [100.0, 10.0],
+    ...             'recovered': [True, False], 'x_out': [0.1, np.nan],
+    ...             'y_out': [0.0, np.nan], 'flux_out': [101.0, np.nan]})
+    >>> s = ast_summary(t, bins=[-5.5, -4.5, -2.0])
+    >>> list(s['completeness'])
+    [1.0, 0.0]
+    """
+    fin = _values(table["flux_in"])
+    mag_in = zeropoint - 2.5 * np.log10(fin)
+    if bins is None:
+        lo = np.floor(mag_in.min() * 2) / 2
+        hi = np.ceil(mag_in.max() * 2) / 2
+        edges = np.arange(lo, hi + 0.25, 0.5) if hi > lo else np.array([lo, lo + 0.5])
+    elif np.ndim(bins) == 0:
+        edges = np.linspace(mag_in.min(), mag_in.max() + 1e-9, int(bins) + 1)
+    else:
+        edges = np.asarray(bins, dtype=float)
+    if match_radius is None:
+        match_radius = table.meta.get("match_radius", 0.5) if hasattr(table, "meta") else 0.5
+    rec = np.asarray(table["recovered"], dtype=bool)
+    fout = _values(table["flux_out"])
+    dist = np.hypot(_values(table["x_out"]) - _values(table["x_in"]),
+                    _values(table["y_out"]) - _values(table["y_in"]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        found = (dist <= match_radius) & (fout > 0)
+        dmag = -2.5 * np.log10(fout / fin)
+    which = np.digitize(mag_in, edges) - 1
+    nb = len(edges) - 1
+    n = np.bincount(which[(which >= 0) & (which < nb)], minlength=nb)
+    k = np.bincount(which[(which >= 0) & (which < nb) & rec], minlength=nb)
+    bias = np.full(nb, np.nan)
+    scatter = np.full(nb, np.nan)
+    n_found = np.zeros(nb, dtype=np.int64)
+    for b in range(nb):
+        d = dmag[(which == b) & found]
+        n_found[b] = d.size
+        if d.size:
+            bias[b] = np.median(d)
+            scatter[b] = 1.4826 * np.median(np.abs(d - bias[b]))
+    s = QTable()
+    s["mag_lo"], s["mag_hi"] = edges[:-1], edges[1:]
+    s["flux_lo"] = 10 ** (-0.4 * (edges[1:] - zeropoint))
+    s["flux_hi"] = 10 ** (-0.4 * (edges[:-1] - zeropoint))
+    s["n"] = n
+    s["n_recovered"] = k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s["completeness"] = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    s["completeness_err"] = _binomial_err(k, np.where(n > 0, n, np.nan))
+    s["n_found"] = n_found
+    s["bias"] = bias
+    s["scatter"] = scatter
+    return s
+
+
+def completeness_map(table, shape, *, bins=8):
+    """Completeness on a grid of image cells: ``(recovered / injected)`` per cell.
+
+    Parameters
+    ----------
+    table : QTable
+        :func:`artificial_star_test`'s table.
+    shape : (ny, nx)
+        Image shape.
+    bins : int or (by, bx), optional
+        Cells per axis.
+
+    Returns
+    -------
+    completeness : ndarray (by, bx)
+        NaN where no star was injected.
+    n : ndarray of int64 (by, bx)
+        Stars injected per cell.
+
+    Examples
+    --------
+    >>> t = QTable({'x_in': [1.0, 3.0], 'y_in': [1.0, 1.0], 'recovered': [True, False]})
+    >>> c, n = completeness_map(t, (4, 4), bins=(1, 2))
+    >>> c.tolist(), n.tolist()
+    ([[1.0, 0.0]], [[1, 1]])
+    """
+    by, bx = (bins, bins) if np.ndim(bins) == 0 else bins
+    ny, nx = shape
+    ey = np.linspace(-0.5, ny - 0.5, int(by) + 1)
+    ex = np.linspace(-0.5, nx - 0.5, int(bx) + 1)
+    y, x = _values(table["y_in"]), _values(table["x_in"])
+    rec = np.asarray(table["recovered"], dtype=bool)
+    n, _, _ = np.histogram2d(y, x, bins=(ey, ex))
+    k, _, _ = np.histogram2d(y[rec], x[rec], bins=(ey, ex))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    return c, n.astype(np.int64)

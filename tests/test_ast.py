@@ -1,0 +1,316 @@
+"""Artificial star tests: incremental measurement equals a full re-run, completeness equals the
+field's own, determinism, summaries, bad input and the ``crowdphot ast`` command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import QTable
+from scipy import stats
+from scipy.spatial import cKDTree
+
+from crowdphot import (
+    CircularGaussianPRF,
+    DAOStarFinder,
+    IRAFStarFinder,
+    IterativePSFPhotometry,
+    LocalBackground,
+    MMMBackground,
+    PSFPhotometry,
+    SourceGrouper,
+    make_model_image,
+    make_noise_image,
+    make_random_xycoords,
+)
+from crowdphot.cli.app import main
+from crowdphot.core.render import render_image
+from crowdphot.pipeline.ast import (
+    artificial_star_test,
+    assign_batches,
+    ast_summary,
+    completeness_map,
+    draw_artificial_stars,
+)
+from crowdphot.utils.match import match_xy
+
+FWHM = 2.5
+SIGMA = 2.0
+PSF = CircularGaussianPRF(fwhm=FWHM)
+
+
+def _field(side, n, seed, *, flux=(10.0, 10_000.0), min_separation=3.0):
+    """Stars uniform on the image (min separation), log-uniform in flux, Gaussian noise."""
+    xy = make_random_xycoords(n, (0, side - 1), (0, side - 1), min_separation=min_separation,
+                              seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    f = flux[0] * (flux[1] / flux[0]) ** rng.uniform(0, 1, len(xy))
+    truth = QTable({"x_0": xy[:, 0], "y_0": xy[:, 1], "flux": f})
+    data = make_model_image((side, side), PSF, truth, model_shape=(11, 11))
+    data = data + make_noise_image(data.shape, mean=0.0, stddev=SIGMA, seed=seed + 1)
+    return data, truth, np.full(data.shape, SIGMA)
+
+
+def _phot(*, grouper=5.0, local_bkg=None):
+    lb = None if local_bkg is None else LocalBackground(*local_bkg,
+                                                        bkg_estimator=MMMBackground())
+    return PSFPhotometry(PSF, (5, 5), finder=IRAFStarFinder(5 * SIGMA, FWHM), aperture_radius=3,
+                         grouper=None if grouper is None else SourceGrouper(grouper),
+                         local_bkg_estimator=lb)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return _field(160, 150, seed=0)
+
+
+@pytest.mark.parametrize("grouper, local_bkg", [(5.0, (6, 9)), (None, None)])
+def test_incremental_measurement_equals_a_full_rerun(field, grouper, local_bkg):
+    """Each batch measured incrementally == the whole pipeline re-run on image + batch."""
+    data, _, err = field
+    phot = _phot(grouper=grouper, local_bkg=local_bkg)
+    res = artificial_star_test(data, phot, 200, (30, 3000), error=err, seed=3)
+    t = res.table
+    n_checked = 0
+    for b in range(res.meta["n_batches"]):
+        s = t[t["batch"] == b]
+        image = data + render_image(data.shape, PSF, s["x_in"], s["y_in"], s["flux_in"])
+        full = phot(image, error=err)
+        tree = cKDTree(np.column_stack([full["x_fit"], full["y_fit"]]))
+        d, j = tree.query(np.column_stack([s["x_in"], s["y_in"]]),
+                          distance_upper_bound=res.meta["search_radius"])
+        hit = np.isfinite(d)
+        np.testing.assert_array_equal(hit, np.isfinite(s["x_out"]))
+        for ours, theirs in (("x_out", "x_fit"), ("y_out", "y_fit"), ("flux_out", "flux_fit"),
+                             ("flux_err", "flux_err"), ("flags", "flags")):
+            np.testing.assert_allclose(np.asarray(s[ours])[hit],
+                                       np.asarray(full[theirs])[j[hit]], rtol=1e-9, atol=1e-9)
+        n_checked += int(hit.sum())
+    assert n_checked > 60  # most bright-enough stars are found
+
+
+def test_batches_do_not_crowd_and_are_greedy():
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 100, 300), rng.uniform(0, 100, 300)
+    batch = assign_batches(x, y, 12.0)
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    close = (d <= 12.0) & ~np.eye(len(x), dtype=bool)
+    assert not np.any(close & (batch[:, None] == batch[None]))
+    for i in range(len(x)):  # lowest batch not used by an earlier neighbour
+        used = set(batch[:i][close[i, :i]])
+        assert batch[i] == min(set(range(len(used) + 1)) - used)
+
+
+def test_drawn_stars_are_uniform_log_uniform_and_deterministic():
+    x, y, f = draw_artificial_stars((200, 300), 4000, (10.0, 1e4), seed=5)
+    assert x.min() >= 0 and x.max() <= 299 and y.min() >= 0 and y.max() <= 199
+    assert stats.kstest((np.log10(f) - 1) / 3, "uniform").pvalue > 1e-3
+    assert stats.kstest(x / 299, "uniform").pvalue > 1e-3
+    x2, y2, f2 = draw_artificial_stars((200, 300), 4000, (10.0, 1e4), seed=5)
+    assert np.array_equal(x, x2) and np.array_equal(f, f2)
+    avoid = (np.array([150.0, 20.0]), np.array([100.0, 20.0]))
+    xa, ya, _ = draw_artificial_stars((200, 300), 4000, (10.0, 1e4), seed=5, avoid=avoid,
+                                      min_separation=10.0)
+    assert np.min(np.hypot(xa[:, None] - avoid[0], ya[:, None] - avoid[1])) > 10.0
+
+
+def test_deterministic_for_a_seed(field):
+    data, _, err = field
+    phot = _phot()
+    a = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=11).table
+    b = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=11).table
+    c = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=12).table
+    for name in a.colnames:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+    assert not np.array_equal(np.asarray(a["x_in"]), np.asarray(c["x_in"]))
+    assert list(a.colnames[:9]) == ["x_in", "y_in", "flux_in", "recovered", "x_out", "y_out",
+                                    "flux_out", "flux_err", "flags"]
+
+
+def test_isolated_stars_recovered_with_honest_errors():
+    data = make_noise_image((200, 200), mean=0.0, stddev=SIGMA, seed=4)
+    err = np.full(data.shape, SIGMA)
+    res = artificial_star_test(data, _phot(), 300, (1000, 5000), error=err, seed=2, border=5)
+    t = res.table
+    assert np.all(t["recovered"])
+    pull = (np.asarray(t["flux_out"]) - np.asarray(t["flux_in"])) / np.asarray(t["flux_err"])
+    assert abs(np.mean(pull)) < 4 / np.sqrt(len(pull))
+    assert 0.85 < np.std(pull) < 1.15
+    # recovered is exactly the documented rule
+    dist = np.hypot(t["x_out"] - t["x_in"], t["y_out"] - t["y_in"])
+    assert np.all(dist <= 0.5)
+    strict = artificial_star_test(data, _phot(), 300, (1000, 5000), error=err, seed=2, border=5,
+                                  match_flux=1e-3).table
+    rule = np.abs(strict["flux_out"] - strict["flux_in"]) <= 1e-3 * strict["flux_in"]
+    np.testing.assert_array_equal(np.asarray(strict["recovered"]), np.asarray(rule))
+    assert 0 < np.count_nonzero(strict["recovered"]) < 300
+
+
+def test_gain_adds_the_stars_photon_noise():
+    data = make_noise_image((200, 200), mean=0.0, stddev=SIGMA, seed=4)
+    err = np.full(data.shape, SIGMA)
+    kw = dict(error=err, seed=2)
+    quiet = artificial_star_test(data, _phot(), 200, (3000, 6000), **kw).table
+    noisy = artificial_star_test(data, _phot(), 200, (3000, 6000), gain=0.05, **kw).table
+    rq = np.asarray(quiet["flux_out"] / quiet["flux_in"])
+    rn = np.asarray(noisy["flux_out"] / noisy["flux_in"])
+    # photon noise of a flux-f star at gain g: sqrt(f / g) -> ~6 % at f=4500, g=0.05
+    assert np.nanstd(rn) > 3 * np.nanstd(rq)
+    # ... and the error map carries it: errors grow accordingly and pulls stay ~1
+    pull = (noisy["flux_out"] - noisy["flux_in"]) / noisy["flux_err"]
+    assert 0.8 < np.nanstd(np.asarray(pull)) < 1.25
+
+
+def test_completeness_equals_the_fields_own_recovered_fraction():
+    """The issue's goal at 1/4 scale: 512^2, 750 stars over 3 dex, min separation 3 px."""
+    data, truth, err = _field(512, 750, seed=0)
+    phot = _phot()
+    cat = phot(data, error=err)
+    ti, ci = match_xy(truth["x_0"], truth["y_0"], cat["x_fit"], cat["y_fit"], separation=0.5)
+    ft = np.asarray(truth["flux"])
+    rec = np.zeros(len(truth), dtype=bool)
+    rec[ti] = np.abs(np.asarray(cat["flux_fit"])[ci] - ft[ti]) <= 0.1 * ft[ti]
+    # the field's stars keep 3 px from each other: so do the artificial ones (from the catalog)
+    res = artificial_star_test(data, phot, 3000, (10, 10_000), error=err, seed=5, catalog=cat,
+                               min_separation=3.0)
+    la = np.log10(np.asarray(res.table["flux_in"]))
+    ra = np.asarray(res.table["recovered"])
+    lt = np.log10(ft)
+    checked = 0
+    for lo in np.arange(1.0, 4.0, 0.5):
+        s, a = (lt >= lo) & (lt < lo + 0.5), (la >= lo) & (la < lo + 0.5)
+        ct, ca = rec[s].mean(), ra[a].mean()
+        sig = np.sqrt(ct * (1 - ct) / s.sum() + ca * (1 - ca) / a.sum())
+        assert abs(ca - ct) <= max(3 * sig, 0.02), (lo, ct, ca, sig)
+        checked += 0 < ct < 1
+    assert checked >= 3  # the test spans the completeness drop
+
+
+def test_summary_and_map_against_brute_force():
+    rng = np.random.default_rng(1)
+    n = 500
+    fin = 10 ** rng.uniform(1, 4, n)
+    rec = rng.uniform(size=n) < 0.7
+    xin, yin = rng.uniform(0, 99, n), rng.uniform(0, 49, n)
+    off = np.where(rng.uniform(size=n) < 0.9, rng.normal(0, 0.1, n), 3.0)
+    fout = fin * (1 + rng.normal(0.01, 0.02, n))
+    t = QTable({"x_in": xin, "y_in": yin, "flux_in": fin, "recovered": rec,
+                "x_out": xin + off, "y_out": yin, "flux_out": fout})
+    edges = np.array([-10.0, -8.5, -7.0, -5.0, -2.0])
+    s = ast_summary(t, bins=edges, zeropoint=0.0, match_radius=0.5)
+    mag = -2.5 * np.log10(fin)
+    for i in range(len(edges) - 1):
+        inb = (mag >= edges[i]) & (mag < edges[i + 1])
+        assert s["n"][i] == inb.sum() and s["n_recovered"][i] == (inb & rec).sum()
+        assert s["completeness"][i] == pytest.approx((inb & rec).sum() / inb.sum())
+        found = inb & (np.abs(off) <= 0.5)
+        d = -2.5 * np.log10(fout[found] / fin[found])
+        assert s["bias"][i] == pytest.approx(np.median(d))
+        assert s["scatter"][i] == pytest.approx(1.4826 * np.median(np.abs(d - np.median(d))))
+    assert s["flux_lo"][0] == pytest.approx(10 ** (-0.4 * edges[1]))
+    c, cnt = completeness_map(t, (50, 100), bins=(2, 4))
+    assert cnt.sum() == n
+    cell = (yin < 24.5) & (xin < 24.5)
+    assert c[0, 0] == pytest.approx(rec[cell].mean()) and cnt[0, 0] == cell.sum()
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(n_stars=0), ValueError, "n_stars must be positive"),
+    (dict(n_stars=-5), ValueError, "n_stars must be positive"),
+    (dict(n_stars=2.5), TypeError, "n_stars must be an integer"),
+    (dict(flux_range=(100, 100)), ValueError, "LO must be below HI"),
+    (dict(flux_range=(500, 100)), ValueError, "LO must be below HI"),
+    (dict(flux_range=(-1, 100)), ValueError, "finite and positive"),
+    (dict(flux_range=(0.1, 1.0)), ValueError, "below the image noise"),
+    (dict(match_radius=0), ValueError, "match_radius"),
+    (dict(gain=-1), ValueError, "gain"),
+])
+def test_bad_input_is_a_one_line_error(field, kwargs, exc, match):
+    data, _, err = field
+    args = dict(n_stars=10, flux_range=(100, 1000))
+    args.update(kwargs)
+    extra = {k: v for k, v in args.items() if k not in ("n_stars", "flux_range")}
+    with pytest.raises(exc, match=match) as info:
+        artificial_star_test(data, _phot(), args["n_stars"], args["flux_range"], error=err,
+                             **extra)
+    assert "\n" not in str(info.value)
+
+
+def test_phot_objects_it_cannot_use(field):
+    data, _, err = field
+    with pytest.raises(ValueError, match="must have a finder"):
+        artificial_star_test(data, PSFPhotometry(PSF, 5, aperture_radius=3), 5, (100, 1000))
+    it = IterativePSFPhotometry(PSF, 5, DAOStarFinder(10, FWHM), aperture_radius=3)
+    with pytest.raises(TypeError, match="iterative"):
+        artificial_star_test(data, it, 5, (100, 1000))
+    forced = PSF.copy()
+    forced.x_0.fixed = True
+    forced.y_0.fixed = True
+    with pytest.raises(ValueError, match="fixed positions"):
+        artificial_star_test(data, PSFPhotometry(forced, 5, finder=DAOStarFinder(10, FWHM),
+                                                 aperture_radius=3), 5, (100, 1000))
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line
+
+
+def _psf_file(path, oversampling=4, size=31):
+    n = size * oversampling + 1
+    offsets = (np.arange(n) - (n - 1) / 2) / oversampling
+    xx, yy = np.meshgrid(offsets, offsets)
+    hdu = fits.PrimaryHDU(PSF(xx, yy))
+    hdu.header["OVERSAMP"] = oversampling
+    hdu.writeto(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ast")
+    data, _, _ = _field(128, 40, seed=3, flux=(50, 5000), min_separation=5)
+    fits.writeto(root / "img.fits", data)
+    return root, _psf_file(root / "psf.fits")
+
+
+def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
+    root, psf = cli_files
+    out = root / "ast.ecsv"
+    argv = ["ast", root / "img.fits", "--psf", psf, "-o", out, "--n", 80, "--flux", 20, 5000,
+            "--seed", 4, "--threshold", 10, "--fwhm", FWHM, "--group-radius", 5,
+            "--no-progress", "--plots", root / "figs"]
+    assert main([str(a) for a in argv]) == 0
+    stdout = capsys.readouterr().out
+    assert "80 artificial stars" in stdout and "completeness" in stdout
+    t = QTable.read(out)
+    assert len(t) == 80 and list(t.colnames[:9]) == [
+        "x_in", "y_in", "flux_in", "recovered", "x_out", "y_out", "flux_out", "flux_err",
+        "flags"]
+    s = QTable.read(root / "ast_summary.ecsv")
+    assert s["n"].sum() == 80 and s["n_recovered"].sum() == np.count_nonzero(t["recovered"])
+    assert (root / "figs" / "ast_summary.png").exists()
+    assert (root / "figs" / "ast_completeness_map.png").exists()
+    # same seed, same table
+    out2 = root / "ast2.ecsv"
+    argv[argv.index(out)] = out2
+    assert main([str(a) for a in argv]) == 0
+    t2 = QTable.read(out2)
+    np.testing.assert_array_equal(np.asarray(t["x_out"]), np.asarray(t2["x_out"]))
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--n", "0", "--flux", "20", "5000"], "--n must be positive"),
+    (["--n", "10", "--flux", "5000", "20"], "--flux LO must be below HI"),
+    (["--n", "10", "--flux", "0.01", "0.1"], "below the image noise"),
+    (["--n", "10", "--flux", "20", "5000", "--iterative", "2"], "--iterative is not supported"),
+    (["--n", "10", "--flux", "20", "5000", "--match-flux", "0"], "--match-flux must be positive"),
+])
+def test_cli_ast_bad_input_one_line(cli_files, capsys, extra, match):
+    root, psf = cli_files
+    out = root / "bad.ecsv"
+    code = main([str(a) for a in ["ast", root / "img.fits", "--psf", psf, "-o", out,
+                                  "--threshold", 10, "--no-progress", *extra]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
