@@ -86,6 +86,9 @@ _EXPORTS = {
     "simple_norm": "crowdphot.utils.colormaps",
     # photometry
     "PSFPhotometry": "crowdphot.psf.photometry",
+    "make_psf_model": "crowdphot.psf.model_helpers",
+    "fit_2dgaussian": "crowdphot.psf.utils",
+    "fit_fwhm": "crowdphot.psf.utils",
     "IterativePSFPhotometry": "crowdphot.psf.iterative",
     "PSFPhotometryResult": "crowdphot.psf.photometry",
     "run_psf_photometry": "crowdphot.psf.photometry",

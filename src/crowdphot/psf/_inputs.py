@@ -148,8 +148,9 @@ def _normalise_user_table(init_params, extra_params, unit):
     n = len(init_params)
     out["id"] = (np.asarray(init_params["id"]) if "id" in init_params.colnames
                  else np.arange(1, n + 1))
-    out["x_init"] = _strip_unit(init_params[xcol], None, "x")
-    out["y_init"] = _strip_unit(init_params[ycol], None, "y")
+    # x/y may carry (pixel) units: photutils strips them
+    out["x_init"] = np.asarray(getattr(init_params[xcol], "value", init_params[xcol]), float)
+    out["y_init"] = np.asarray(getattr(init_params[ycol], "value", init_params[ycol]), float)
     fcol = find_column(init_params, "flux")
     if fcol is not None:
         out["flux_init"] = _strip_unit(init_params[fcol], unit, "flux")
@@ -220,6 +221,9 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
     finder_results = None
     if init_params is not None:
         table = _normalise_user_table(init_params, extra, unit)
+        ids = np.asarray(table["id"])
+        if len(ids) > 1 and np.any(np.diff(ids) < 0):  # photutils returns rows sorted by id
+            table = table[np.argsort(ids, kind="stable")]
     else:
         if finder is None:
             raise ValueError("finder must be given when init_params is not input")
@@ -273,10 +277,15 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
     if len(table):
         _, counts = np.unique(table["group_id"], return_counts=True)
         if counts.max() > group_warning_threshold:
-            warnings.warn(
-                f"some groups have more than {group_warning_threshold} sources; crowdphot fits "
-                "them jointly with a sparse solver (raise group_warning_threshold to silence)",
-                CrowdphotWarning,
+            from crowdphot.utils.exceptions import LargeGroupWarning
+
+            warnings.warn(  # photutils' wording and class (an AstropyUserWarning)
+                f"Some groups have more than {group_warning_threshold} sources. Fitting such "
+                "groups may take a long time and be error-prone. You may want to consider "
+                'using different `SourceGrouper` parameters or changing the "group_id" column '
+                'in "init_params". (crowdphot fits them jointly with a sparse solver; raise '
+                "group_warning_threshold to silence.)",
+                LargeGroupWarning,
                 stacklevel=3,
             )
     for name in extra:
