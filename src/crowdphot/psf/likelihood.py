@@ -180,6 +180,75 @@ def _merge(full, res, sub):
     return full
 
 
+def _background_with_sky(background, theta, xlo, ylo, fshape, finite, fit_sky):
+    if not fit_sky:
+        return background
+    return background + _stamp_background(background.shape, theta[:, 3], xlo, ylo, fshape,
+                                          finite)
+
+
+class _GroupLikelihood:
+    """Shifted-Poisson log-likelihood of each group over its fit stamps (a pixel once)."""
+
+    def __init__(self, data, xlo, ylo, fshape, gid, finite, mask, read_noise, gain):
+        ny, nx = data.shape
+        fy, fx = fshape
+        rows = ylo[:, None, None] + np.arange(fy)[None, :, None]
+        cols = xlo[:, None, None] + np.arange(fx)[None, None, :]
+        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx) & finite[:, None, None]
+        flat = (np.clip(rows, 0, ny - 1) * nx + np.clip(cols, 0, nx - 1)).reshape(len(xlo), -1)
+        use = inside.reshape(len(xlo), -1) & np.isfinite(data.ravel()[flat])
+        if mask is not None:
+            use &= ~np.asarray(mask, dtype=bool).ravel()[flat]
+        _, grp = np.unique(gid, return_inverse=True)
+        rr, cc = np.nonzero(use)
+        key = grp[rr].astype(np.int64) * (ny * nx) + flat[rr, cc]
+        _, first = np.unique(key, return_index=True)
+        self.rows, self.pix, self.grp = rr[first], flat[rr[first], cc[first]], grp
+        self.n_groups = int(grp.max()) + 1 if len(grp) else 0
+        self.r2 = float(read_noise) ** 2
+        self.gain = float(gain)
+        self.d = self.gain * data.ravel()[self.pix] + self.r2
+
+    def per_group(self, expect):
+        from crowdphot.core.crlb import VARIANCE_FLOOR_E
+
+        mu = np.maximum(self.gain * np.maximum(expect.ravel()[self.pix], 0.0) + self.r2,
+                        VARIANCE_FLOOR_E)
+        terms = self.d * np.log(mu) - mu
+        return np.bincount(self.grp[self.rows], terms, minlength=self.n_groups)
+
+
+def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape, geom,
+                 n_halvings=6):
+    """Accept each group's step unless it lowers the likelihood; then halve it (unchecked)."""
+    xlo, ylo, fshape, finite, fit_sky = geom
+    moved = np.any(cand != theta, axis=1) & np.all(np.isfinite(cand[:, :3]), axis=1)
+    full = cand.copy()
+    cur = theta.copy()
+    cur_expect = expect
+    for h in range(n_halvings + 1):
+        if not moved.any():
+            break
+        trial = cur.copy()
+        trial[moved] = full[moved] if h == 0 else theta[moved] + 0.5**h * (full[moved]
+                                                                           - theta[moved])
+        bg = _background_with_sky(background, trial, xlo, ylo, fshape, finite, fit_sky)
+        trial_expect = _expectation(expect.shape, psf, trial[:, :3], bg, render_shape)
+        ll_new = ll.per_group(trial_expect)
+        worse = ll_new < ll_old - 1e-10 * np.abs(ll_old)
+        bad_src = worse[ll.grp] & moved
+        cur = np.where(bad_src[:, None], cur, trial)
+        cur_expect = trial_expect
+        if not bad_src.any():
+            return cur_expect, cur
+        moved = bad_src
+    # groups that no step improves stay where they were
+    cur = np.where(moved[:, None], theta, cur)
+    bg = _background_with_sky(background, cur, xlo, ylo, fshape, finite, fit_sky)
+    return _expectation(expect.shape, psf, cur[:, :3], bg, render_shape), cur
+
+
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
                        gain=1.0, sky=None, group_id=None, error=None, mask=None,
                        local_bkg=None, fixed=None, bounds=None, maxiters=100, tol=1e-3,
@@ -279,7 +348,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
 
     finite = np.isfinite(x) & np.isfinite(y)
     xlo0, ylo0 = stamp_origin(np.where(finite, x, 0.0), np.where(finite, y, 0.0), fshape)
-    background += _stamp_background(arr.shape, bkg, xlo0, ylo0, fshape, finite)
+    _local_part = _stamp_background(arr.shape, bkg, xlo0, ylo0, fshape, finite)
+    background += _local_part
     # keep every stamp where the initial position put it: warm starts stay inside the pixel
     # that holds the initial position (the engine places stamps with stamp_origin)
     x_hi = xlo0 + fshape[1] / 2.0
@@ -290,17 +360,21 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     fit_sky = bool(engine_options.get("fit_sky", False))
     theta = np.column_stack([x, y, flux, np.zeros(n)])  # x, y, flux, fitted group sky
     npar = 4 if fit_sky else 3
+    ll = _GroupLikelihood(arr + (background - _local_part), xlo0, ylo0, fshape, gid, finite,
+                          mask, read_noise, gain)
     active = np.ones(n, dtype=bool)
     outer_ok = np.zeros(n, dtype=bool)
     niter_sum = np.zeros(n, dtype=np.int64)
     full = None
+    bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
+    expect = _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape)
+    _, grp_all = np.unique(gid, return_inverse=True)
+    n_grp = int(grp_all.max()) + 1 if n else 0
+    prev_step = np.full((n, npar), np.nan)  # last reweighting step, in standard errors
+    prev_omega = np.ones(n_grp)
     for _ in range(max_outer):
-        bg = background
-        if fit_sky:
-            bg = background + _stamp_background(arr.shape, theta[:, 3], xlo0, ylo0, fshape,
-                                                finite)
-        expect = _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape)
         error_img = np.sqrt(pixel_variance(expect, read_noise, gain))
+        ll_old = ll.per_group(expect)
         sub = np.flatnonzero(active)
         xs = np.clip(theta[sub, 0], x_hi[sub] - 1.0 + eps, x_hi[sub])
         ys = np.clip(theta[sub, 1], y_hi[sub] - 1.0 + eps, y_hi[sub])
@@ -316,16 +390,42 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         new = np.column_stack([res.x, res.y, res.flux, res.sky])[:, :npar]
         sig = np.column_stack([res.x_err, res.y_err, res.flux_err, res.sky_err])[:, :npar]
         old = theta[sub, :npar]
+        new = np.where(res.fitted[:, None] & np.isfinite(new), new, old)
         delta = np.abs(new - old)
         with np.errstate(invalid="ignore", divide="ignore"):
             step = np.where(np.isfinite(sig) & (sig > 0), delta / sig,
                             np.where(delta <= 1e-9 * (np.abs(old) + 1.0), 0.0, np.inf))
         step = np.where(np.isnan(delta), 0.0, step)  # fixed / unfitted entries
         src_ok = ~res.fitted | np.all(step < tol, axis=1)
+        # relaxation: theta + omega (T(theta) - theta) with omega = 1 / (1 - lambda) from the
+        # contraction factor lambda of successive steps of each group (Aitken): damps the
+        # oscillating fixed points of low counts, accelerates slow monotone ones
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s_now = np.where(np.isfinite(sig) & (sig > 0), (new - old) / sig, 0.0)
+        s_prev = np.nan_to_num(prev_step[sub])
+        g_sub = grp_all[sub]
+        num = np.bincount(g_sub, np.einsum("ij,ij->i", s_now, s_prev), minlength=n_grp)
+        den = np.bincount(g_sub, np.einsum("ij,ij->i", s_prev, s_prev), minlength=n_grp)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lam = 1.0 + (num / den - 1.0) / prev_omega
+            omega = np.where(den > 0, np.clip(1.0 / (1.0 - np.minimum(lam, 0.5)), 0.2, 2.0),
+                             1.0)
+        cand = theta.copy()
+        cand[sub, :npar] = old + omega[g_sub][:, None] * (new - old)
+        # safeguard (as GLM software does): a step that lowers the likelihood of its group is
+        # halved until it does not
+        expect, cand = _halve_steps(ll, ll_old, theta, cand, expect, background, psf_model,
+                                    render_shape, (xlo0, ylo0, fshape, finite, fit_sky))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            took = np.where(np.isfinite(sig) & (sig > 0), (cand[sub, :npar] - old) / sig, 0.0)
+            a = np.bincount(g_sub, np.einsum("ij,ij->i", took, s_now), minlength=n_grp)
+            b = np.bincount(g_sub, np.einsum("ij,ij->i", s_now, s_now), minlength=n_grp)
+            prev_omega = np.where(b > 0, np.maximum(a / b, 1e-3), 1.0)
+        prev_step[sub] = s_now
+        theta = cand
         _, ginv = np.unique(gid[sub], return_inverse=True)
         grp_ok = np.bincount(ginv, ~src_ok, minlength=ginv.max() + 1) == 0
         ok = grp_ok[ginv]
-        theta[sub, :npar] = np.where(res.fitted[:, None], new, old)
         outer_ok[sub] = ok
         active[sub] = ~ok
         if not active.any():
