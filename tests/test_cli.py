@@ -325,7 +325,8 @@ def test_usage_errors_and_help_return_codes(capsys):
     assert main(["demo", "--n-sources", "0"]) == 2
     assert capsys.readouterr().err.startswith("crowdphot: error: --n-sources must be positive")
     args = build_parser().parse_args(["phot", "x.fits", "-o", "c.ecsv"])
-    assert (args.psf, args.fit_shape, args.dq_bits) == ("builtin:F200W", 5,
+    # no --psf: chosen from the image header (INSTRUME, FILTER, PUPIL, DETECTOR)
+    assert (args.psf, args.fit_shape, args.dq_bits) == (None, 5,
                                                          "DO_NOT_USE,SATURATED,JUMP_DET")
 
 
@@ -442,20 +443,20 @@ def test_output_into_missing_folder_is_a_clean_error(files, tmp_path, capsys):
 
 
 def test_builtin_psf_filter_mismatch_warns(tmp_path):
-    from astropy.io import fits as _fits
-
-    from crowdphot.cli.phot import _warn_builtin_filter_mismatch
+    from crowdphot.cli.psfchoice import resolve_psf_spec
+    from crowdphot.io.fits import read_image
 
     path = tmp_path / "f444w.fits"
-    hdu = _fits.PrimaryHDU(np.zeros((4, 4)))
+    hdu = fits.PrimaryHDU(np.zeros((4, 4)))
     hdu.header["FILTER"] = "F444W"
     hdu.writeto(path)
+    image = read_image(path)
     with pytest.warns(UserWarning, match="FILTER=F444W but the PSF is builtin:F200W"):
-        _warn_builtin_filter_mismatch(path, "builtin:F200W", _fits.Header())
+        assert resolve_psf_spec("builtin:F200W", image) == "builtin:F200W:NRCA1"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_builtin_filter_mismatch(path, "builtin:F444W", _fits.Header())
-        _warn_builtin_filter_mismatch(path, str(path), _fits.Header())
+        assert resolve_psf_spec("builtin:F444W", image) == "builtin:F444W:NRCA5"
+        assert resolve_psf_spec(str(path), image) == str(path)
 
 
 def test_tile_with_init_catalog_passes_forced_positions(files, tmp_path, capsys, monkeypatch):

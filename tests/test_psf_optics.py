@@ -159,7 +159,8 @@ def test_wavefront_tilt_moves_the_psf():
 def test_filter_wavelengths_cover_the_band():
     for name, (_, lo, hi, nw) in optics.FILTERS.items():
         wl, w = optics.filter_wavelengths(name)
-        assert len(wl) == nw >= 9
+        # wide bands need more wavelengths than narrow ones to be smooth
+        assert len(wl) == nw >= (9 if name.endswith("W") or name.endswith("W2") else 3)
         assert w.sum() == pytest.approx(1.0)
         assert np.all(w > 0)
         assert lo * 1e-6 < np.sum(wl * w) < hi * 1e-6

@@ -347,3 +347,116 @@ def test_plot_labels_use_the_image_unit(field):
     assert any("MJy / sr" in t for t in labels) and not any("counts" in t for t in labels)
     fig = plot_detections(img, [3.0], [4.0], unit="MJy / sr")
     assert any("MJy / sr" in a.get_ylabel() + a.get_xlabel() for a in fig.axes)
+
+
+# -- item 3: the PSF from the header; no JWST PSF on other telescopes' images --------------------
+def _image_with(tmp_path, name, **keys):
+    from crowdphot.io.fits import read_image
+
+    hdu = fits.PrimaryHDU(np.zeros((8, 8), np.float32))
+    for k, v in keys.items():
+        hdu.header[k] = v
+    hdu.writeto(tmp_path / name)
+    return read_image(tmp_path / name)
+
+
+@pytest.mark.parametrize(("keys", "spec"), [
+    (dict(TELESCOP="JWST", INSTRUME="NIRCAM", FILTER="F444W", PUPIL="CLEAR",
+          DETECTOR="NRCALONG"), "builtin:F444W:NRCA5"),
+    (dict(INSTRUME="NIRCAM", FILTER="F444W", PUPIL="F405N", DETECTOR="NRCBLONG"),
+     "builtin:F405N:NRCB5"),
+    (dict(INSTRUME="NIRCAM", FILTER="F150W2", PUPIL="F164N", DETECTOR="NRCB3"),
+     "builtin:F164N:NRCB3"),
+    (dict(INSTRUME="NIRCAM", FILTER="F070W", DETECTOR="NRCA4"), "builtin:F070W:NRCA4"),
+    (dict(INSTRUME="NIRCAM", FILTER="F335M", DETECTOR="MULTIPLE"), "builtin:F335M:NRCA5"),
+    (dict(INSTRUME="NIRCAM", FILTER="F480M", DETECTOR="NRCB5"), "builtin:F480M:NRCB5"),
+])
+def test_default_psf_follows_the_header(tmp_path, keys, spec):
+    from crowdphot.cli.psfchoice import resolve_psf_spec
+
+    assert resolve_psf_spec(None, _image_with(tmp_path, "i.fits", **keys)) == spec
+
+
+def test_every_nircam_filter_and_detector_has_a_builtin_grid_configuration():
+    from crowdphot.core import optics
+    from crowdphot.datasets.jwst import nircam_filter_detector
+
+    for filt, (channel, *_rest) in optics.FILTERS.items():
+        dets = [d for d, v in optics.DETECTORS.items() if v[0] == channel]
+        if channel == "LW":
+            dets += ["NRCALONG", "NRCBLONG"]
+        for det in dets:
+            f, d = nircam_filter_detector(filt, None, det)
+            assert f == filt and optics.DETECTORS[d][0] == channel
+    assert len(optics.FILTERS) == 29
+    # and a grid computes for a long-wave medium band on module B (tiny, for speed)
+    from crowdphot.datasets.jwst import jwst_like_epsf_grid
+
+    data, _, meta = jwst_like_epsf_grid("F460M", "NRCBLONG", 1, 9, 2)
+    assert data.shape == (1, 18, 18) and meta["detector"] == "NRCB5"
+
+
+def test_builtin_spec_uses_the_header_detector(tmp_path, monkeypatch):
+    import crowdphot.datasets.jwst as jwst
+    from crowdphot.cli.psfchoice import resolve_psf_spec
+    from crowdphot.cli.psfload import load_psf
+
+    image = _image_with(tmp_path, "i.fits", INSTRUME="NIRCAM", FILTER="F444W",
+                        DETECTOR="NRCBLONG")
+    spec = resolve_psf_spec("builtin:F444W", image)
+    assert spec == "builtin:F444W:NRCB5"
+    seen = {}
+    monkeypatch.setattr(jwst, "jwst_like_psf_grid", lambda **kw: seen.update(kw) or "grid")
+    assert load_psf(spec, progress_bar=True) == "grid"
+    assert seen == {"filter": "F444W", "detector": "NRCB5", "progress_bar": True}
+
+
+@pytest.mark.parametrize(("keys", "psf", "match"), [
+    (dict(TELESCOP="HST", INSTRUME="WFC3", FILTER="F160W"), None, "no built-in PSF"),
+    (dict(TELESCOP="SPITZER", INSTRUME="IRAC"), None, "no built-in PSF"),
+    ({}, None, "no INSTRUME/FILTER keywords"),
+    (dict(TELESCOP="HST", INSTRUME="ACS"), "builtin:F200W", "JWST/NIRCam's but the image"),
+    (dict(TELESCOP="JWST", INSTRUME="MIRI", FILTER="F770W"), "builtin:F444W",
+     "image is from JWST/MIRI"),
+])
+def test_psf_of_another_instrument_is_refused(tmp_path, capsys, keys, psf, match):
+    _image_with(tmp_path, "i.fits", **keys)
+    argv = ["phot", tmp_path / "i.fits", "-o", tmp_path / "c.ecsv", "--no-progress"]
+    code, _, err = _run(argv + (["--psf", psf] if psf else []), capsys)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+
+
+def _stdpsf_file(path, *, trailing=None):
+    """A 2 x 2 STDPSF grid (Gaussian, 4x oversampled, 101 x 101) as Anderson writes them."""
+    n = 101
+    offsets = (np.arange(n) - (n - 1) / 2) / 4
+    xx, yy = np.meshgrid(offsets, offsets)
+    psf = CircularGaussianPRF(fwhm=FWHM)(xx, yy)  # sums to 16: the ePSF convention
+    hdu = fits.PrimaryHDU(np.stack([psf] * 4).astype(np.float32))
+    hdu.header["NXPSFS"], hdu.header["NYPSFS"] = 2, 2
+    hdu.header["IPSFX01"], hdu.header["IPSFX02"] = 1, 120
+    hdu.header["JPSFY01"], hdu.header["JPSFY02"] = 1, 120
+    hdu.writeto(path)
+    if trailing:
+        with open(path, "ab") as fh:
+            fh.write(trailing * 2880)
+    return path
+
+
+def test_hst_stdpsf_on_a_jwst_image_is_refused(field, tmp_path, capsys):
+    psf = _stdpsf_file(tmp_path / "STDPSF_WFC3UV_F444W.fits")
+    code, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys, ok=False)
+    assert code == 2 and "is for HST/WFC3 but the image is from JWST/NIRCAM" in err
+
+
+# -- item 4: an STDPSF library with a trailing 2880-byte block ----------------------------------
+@pytest.mark.parametrize("fill", [b" ", b"\0"])
+def test_stdpsf_with_a_trailing_block_reads_in_the_cli(field, tmp_path, capsys, fill):
+    psf = _stdpsf_file(tmp_path / "STDPSF_NRCAL_F444W.fits", trailing=fill)
+    if fill == b" ":
+        with pytest.raises(OSError, match="END"), fits.open(psf) as hdul:
+            hdul.readall()  # astropy itself trips over the block
+    table, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys)
+    assert "warning" not in err
+    m = _matched(field["truth_a"], table)
+    assert np.max(np.abs(np.asarray(m["flux_fit"].value) / m["flux"] - 1)) < 0.02

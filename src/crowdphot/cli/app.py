@@ -41,9 +41,10 @@ def _add_phot(sub):
                        description="PSF photometry of a FITS image (JWST SCI/ERR/DQ or a single "
                        "HDU); writes the catalog and optionally residual, figures, regions.")
     p.add_argument("image", help="FITS image (JWST SCI/ERR/DQ or single HDU)")
-    p.add_argument("--psf", default="builtin:F200W",
-                   help="STPSF/STDPSF grid or image PSF FITS file, or builtin:FILTER "
-                   "(default: %(default)s)")
+    p.add_argument("--psf", default=None,
+                   help="STPSF/STDPSF grid or image PSF FITS file, or "
+                   "builtin:FILTER[:DETECTOR] (default: the built-in grid of the image's "
+                   "INSTRUME/FILTER/PUPIL/DETECTOR for JWST/NIRCam images; others need a file)")
     p.add_argument("--psf-detector", type=int, default=None,
                    help="detector id of a multi-detector STDPSF file")
     p.add_argument("--psf-oversampling", type=int, default=None, metavar="N",
@@ -91,6 +92,9 @@ def _add_phot(sub):
     from crowdphot.cli.noise import add_noise_arguments
 
     add_noise_arguments(p)
+    from crowdphot.cli.sky import add_sky_arguments
+
+    add_sky_arguments(p)
 
 
 def _add_simulate(sub):

@@ -118,27 +118,6 @@ def _read_init(path, wcs, coords="auto"):
         raise CLIError(str(exc)) from None
 
 
-def _warn_builtin_filter_mismatch(path, psf_spec, header):
-    """Warn when the built-in PSF's filter is not the one the image header names."""
-    import warnings
-
-    from astropy.io import fits
-
-    if not str(psf_spec).lower().startswith("builtin:"):
-        return
-    wanted = str(psf_spec).split(":", 1)[1].upper()
-    image_filter = header.get("FILTER")
-    if image_filter is None:
-        try:
-            image_filter = fits.getheader(path, 0).get("FILTER")
-        except OSError:
-            return
-    if image_filter and str(image_filter).strip().upper() != wanted:
-        warnings.warn(f"the image header says FILTER={str(image_filter).strip()} but the PSF is "
-                      f"{psf_spec}; pass --psf builtin:{str(image_filter).strip()} or a PSF "
-                      "grid file for that filter", UserWarning, stacklevel=2)
-
-
 def _ext_arg(value):
     """FITS extension option: None for 'none', an int for digits, else the name."""
     if value is None or str(value).lower() in ("none", ""):
@@ -148,9 +127,11 @@ def _ext_arg(value):
 
 def _check_options(args):
     """Fail on inconsistent options before reading anything."""
+    from crowdphot.cli.sky import check_sky_options
     from crowdphot.io.fits import table_format
 
     table_format(args.output)
+    check_sky_options(args)
     for option, value in (("-o/--output", args.output), ("--residual", args.residual),
                           ("--regions", args.regions)):
         # a typo in a path should not silently create directory trees
@@ -298,17 +279,23 @@ def run_phot(args):
         planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
                             dq_bits=dq_bits) if args.tile else None
     image.planes = planes
-    _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
+    from crowdphot.cli.psfchoice import check_psf_matches_image, resolve_psf_spec
+
+    psf_spec = resolve_psf_spec(args.psf, image)
     from crowdphot.cli.checks import image_pixel_scale, psf_width_check
 
-    psf = load_psf(args.psf, detector_id=args.psf_detector,
+    psf = load_psf(psf_spec, detector_id=args.psf_detector,
                    oversampling=getattr(args, "psf_oversampling", None),
-                   image_scale=image_pixel_scale(image))
+                   image_scale=image_pixel_scale(image), progress_bar=not args.no_progress)
+    check_psf_matches_image(psf_spec, psf, image)
     if image.wcs is None:
         warnings.warn(f"{args.image}: no sky coordinates in the catalog: "
                       f"{image.wcs_problem or 'no celestial WCS'}", UserWarning, stacklevel=2)
     init = _read_init(args.init, image.wcs, getattr(args, "init_coords", "auto")) \
         if args.init else None
+    from crowdphot.cli.sky import subtract_sky, write_sky
+
+    sky, sky_info = subtract_sky(args, image)  # before finding: no sky in the fits or kernel
     finder, threshold = (None, None) if init is not None else _finder(args, image)
     table, phot = _photometry(args, image, psf, finder, init)
     if table is None or len(table) == 0:
@@ -333,9 +320,10 @@ def run_phot(args):
         table.meta["BUNIT"] = str(image.unit)
         _attach_unit(table, image.unit, args.image)
     table.meta["image"] = str(args.image)
-    table.meta["psf"] = str(args.psf)
+    table.meta["psf"] = str(psf_spec)
     if threshold is not None:
         table.meta["threshold"] = float(threshold)
+    table.meta.update(sky_info)
     if init is not None:
         table.meta["init"] = str(args.init)
         table.meta["init_coords"] = init.meta.get("coords", "pixel")
@@ -344,6 +332,7 @@ def run_phot(args):
         model = _model_image(psf, table, image.data.shape, phot, not args.no_progress)
     # every result is computed: only writing is left
     write_table(table, args.output)
+    write_sky(args, image, sky)
     if args.residual:
         write_fits_image(_residual(image, model), args.residual,
                          header=_residual_header(image))

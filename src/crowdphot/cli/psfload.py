@@ -67,7 +67,7 @@ def _image_oversampling(path, header, oversampling, image_scale):
         return 1
     ratio = image_scale / psf_scale
     n = int(round(ratio))
-    if n < 1 or abs(ratio - n) > 0.03 * ratio:
+    if n < 1 or abs(ratio - n) > 0.05 * ratio:
         raise CLIError(f"{path}: the PSF is sampled at {psf_scale:.4g}\"/px and the image at "
                        f"{image_scale:.4g}\"/px, a ratio of {ratio:.3g} that is not a whole "
                        "number; resample the PSF or pass --psf-oversampling N")
@@ -95,13 +95,16 @@ def _psf_from_image_hdu(path, hdu, *, oversampling=None, image_scale=None):
     return ImagePSF(data / np.sum(data) * oversampling**2, oversampling=oversampling)
 
 
-def load_psf(spec, *, detector_id=None, oversampling=None, image_scale=None):
+def load_psf(spec, *, detector_id=None, oversampling=None, image_scale=None,
+             progress_bar=False):
     """PSF model from ``builtin:FILTER`` or a FITS file (STPSF/STDPSF grid or an image PSF).
 
     Parameters
     ----------
     spec : str
-        ``builtin:F200W`` (any NIRCam wide filter) for the built-in JWST-like grid, else the
+        ``builtin:FILTER[:DETECTOR]`` (any NIRCam filter; detector NRCA1-4, NRCB1-4, NRCA5,
+        NRCB5, NRCALONG, NRCBLONG; default module A of the filter's channel) for the
+        built-in JWST-like grid, else the
         path of a FITS file: a 3D STPSF/WebbPSF or STDPSF grid (read as a
         ``GriddedPSFModel``) or a 2D PSF image (the first 2D image HDU, normalised to unit
         flux, oversampled by its ``OVERSAMP`` keyword; read as an ``ImagePSF``).
@@ -113,6 +116,8 @@ def load_psf(spec, *, detector_id=None, oversampling=None, image_scale=None):
         The science image's pixel scale in arcsec: a PSF image without an ``OVERSAMP``
         keyword but with a pixel scale (``PIXELSCL``, ``PIXSCALE``, ``SECPIX``, ``CDELT1``,
         ...) is taken as ``image_scale / psf_scale`` times oversampled.
+    progress_bar : bool, optional
+        Progress bar while a built-in grid is computed (first use only).
 
     Returns
     -------
@@ -128,19 +133,27 @@ def load_psf(spec, *, detector_id=None, oversampling=None, image_scale=None):
     >>> load_psf('builtin:F200W').data.shape  # doctest: +SKIP
     (16, 404, 404)
     """
-    from astropy.io import fits
 
-    if spec.lower().startswith("builtin:"):
-        from crowdphot.datasets.jwst import jwst_like_psf_grid
+    if spec.lower().split(":", 1)[0] == "builtin":
+        from crowdphot.cli.psfchoice import builtin_parts
+        from crowdphot.datasets.jwst import jwst_like_psf_grid, nircam_filter_detector
 
-        return jwst_like_psf_grid(filter=spec.split(":", 1)[1].upper())
+        want_filter, want_detector = builtin_parts(spec)
+        try:
+            filt, det = nircam_filter_detector(want_filter or "F200W", None, want_detector)
+        except ValueError as exc:
+            raise CLIError(f"--psf {spec}: {exc}") from None
+        return jwst_like_psf_grid(filter=filt, detector=det, progress_bar=progress_bar)
+    from crowdphot.io.fits import open_fits
+
     path = Path(spec)
     if not path.is_file():
         raise CLIError(f"PSF file not found: {path}")
-    try:
-        hdul = fits.open(path)
-    except OSError as exc:
-        raise CLIError(f"{path}: not a readable FITS file ({exc})") from None
+    with warnings.catch_warnings():
+        # a trailing 2880-byte block (Anderson's STDPSF libraries have one) is harmless
+        warnings.filterwarnings("ignore", message=".*ignoring unreadable bytes")
+        warnings.filterwarnings("ignore", message="Unexpected extra padding")
+        hdul = open_fits(path, "PSF")
     with hdul:
         primary = hdul[0]
         if primary.data is not None and primary.data.ndim == 3:

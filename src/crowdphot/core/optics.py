@@ -100,16 +100,48 @@ IPC_SIDE = 0.0055
 IPC_DIAGONAL = 0.0007
 
 #: filter -> (channel, half-power cut-on [um], half-power cut-off [um], number of wavelengths)
+#: Every NIRCam imaging filter: wide (W), extra wide (W2), medium (M) and narrow (N) bands,
+#: the edges from the published pivot wavelengths and bandwidths (pivot -+ width / 2; the
+#: wide filters from their half-power points). F162M, F164N (short wave) and F323N, F405N,
+#: F466N, F470N (long wave) sit in the pupil wheel and are used behind F150W2, F322W2 or
+#: F444W; the header's PUPIL names them.
 FILTERS = {
     "F070W": ("SW", 0.624, 0.781, 9),
     "F090W": ("SW", 0.795, 1.005, 9),
     "F115W": ("SW", 1.013, 1.282, 9),
+    "F140M": ("SW", 1.333, 1.475, 5),
     "F150W": ("SW", 1.331, 1.668, 9),
+    "F150W2": ("SW", 1.058, 2.285, 15),
+    "F162M": ("SW", 1.542, 1.710, 5),
+    "F164N": ("SW", 1.634, 1.654, 3),
+    "F182M": ("SW", 1.726, 1.964, 5),
+    "F187N": ("SW", 1.862, 1.886, 3),
     "F200W": ("SW", 1.755, 2.226, 9),
+    "F210M": ("SW", 1.991, 2.196, 5),
+    "F212N": ("SW", 2.107, 2.134, 3),
+    "F250M": ("LW", 2.413, 2.594, 5),
     "F277W": ("LW", 2.416, 3.127, 9),
+    "F300M": ("LW", 2.837, 3.155, 5),
+    "F322W2": ("LW", 2.578, 3.917, 15),
+    "F323N": ("LW", 3.218, 3.256, 3),
+    "F335M": ("LW", 3.192, 3.539, 5),
     "F356W": ("LW", 3.140, 3.980, 9),
+    "F360M": ("LW", 3.435, 3.807, 5),
+    "F405N": ("LW", 4.032, 4.078, 3),
+    "F410M": ("LW", 3.874, 4.310, 5),
+    "F430M": ("LW", 4.166, 4.394, 5),
     "F444W": ("LW", 3.880, 4.986, 9),
+    "F460M": ("LW", 4.510, 4.738, 5),
+    "F466N": ("LW", 4.627, 4.681, 3),
+    "F470N": ("LW", 4.682, 4.733, 3),
+    "F480M": ("LW", 4.683, 4.986, 5),
 }
+
+#: filters mounted in the pupil wheel: a header's PUPIL value that is the effective filter
+PUPIL_FILTERS = ("F162M", "F164N", "F323N", "F405N", "F466N", "F470N")
+
+#: the detector used when a filter is asked for without one, per channel
+DEFAULT_DETECTORS = {"SW": "NRCA1", "LW": "NRCA5"}
 
 #: detector -> (channel, field-centre x [arcsec], field-centre y [arcsec],
 #:              focus offset [nm], focus slope along x, along y [nm from centre to edge])
@@ -578,12 +610,14 @@ def _pupil_npix(fov_width_rad, min_wavelength):
     return max(DEFAULT_PUPIL_NPIX, 32 * int(math.ceil(need / 32)))
 
 
-def _epsf_unchecked(filt, det, positions, fov_pixels, oversampling, nwaves=None):
+def _epsf_unchecked(filt, det, positions, fov_pixels, oversampling, nwaves=None,
+                    progress=None):
     """ePSFs ``(n, fov * os, fov * os)`` at detector ``positions`` ``(n, 2)`` plus metadata.
 
     Arguments are canonical (see :func:`check_grid_args`). The metadata dict holds the
     physical parameters used: ``pixelscale`` [arcsec], mean ``wavelength`` [m], ``nwaves``,
     ``charge_diffusion`` and ``jitter`` [arcsec], mean rms ``wfe_nm`` and ``pupil_npix``.
+    ``progress``, when given, is called once per finished position.
     """
     channel = FILTERS[filt][0]
     pixscale = SW_PIXEL_SCALE if channel == "SW" else LW_PIXEL_SCALE
@@ -618,6 +652,8 @@ def _epsf_unchecked(filt, det, positions, fov_pixels, oversampling, nwaves=None)
             optical += (e.real**2 + e.imag**2) * scale
         blurred = conv @ optical @ conv.T
         out[i] = _apply_ipc(blurred, oversampling, n_out) * oversampling**2
+        if progress is not None:
+            progress()
     meta = {
         "pixelscale": pixscale,
         "wavelength": float(np.sum(wavelengths * weights)),

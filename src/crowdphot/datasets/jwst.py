@@ -34,6 +34,7 @@ __all__ = [
     "jwst_like_epsf_grid",
     "grid_positions",
     "default_cache_dir",
+    "nircam_filter_detector",
 ]
 
 _CACHE_ENV = "CROWDPHOT_CACHE_DIR"
@@ -133,6 +134,21 @@ def _file_name(filt, det, num_psfs, fov_pixels, oversampling):
     )
 
 
+def _grid_with_progress(filt, det, num_psfs, fov_pixels, oversampling, progress_bar):
+    if not progress_bar:
+        return jwst_like_epsf_grid(filt, det, num_psfs, fov_pixels, oversampling)
+    from tqdm.auto import tqdm
+
+    xy = grid_positions(num_psfs)
+    with tqdm(total=len(xy), desc=f"Built-in {filt}/{det} PSF grid (first use)",
+              unit="psf") as bar:
+        data, meta = optics._epsf_unchecked(filt, det, xy, fov_pixels, oversampling,
+                                            progress=lambda: bar.update(1))
+    meta.update(filter=filt, detector=det, oversampling=oversampling, fov_pixels=fov_pixels,
+                num_psfs=num_psfs, version=optics.OPTICS_MODEL_VERSION)
+    return data, xy, meta
+
+
 def _grid_header(xy, meta):
     """STPSF-layout primary header for a grid computed by :func:`jwst_like_epsf_grid`."""
     channel = optics.FILTERS[meta["filter"]][0]
@@ -196,8 +212,65 @@ def _atomic_write(hdul, path):
         raise
 
 
-def _write_unchecked(path, filt, det, num_psfs, fov_pixels, oversampling):
-    data, xy, meta = jwst_like_epsf_grid(filt, det, num_psfs, fov_pixels, oversampling)
+def nircam_filter_detector(filter=None, pupil=None, detector=None):  # noqa: A002
+    """The built-in grid's ``(filter, detector)`` for a NIRCam image's header values.
+
+    The effective filter is the pupil-wheel filter when ``PUPIL`` names one (``F405N`` behind
+    ``F444W``, ``F164N`` behind ``F150W2``, ...), else ``FILTER``. The detector is
+    ``DETECTOR`` (``NRCALONG`` is ``NRCA5``); without one, or for a mosaic (``MULTIPLE``),
+    module A's detector of the filter's channel (``NRCA1`` short wave, ``NRCA5`` long wave).
+
+    Parameters
+    ----------
+    filter, pupil, detector : str or None
+        Header values (FILTER, PUPIL, DETECTOR); any case, surrounding blanks ignored.
+
+    Returns
+    -------
+    filter, detector : str
+
+    Raises
+    ------
+    ValueError
+        Unknown filter; a pupil element that is not for imaging (grism, coronagraphic mask,
+        weak lens); a detector of the other channel.
+
+    Examples
+    --------
+    >>> nircam_filter_detector('F444W', 'F405N', 'NRCBLONG')
+    ('F405N', 'NRCB5')
+    >>> nircam_filter_detector('F200W')
+    ('F200W', 'NRCA1')
+    """
+    def clean(v):
+        return None if v is None or not str(v).strip() else str(v).strip().upper()
+
+    filt, pup, det = clean(filter), clean(pupil), clean(detector)
+    if pup in optics.PUPIL_FILTERS:
+        filt = pup
+    elif pup not in (None, "CLEAR", "NONE", "N/A"):
+        raise ValueError(f"PUPIL={pup} is not an imaging configuration with a built-in PSF "
+                         "(grism, coronagraph or weak lens); give a PSF file")
+    if filt is None:
+        raise ValueError("no FILTER given")
+    if filt not in optics.FILTERS:
+        raise ValueError(f"unknown NIRCam filter {filt!r}; the built-in grids cover "
+                         f"{', '.join(optics.FILTERS)}")
+    channel = optics.FILTERS[filt][0]
+    det = {"NRCALONG": "NRCA5", "NRCBLONG": "NRCB5"}.get(det, det)
+    if det in (None, "MULTIPLE", "ANY", "N/A"):
+        det = optics.DEFAULT_DETECTORS[channel]
+    if det not in optics.DETECTORS:
+        raise ValueError(f"unknown NIRCam detector {detector!r}; choose one of "
+                         f"{', '.join(optics.DETECTORS)} (NRCALONG, NRCBLONG)")
+    if optics.DETECTORS[det][0] != channel:
+        raise ValueError(f"detector {det} cannot observe filter {filt} ({channel} channel)")
+    return filt, det
+
+
+def _write_unchecked(path, filt, det, num_psfs, fov_pixels, oversampling, progress_bar=False):
+    data, xy, meta = _grid_with_progress(filt, det, num_psfs, fov_pixels, oversampling,
+                                         progress_bar)
     hdul = fits.HDUList([fits.PrimaryHDU(data, header=_grid_header(xy, meta))])
     _atomic_write(hdul, path)
     return path
@@ -219,8 +292,9 @@ def write_jwst_like_psf_grid(path, *, filter="F200W", detector="NRCA1", num_psfs
     path : str or os.PathLike
         Output file (its directory must exist).
     filter : str, optional
-        NIRCam wide filter: F070W, F090W, F115W, F150W, F200W (short-wave channel, 0.031"/px),
-        F277W, F356W, F444W (long-wave, 0.063"/px).
+        Any NIRCam imaging filter (``optics.FILTERS``: wide, medium, narrow and extra-wide
+        bands), e.g. F070W-F212N (short-wave channel, 0.031"/px) or F250M-F480M (long wave,
+        0.063"/px).
     detector : str, optional
         NRCA1-4, NRCB1-4 (short wave) or NRCA5, NRCB5 (long wave; aliases NRCALONG, NRCBLONG).
     num_psfs : int, optional
@@ -268,7 +342,8 @@ def _is_current(path):
 
 
 def jwst_like_psf_grid_path(filter="F200W", detector="NRCA1", num_psfs=16,
-                            fov_pixels=101, oversampling=4, *, cache_dir=None, create=True):
+                            fov_pixels=101, oversampling=4, *, cache_dir=None, create=True,
+                            progress_bar=False):
     """Path of the cached JWST-like ePSF grid file, computing and writing it when missing.
 
     Parameters
@@ -279,6 +354,8 @@ def jwst_like_psf_grid_path(filter="F200W", detector="NRCA1", num_psfs=16,
         Directory of the cache (created if needed); default :func:`default_cache_dir`.
     create : bool, optional
         If False only return the path, whether or not the file exists.
+    progress_bar : bool, optional
+        Show a progress bar while the grid is computed (first use only).
 
     Returns
     -------
@@ -300,12 +377,12 @@ def jwst_like_psf_grid_path(filter="F200W", detector="NRCA1", num_psfs=16,
     path = directory / _file_name(filt, det, num_psfs, fov_pixels, oversampling)
     if create and not _is_current(path):
         directory.mkdir(parents=True, exist_ok=True)
-        _write_unchecked(path, filt, det, num_psfs, fov_pixels, oversampling)
+        _write_unchecked(path, filt, det, num_psfs, fov_pixels, oversampling, progress_bar)
     return os.fspath(path)
 
 
 def jwst_like_psf_grid(filter="F200W", detector="NRCA1", num_psfs=16,
-                       fov_pixels=101, oversampling=4, *, cache_dir=None):
+                       fov_pixels=101, oversampling=4, *, cache_dir=None, progress_bar=False):
     """A realistic JWST/NIRCam-like gridded ePSF model, available offline.
 
     A stand-in for the STPSF grid ``nircam_nrca1_f200w_fovp101_samp4_npsf16.fits`` of the
@@ -317,7 +394,7 @@ def jwst_like_psf_grid(filter="F200W", detector="NRCA1", num_psfs=16,
     ----------
     filter, detector, num_psfs, fov_pixels, oversampling
         As in :func:`write_jwst_like_psf_grid`.
-    cache_dir : str or os.PathLike, optional
+    cache_dir, progress_bar : optional
         As in :func:`jwst_like_psf_grid_path`.
 
     Returns
@@ -334,6 +411,6 @@ def jwst_like_psf_grid(filter="F200W", detector="NRCA1", num_psfs=16,
     from crowdphot.models.gridded import GriddedPSFModel
 
     path = jwst_like_psf_grid_path(filter, detector, num_psfs, fov_pixels, oversampling,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, progress_bar=progress_bar)
     return GriddedPSFModel.read(path)
 

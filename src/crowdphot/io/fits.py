@@ -227,14 +227,19 @@ def open_fits(path, what="image", *, memmap=None):
     try:
         hdul.readall()
     except (OSError, ValueError, TypeError, IndexError) as exc:
-        if len(hdul) == 0:
-            hdul.close()
+        n_read = len(hdul)
+        hdul.close()
+        if n_read == 0:
             raise InputError(f"{path}: not a readable FITS file ({_short(exc)}); "
-                         f"give a FITS {what}") \
-                from None
-        # trailing bytes after complete HDUs: keep what was read, as astropy's getdata does
-        warnings.warn(f"{path}: ignoring unreadable bytes after HDU {len(hdul) - 1} "
+                             f"give a FITS {what}") from None
+        # trailing bytes after complete HDUs (a stray 2880-byte block): keep the complete
+        # HDUs, as astropy's getdata does, and stop the list there (astropy closed the file)
+        warnings.warn(f"{path}: ignoring unreadable bytes after HDU {n_read - 1} "
                       f"({_short(exc)})", UserWarning, stacklevel=2)
+        hdul = fits.open(path, lazy_load_hdus=True, **kwargs)
+        for i in range(n_read):
+            hdul[i]
+        hdul._read_all = True  # astropy's own end-of-list marker
     return hdul
 
 
