@@ -170,9 +170,9 @@ def test_completeness_equals_the_fields_own_recovered_fraction():
     ft = np.asarray(truth["flux"])
     rec = np.zeros(len(truth), dtype=bool)
     rec[ti] = np.abs(np.asarray(cat["flux_fit"])[ci] - ft[ti]) <= 0.1 * ft[ti]
-    # the field's stars keep 3 px from each other: so do the artificial ones (from the catalog)
+    # the field's stars keep 3 px from each other: so do the artificial ones
     res = artificial_star_test(data, phot, 3000, (10, 10_000), error=err, seed=5, catalog=cat,
-                               min_separation=3.0)
+                               min_separation=3.0, avoid=(truth["x_0"], truth["y_0"]))
     la = np.log10(np.asarray(res.table["flux_in"]))
     ra = np.asarray(res.table["recovered"])
     lt = np.log10(ft)

@@ -28,8 +28,7 @@ SUBPACKAGES = ("psf", "detection", "aperture", "background", "datasets", "utils"
 #: photutils 3 public names crowdphot does not implement yet, per subpackage. When one gets
 #: implemented, export it from the subpackage (and the top level) and delete it here.
 NOT_YET = {
-    "psf": {"GriddedPSFModelRead", "fit_2dgaussian", "fit_fwhm", "grid_from_epsfs",
-            "make_psf_model"},
+    "psf": {"GriddedPSFModelRead", "grid_from_epsfs"},
     "detection": {"StarFinderBase", "StarFinderCatalogBase"},
     "aperture": {
         "Aperture", "ApertureStats", "CircularMaskMixin", "EllipticalAnnulus",

@@ -357,8 +357,8 @@ def _measure_batch(phot, fitter, data, mask, error, xin, yin, fin, *, search_rad
 
 def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=None, seed=None,
                          match_radius=0.5, match_flux=0.1, search_radius=None, gain=None,
-                         border=0.0, min_separation=0.0, spacing=None, catalog=None,
-                         progress_bar=False):
+                         border=0.0, min_separation=0.0, avoid=None, spacing=None,
+                         catalog=None, progress_bar=False):
     """Inject artificial stars into ``data`` and measure them with ``phot``'s pipeline.
 
     Parameters
@@ -389,9 +389,12 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     border : float, optional
         Keep artificial stars this many pixels inside the edges.
     min_separation : float, optional
-        Keep artificial stars at least this far from the original run's catalogued stars
-        (default 0: uniform on the image, as DOLPHOT's fake stars). Use it to mimic a field
-        whose stars keep a minimum distance (simulations).
+        Keep artificial stars at least this far from the stars in ``avoid`` (default 0:
+        uniform on the image, as DOLPHOT's fake stars). Use it to mimic a field whose stars
+        keep a minimum distance (simulations).
+    avoid : (x, y) arrays, optional
+        Star positions for ``min_separation``; default: the original run's fitted positions
+        (a simulation can give all its true positions, faint undetected ones included).
     spacing : float, optional
         Smallest distance between stars of one batch; default: from the PSF stamp, fit shape,
         background annulus, finder and search radius.
@@ -456,8 +459,7 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
 
     t1 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    avoid = None
-    if min_separation and catalog is not None and len(catalog):
+    if avoid is None and min_separation and catalog is not None and len(catalog):
         avoid = (_values(catalog["x_fit"]), _values(catalog["y_fit"]))
     xin, yin, fin = draw_artificial_stars(data.shape, n, (lo, hi), seed=rng, border=border,
                                           avoid=avoid, min_separation=min_separation)
