@@ -195,7 +195,7 @@ def test_source_groups_errors():
     with pytest.raises(ValueError, match="same shape"):
         SourceGroups([1, 2], [1, 2], [1])
     groups = SourceGroups([1, 2], [1, 2], [1, 1])
-    with pytest.raises(ValueError, match="group_id 7"):
+    with pytest.raises(ValueError, match="Group ID 7 not found"):
         groups.get_group_sources(7)
     # Same shape check as photutils
     with pytest.raises(ValueError):

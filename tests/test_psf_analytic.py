@@ -263,7 +263,7 @@ def test_bad_stamp_arguments_raise():
         model.psf_stamps([np.nan], [1.0], 5)
     with pytest.raises(ValueError, match="shape must be > 0"):
         model.psf_stamps([1.0], [1.0], (0, 5))
-    with pytest.raises(ValueError, match="shape must be a scalar or a pair"):
+    with pytest.raises(ValueError, match="shape must have 1 or 2 elements"):
         model.psf_stamps([1.0], [1.0], (3, 5, 7))
     with pytest.raises(ValueError, match="leading star axis"):
         model.psf_values(0.0, 0.0, [0.0], [0.0])

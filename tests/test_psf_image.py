@@ -185,8 +185,8 @@ def test_psf_stamps_default_shape(image):
     (dict(origin=(1.0, 2.0, 3.0)), ValueError, "origin must be a pair"),
     (dict(origin=(1.0, np.inf)), ValueError, "origin must contain finite"),
     (dict(oversampling=0), ValueError, "oversampling must be > 0"),
-    (dict(oversampling=1.5), ValueError, "oversampling must contain integers"),
-    (dict(oversampling=(1, 2, 3)), ValueError, "oversampling must be a scalar or a pair"),
+    (dict(oversampling=1.5), ValueError, "oversampling must have integer values"),
+    (dict(oversampling=(1, 2, 3)), ValueError, "oversampling must have 1 or 2 elements"),
     (dict(fill_value="zero"), TypeError, "fill_value must be a number or None"),
 ])
 def test_errors(kwargs, exc, match):

@@ -129,8 +129,8 @@ def test_tile_core_owns_its_pixel_centres():
 
 @pytest.mark.parametrize("tile,match", [(0, "tile_shape must be > 0"),
                                         (-4, "tile_shape must be > 0"),
-                                        (2.5, "tile_shape must contain integers"),
-                                        ((1, 2, 3), "tile_shape must be a scalar or a pair")])
+                                        (2.5, "tile_shape must have integer values"),
+                                        ((1, 2, 3), "tile_shape must have 1 or 2 elements")])
 def test_tile_grid_rejects_bad_tile_shape(tile, match):
     with pytest.raises(ValueError, match=match):
         tile_grid((10, 10), tile)

@@ -53,22 +53,27 @@ def as_pair(name, value, *, lower_bound=None, odd=False, integer=True):
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name} must be a number or a pair of numbers, got {value!r}")
     arr = np.atleast_1d(np.asarray(value))
-    if arr.ndim != 1 or arr.size not in (1, 2):
-        raise ValueError(f"{name} must be a scalar or a pair (ny, nx), got {value!r}")
+    # photutils' wording ("must be 1D", "must have 1 or 2 elements", ...)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1D: a scalar or a pair (ny, nx), got {value!r}")
+    if arr.size not in (1, 2):
+        raise ValueError(f"{name} must have 1 or 2 elements: a scalar or a pair (ny, nx), "
+                         f"got {value!r}")
     if arr.dtype.kind not in "iuf" or arr.dtype == bool:
         raise TypeError(f"{name} must be numeric, got {value!r}")
     if arr.size == 1:
         arr = np.repeat(arr, 2)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be a finite value, got {value!r}")
     if integer:
         if np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must contain integers, got {value!r}")
+            raise ValueError(f"{name} must have integer values, got {value!r}")
         arr = arr.astype(int)
     if lower_bound is not None and np.any(arr <= lower_bound):
         raise ValueError(f"{name} must be > {lower_bound}, got {value!r}")
     if odd and np.any(arr % 2 == 0):
-        raise ValueError(f"{name} must be odd along both axes, got {value!r}")
+        raise ValueError(f"{name} must have an odd value for both axes: {name} must be odd "
+                         f"along both axes, got {value!r}")
     return arr
 
 

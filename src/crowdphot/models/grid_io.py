@@ -211,6 +211,9 @@ _MULTI = {
 def _split(data, xgrid, ygrid, detector_id):
     """The ePSFs and node positions of one detector of a multi-detector STDPSF file."""
     n = data.shape[0]
+    if detector_id is None:  # photutils' wording
+        raise ValueError("detector_id must be specified for files containing multiple ePSF "
+                         "grids")
     if n in (90, 56):  # ACS/WFC, WFC3/UVIS: two chips stacked in y, 2048 rows each
         if detector_id not in (1, 2):
             raise ValueError(f"detector_id must be 1 or 2 for ACS/WFC and WFC3/UVIS grids, "

@@ -260,9 +260,11 @@ class ImagePSF(SplinePSFBase, Fittable2DModel):
             return
         arr = np.asarray(origin)
         if arr.ndim != 1 or arr.size != 2:
-            raise ValueError(f"origin must be a pair (x, y), got {origin!r}")
+            raise ValueError(f"origin must be 1D and have 2-elements: origin must be a pair "
+                             f"(x, y), got {origin!r}")
         if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
-            raise ValueError(f"origin must contain finite numbers, got {origin!r}")
+            raise ValueError(f"All elements of origin must be finite: origin must contain "
+                             f"finite numbers, got {origin!r}")
         self._origin = arr
 
     def _blend(self, x0, y0, grad):
@@ -324,13 +326,14 @@ class ImagePSF(SplinePSFBase, Fittable2DModel):
 
 def _check_image_data(data):
     if not isinstance(data, np.ndarray):
-        raise TypeError(f"data must be a 2D numpy array, got {type(data).__name__}")
+        raise TypeError(f"Input data must be a 2D numpy array, got {type(data).__name__}")
     if data.ndim != 2:
-        raise ValueError(f"data must be a 2D numpy array, got {data.ndim} dimension(s)")
+        raise ValueError(f"Input data must be a 2D numpy array, got {data.ndim} dimension(s)")
     if data.dtype.kind not in "iuf":
         raise TypeError(f"data must be numeric, got dtype {data.dtype}")
     if not np.all(np.isfinite(data)):
-        raise ValueError("data must contain only finite values (found NaN or inf)")
+        raise ValueError("All elements of input data must be finite: data must contain only "
+                         "finite values (found NaN or inf)")
     if min(data.shape) < 4:
-        raise ValueError(f"data must have at least 4 samples along each axis, got shape "
-                         f"{data.shape}")
+        raise ValueError(f"The length of the x and y axes must both be at least 4: data must "
+                         f"have at least 4 samples along each axis, got shape {data.shape}")

@@ -40,14 +40,15 @@ def _check_xy(x, y):
     ya = ya.astype(float, copy=False)
     if xa.ndim != 1 or xa.shape != ya.shape:
         raise ValueError(
-            f"x and y must be 1D arrays of equal length, got shapes {xa.shape} and {ya.shape}"
+            f"x and y must have the same shape (1D arrays of equal length), got shapes "
+            f"{xa.shape} and {ya.shape}"
         )
     if xa.size == 0:
         raise ValueError("x and y must not be empty")
     if not np.all(np.isfinite(xa)):
-        raise ValueError("x contains NaN or inf values")
+        raise ValueError("x coordinates must be finite (x contains NaN or inf values)")
     if not np.all(np.isfinite(ya)):
-        raise ValueError("y contains NaN or inf values")
+        raise ValueError("y coordinates must be finite (y contains NaN or inf values)")
     return xa, ya
 
 
@@ -137,7 +138,7 @@ class SourceGroups:
         self.groups = np.asarray(groups)
         if self.x.shape != self.y.shape or self.x.shape != self.groups.shape:
             raise ValueError(
-                f"x, y and groups must have the same shape, got {self.x.shape}, "
+                f"x, y, and groups must have the same shape, got {self.x.shape}, "
                 f"{self.y.shape} and {self.groups.shape}"
             )
         self.n_sources = len(self.groups)
@@ -180,7 +181,7 @@ class SourceGroups:
         """
         mask = self.groups == group_id
         if not np.any(mask):
-            raise ValueError(f"group_id {group_id!r} not found in groups")
+            raise ValueError(f"Group ID {group_id!r} not found in groups")
         return self.x[mask], self.y[mask]
 
     def plot(self, radius, *, ax=None, cmap=None, seed=0, label_groups=False,
