@@ -283,3 +283,35 @@ def test_thread_count_round_trip():
     finally:
         jit.set_num_threads(old)
     assert jit.get_num_threads() == old
+
+
+# -- spline coefficients -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 4), (5, 9), (12, 7), (61, 40)])
+def test_spline_coefficients_equal_fitpack(rng, shape):
+    """The banded collocation solve gives FITPACK's interpolating-spline coefficients."""
+    from scipy.interpolate import BSpline, RectBivariateSpline
+
+    from crowdphot.core.kernels.spline import basis_table, knots, spline_coefficients
+
+    img = rng.normal(size=shape)
+    ref = RectBivariateSpline(np.arange(shape[1]), np.arange(shape[0]), img.T, kx=3, ky=3, s=0)
+    want = ref.tck[2].reshape(shape[1], shape[0]).T
+    np.testing.assert_allclose(spline_coefficients(img), want, rtol=0,
+                               atol=1e-13 * np.abs(want).max())
+    stack = SplineStack(np.stack([img, 2 * img]))
+    np.testing.assert_allclose(stack.coeffs[1], 2 * stack.coeffs[0], rtol=1e-15, atol=0)
+    # the per-interval polynomial table equals scipy's basis derivatives / p!
+    n = shape[1]
+    table, starts = basis_table(n)
+    basis = BSpline(knots(n), np.eye(n), 3)
+    rows = np.arange(n - 3)
+    for p, fact in enumerate((1, 1, 2, 6)):
+        d = basis(starts, nu=p)
+        for k in range(4):
+            np.testing.assert_allclose(table[:, k, p], d[rows, rows + k] / fact, rtol=0,
+                                       atol=1e-14)
+
+
+def test_band_solve_rejects_a_singular_matrix():
+    with pytest.raises(ValueError, match="singular collocation matrix"):
+        native.band_solve(np.zeros((3, 3)), np.zeros((1, 3, 2)))

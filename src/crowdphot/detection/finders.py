@@ -21,7 +21,6 @@ import warnings
 import astropy.units as u
 import numpy as np
 from astropy.utils.exceptions import AstropyDeprecationWarning
-from scipy import ndimage
 
 from crowdphot.core.kernels.detect import (
     convolve_zero_padded,
@@ -311,6 +310,8 @@ class _StarFinderBase:
         peak_mask = mask
         if bad is not None:
             # every convolved pixel whose kernel window touches a bad pixel is unusable
+            from scipy import ndimage  # only images with bad pixels need it: a lazy import
+
             near_bad = ndimage.binary_dilation(bad, structure=np.ones(kernel.shape, bool))
             conv[near_bad] = conv[~near_bad].min() if not near_bad.all() else 0.0
             peak_mask = near_bad if mask is None else (mask | near_bad)

@@ -3,8 +3,9 @@
 An ePSF array of shape ``(NY, NX)`` sampled at integer positions is represented by the same
 tensor-product cubic B-spline that ``scipy.interpolate.RectBivariateSpline(kx=3, ky=3, s=0)``
 builds (FITPACK's interpolating spline with "not-a-knot" knots ``0, 0, 0, 0, 2, 3, ..., n-3,
-n-1, n-1, n-1, n-1``). We take its coefficients from scipy once per ePSF and evaluate the spline
-ourselves, which is what makes batched evaluation fast:
+n-1, n-1, n-1, n-1``). Its coefficients are computed once per ePSF stack (banded collocation
+solves, no scipy) and the spline is evaluated by compiled kernels, which is what makes batched
+evaluation fast:
 
 * the coefficient array ``C`` has the same shape as the ePSF (``[y, x]`` order here);
 * on knot interval ``m`` the four non-zero basis functions are cubic polynomials, tabulated once
@@ -21,10 +22,7 @@ Everything here is unchecked; the model classes validate their inputs.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy.interpolate import BSpline, RectBivariateSpline
 
 from crowdphot.core.jit import get_num_threads, native
 
@@ -33,18 +31,43 @@ __all__ = ["SplineStack", "spline_coefficients", "basis_table", "knots"]
 def spline_coefficients(image):
     """Coefficients ``(ny, nx)`` of the bicubic interpolating spline of ``image``, ``[y, x]``.
 
+    The same spline as ``scipy.interpolate.RectBivariateSpline(kx=3, ky=3, s=0)`` (FITPACK's
+    knots, see `knots`), found by solving the banded collocation systems of both axes.
+
     Examples
     --------
     >>> c = spline_coefficients(np.ones((5, 6)))
     >>> c.shape, bool(np.allclose(c, 1.0))
     ((5, 6), True)
     """
-    ny, nx = image.shape
-    # RectBivariateSpline takes (x, y) axis order; its knots are those of basis_table
-    spline = RectBivariateSpline(np.arange(nx), np.arange(ny), np.asarray(image).T,
-                                 kx=3, ky=3, s=0)
-    coeffs = spline.tck[2].reshape(nx, ny)
-    return np.ascontiguousarray(coeffs.T, dtype=float)
+    return _stack_coefficients(np.asarray(image, dtype=float)[None])[0]
+
+
+def _collocation(n):
+    """Collocation matrix ``A[i, j] = B_j(i)`` (n, n) of the ``n`` cubic basis functions."""
+    table, starts = basis_table(n)
+    i = np.arange(n)
+    m = np.clip(i - 1, 0, n - 4)
+    u = (i - starts[m])[:, None]
+    p = table[m]  # (n, 4 basis, 4 powers)
+    vals = ((p[..., 3] * u + p[..., 2]) * u + p[..., 1]) * u + p[..., 0]
+    a = np.zeros((n, n))
+    a[i[:, None], m[:, None] + np.arange(4)] = vals
+    return a
+
+
+def _stack_coefficients(images):
+    """Spline coefficients of a stack ``(g, ny, nx)``: one banded solve per axis.
+
+    The collocation matrices are totally positive, so the compiled solve eliminates without
+    pivoting (de Boor); both solves run on whole rows (the x solve on the transposed stack).
+    """
+    g, ny, nx = images.shape
+    coeffs = np.array(images, dtype=float, order="C")
+    native.band_solve(_collocation(ny), coeffs)  # along y
+    coeffs = np.ascontiguousarray(coeffs.transpose(0, 2, 1))
+    native.band_solve(_collocation(nx), coeffs)  # along x
+    return np.ascontiguousarray(coeffs.transpose(0, 2, 1))
 
 
 def knots(n):
@@ -77,15 +100,23 @@ def basis_table(n):
     t = knots(n)
     starts = np.concatenate([[0.0], np.arange(2.0, n - 2)])
     nint = n - 3
-    # all n basis functions at once: a spline whose coefficient vectors are the unit vectors
-    basis = BSpline(t, np.eye(n), 3)
-    table = np.empty((nint, 4, 4))
-    rows = np.arange(nint)
-    for p in range(4):
-        derivs = basis(starts, nu=p)  # (nint, n); evaluated on the interval to the right
-        for k in range(4):
-            table[:, k, p] = derivs[rows, rows + k] / math.factorial(p)
-    return table, starts
+    s = 3 + np.arange(nint)  # knot index of each interval's left end
+    # Cox-de Boor recursion on polynomials in u = x - starts (coefficients of u**0..u**3):
+    # basis[q] of degree p is B_{s - p + q, p}
+    basis = [np.zeros((nint, 4))]
+    basis[0][:, 0] = 1.0
+    for p in range(1, 4):
+        new = [np.zeros((nint, 4)) for _ in range(p + 1)]
+        for r in range(p):
+            j = s - p + 1 + r
+            term = basis[r] / (t[j + p] - t[j])[:, None]
+            # term * (t[j + p] - x) -> basis r;  term * (x - t[j]) -> basis r + 1
+            shifted = np.zeros_like(term)
+            shifted[:, 1:] = term[:, :-1]  # term * u
+            new[r] += (t[j + p] - starts)[:, None] * term - shifted
+            new[r + 1] += (starts - t[j])[:, None] * term + shifted
+        basis = new
+    return np.stack(basis, axis=1), starts
 
 
 class SplineStack:
@@ -107,8 +138,7 @@ class SplineStack:
     def __init__(self, images):
         images = np.asarray(images)
         self.shape = images.shape[1:]
-        self.coeffs = np.ascontiguousarray(
-            np.stack([spline_coefficients(img) for img in images]))
+        self.coeffs = _stack_coefficients(np.asarray(images, dtype=float))
         self.table_y, self.starts_y = basis_table(self.shape[0])
         self.table_x, self.starts_x = basis_table(self.shape[1])
 

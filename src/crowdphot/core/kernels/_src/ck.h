@@ -53,5 +53,6 @@ PyObject *ck_annulus_gather(PyObject *self, PyObject *args);
 PyObject *ck_spline_points(PyObject *self, PyObject *args);
 PyObject *ck_spline_stamps(PyObject *self, PyObject *args);
 PyObject *ck_normal_blocks(PyObject *self, PyObject *args);
+PyObject *ck_band_solve(PyObject *self, PyObject *args);
 
 #endif

@@ -157,6 +157,7 @@ static PyMethodDef ck_methods[] = {
     {"spline_points", ck_spline_points, METH_VARARGS, "Blended bicubic spline at points."},
     {"spline_stamps", ck_spline_stamps, METH_VARARGS, "Blended bicubic spline on stamps."},
     {"normal_blocks", ck_normal_blocks, METH_VARARGS, "Normal-matrix blocks of a fit."},
+    {"band_solve", ck_band_solve, METH_VARARGS, "Banded collocation solve (no pivoting)."},
     {NULL, NULL, 0, NULL},
 };
 

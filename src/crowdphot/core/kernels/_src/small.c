@@ -182,3 +182,76 @@ done:
     ck_release(b, 6);
     return ret;
 }
+
+/* band_solve(a[n, n], x[outer, n, inner]): solve a @ x[o] = x[o] in place for every o, along
+ * the middle axis. `a` is banded and totally positive (a B-spline collocation matrix), so
+ * Gaussian elimination without pivoting is stable (de Boor); only the band is used. */
+PyObject *ck_band_solve(PyObject *self, PyObject *args)
+{
+    PyObject *o[2];
+    ck_buf b[2] = {{{0}}};
+    PyObject *ret = NULL;
+    double *lu = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &o[0], &o[1])) return NULL;
+    if (ck_get(o[0], &b[0], 'd', 0, 2, "a") || ck_get(o[1], &b[1], 'd', 1, 3, "x")) goto done;
+    Py_ssize_t n = CK_SHAPE(b[0], 0), outer = CK_SHAPE(b[1], 0), inner = CK_SHAPE(b[1], 2);
+    if (ck_check(CK_SHAPE(b[0], 1) == n && CK_SHAPE(b[1], 1) == n, "band_solve: shapes"))
+        goto done;
+    const double *a = CK_D(b[0]);
+    Py_ssize_t lower = 0, upper = 0;
+    for (Py_ssize_t r = 0; r < n; r++)
+        for (Py_ssize_t c = 0; c < n; c++)
+            if (a[r * n + c] != 0.0) {
+                if (r - c > lower) lower = r - c;
+                if (c - r > upper) upper = c - r;
+            }
+    lu = malloc(sizeof(double) * (size_t)(n * n + 1));
+    if (!lu) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(lu, a, sizeof(double) * (size_t)(n * n));
+    for (Py_ssize_t k = 0; k < n; k++) { /* LU without pivoting, in the band */
+        if (lu[k * n + k] == 0.0) {
+            ck_check(0, "band_solve: singular collocation matrix");
+            goto done;
+        }
+        Py_ssize_t end = k + upper + 1 < n ? k + upper + 1 : n;
+        for (Py_ssize_t r = k + 1; r < n && r <= k + lower; r++) {
+            double f = lu[r * n + k] / lu[k * n + k];
+            lu[r * n + k] = f;
+            for (Py_ssize_t c = k + 1; c < end; c++) lu[r * n + c] -= f * lu[k * n + c];
+        }
+    }
+    double *x = CK_D(b[1]);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t q = 0; q < outer; q++) {
+        double *xo = x + q * n * inner;
+        for (Py_ssize_t k = 0; k < n; k++) { /* forward: L y = x */
+            double *xk = xo + k * inner;
+            for (Py_ssize_t r = k + 1; r < n && r <= k + lower; r++) {
+                double f = lu[r * n + k];
+                if (f == 0.0) continue;
+                double *xr = xo + r * inner;
+                for (Py_ssize_t i = 0; i < inner; i++) xr[i] -= f * xk[i];
+            }
+        }
+        for (Py_ssize_t k = n - 1; k >= 0; k--) { /* backward: U x = y */
+            double *xk = xo + k * inner;
+            Py_ssize_t end = k + upper + 1 < n ? k + upper + 1 : n;
+            for (Py_ssize_t c = k + 1; c < end; c++) {
+                double u = lu[k * n + c];
+                const double *xc = xo + c * inner;
+                for (Py_ssize_t i = 0; i < inner; i++) xk[i] -= u * xc[i];
+            }
+            double d = lu[k * n + k];
+            for (Py_ssize_t i = 0; i < inner; i++) xk[i] /= d;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_NewRef(Py_None);
+done:
+    free(lu);
+    ck_release(b, 2);
+    return ret;
+}
