@@ -63,7 +63,7 @@ def test_matches_brute_force_likelihood_maximum(gain):
     data, x, y, f, (xi, yi, fi), _ = _scene(800.0, 3, seed=3, gain=gain)
     bkg = np.full(x.size, SKY / gain)
     res = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, gain=gain,
-                             local_bkg=bkg, tol=1e-5)
+                             local_bkg=bkg, tol=1e-5, bias_correction=False)
     assert res.converged.all()
     for i in range(x.size):
         xlo, ylo = int(np.ceil(xi[i] - 3.5)), int(np.ceil(yi[i] - 3.5))
@@ -110,6 +110,38 @@ def test_isolated_stars_reach_the_bound_without_bias(flux):
     if flux <= 3000:
         assert g["bias"] < -5 * g["bias_se"], g
 
+
+def test_bias_correction_is_cox_snell_at_the_estimate():
+    from crowdphot.core.crlb import cox_snell_bias
+
+    data, x, y, f, (xi, yi, fi), _ = _scene(300.0, 6, seed=21)
+    bkg = np.full(x.size, SKY)
+    raw = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, local_bkg=bkg,
+                             bias_correction=False)
+    cor = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, local_bkg=bkg)
+    xlo, ylo = np.ceil(xi - 3.5).astype(int), np.ceil(yi - 3.5).astype(int)
+    b = cox_snell_bias(PSF, raw.x, raw.y, raw.flux, (7, 7), sky=SKY, read_noise=RN, gain=1.0,
+                       xlo=xlo, ylo=ylo)
+    np.testing.assert_allclose(cor.flux, raw.flux - b[:, 2], rtol=1e-12)
+    np.testing.assert_allclose(cor.x, raw.x - b[:, 0], rtol=1e-12)
+    assert np.all(b[:, 2] > 0)
+
+
+def test_faint_stars_unbiased_after_correction():
+    # S/N 5.6: the plain MLE is +2.6 % high (free positions); the corrected one is not
+    data, x, y, f, (xi, yi, fi), _ = _scene(150.0, 48, seed=150)
+    bkg = np.full(x.size, SKY)
+    crlb = cramer_rao_bound(PSF, f, x, y, sky=SKY, read_noise=RN, fit_shape=7)
+    raw = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, local_bkg=bkg,
+                             bias_correction=False)
+    ml = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN, local_bkg=bkg)
+    # at S/N 5 a rare noise realisation has no stable maximum: reported, not hidden
+    assert np.mean(ml.converged) > 0.998
+    s, r = _stats(ml, x, y, f, crlb), _stats(raw, x, y, f, crlb)
+    assert r["bias"] > 4 * r["bias_se"], r
+    assert abs(s["bias"]) < 3 * s["bias_se"], s
+    assert abs(s["pull_flux"] - 1) < s["tol_sd"] and abs(s["pull_x"] - 1) < 0.05, s
+    assert s["sd_flux"] < 1.05 + s["tol_sd"], s
 
 def test_blended_pairs_have_honest_errors():
     data, x, y, f, (xi, yi, fi), gid = _scene(3000.0, 32, spacing=20, seed=11,
@@ -205,8 +237,10 @@ def test_photometry_poisson_mode_and_crlb_column():
                                 read_noise=RN, local_bkg=init["local_bkg"])
     np.testing.assert_allclose(tbl["flux_fit"], direct.flux, rtol=1e-9)
     assert tbl.colnames.index("flux_crlb") == tbl.colnames.index("flux_err") + 1
-    # isolated stars: the Fisher error at the solution is the bound at the fitted parameters
-    np.testing.assert_allclose(tbl["flux_err"], tbl["flux_crlb"], rtol=2e-3)
+    # isolated stars: the observed-information error scatters around the bound at the fitted
+    # parameters (expected information)
+    ratio = np.asarray(tbl["flux_err"] / tbl["flux_crlb"])
+    assert abs(np.mean(ratio) - 1) < 0.02 and np.all(np.abs(ratio - 1) < 0.1)
     assert np.all(tbl["flags"] & PSF_FLAGS.NO_CONVERGENCE == 0)
     assert tbl.meta["likelihood"] == "poisson"
 
@@ -327,4 +361,4 @@ def test_cli_poisson_run(tmp_path):
     assert str(t["flux_crlb"].unit) == str(t["flux_err"].unit)
     ok = t["flags"] == 0
     assert ok.sum() >= 8
-    np.testing.assert_allclose(t["flux_err"][ok], t["flux_crlb"][ok], rtol=1e-2)
+    np.testing.assert_allclose(t["flux_err"][ok], t["flux_crlb"][ok], rtol=0.1)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pixel_variance", "fisher_information", "bounds_from_fisher", "VARIANCE_FLOOR_E"]
+__all__ = ["pixel_variance", "fisher_information", "bounds_from_fisher", "cox_snell_bias",
+           "observed_information", "VARIANCE_FLOOR_E"]
 
 #: Floor of the pixel variance in electrons^2, so that empty pixels of a photon-counting
 #: (R = 0) detector keep a finite weight; irrelevant whenever R >= 0.04 e-.
@@ -156,3 +157,142 @@ def bounds_from_fisher(fisher, *, rcond=1e-12):
     sigma = np.sqrt(np.clip(np.einsum("nii->ni", cov), 0.0, None))
     sigma = np.where(ok[:, None], sigma, np.nan)
     return sigma, cov
+
+
+def _derivatives(psf, x, y, flux, shape, xlo, ylo, gain, fit_sky, h=1e-3):
+    """First and second derivatives of the expected counts (electrons) on the stamps.
+
+    Returns ``u`` (unit stamps), ``d1`` of shape (n, p, npix) and ``d2`` of shape
+    (n, p, p, npix) for the parameters (x, y, flux[, sky]) in data units; the PSF's second
+    position derivatives come from central differences (step ``h`` pixels) of its analytic
+    gradient.
+    """
+    n = len(x)
+    xlo = np.asarray(xlo, dtype=np.int64)
+    ylo = np.asarray(ylo, dtype=np.int64)
+    u, ux, uy = (np.broadcast_to(a, (n, *shape)).reshape(n, -1)
+                 for a in psf._stamps_grad(x, y, xlo, ylo, shape))
+    _, uxp, uyp = psf._stamps_grad(x + h, y, xlo, ylo, shape)
+    _, uxm, uym = psf._stamps_grad(x - h, y, xlo, ylo, shape)
+    _, _, uyq = psf._stamps_grad(x, y + h, xlo, ylo, shape)
+    _, _, uyr = psf._stamps_grad(x, y - h, xlo, ylo, shape)
+
+    def flat(a):
+        return np.broadcast_to(a, (n, *shape)).reshape(n, -1)
+
+    uxx = flat((uxp - uxm) / (2 * h))
+    uxy = flat((uyp - uym) / (2 * h))
+    uyy = flat((uyq - uyr) / (2 * h))
+    p = 4 if fit_sky else 3
+    g = float(gain)
+    f = g * flux[:, None]
+    d1 = np.zeros((n, p, u.shape[1]))
+    d1[:, 0], d1[:, 1], d1[:, 2] = f * ux, f * uy, g * u
+    if fit_sky:
+        d1[:, 3] = g
+    d2 = np.zeros((n, p, p, u.shape[1]))
+    d2[:, 0, 0], d2[:, 1, 1] = f * uxx, f * uyy
+    d2[:, 0, 1] = d2[:, 1, 0] = f * uxy
+    d2[:, 0, 2] = d2[:, 2, 0] = g * ux
+    d2[:, 1, 2] = d2[:, 2, 1] = g * uy
+    return u, d1, d2
+
+
+def cox_snell_bias(psf, x, y, flux, shape, *, sky, read_noise, gain, xlo=None, ylo=None,
+                   valid=None, fit_sky=False):
+    """First-order bias of the maximum-likelihood estimate of isolated stars (unchecked).
+
+    Cox & Snell (1968, JRSS B 30, 248): ``b_s = K^{sr} K^{tu} (k_{rt,u} + k_{rtu} / 2)``
+    with ``K`` the Fisher information and, for independent shifted-Poisson pixels of mean
+    ``m`` (electrons + R**2), ``k_{rt,u} + k_{rtu}/2 = sum (m_rt m_u - m_ru m_t - m_tu m_r)
+    / (2 m)``. The bias is ``O(1 / S/N**2)``: for a FWHM 2.5 px star on 10 e-/px sky with
+    5 e- read noise, +2.6 % of the flux at 150 e- (S/N 5.6), +0.3 % at 500 e-, 0.01 % at
+    3000 e-. Subtracting it (evaluated at the estimate) leaves an ``O(1 / S/N**4)`` bias.
+
+    Parameters are those of :func:`fisher_information`.
+
+    Returns
+    -------
+    bias : ndarray of shape (n, p)
+        In data units, parameters (x, y, flux[, sky]); NaN where the information is singular.
+
+    Examples
+    --------
+    >>> from crowdphot import CircularGaussianPRF
+    >>> b = cox_snell_bias(CircularGaussianPRF(fwhm=2.5), np.array([10.0]), np.array([10.0]),
+    ...                    np.array([150.0]), (7, 7), sky=10.0, read_noise=5.0, gain=1.0)
+    >>> bool(0.02 < b[0, 2] / 150 < 0.03)
+    True
+    """
+    from crowdphot.core.batched import stamp_origin
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    flux = np.asarray(flux, dtype=float)
+    shape = tuple(shape)
+    n = len(x)
+    if xlo is None or ylo is None:
+        xlo, ylo = stamp_origin(x, y, shape)
+    u, d1, d2 = _derivatives(psf, x, y, flux, shape, xlo, ylo, gain, fit_sky)
+    sky_px = np.broadcast_to(np.asarray(sky, dtype=float), (n, *shape)).reshape(n, -1)
+    g = float(gain)
+    m = np.maximum(g * np.maximum(flux[:, None] * u + sky_px, 0.0) + float(read_noise) ** 2,
+                   VARIANCE_FLOOR_E)
+    w = 1.0 / m
+    if valid is not None:
+        w = np.where(np.broadcast_to(valid, (n, *shape)).reshape(n, -1), w, 0.0)
+    fisher = np.einsum("nrk,ntk,nk->nrt", d1, d1, w)
+    _, kinv = bounds_from_fisher(fisher)
+    d2w = d2 * w[:, None, None, :]
+    a = 0.5 * (np.einsum("nrtk,nuk->nrtu", d2w, d1) - np.einsum("nruk,ntk->nrtu", d2w, d1)
+               - np.einsum("ntuk,nrk->nrtu", d2w, d1))
+    return np.einsum("nsr,ntu,nrtu->ns", kinv, kinv, a)
+
+
+def observed_information(psf, x, y, flux, shape, data, *, sky, read_noise, gain, xlo, ylo,
+                         valid=None, fit_sky=False):
+    """Observed information (minus the log-likelihood Hessian) of isolated stars (unchecked).
+
+    For the shifted-Poisson likelihood of the data ``d`` (ADU, sky included):
+    ``J = sum d' m_r m_t / m**2 - (d' / m - 1) m_rt`` with ``d' = g d + R**2`` and
+    ``m = g mu + R**2``. At the maximum-likelihood estimate its inverse estimates the
+    estimator's covariance better than the expected information when the S/N is low
+    (Efron & Hinkley 1978, Biometrika 65, 457); the two agree asymptotically.
+
+    Parameters are those of :func:`fisher_information`, plus ``data`` of shape (n, ny, nx)
+    (the stamps' pixel values) and explicit stamp origins.
+
+    Returns
+    -------
+    ndarray of shape (n, p, p)
+
+    Examples
+    --------
+    >>> from crowdphot import CircularGaussianPRF
+    >>> psf = CircularGaussianPRF(fwhm=2.5)
+    >>> one = np.array([1])
+    >>> mu = psf.psf_stamps([5.0], [5.0], 7, xlo=[2], ylo=[2])[0] * 1e3 + 10.0
+    >>> j = observed_information(psf, np.array([5.0]), np.array([5.0]), np.array([1e3]),
+    ...                          (7, 7), mu[None], sky=10.0, read_noise=0.0, gain=1.0,
+    ...                          xlo=2 * one, ylo=2 * one)
+    >>> f = fisher_information(psf, np.array([5.0]), np.array([5.0]), np.array([1e3]),
+    ...                        (7, 7), sky=10.0, read_noise=0.0, gain=1.0)
+    >>> bool(np.allclose(j, f))  # noiseless data: observed = expected
+    True
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    flux = np.asarray(flux, dtype=float)
+    shape = tuple(shape)
+    n = len(x)
+    u, d1, d2 = _derivatives(psf, x, y, flux, shape, xlo, ylo, gain, fit_sky)
+    sky_px = np.broadcast_to(np.asarray(sky, dtype=float), (n, *shape)).reshape(n, -1)
+    g = float(gain)
+    r2 = float(read_noise) ** 2
+    m = np.maximum(g * np.maximum(flux[:, None] * u + sky_px, 0.0) + r2, VARIANCE_FLOOR_E)
+    dp = g * np.asarray(data, dtype=float).reshape(n, -1) + r2
+    use = np.ones_like(m, dtype=bool) if valid is None else np.broadcast_to(
+        valid, (n, *shape)).reshape(n, -1)
+    a = np.where(use, dp / m**2, 0.0)
+    b = np.where(use, dp / m - 1.0, 0.0)
+    return np.einsum("nrk,ntk,nk->nrt", d1, d1, a) - np.einsum("nrtk,nk->nrt", d2, b)

@@ -23,9 +23,14 @@ noise and pull faint fluxes low). Note that maximising a Gaussian likelihood wit
 ``V(mu)`` (with its ``log V`` term) would be a different, inconsistent estimator for Poisson
 data; it is not what this module does.
 
-Errors are the inverse Fisher information at the solution, ``(D^T V^-1 D)^-1`` (absolute, never
-scaled by the reduced chi-square); the reduced chi-square is then Pearson's statistic and
-should be near 1 for a correct PSF.
+Errors are the inverse Fisher information at the solution (absolute, never scaled by the
+reduced chi-square): the observed information (minus the log-likelihood Hessian) for isolated
+sources, which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978), and
+the expected information ``(D^T V^-1 D)^-1`` of the engine's last reweighted solve for groups
+(and where the observed one is not positive definite). The reduced chi-square is Pearson's
+statistic and should be near 1 for a correct PSF. The flux of an isolated faint star is biased
+high by ``O(1 / S/N**2)`` when its position is free (the fit centres on the noise); the
+first-order (Cox & Snell 1968) bias is subtracted by default.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ import numbers
 import numpy as np
 
 from crowdphot.core.batched import stamp_origin
-from crowdphot.core.crlb import bounds_from_fisher, fisher_information, pixel_variance
+from crowdphot.core.crlb import (
+    bounds_from_fisher,
+    cox_snell_bias,
+    fisher_information,
+    observed_information,
+    pixel_variance,
+)
 from crowdphot.core.validate import as_pair
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
@@ -252,7 +263,7 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape,
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
                        gain=1.0, sky=None, group_id=None, error=None, mask=None,
                        local_bkg=None, fixed=None, bounds=None, maxiters=100, tol=1e-3,
-                       max_outer=25, **engine_options):
+                       max_outer=25, bias_correction=True, **engine_options):
     """Maximum-likelihood PSF fits of many sources (Poisson + read noise; see module doc).
 
     Same arguments and result as :func:`crowdphot.core.fit.fit_psf` (fit stamps on the initial
@@ -285,13 +296,19 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         ``tol`` of its standard error in the last outer iteration.
     max_outer : int, optional
         Maximum reweighting iterations; groups still moving are reported ``converged=False``.
+    bias_correction : bool, optional
+        Subtract the first-order (Cox & Snell 1968) bias of the maximum-likelihood estimate
+        from isolated sources (groups of one), see :func:`crowdphot.core.crlb.cox_snell_bias`:
+        the estimate of a faint star's flux is biased high by ``O(1 / S/N**2)`` when its
+        position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50). Default True.
     **engine_options
         Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``dense_max``...).
 
     Returns
     -------
     FitResult
-        Errors and ``cov`` are the inverse Fisher information at the solution (absolute);
+        Errors and ``cov`` are the inverse Fisher information at the solution (absolute;
+        observed information for isolated sources, expected for groups);
         ``chi2``/``reduced_chi2`` are Pearson's statistic; ``niter`` sums the engine's
         iterations over the outer iterations; ``converged`` requires both the engine's and the
         reweighting's convergence.
@@ -432,7 +449,60 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
             break
     full["niter"] = niter_sum
     full["converged"] = full["converged"] & outer_ok
+    bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
+    _refine_isolated(full, psf_model, arr + (background - _local_part), bg, mask, gid, xlo0,
+                     ylo0, fshape, read_noise, gain, fit_sky, bias_correction)
     return type(res)(**full)
+
+
+def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, read_noise,
+                     gain, fit_sky, bias_correction):
+    """Observed-information errors and Cox-Snell bias correction of isolated sources.
+
+    In place on the merged result ``full``; ``data`` includes the sky, ``background`` is the
+    expectation without the stars. Sources whose observed information is not positive
+    definite keep the expected-information errors.
+    """
+    _, inv, counts = np.unique(gid, return_inverse=True, return_counts=True)
+    vals = np.column_stack([full["x"], full["y"], full["flux"]])
+    iso = full["fitted"] & (counts[inv] == 1) & np.all(np.isfinite(vals), axis=1)
+    idx = np.flatnonzero(iso)
+    if not len(idx):
+        return
+    ny, nx = data.shape
+    fy, fx = fshape
+    rows = ylo[idx, None, None] + np.arange(fy)[None, :, None]
+    cols = xlo[idx, None, None] + np.arange(fx)[None, None, :]
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+    valid = inside & np.isfinite(data[rc, cc])
+    if mask is not None:
+        valid &= ~np.asarray(mask, dtype=bool)[rc, cc]
+    names = ("x", "y", "flux", "sky")[:4 if fit_sky else 3]
+    free = np.isfinite(np.einsum("nii->ni", full["cov"][idx]))[:, :len(names)]
+    for a in range(0, len(idx), 50_000):
+        part = slice(a, a + 50_000)
+        sel = idx[part]
+        common = dict(sky=background[rc[part], cc[part]], read_noise=read_noise, gain=gain,
+                      xlo=xlo[sel], ylo=ylo[sel], valid=valid[part], fit_sky=fit_sky)
+        jo = observed_information(psf, vals[sel, 0], vals[sel, 1], vals[sel, 2], fshape,
+                                  data[rc[part], cc[part]], **common)
+        fr = free[part]
+        # fixed parameters leave the information matrix
+        jo = np.where(fr[:, :, None] & fr[:, None, :], jo, np.eye(len(names))[None])
+        sig, cov = bounds_from_fisher(jo)
+        ok = np.all(np.isfinite(sig), axis=1) & np.all(np.linalg.eigvalsh(jo) > 0, axis=1)
+        cov = np.where(fr[:, :, None] & fr[:, None, :], cov, np.nan)
+        rows_ok = sel[ok]
+        full["cov"][rows_ok] = cov[ok]
+        for k, name in enumerate(names):
+            full[f"{name}_err"][rows_ok] = np.where(fr[ok, k], sig[ok, k], np.nan)
+        if bias_correction:
+            b = cox_snell_bias(psf, vals[sel, 0], vals[sel, 1], vals[sel, 2], fshape,
+                               **common)
+            b = np.where(fr, np.nan_to_num(b), 0.0)
+            for k, name in enumerate(names):
+                full[name][sel] = full[name][sel] - b[:, k]
 
 
 # -- Cramér–Rao bounds -----------------------------------------------------------------------
