@@ -187,6 +187,11 @@ def test_tiled_equals_untiled_in_process(crowded, whole):
     assert any(len(set(owners[g == k].tolist())) > 1 for k in np.unique(g))
     assert len(whole) > 250
     assert tiled.meta["n_tiles"] == 16
+    # the configuration's metadata is the whole-image run's, not one copy per tile
+    assert tiled.meta["fit_shape"] == whole.meta["fit_shape"] == (5, 5)
+    for key in set(tiled.meta) & set(whole.meta):
+        if key not in ("date", "version", "versions", "calling_args"):
+            assert tiled.meta[key] == whole.meta[key], key
     # ids 1..n in position order (row of the nearest pixel first)
     np.testing.assert_array_equal(np.asarray(tiled["id"]), np.arange(1, len(tiled) + 1))
     assert np.all(np.diff(np.round(_val(tiled["y_init"]))) >= 0)
@@ -390,3 +395,21 @@ def test_dask_scheduler_address_and_fitsplanes_source(crowded, fits_scene, fits_
     remote = photometry_tiled(FitsPlanes(fits_scene), crowded[0], 5, tile_shape=128,
                               scheduler=dask_client.scheduler.address, **_config())
     assert_same_catalog(remote, fits_whole)
+
+
+def test_dask_large_psf_is_sent_once_not_with_every_task(crowded, dask_client):
+    """A PSF of > 10 MB inside every task made Dask warn of a large graph; it is scattered."""
+    model, data, error, _ = crowded
+    os_, half = 4, 150
+    offsets = np.arange(-half * os_, half * os_ + 1) / os_
+    xx, yy = np.meshgrid(offsets, offsets)
+    big = cp.ImagePSF(model(xx, yy), oversampling=os_)
+    assert big.data.nbytes > 10e6
+    sub = data[:100, :150]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiled = photometry_tiled(sub, big, 5, error=error[:100, :150], tile_shape=50,
+                                 client=dask_client, **_config())
+    assert not [w for w in caught if "large graph" in str(w.message)]
+    whole = cp.PSFPhotometry(big, 5, **_config())(sub, error=error[:100, :150])
+    assert_same_catalog(tiled, whole)

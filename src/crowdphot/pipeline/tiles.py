@@ -306,6 +306,16 @@ class _Runner:
         self.client = client
         self.source = source
 
+    def share(self, obj):
+        """``obj`` itself in process; on Dask, a future of it sent once to every worker.
+
+        A PSF grid is tens of MB: inside every task's arguments it would travel with each
+        task and Dask warns of a large graph; scattered once, tasks only hold its key.
+        """
+        if self.client is None:
+            return obj
+        return self.client.scatter(obj, broadcast=True, hash=False)
+
     def map(self, func, boxes, arg_tuples, *, progress=False, desc=""):
         bar = None
         if progress:
@@ -508,8 +518,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                       progress_bar=False, meta=config._meta(),
                       likelihood=config.likelihood, read_noise=config.read_noise,
                       gain=config.gain, crlb=config.crlb)
+        shared_psf = runner.share(psf_model)
         outs = runner.map(_fit_task, [box for box, _ in jobs],
-                          [(box, sub, psf_model, fit_shape, unit, kwargs) for box, sub in jobs],
+                          [(box, sub, shared_psf, fit_shape, unit, kwargs) for box, sub in jobs],
                           progress=progress_bar, desc="Fit tiles")
     finally:
         if owned:
@@ -675,7 +686,11 @@ def _merge(outs, shape, tiles, tile_shape, fit_margin, det_margin):
                 warnings.warn(message, category, stacklevel=3)
     if not tables:
         return None
+    meta = dict(tables[0].meta)  # every tile ran the same configuration
     table = vstack(tables, metadata_conflicts="silent")
+    # vstack merges metadata by concatenating sequences: fit_shape (5, 5) would become
+    # (5, 5, 5, 5, ...); the tiles' common values are the catalog's
+    table.meta = meta
     table.sort("id")
     # OUTSIDE_BOUNDS refers to the whole image, not to the cut a task fitted in
     flags = np.asarray(table["flags"]).copy()
