@@ -3,8 +3,10 @@
 One photometry run of the image (exactly as ``phot`` would do it), then ``--n`` artificial stars
 (uniform on the image, log-uniform in flux between ``--flux LO HI``) injected with the image's
 PSF in non-crowding batches and measured incrementally by the same pipeline
-(:func:`crowdphot.pipeline.ast.artificial_star_test`). Writes one row per artificial star to
-``-o`` and the completeness / bias / scatter table against magnitude to ``--summary``.
+(:func:`crowdphot.pipeline.ast.artificial_star_test`). The image is prepared as ``phot``
+prepares it (PSF chosen for the image, sky map subtracted) and the artificial stars are added to
+the sky-subtracted image. Writes one row per artificial star to ``-o`` and the completeness /
+bias / scatter table against magnitude to ``--summary``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["add_ast_parser", "run_ast"]
 
 #: phot options that make no sense for artificial stars (forced photometry, image products).
 _UNSUPPORTED = {"init": "--init", "residual": "--residual", "regions": "--regions",
-                "tile": "--tile", "iterative": "--iterative"}
+                "tile": "--tile", "iterative": "--iterative", "sky_out": "--sky-out"}
 
 
 def add_ast_parser(sub, add_phot):
@@ -128,14 +130,11 @@ def run_ast(args):
     code : int
         0 on success; user errors raise ``CLIError``/``ValueError`` for ``main`` to report.
     """
-    from crowdphot.cli.phot import (
-        _check_options,
-        _ext_arg,
-        _finder,
-        _photometry,
-        _warn_builtin_filter_mismatch,
-    )
+    from crowdphot.cli.checks import image_pixel_scale
+    from crowdphot.cli.phot import _check_options, _ext_arg, _finder, _photometry
+    from crowdphot.cli.psfchoice import check_psf_matches_image, resolve_psf_spec
     from crowdphot.cli.psfload import load_psf
+    from crowdphot.cli.sky import subtract_sky
     from crowdphot.io.fits import read_image, write_table
     from crowdphot.pipeline.ast import artificial_star_test, ast_summary
 
@@ -153,8 +152,13 @@ def run_ast(args):
     dq_bits = int(args.dq_bits) if args.dq_bits.isdigit() else args.dq_bits.split(",")
     image = read_image(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext, dq_bits=dq_bits)
     image.planes = None
-    _warn_builtin_filter_mismatch(args.image, args.psf, image.header)
-    psf = load_psf(args.psf, detector_id=args.psf_detector)
+    # exactly phot's preparation: PSF for the image, sky subtracted before finding
+    psf_spec = resolve_psf_spec(args.psf, image)
+    psf = load_psf(psf_spec, detector_id=args.psf_detector,
+                   oversampling=getattr(args, "psf_oversampling", None),
+                   image_scale=image_pixel_scale(image), progress_bar=not args.no_progress)
+    check_psf_matches_image(psf_spec, psf, image)
+    _, sky_info = subtract_sky(args, image)
     finder, threshold = _finder(args, image)
     t_phot = time.perf_counter()
     catalog, phot = _photometry(args, image, psf, finder, None)
@@ -169,8 +173,9 @@ def run_ast(args):
         progress_bar=not args.no_progress)
     table = result.table
     table.meta["image"] = str(args.image)
-    table.meta["psf"] = str(args.psf)
+    table.meta["psf"] = str(psf_spec)
     table.meta["threshold"] = float(threshold)
+    table.meta.update(sky_info)
     summary = ast_summary(table, zeropoint=args.zeropoint)
     summary.meta.update(table.meta)
     summary.meta["zeropoint"] = args.zeropoint

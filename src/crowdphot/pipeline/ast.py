@@ -334,7 +334,10 @@ def _measure_batch(phot, fitter, data, mask, error, xin, yin, fin, *, search_rad
         init["group_id"] = gid[sel]
     init["x_init"] = xd[sel]
     init["y_init"] = yd[sel]
-    result = fitter.run(image, mask=mask, error=err, init_params=init)
+    with warnings.catch_warnings():
+        # per-batch convergence notes would repeat once per batch; the flags column has them
+        warnings.filterwarnings("ignore", message=".*may not have converged")
+        result = fitter.run(image, mask=mask, error=err, init_params=init)
     if result is None:
         return out, flags
     res = result.results
