@@ -107,6 +107,10 @@ _EXPORTS = {
     "EPSFBuilder": "crowdphot.psf.epsf_builder",
     "EPSFBuildResult": "crowdphot.psf.epsf_builder",
     "EPSFFitter": "crowdphot.psf.epsf_builder",
+    "build_gridded_psf": "crowdphot.psf.empirical",
+    "refine_psf": "crowdphot.psf.empirical",
+    "select_psf_stars": "crowdphot.psf.empirical",
+    "write_stpsf_grid": "crowdphot.psf.empirical",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
