@@ -41,13 +41,7 @@ import numbers
 import numpy as np
 
 from crowdphot.core.batched import stamp_origin
-from crowdphot.core.crlb import (
-    bounds_from_fisher,
-    cox_snell_bias,
-    fisher_information,
-    observed_information,
-    pixel_variance,
-)
+from crowdphot.core.crlb import bounds_from_fisher, fisher_information, pixel_variance
 from crowdphot.core.validate import as_pair
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
@@ -189,6 +183,18 @@ def _merge(full, res, sub):
     for name, arr in full.items():
         arr[sub] = getattr(res, name)
     return full
+
+
+#: Engine tolerances of the reweighted solves: the first only sets the next weights; the later
+#: ones solve to ~1e-4 standard errors (relative chi-square change 1e-8), well inside the
+#: outer stopping rule (``tol`` = 1e-3 standard errors).
+_FIRST_TOL = {"xtol": 1e-8, "ftol": 1e-5}
+_LATER_TOL = {"xtol": 1e-8, "ftol": 1e-8}
+
+
+def _inner_tolerances(iteration, user):
+    base = _FIRST_TOL if iteration == 0 else _LATER_TOL
+    return {**base, **user}
 
 
 def _background_with_sky(background, theta, xlo, ylo, fshape, finite, fit_sky):
@@ -389,7 +395,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     n_grp = int(grp_all.max()) + 1 if n else 0
     prev_step = np.full((n, npar), np.nan)  # last reweighting step, in standard errors
     prev_omega = np.ones(n_grp)
-    for _ in range(max_outer):
+    tols = {k: engine_options.pop(k) for k in ("xtol", "ftol") if k in engine_options}
+    for it in range(max_outer):
         error_img = np.sqrt(pixel_variance(expect, read_noise, gain))
         ll_old = ll.per_group(expect)
         sub = np.flatnonzero(active)
@@ -401,7 +408,7 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
                       group_id=gid[sub], error=error_img, mask=mask, local_bkg=bkg[sub],
                       fixed=_subset(fixed_d, sub, "fixed"),
                       bounds=_subset(bounds_d, sub, "bounds"), maxiters=maxiters,
-                      **engine_options)
+                      **_inner_tolerances(it, tols), **engine_options)
         full = _merge(full, res, sub)
         niter_sum[sub] += res.niter
         new = np.column_stack([res.x, res.y, res.flux, res.sky])[:, :npar]
@@ -459,6 +466,9 @@ def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, r
                      gain, fit_sky, bias_correction):
     """Observed-information errors and Cox-Snell bias correction of isolated sources.
 
+    See :func:`crowdphot.core.crlb.observed_information` and
+    :func:`crowdphot.core.crlb.cox_snell_bias` (one set of PSF derivatives serves both).
+
     In place on the merged result ``full``; ``data`` includes the sky, ``background`` is the
     expectation without the stars. Sources whose observed information is not positive
     definite keep the expected-information errors.
@@ -478,15 +488,17 @@ def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, r
     valid = inside & np.isfinite(data[rc, cc])
     if mask is not None:
         valid &= ~np.asarray(mask, dtype=bool)[rc, cc]
+    from crowdphot.core.crlb import _counts, _cox_snell, _derivatives, _observed
+
     names = ("x", "y", "flux", "sky")[:4 if fit_sky else 3]
     free = np.isfinite(np.einsum("nii->ni", full["cov"][idx]))[:, :len(names)]
     for a in range(0, len(idx), 50_000):
         part = slice(a, a + 50_000)
         sel = idx[part]
-        common = dict(sky=background[rc[part], cc[part]], read_noise=read_noise, gain=gain,
-                      xlo=xlo[sel], ylo=ylo[sel], valid=valid[part], fit_sky=fit_sky)
-        jo = observed_information(psf, vals[sel, 0], vals[sel, 1], vals[sel, 2], fshape,
-                                  data[rc[part], cc[part]], **common)
+        der = _derivatives(psf, vals[sel, 0], vals[sel, 1], vals[sel, 2], fshape, xlo[sel],
+                           ylo[sel], gain, fit_sky)
+        m = _counts(der[0], vals[sel, 2], background[rc[part], cc[part]], read_noise, gain)
+        jo = _observed(der, m, data[rc[part], cc[part]], read_noise, gain, valid[part])
         fr = free[part]
         # fixed parameters leave the information matrix
         jo = np.where(fr[:, :, None] & fr[:, None, :], jo, np.eye(len(names))[None])
@@ -498,8 +510,7 @@ def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, r
         for k, name in enumerate(names):
             full[f"{name}_err"][rows_ok] = np.where(fr[ok, k], sig[ok, k], np.nan)
         if bias_correction:
-            b = cox_snell_bias(psf, vals[sel, 0], vals[sel, 1], vals[sel, 2], fshape,
-                               **common)
+            b = _cox_snell(der, m, valid[part])
             b = np.where(fr, np.nan_to_num(b), 0.0)
             for k, name in enumerate(names):
                 full[name][sel] = full[name][sel] - b[:, k]
