@@ -546,8 +546,11 @@ class PSFPhotometry(_LatestResultMixin):
         crowdphot extension. 'gaussian' (default): weighted least squares with ``error``, as
         photutils. 'poisson': maximum likelihood for counts (data in ADU including the sky,
         expectation = model + ``local_bkg``, variance = expectation / gain +
-        (read_noise / gain)**2), see :mod:`crowdphot.psf.likelihood`; ``error`` is not used
-        and the errors come from the Fisher information (batched engine only).
+        (read_noise / gain)**2), see :mod:`crowdphot.psf.likelihood`; ``error`` is not used,
+        the errors come from the Fisher information (observed information for isolated
+        sources) and isolated sources are corrected for the first-order bias of the
+        maximum-likelihood estimate (Cox & Snell; +2.6 % of the flux at S/N 5.6, 0.3 % at
+        15). Batched engine only.
     read_noise : float, optional
         Read noise in electrons rms (needed by 'poisson' and ``crlb``; 0 for photon counting).
     gain : float
