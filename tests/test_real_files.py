@@ -460,3 +460,27 @@ def test_stdpsf_with_a_trailing_block_reads_in_the_cli(field, tmp_path, capsys, 
     assert "warning" not in err
     m = _matched(field["truth_a"], table)
     assert np.max(np.abs(np.asarray(m["flux_fit"].value) / m["flux"] - 1)) < 0.02
+
+
+# -- item 10: memory is estimated before the fit ------------------------------------------------
+@pytest.mark.parametrize("forced", [False, True])
+def test_a_fit_too_big_for_memory_is_refused_before_it_starts(field, tmp_path, capsys,
+                                                             monkeypatch, forced):
+    import crowdphot.cli.checks as checks
+    import crowdphot.core.fit.engine as engine
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 50_000_000)  # 50 MB
+    monkeypatch.setattr(engine, "fit_psf", lambda *a, **k: pytest.fail("fit started"))
+    extra = ["--init", field["root"] / "truth_a.ecsv"] if forced else []
+    field["truth_a"].write(field["root"] / "truth_a.ecsv", overwrite=True)
+    code, err = _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, "--fit-shape",
+                      101, *extra, ok=False)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert ("fitting 10 stars with a 101 x 101 fit box needs about 40.8 MB of memory but "
+            "50 MB") in err
+    assert "--fit-shape" in err and not (tmp_path / "c.ecsv").exists()
+    # the same fit with the memory it needs goes ahead
+    monkeypatch.setattr(checks, "available_memory", lambda: 10_000_000_000)
+    monkeypatch.undo()
+    table, _ = _phot(field["a"], field["psf"], tmp_path / "d.ecsv", capsys, "--fit-shape", 11)
+    assert len(table) == 10

@@ -296,7 +296,18 @@ def run_phot(args):
     from crowdphot.cli.sky import subtract_sky, write_sky
 
     sky, sky_info = subtract_sky(args, image)  # before finding: no sky in the fits or kernel
+    if getattr(args, "refine_psf", False):
+        from crowdphot.cli.psf import refine_for_phot
+
+        psf = refine_for_phot(psf, image, args)
     finder, threshold = (None, None) if init is not None else _finder(args, image)
+    from crowdphot.cli.checks import MemoryCheckedFinder, check_fit_memory
+
+    fit_box = (args.fit_shape, args.fit_shape)
+    if init is not None:
+        check_fit_memory(len(init), fit_box, source=str(args.image))
+    else:
+        finder = MemoryCheckedFinder(finder, fit_box, source=str(args.image))
     table, phot = _photometry(args, image, psf, finder, init)
     if table is None or len(table) == 0:
         if threshold is None:
@@ -308,6 +319,11 @@ def run_phot(args):
         raise CLIError(f"{args.image}: none of the {len(table)} --init positions could be "
                        "fitted (off the image or fully masked?); check the catalog's columns "
                        "or its sky coordinates")
+    from crowdphot.cli.significance import apply_min_snr
+
+    table, n_dropped = apply_min_snr(args, image, psf, table, sky_info)
+    if n_dropped:
+        phot = None  # the model image is rendered from the kept rows
     if image.wcs is not None:
         add_sky_columns(table, image.wcs)
     if image.data is not None:
