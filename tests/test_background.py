@@ -193,8 +193,8 @@ def test_local_background_scalar_nan_and_masked_pixels(kernel_backend, rng):
 @pytest.mark.parametrize(
     ("args", "kwargs", "exc", "match"),
     [
-        ((0, 5), {}, ValueError, "inner_radius must be a strictly positive"),
-        ((3, -1), {}, ValueError, "outer_radius must be a strictly positive"),
+        ((0, 5), {}, ValueError, "inner_radius must be positive"),
+        ((3, -1), {}, ValueError, "outer_radius must be positive"),
         ((5, 5), {}, ValueError, "outer_radius must be greater than inner_radius"),
         ((5, 3), {}, ValueError, "outer_radius must be greater than inner_radius"),
         ((3, 5), {"bkg_estimator": "median"}, TypeError, "bkg_estimator must be callable"),

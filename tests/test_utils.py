@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from astropy.utils.exceptions import AstropyDeprecationWarning
 from astropy.visualization import simple_norm as astropy_simple_norm
 from matplotlib.colors import ListedColormap, rgb_to_hsv
 from photutils.utils import make_random_cmap as photutils_cmap
@@ -20,8 +21,9 @@ def test_same_colours_as_photutils(n, seed):
 
 
 def test_notebook_spelling_and_defaults():
-    # The notebook calls make_random_cmap(ncolors=500, seed=123).
-    cmap = make_random_cmap(ncolors=500, seed=123)
+    # The notebook calls make_random_cmap(ncolors=500, seed=123): photutils 3 warns, so do we.
+    with pytest.warns(AstropyDeprecationWarning, match="'ncolors' was deprecated"):
+        cmap = make_random_cmap(ncolors=500, seed=123)
     np.testing.assert_array_equal(cmap.colors, make_random_cmap(500, seed=123).colors)
     assert make_random_cmap(seed=1).N == 256
     assert cmap.colors.shape == (500, 4)
@@ -45,6 +47,7 @@ def test_colour_ranges_and_seeding():
      ({"n_colors": 2.5}, TypeError, "integer"), ({"n_colors": True}, TypeError, "integer"),
      ({"n_colors": 10, "ncolors": 10}, TypeError, "either")],
 )
+@pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyDeprecationWarning")
 def test_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         make_random_cmap(**kwargs)

@@ -65,7 +65,8 @@ def _as_radius(name, value):
         raise ValueError(f"'{name}' must be a positive scalar, got an array of shape {arr.shape}")
     val = float(arr)
     if not math.isfinite(val) or val <= 0:
-        raise ValueError(f"'{name}' must be a positive scalar (finite, > 0), got {value!r}")
+        raise ValueError(f"'{name}' must be a positive scalar ({name} must be positive and "
+                         f"finite), got {value!r}")
     return val
 
 

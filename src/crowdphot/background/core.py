@@ -250,6 +250,7 @@ class LocalBackground:
         xa, ya = check_positions("positions", x, y)
         return CircularAnnulus(np.column_stack([xa, ya]), self.inner_radius, self.outer_radius)
 
+    @deprecated_positional("mask")
     def __call__(self, data, x, y, *, mask=None):
         """Background value at each position.
 

@@ -25,6 +25,16 @@ class CrowdphotWarning(UserWarning):
     """Warning category for recoverable problems with user input (e.g. masked NaN pixels)."""
 
 
+def _astropy_user_warning():
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    return AstropyUserWarning
+
+
+class NonFiniteDataWarning(CrowdphotWarning, _astropy_user_warning()):
+    """Unmasked NaN/inf data pixels were masked (photutils' ``AstropyUserWarning``)."""
+
+
 def as_pair(name, value, *, lower_bound=None, odd=False, integer=True):
     """Return ``value`` as a ``(2,)`` array ``(y, x)``, broadcasting a scalar.
 
@@ -211,7 +221,8 @@ def check_positions(name, x, y):
             f"{ya.shape}"
         )
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
-        raise ValueError(f"{name} contain NaN or inf values")
+        raise ValueError(f"{name} contain NaN or inf values ('{name}' must not contain any "
+                         "non-finite values)")
     return xa, ya
 
 
@@ -300,8 +311,9 @@ def check_data_mask_error(data, mask, error, *, stacklevel=3):
     if bad is not None:
         n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
         if n_new:
-            warnings.warn(f"data contains {n_new} unmasked non-finite (NaN/inf) pixel(s); "
-                          "they are masked", CrowdphotWarning, stacklevel=stacklevel)
+            warnings.warn("Input data contains unmasked non-finite values (NaN or inf), which "
+                          f"were automatically ignored ({n_new} pixel(s) masked).",
+                          NonFiniteDataWarning, stacklevel=stacklevel)
         mask = bad if mask is None else (mask | bad)
     if error is None or mask is None:
         return arr, mask, check_error("error", error, arr.shape)

@@ -123,15 +123,18 @@ def _strip_unit(col, unit, colname):
     """Return a plain float array from a table column, checking units against the data."""
     if isinstance(col, u.Quantity):
         if unit is None:
-            raise ValueError(f"init_params {colname} column has units, but the data does not")
+            raise ValueError(f"init_params {colname} column has units, but the input data does "
+                             "not have units")
         try:
             return np.asarray(col.to_value(unit), dtype=float)
         except u.UnitConversionError as exc:
             raise ValueError(
-                f"init_params {colname} column has units incompatible with the data units"
+                f"init_params {colname} column has units that are incompatible with the input "
+                "data units"
             ) from exc
     if unit is not None and colname not in ("x", "y"):
-        raise ValueError(f"the data has units, but the init_params {colname} column does not")
+        raise ValueError(f"The input data has units, but the init_params {colname} column does "
+                         "not have units")
     return np.asarray(col, dtype=float)
 
 
@@ -169,8 +172,9 @@ def _table_from_finder(sources):
     xcol, ycol = find_column(sources, "x"), find_column(sources, "y")
     if xcol is None or ycol is None:
         raise ValueError(
-            "the table returned by the finder must contain x and y position columns; accepted "
-            f"names: x: {VALID_INIT_COLNAMES['x']}, y: {VALID_INIT_COLNAMES['y']}"
+            "The table returned by the 'finder' must contain columns for x and y coordinates. "
+            f"Valid column names are: x: {VALID_INIT_COLNAMES['x']}, "
+            f"y: {VALID_INIT_COLNAMES['y']}"
         )
     out = QTable()
     out["id"] = np.arange(1, len(sources) + 1)
@@ -243,7 +247,9 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
             table["local_bkg"] = np.asarray(getattr(bkg, "value", bkg), dtype=float)
     if "flux_init" not in table.colnames:
         if aperture_radius is None:
-            raise ValueError("aperture_radius must be given when init_params has no flux column")
+            raise ValueError("aperture_radius must be defined if a flux column is not in "
+                             "init_params (aperture_radius must be given when init_params has "
+                             "no flux column)")
         from crowdphot.aperture.core import CircularAperture
 
         good = np.isfinite(xs) & np.isfinite(ys)

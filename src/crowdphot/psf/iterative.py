@@ -15,6 +15,7 @@ from crowdphot.psf.photometry import (
     PSFPhotometryResult,
     _LatestResultMixin,
 )
+from crowdphot.utils._deprecation import renamed_argument
 from crowdphot.utils._tables import add_deprecated_aliases
 
 __all__ = ["IterativePSFPhotometry"]
@@ -64,6 +65,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
 
     _run_name = "IterativePSFPhotometry"
 
+    @renamed_argument("localbkg_estimator", "local_bkg_estimator")
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,

@@ -20,6 +20,7 @@ from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._results import SourceFit, assemble_results
 from crowdphot.psf.flags import near_xy_bound
 from crowdphot.psf.likelihood import check_noise_options
+from crowdphot.utils._deprecation import renamed_argument
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 
@@ -113,6 +114,7 @@ class PSFPhotometryResult:
             self.results, lambda c: mapping.get(c[: -len("_fit")], c[: -len("_fit")]),
             remove_invalid, reset_ids)
 
+    @renamed_argument("include_localbkg", "include_local_bkg")
     def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
         """Render the fitted sources into an image of ``shape`` (batched).
 
@@ -147,6 +149,7 @@ class PSFPhotometryResult:
             image = image * self._unit
         return image
 
+    @renamed_argument("include_localbkg", "include_local_bkg")
     def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
         """``data`` minus :meth:`make_model_image` (NDData in, NDData out)."""
         from astropy.nddata import NDData
@@ -467,6 +470,16 @@ class _LatestResultMixin:
         """The latest results table in this thread (None before the first call)."""
         return self._latest("results")
 
+    @property
+    def fit_params(self):
+        """Deprecated (photutils 3.0): the latest results table; use ``results``."""
+        from astropy.utils.exceptions import AstropyDeprecationWarning
+
+        warnings.warn("The fit_params function is deprecated and may be removed in a future "
+                      "version.\n        Use results instead.", AstropyDeprecationWarning,
+                      stacklevel=2)
+        return self.results
+
     def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
         """Initial-parameter table built from the latest fit (see PSFPhotometryResult)."""
         return self._result().results_to_init_params(remove_invalid=remove_invalid,
@@ -484,11 +497,13 @@ class _LatestResultMixin:
         return decode_flags(self._result().results["flags"],
                             return_bit_values=return_bit_values)
 
+    @renamed_argument("include_localbkg", "include_local_bkg")
     def make_model_image(self, shape, *, psf_shape=None, include_local_bkg=False):
         """Image of the sources fitted by the latest call (batched render)."""
         return self._result().make_model_image(shape, psf_shape=psf_shape,
                                                include_local_bkg=include_local_bkg)
 
+    @renamed_argument("include_localbkg", "include_local_bkg")
     def make_residual_image(self, data, *, psf_shape=None, include_local_bkg=False):
         """``data`` minus the model image of the sources fitted by the latest call."""
         return self._result().make_residual_image(data, psf_shape=psf_shape,
@@ -572,6 +587,7 @@ class PSFPhotometry(_LatestResultMixin):
     True
     """
 
+    @renamed_argument("localbkg_estimator", "local_bkg_estimator")
     def __init__(self, psf_model, fit_shape, *, finder=None, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,

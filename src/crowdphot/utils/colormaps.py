@@ -8,6 +8,7 @@ showing groups or segmentation labels.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from astropy.visualization import simple_norm
@@ -32,8 +33,7 @@ def make_random_cmap(n_colors=256, *, seed=None, ncolors=None):
     seed : int, optional
         Seed of the generator; ``None`` draws fresh entropy.
     ncolors : int, optional
-        Older spelling of ``n_colors`` (still used by photutils notebooks); give one or the
-        other.
+        Deprecated spelling of ``n_colors`` (photutils 3.0's ``AstropyDeprecationWarning``).
 
     Returns
     -------
@@ -42,13 +42,18 @@ def make_random_cmap(n_colors=256, *, seed=None, ncolors=None):
 
     Examples
     --------
-    >>> cmap = make_random_cmap(ncolors=500, seed=123)
+    >>> cmap = make_random_cmap(500, seed=123)
     >>> cmap.colors.shape
     (500, 4)
     """
     if ncolors is not None:
         if n_colors != 256:
             raise TypeError("give either n_colors or ncolors, not both")
+        from astropy.utils.exceptions import AstropyDeprecationWarning
+
+        warnings.warn("'ncolors' was deprecated in version 3.0 and will be removed in version "
+                      "4.0. Use argument 'n_colors' instead.", AstropyDeprecationWarning,
+                      stacklevel=2)
         n_colors = ncolors
     if isinstance(n_colors, bool) or not isinstance(n_colors, numbers.Integral):
         raise TypeError(f"n_colors must be an integer, got {n_colors!r}")
