@@ -8,7 +8,6 @@ whether the two tables agree (same rows; every column to 1e-6 relative).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -77,20 +76,6 @@ def run(quick=False):
         note = f"{size}, {what}, {found} found, tables {compare(ours, theirs)}"
         rows.append(row(f"{name} ({what})", theirs_s, ours_s, note))
 
-    # the numpy fallback (no numba) on the notebook arguments
-    name, kwargs, _ = CASES[0]
-    previous = os.environ.get("CROWDPHOT_DISABLE_NUMBA")
-    os.environ["CROWDPHOT_DISABLE_NUMBA"] = "1"
-    try:
-        ours_s, ours = best_of(lambda: cd.IRAFStarFinder(**kwargs)(data), repeat=repeat)
-    finally:
-        if previous is None:
-            del os.environ["CROWDPHOT_DISABLE_NUMBA"]
-        else:
-            os.environ["CROWDPHOT_DISABLE_NUMBA"] = previous
-    theirs_s, theirs = best_of(lambda: pd.IRAFStarFinder(**kwargs)(data), repeat=repeat)
-    note = f"{size}, numpy fallback (numba disabled), tables {compare(ours, theirs)}"
-    rows.append(row("IRAFStarFinder (numpy fallback)", theirs_s, ours_s, note))
     return rows
 
 

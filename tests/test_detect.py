@@ -84,7 +84,7 @@ COMMON_CASES = [
 
 
 @pytest.mark.parametrize("case", COMMON_CASES + [{"sharpness_range": (0.55, 0.7)}])
-def test_iraf_parity(scene, case, kernel_backend):
+def test_iraf_parity(scene, case):
     kwargs = {"threshold": 6.0, "fwhm": 3.0, **case}
     ours, theirs = both("IRAFStarFinder", scene[0], **kwargs)
     assert_tables_match(ours, theirs)
@@ -101,7 +101,7 @@ def test_iraf_parity(scene, case, kernel_backend):
         {"roundness_range": (-0.2, 0.2), "sharpness_range": (0.3, 0.9)},
     ],
 )
-def test_dao_parity(scene, case, kernel_backend):
+def test_dao_parity(scene, case):
     kwargs = {"threshold": 6.0, "fwhm": 3.0, **case}
     ours, theirs = both("DAOStarFinder", scene[0], **kwargs)
     assert_tables_match(ours, theirs)
@@ -109,7 +109,7 @@ def test_dao_parity(scene, case, kernel_backend):
 
 
 @pytest.mark.parametrize("name", ["IRAFStarFinder", "DAOStarFinder"])
-def test_parity_mask_threshold_map_and_xycoords(scene, name, kernel_backend):
+def test_parity_mask_threshold_map_and_xycoords(scene, name):
     data, params = scene
     mask = np.zeros(SHAPE, bool)
     mask[100:300, 50:260] = True
@@ -132,7 +132,7 @@ def test_parity_mask_threshold_map_and_xycoords(scene, name, kernel_backend):
 
 
 @pytest.mark.parametrize("radius", [0.5, 1.0, 1.5, 2.0, 2.5, 3.7, 5.0])
-def test_peak_semantics_on_noise_match_photutils(radius, kernel_backend):
+def test_peak_semantics_on_noise_match_photutils(radius):
     """Pure noise with a negative threshold: thousands of peaks, border zero-padding matters."""
     rng = np.random.default_rng(3)
     conv = rng.normal(size=(61, 67)) - 0.3
@@ -143,7 +143,7 @@ def test_peak_semantics_on_noise_match_photutils(radius, kernel_backend):
     assert ours[0].size > 20
 
 
-def test_peak_footprint_brute_force(kernel_backend):
+def test_peak_footprint_brute_force():
     """Footprint mode equals a brute-force maximum filter with zero padding."""
     rng = np.random.default_rng(4)
     conv = rng.normal(size=(40, 45))
@@ -160,7 +160,7 @@ def test_peak_footprint_brute_force(kernel_backend):
 
 
 @pytest.mark.parametrize("kw", [{}, {"ratio": 0.4, "theta": 33.0}, {"fwhm": 7.0}])
-def test_convolution_matches_scipy(kw, kernel_backend):
+def test_convolution_matches_scipy(kw):
     rng = np.random.default_rng(5)
     data = rng.normal(size=(70, 90))
     kernel = K.make_star_kernel(kw.pop("fwhm", 3.0), **kw).data

@@ -99,7 +99,7 @@ def test_unit_broadcast_forms_agree(case, rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
-def test_psf_stamps_shape_and_values(case, rng, kernel_backend):
+def test_psf_stamps_shape_and_values(case, rng):
     model, tol = case
     x0, y0 = _positions(rng, tol, n=4)
     shape = tol["stamp_shape"]
@@ -146,7 +146,7 @@ def test_unit_grad_matches_finite_differences(case, rng):
     np.testing.assert_allclose(gy, fy, rtol=0, atol=tol["grad_rtol"] * scale)
 
 
-def test_stamps_grad_matches_finite_differences(case, rng, kernel_backend):
+def test_stamps_grad_matches_finite_differences(case, rng):
     model, tol = case
     x0, y0 = _positions(rng, tol, n=4)
     shape = tol["stamp_shape"]

@@ -130,7 +130,7 @@ def test_bilinear_weights_brute_force(rng):
 
 
 @pytest.mark.parametrize("fill_value", [0.0, None])
-def test_stamps_match_photutils_and_unit(pair, rng, kernel_backend, fill_value):
+def test_stamps_match_photutils_and_unit(pair, rng, fill_value):
     ours, ref = pair
     ours.fill_value = ref.fill_value = fill_value
     n, shape = 8, (19, 17)  # wider than the ePSF support (33 / 2 samples): edges included
@@ -153,7 +153,7 @@ def test_stamps_match_photutils_and_unit(pair, rng, kernel_backend, fill_value):
     np.testing.assert_allclose(gy, ugy, rtol=0, atol=1e-14)
 
 
-def test_gradients_include_grid_weight_derivative(rng, kernel_backend):
+def test_gradients_include_grid_weight_derivative(rng):
     model = GriddedPSFModel(_nddata(oversampling=(2, 3)))
     n, shape, h = 6, (11, 9), 1e-6
     x0 = rng.uniform(3, 125, n)
@@ -299,7 +299,7 @@ def test_plot_grid_on_given_axes(pair):
         plt.close(fig)
 
 
-def test_no_stars(pair, kernel_backend):
+def test_no_stars(pair):
     ours, _ = pair
     empty = np.array([])
     assert ours.psf_stamps(empty, empty, (5, 7)).shape == (0, 5, 7)
@@ -308,7 +308,7 @@ def test_no_stars(pair, kernel_backend):
     assert ours._unit(np.zeros((0, 3)), np.zeros((0, 3)), empty, empty).shape == (0, 3)
 
 
-def test_many_stars_across_cells(pair, rng, kernel_backend):
+def test_many_stars_across_cells(pair, rng):
     # enough stars for the compiled kernel to sort them by grid cell and chunk them
     ours, _ = pair
     n, shape = 300, (7, 5)

@@ -82,7 +82,7 @@ def test_spline_coefficients_and_knots_match_scipy(rng):
 
 @pytest.mark.parametrize("fill_value", [0.0, None, 0.05])
 @pytest.mark.parametrize("oversampling", [1, 3])
-def test_stamps_equal_unit_on_same_pixels(image, rng, kernel_backend, fill_value,
+def test_stamps_equal_unit_on_same_pixels(image, rng, fill_value,
                                           oversampling):
     model = ImagePSF(image, oversampling=oversampling, origin=(11.0, 14.5),
                      fill_value=fill_value)
@@ -111,7 +111,7 @@ def test_stamps_equal_unit_on_same_pixels(image, rng, kernel_backend, fill_value
 
 
 @pytest.mark.parametrize("fill_value", [0.0, None])
-def test_gradients_match_finite_differences(image, rng, kernel_backend, fill_value):
+def test_gradients_match_finite_differences(image, rng, fill_value):
     model = ImagePSF(image, oversampling=(2, 3), fill_value=fill_value)
     n, shape, h = 5, (15, 13), 1e-6
     x0 = rng.uniform(-2, 2, n)

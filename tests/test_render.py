@@ -51,7 +51,7 @@ def scene(rng):
     return shape, x0, y0, flux
 
 
-def test_matches_brute_force_with_edges(scene, kernel_backend):
+def test_matches_brute_force_with_edges(scene):
     shape, x0, y0, flux = scene
     model = LocalGaussianPSF(sigma=1.7)
     image = render_image(shape, model, x0, y0, flux, model_shape=(13, 11))
@@ -61,7 +61,7 @@ def test_matches_brute_force_with_edges(scene, kernel_backend):
     assert np.any((x0 < 5) | (x0 > 85)) and np.any((x0 < -7) | (y0 < -7))
 
 
-def test_default_model_shape_and_chunking_invariance(scene, kernel_backend):
+def test_default_model_shape_and_chunking_invariance(scene):
     shape, x0, y0, flux = scene
     model = LocalGaussianPSF(sigma=1.2)
     assert model.default_stamp_shape == (10, 10)
@@ -73,7 +73,7 @@ def test_default_model_shape_and_chunking_invariance(scene, kernel_backend):
         np.testing.assert_allclose(img, ref, rtol=0, atol=1e-12 * ref.max())
 
 
-def test_local_bkg_and_out_accumulate(scene, kernel_backend):
+def test_local_bkg_and_out_accumulate(scene):
     shape, x0, y0, flux = scene
     model = LocalGaussianPSF(sigma=1.0)
     bkg = np.linspace(0.5, 3.0, len(x0))
