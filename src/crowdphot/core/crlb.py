@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["pixel_variance", "fisher_information", "bounds_from_fisher", "cox_snell_bias",
-           "observed_information", "VARIANCE_FLOOR_E"]
+           "observed_information", "positive_definite", "VARIANCE_FLOOR_E"]
 
 #: Floor of the pixel variance in electrons^2, so that empty pixels of a photon-counting
 #: (R = 0) detector keep a finite weight; irrelevant whenever R >= 0.04 e-.
@@ -119,6 +119,24 @@ def fisher_information(psf, x, y, flux, shape, *, sky, read_noise, gain, xlo=Non
     return np.einsum("npk,nqk,nk->npq", jac, jac, w)
 
 
+def positive_definite(mat, *, rcond=0.0):
+    """Sylvester's criterion for batches of small symmetric matrices (unit diagonal ideally).
+
+    True where every leading principal minor is > ``rcond`` (for a unit-diagonal matrix
+    of size p this bounds the smallest eigenvalue below by about ``rcond / p**(p-1)``).
+
+    Examples
+    --------
+    >>> positive_definite(np.array([np.eye(2), [[1.0, 2.0], [2.0, 1.0]]])).tolist()
+    [True, False]
+    """
+    mat = np.asarray(mat, dtype=float)
+    ok = np.ones(mat.shape[0], dtype=bool)
+    for k in range(1, mat.shape[1] + 1):
+        ok &= np.linalg.det(mat[:, :k, :k]) > rcond
+    return ok
+
+
 def bounds_from_fisher(fisher, *, rcond=1e-12):
     """Cramér–Rao bounds (1-sigma) from Fisher matrices.
 
@@ -126,8 +144,9 @@ def bounds_from_fisher(fisher, *, rcond=1e-12):
     ----------
     fisher : ndarray of shape (n, p, p)
     rcond : float
-        Matrices whose smallest/largest eigenvalue ratio (after scaling to unit diagonal) is
-        below this are singular: their bounds are NaN (e.g. the position of a zero-flux star).
+        Matrices (scaled to unit diagonal) that are not positive definite with leading
+        principal minors above this are singular or indefinite: their bounds are NaN (e.g.
+        the position of a zero-flux star).
 
     Returns
     -------
@@ -149,8 +168,7 @@ def bounds_from_fisher(fisher, *, rcond=1e-12):
     dd = np.where(ok[:, None], d, 1.0)
     scaled = fisher / (dd[:, :, None] * dd[:, None, :])
     scaled = np.where(ok[:, None, None], scaled, np.eye(p))
-    ev = np.linalg.eigvalsh(scaled)
-    ok &= ev[:, 0] > rcond * ev[:, -1]
+    ok &= positive_definite(scaled, rcond=rcond)
     scaled = np.where(ok[:, None, None], scaled, np.eye(p))
     cov = np.linalg.inv(scaled) / (dd[:, :, None] * dd[:, None, :])
     cov = np.where(ok[:, None, None], cov, np.nan)
