@@ -168,3 +168,38 @@ def test_auto_box_and_source_mask():
     img[10, 10] = 5.0  # a 3x3 mean of 5/9 ~ 0.56 > 3 * 0.5 / 3
     assert source_mask(img, 0.5, dilate=0)[10, 10]
     assert not source_mask(img, 0.6, dilate=0).any()
+
+
+def test_neighbour_subtracted_flux_drops_wing_artefacts(rng):
+    from crowdphot import CircularGaussianPRF, render_image
+    from crowdphot.cli.significance import drop_insignificant, neighbour_subtracted_flux
+
+    psf = CircularGaussianPRF(fwhm=3.0)
+    x = np.array([30.0, 34.5, 60.0, 64.0])
+    y = np.array([30.0, 30.0, 40.0, 40.0])
+    true_flux = np.array([50_000.0, 0.0, 50_000.0, 300.0])  # 2nd: no star; 4th: a faint one
+    data = render_image((80, 100), psf, x, y, true_flux) + rng.normal(0.0, 1.0, (80, 100))
+    # what independent fits report: the wing of the bright star counted as the artefact's flux
+    fitted = np.array([50_000.0, 400.0, 50_000.0, 700.0])
+    f, e = neighbour_subtracted_flux(data, psf, x, y, fitted, (5, 5), sigma=1.0)
+    assert abs(f[1]) < 4 * e[1]  # nothing left once the neighbour is subtracted
+    assert f[3] == pytest.approx(300.0, abs=5 * e[3])
+    np.testing.assert_allclose(f[[0, 2]], 50_000.0, rtol=1e-3)
+    table = QTable({"x_fit": x, "y_fit": y, "flux_fit": fitted})
+    kept, n = drop_insignificant(table, data, psf, (5, 5), sigma=1.0)
+    assert n == 1 and list(kept["x_fit"]) == [30.0, 60.0, 64.0]
+    # an error plane and masked pixels are honoured; NaN rows are kept
+    table.add_row({"x_fit": np.nan, "y_fit": 10.0, "flux_fit": 5.0})
+    kept, n = drop_insignificant(table, data, psf, (5, 5), error=np.full(data.shape, 1.0),
+                                 mask=np.zeros(data.shape, bool))
+    assert n == 1 and len(kept) == 4 and np.isnan(kept["x_fit"][-1])
+
+
+def test_min_snr_option(scene, tmp_path, capsys):
+    stars, truth = scene
+    image = _write(tmp_path / "sky.fits", stars + _sky(SHAPE, "gradient"))
+    table = _run(image, tmp_path / "cat.ecsv", capsys)
+    assert table.meta["min_snr"] == 5.0 and "n_insignificant" in table.meta
+    everything = _run(image, tmp_path / "all.ecsv", capsys, "--min-snr", 0)
+    assert "n_insignificant" not in everything.meta
+    assert len(everything) == len(table) + table.meta["n_insignificant"]

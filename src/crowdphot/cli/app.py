@@ -95,6 +95,9 @@ def _add_phot(sub):
     from crowdphot.cli.sky import add_sky_arguments
 
     add_sky_arguments(p)
+    from crowdphot.cli.significance import add_significance_arguments
+
+    add_significance_arguments(p)
 
 
 def _add_simulate(sub):
