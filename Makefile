@@ -8,11 +8,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+# the compiled kernels are built by the install: rebuild when their sources change
+KERNEL_SRC := setup.py $(wildcard src/crowdphot/core/kernels/_src/*)
+
+$(VENV)/.installed-base: pyproject.toml $(KERNEL_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[plot]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml $(KERNEL_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[plot,test,bench]"
 	touch $@ $(VENV)/.installed-base
 
