@@ -58,6 +58,13 @@ def _mag(value):
     return value.value if isinstance(value, u.Quantity) else value
 
 
+def _like_input(value, x):
+    """With Quantity inputs photutils returns a Quantity (dimensionless for a unitless flux)."""
+    if isinstance(x, u.Quantity) and not isinstance(value, u.Quantity):
+        return value * u.dimensionless_unscaled
+    return value
+
+
 def _plain(value):
     """A dimensionless Quantity (e.g. a ratio of lengths) as a plain array."""
     if isinstance(value, u.Quantity):
@@ -310,7 +317,7 @@ class CircularGaussianPSF(_FWHMGaussianBase):
         tx = _plain((x - x_0) / sigma)
         ty = _plain((y - y_0) / sigma)
         s = _mag(sigma)
-        return flux * (np.exp(-0.5 * (tx * tx + ty * ty)) / (2.0 * np.pi * s * s))
+        return _like_input(flux * (np.exp(-0.5 * (tx * tx + ty * ty)) / (2.0 * np.pi * s * s)), x)
 
     @staticmethod
     def fit_deriv(x, y, flux, x_0, y_0, fwhm):
@@ -379,7 +386,7 @@ class GaussianPSF(_EllipticalGaussianBase):
         tx = _plain(xr / sx)
         ty = _plain(yr / sy)
         norm = 2.0 * np.pi * _mag(sx) * _mag(sy)
-        return flux * (np.exp(-0.5 * (tx * tx + ty * ty)) / norm)
+        return _like_input(flux * (np.exp(-0.5 * (tx * tx + ty * ty)) / norm), x)
 
     @staticmethod
     def fit_deriv(x, y, flux, x_0, y_0, x_fwhm, y_fwhm, theta):
@@ -426,7 +433,7 @@ class _PixelIntegratedCircular:
         dx, dy = x - x_0, y - y_0
         h = _plain(_half_pixel(dx) / sigma)
         px = pixel_gauss_1d(_plain(dx / sigma), h)
-        return flux * (px * pixel_gauss_1d(_plain(dy / sigma), h))
+        return _like_input(flux * (px * pixel_gauss_1d(_plain(dy / sigma), h)), x)
 
     def _unit(self, x, y, x0, y0):
         dx, dy = _offsets(x, y, x0, y0)
@@ -572,7 +579,7 @@ class GaussianPRF(_EllipticalGaussianBase):
         half = _half_pixel(xr)
         px = pixel_gauss_1d(_plain(xr / sx), _plain(half / sx))
         py = pixel_gauss_1d(_plain(yr / sy), _plain(half / sy))
-        return flux * (px * py)
+        return _like_input(flux * (px * py), x)
 
     def _unit(self, x, y, x0, y0):
         dx, dy = _offsets(x, y, x0, y0)
