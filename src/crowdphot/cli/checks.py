@@ -161,22 +161,28 @@ def available_memory():
         except (ValueError, OSError, AttributeError):
             avail = None
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(path).read().strip()
-        except OSError:
+        text = _read_text(path)
+        if text is None:
             continue
         if text.isdigit() and int(text) < (1 << 60):
             used = 0
             for cur in ("/sys/fs/cgroup/memory.current",
                         "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
-                try:
-                    used = int(open(cur).read().strip())
+                value = _read_text(cur)
+                if value is not None and value.isdigit():
+                    used = int(value)
                     break
-                except (OSError, ValueError):
-                    continue
             limit = max(int(text) - used, 0)
             avail = limit if avail is None else min(avail, limit)
     return avail
+
+
+def _read_text(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
 
 
 #: bytes the fit engine holds per fitted stamp pixel: measured with tracemalloc at 150-190
