@@ -95,6 +95,9 @@ def _add_phot(sub):
     from crowdphot.cli.sky import add_sky_arguments
 
     add_sky_arguments(p)
+    p.add_argument("--refine-psf", action="store_true",
+                   help="refine the PSF with the image's bright isolated stars first "
+                   "(see 'crowdphot psf --from')")
     from crowdphot.cli.significance import add_significance_arguments
 
     add_significance_arguments(p)
@@ -154,6 +157,9 @@ def build_parser():
     from crowdphot.cli.ast import add_ast_parser
 
     add_ast_parser(sub, _add_phot)
+    from crowdphot.cli.psf import add_psf_parser
+
+    add_psf_parser(sub)
     return parser
 
 
@@ -287,8 +293,14 @@ def _cmd_ast(args):
     return run_ast(args)
 
 
+def _cmd_psf(args):
+    from crowdphot.cli.psf import run_psf
+
+    return run_psf(args)
+
+
 _COMMANDS = {"demo": _cmd_demo, "phot": _cmd_phot, "simulate": _cmd_simulate,
-             "psfgrid": _cmd_psfgrid, "ast": _cmd_ast}
+             "psfgrid": _cmd_psfgrid, "ast": _cmd_ast, "psf": _cmd_psf}
 
 # what a user can cause with a bad file or option; anything else is a bug and keeps its traceback
 _USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, IsADirectoryError,

@@ -300,6 +300,10 @@ def run_phot(args):
         from crowdphot.cli.psf import refine_for_phot
 
         psf = refine_for_phot(psf, image, args)
+    if getattr(args, "refine_psf", False):
+        from crowdphot.cli.psf import refine_for_phot
+
+        psf = refine_for_phot(psf, image, args)
     finder, threshold = (None, None) if init is not None else _finder(args, image)
     from crowdphot.cli.checks import MemoryCheckedFinder, check_fit_memory
 

@@ -271,6 +271,9 @@ def _residual_update(model, data, err, bad, x, y, flux, size, clip):
         den += np.bincount(idx, ww, minlength=n_nodes * nsamp)
     with np.errstate(invalid="ignore", divide="ignore"):
         upd = np.where(den > 0, num / den, np.nan)
+        # Wiener shrinkage by the standard error of each weighted mean (1 / sqrt(sum of
+        # weights)): significant corrections pass, noise from few stars is damped
+        upd = upd * upd ** 2 / (upd ** 2 + 1.0 / den)
     return upd.reshape(n_nodes, sy, sx)
 
 
