@@ -267,12 +267,14 @@ def _cox_snell(der, m, valid):
     w = 1.0 / m
     if valid is not None:
         w = np.where(np.asarray(valid).reshape(n, -1), w, 0.0)
-    fisher = np.einsum("nrk,ntk,nk->nrt", d1, d1, w)
-    _, kinv = bounds_from_fisher(fisher)
-    d2w = d2 * w[:, None, None, :]
-    a = 0.5 * (np.einsum("nrtk,nuk->nrtu", d2w, d1) - np.einsum("nruk,ntk->nrtu", d2w, d1)
-               - np.einsum("ntuk,nrk->nrtu", d2w, d1))
-    return np.einsum("nsr,ntu,nrtu->ns", kinv, kinv, a)
+    p = d1.shape[1]
+    d1t = d1.transpose(0, 2, 1)
+    _, kinv = bounds_from_fisher((d1 * w[:, None, :]) @ d1t)
+    # c[r, t, u] = sum_k w m_rt m_u (batched matrix products: no 4-index einsum loops)
+    c = ((d2 * w[:, None, None, :]).reshape(n, p * p, -1) @ d1t).reshape(n, p, p, p)
+    a = 0.5 * (c - c.transpose(0, 1, 3, 2) - np.einsum("ntur->nrtu", c))
+    t = (a.reshape(n, p, p * p) @ kinv.reshape(n, p * p, 1))[:, :, 0]
+    return (kinv @ t[:, :, None])[:, :, 0]
 
 
 def observed_information(psf, x, y, flux, shape, data, *, sky, read_noise, gain, xlo, ylo,
@@ -321,4 +323,6 @@ def _observed(der, m, data, read_noise, gain, valid):
     use = np.ones_like(m, dtype=bool) if valid is None else np.asarray(valid).reshape(n, -1)
     a = np.where(use, dp / m**2, 0.0)
     b = np.where(use, dp / m - 1.0, 0.0)
-    return np.einsum("nrk,ntk,nk->nrt", d1, d1, a) - np.einsum("nrtk,nk->nrt", d2, b)
+    p = d1.shape[1]
+    return ((d1 * a[:, None, :]) @ d1.transpose(0, 2, 1)
+            - (d2.reshape(n, p * p, -1) @ b[:, :, None]).reshape(n, p, p))

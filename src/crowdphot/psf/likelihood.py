@@ -248,13 +248,14 @@ class _GaussNewton:
             if fixed_d and name in fixed_d:
                 self.fixed[:, k] = fixed_d[name]
         self.touched = np.zeros(n, dtype=bool)
+        self.gain, self.rn = gain, rn
 
     def eligible(self, idx, res, new):
         # the next step's size is checked when it is taken (``step`` falls back if large)
         return (self.alone[idx] & res.fitted & ~res.left_stamp & ~res.absurd & res.cov_ok
                 & np.all(np.isfinite(new), axis=1))
 
-    def _system(self, idx, theta, var_img):
+    def _system(self, idx, theta, expect):
         st = self.st
         x, y, f = (theta[idx, k] for k in range(3))
         u, ux, uy = (np.asarray(a).reshape(len(idx), -1) for a in self.psf._stamps_grad(
@@ -266,18 +267,19 @@ class _GaussNewton:
             model = model + theta[idx, 3][:, None]
         jac = np.stack(jac, axis=1)
         valid = st.valid[idx]
-        w = np.where(valid, 1.0 / var_img[st.rc[idx], st.cc[idx]], 0.0)
+        var = pixel_variance(expect[st.rc[idx], st.cc[idx]], self.rn, self.gain)
+        w = np.where(valid, 1.0 / var, 0.0)
         resid = np.where(valid, self.d[idx] - model, 0.0)
         free = ~self.fixed[idx]
         both = free[:, :, None] & free[:, None, :]
-        k = np.einsum("npk,nqk,nk->npq", jac, jac, w)
-        k = np.where(both, k, np.eye(self.npar)[None])
-        g = np.where(free, np.einsum("npk,nk->np", jac, w * resid), 0.0)
+        jw = jac * w[:, None, :]
+        k = np.where(both, jw @ jac.transpose(0, 2, 1), np.eye(self.npar)[None])
+        g = np.where(free, (jw @ resid[:, :, None])[:, :, 0], 0.0)
         return k, g, free, resid, w, valid
 
-    def step(self, idx, theta, var_img):
+    def step(self, idx, theta, expect):
         """``(new, sigma, still_eligible)`` for sources ``idx``."""
-        k, g, free, *_ = self._system(idx, theta, var_img)
+        k, g, free, *_ = self._system(idx, theta, expect)
         self.touched[idx] = True
         _, cov = bounds_from_fisher(k)
         ok = np.all(np.isfinite(cov), axis=(1, 2))
@@ -289,9 +291,9 @@ class _GaussNewton:
         new = theta[idx, :self.npar] + np.where(ok[:, None], delta, 0.0)
         return new, np.where(ok[:, None], sig, np.inf), ok
 
-    def finalize(self, full, idx, theta, var_img):
+    def finalize(self, full, idx, theta, expect):
         """Values, expected-information errors and fit metrics at the final parameters."""
-        k, _, free, resid, w, valid = self._system(idx, theta, var_img)
+        k, _, free, resid, w, valid = self._system(idx, theta, expect)
         _, cov = bounds_from_fisher(k)
         cov = np.where(free[:, :, None] & free[:, None, :], cov, np.nan)
         names = ("x", "y", "flux", "sky")[:self.npar]
@@ -351,32 +353,38 @@ class _GroupLikelihood:
 
 def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape, geom,
                  n_halvings=6):
-    """Accept each group's step unless it lowers the likelihood; then halve it (unchecked)."""
+    """Accept each group's step unless it lowers the likelihood; then halve it (unchecked).
+
+    Returns ``(expectation, parameters, group log-likelihoods)`` of the accepted state.
+    """
     xlo, ylo, fshape, finite, fit_sky = geom
     moved = np.any(cand != theta, axis=1) & np.all(np.isfinite(cand[:, :3]), axis=1)
-    full = cand.copy()
+    if not moved.any():
+        return expect, theta, ll_old
+
+    def state(par):
+        bg = _background_with_sky(background, par, xlo, ylo, fshape, finite, fit_sky)
+        ex = _expectation(expect.shape, psf, par[:, :3], bg, render_shape)
+        return ex, ll.per_group(ex)
+
     cur = theta.copy()
-    cur_expect = expect
     for h in range(n_halvings + 1):
-        if not moved.any():
-            break
         trial = cur.copy()
-        trial[moved] = full[moved] if h == 0 else theta[moved] + 0.5**h * (full[moved]
-                                                                           - theta[moved])
-        bg = _background_with_sky(background, trial, xlo, ylo, fshape, finite, fit_sky)
-        trial_expect = _expectation(expect.shape, psf, trial[:, :3], bg, render_shape)
-        ll_new = ll.per_group(trial_expect)
-        worse = ll_new < ll_old - 1e-10 * np.abs(ll_old)
-        bad_src = worse[ll.grp] & moved
+        trial[moved] = theta[moved] + 0.5**h * (cand[moved] - theta[moved])
+        trial_expect, ll_new = state(trial)
+        bad_src = (ll_new < ll_old - 1e-10 * np.abs(ll_old))[ll.grp] & moved
         cur = np.where(bad_src[:, None], cur, trial)
-        cur_expect = trial_expect
         if not bad_src.any():
-            return cur_expect, cur
+            return trial_expect, cur, ll_new
         moved = bad_src
     # groups that no step improves stay where they were
     cur = np.where(moved[:, None], theta, cur)
-    bg = _background_with_sky(background, cur, xlo, ylo, fshape, finite, fit_sky)
-    return _expectation(expect.shape, psf, cur[:, :3], bg, render_shape), cur
+    return _final_state(state, cur)
+
+
+def _final_state(state, cur):
+    ex, ll_cur = state(cur)
+    return ex, cur, ll_cur
 
 
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
@@ -509,14 +517,13 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     n_grp = int(grp_all.max()) + 1 if n else 0
     prev_step = np.full((n, npar), np.nan)  # last reweighting step, in standard errors
     prev_omega = np.ones(n_grp)
+    ll_old = ll.per_group(expect)
     tols = {k: engine_options.pop(k) for k in ("xtol", "ftol") if k in engine_options}
     st = _StampSet(arr, mask, xlo0, ylo0, fshape, finite)
     gn = _GaussNewton(psf_model, st, arr, bkg, fixed_d, bounds_d, gid, n, npar, gain,
                       read_noise)
     use_gn = np.zeros(n, dtype=bool)  # isolated sources near their solution: direct steps
     for it in range(max_outer):
-        var_img = pixel_variance(expect, read_noise, gain)
-        ll_old = ll.per_group(expect)
         sub = np.flatnonzero(active)
         new = np.empty((len(sub), npar))
         sig = np.empty((len(sub), npar))
@@ -530,7 +537,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
             xs = np.where(finite[eng], xs, theta[eng, 0])
             ys = np.where(finite[eng], ys, theta[eng, 1])
             res = fit_psf(arr, psf_model, xs, ys, theta[eng, 2], fit_shape=fshape,
-                          group_id=gid[eng], error=np.sqrt(var_img), mask=mask,
+                          group_id=gid[eng],
+                          error=np.sqrt(pixel_variance(expect, read_noise, gain)), mask=mask,
                           local_bkg=bkg[eng], fixed=_subset(fixed_d, eng, "fixed"),
                           bounds=_subset(bounds_d, eng, "bounds"), maxiters=maxiters,
                           **_inner_tolerances(it, tols), **engine_options)
@@ -546,7 +554,7 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
             use_gn[eng] = gn.eligible(eng, res, e_new)
         if on_gn.any():
             g_src = sub[on_gn]
-            g_new, g_sig, g_ok = gn.step(g_src, theta, var_img)
+            g_new, g_sig, g_ok = gn.step(g_src, theta, expect)
             new[on_gn], sig[on_gn] = g_new, g_sig
             niter_sum[g_src] += 1
             use_gn[g_src] = g_ok
@@ -575,8 +583,9 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         cand[sub, :npar] = old + omega[g_sub][:, None] * (new - old)
         # safeguard (as GLM software does): a step that lowers the likelihood of its group is
         # halved until it does not
-        expect, cand = _halve_steps(ll, ll_old, theta, cand, expect, background, psf_model,
-                                    render_shape, (xlo0, ylo0, fshape, finite, fit_sky))
+        expect, cand, ll_old = _halve_steps(ll, ll_old, theta, cand, expect, background,
+                                            psf_model, render_shape,
+                                            (xlo0, ylo0, fshape, finite, fit_sky))
         with np.errstate(invalid="ignore", divide="ignore"):
             took = np.where(np.isfinite(sig) & (sig > 0), (cand[sub, :npar] - old) / sig, 0.0)
             a = np.bincount(g_sub, np.einsum("ij,ij->i", took, s_now), minlength=n_grp)
@@ -596,9 +605,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
     done_gn = np.flatnonzero(gn.touched)
     if len(done_gn):
-        gn.finalize(full, done_gn, theta, pixel_variance(
-            _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape), read_noise,
-            gain))
+        gn.finalize(full, done_gn, theta,
+                    _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape))
     _refine_isolated(full, psf_model, arr + (background - _local_part), bg, mask, gid, xlo0,
                      ylo0, fshape, read_noise, gain, fit_sky, bias_correction)
     return type(res)(**full)
