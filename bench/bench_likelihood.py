@@ -14,9 +14,9 @@ flux level has ``N`` stars (default 64 x 64 = 4096). Both modes run through the 
 Reported per level: median relative flux bias (and its standard error), flux and x scatter
 over the RMS Cramér–Rao bound of the same stamp pixels, robust x scatter (1.4826 MAD) over the
 bound, pull widths (std of (fit - true) / error) for flux and x, the converged fraction and the
-wall time of both calls. A last block fits close pairs (1.5-3.5 px, fluxes F and F/2, fitted
-as groups) for the pulls of blends. Writes ``bench/likelihood.png`` (bias, scatter/CRLB and
-pull width against S/N) with ``--plot``.
+wall time of both calls (best of 3). A last block fits close pairs (1.5-3.5 px, fluxes F and
+F/2, fitted as groups) for the pulls of blends. Writes ``bench/likelihood.png`` (bias,
+scatter/CRLB and pull width against S/N) with ``--plot``.
 
 Run: ``.venv/bin/python bench/bench_likelihood.py [--n-side 64] [--plot]``
 """
@@ -33,6 +33,7 @@ import numpy as np
 
 FLUXES = (150.0, 500.0, 3000.0, 3e4, 1e6)
 SKY, RN, FIT = 10.0, 5.0, 7
+REPEAT = 3
 
 
 def scene(flux, nside, *, spacing=16, seed=0, pair_sep=None):
@@ -77,11 +78,14 @@ def run_modes(psf, data, init, *, grouped=False):
         phot = PSFPhotometry(psf, FIT, **kw)
         args = {} if mode == "poisson" else {"error": err}
         phot(data, init_params=table[:4], **args)  # warm caches
+        best = np.inf
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            res = phot(data, init_params=table, **args)
-            out[mode] = (res, time.perf_counter() - t0)
+            for _ in range(REPEAT):  # best of REPEAT: the machine is shared
+                t0 = time.perf_counter()
+                res = phot(data, init_params=table, **args)
+                best = min(best, time.perf_counter() - t0)
+        out[mode] = (res, best)
     return out
 
 
