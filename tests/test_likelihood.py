@@ -362,3 +362,15 @@ def test_cli_poisson_run(tmp_path):
     ok = t["flags"] == 0
     assert ok.sum() >= 8
     np.testing.assert_allclose(t["flux_err"][ok], t["flux_crlb"][ok], rtol=0.1)
+
+
+def test_summary_figure():
+    pytest.importorskip("matplotlib")
+    from crowdphot.viz.likelihood import plot_likelihood_summary
+
+    rows = [{"likelihood": lik, "snr": snr, "bias": b, "bias_se": 0.1, "sd_flux": 1.0,
+             "sd_x": 1.02, "pull_flux": 1.0}
+            for lik, b in (("gaussian", -2.0), ("poisson", 0.0)) for snr in (5.0, 50.0)]
+    fig = plot_likelihood_summary(rows, title="t")
+    assert len(fig.axes) == 3
+    assert len(fig.axes[0].lines) >= 2
