@@ -315,3 +315,32 @@ def test_spline_coefficients_equal_fitpack(rng, shape):
 def test_band_solve_rejects_a_singular_matrix():
     with pytest.raises(ValueError, match="singular collocation matrix"):
         native.band_solve(np.zeros((3, 3)), np.zeros((1, 3, 2)))
+
+
+# -- cold start ----------------------------------------------------------------------------------
+def test_photometry_path_imports_no_compiler_plotting_or_interpolate():
+    """A fresh process importing the notebook's classes and running a small grouped fit loads
+    neither matplotlib nor scipy.interpolate, and numba only if a numba kernel is called."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from crowdphot.detection import IRAFStarFinder
+from crowdphot.psf import CircularGaussianPRF, GriddedPSFModel, PSFPhotometry, SourceGrouper
+assert 'numba' not in sys.modules, 'numba imported at import time'
+from crowdphot.psf import make_psf_model_image
+psf = CircularGaussianPRF(fwhm=2.5)
+data, _ = make_psf_model_image((60, 60), psf, 6, flux=(500, 1000), min_separation=8, seed=1)
+phot = PSFPhotometry(psf, (5, 5), finder=IRAFStarFinder(threshold=5.0, fwhm=2.5),
+                     grouper=SourceGrouper(10), aperture_radius=3)
+res = phot(data + 0.01)
+phot.make_residual_image(data)
+assert len(res) == 6, len(res)
+bad = [m for m in ('matplotlib', 'scipy.interpolate', 'scipy.ndimage') if m in sys.modules]
+assert not bad, bad
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
