@@ -50,7 +50,7 @@ class EPSFStar:
     >>> yy, xx = np.mgrid[:11, :11]
     >>> star = EPSFStar(np.exp(-((xx - 5.2) ** 2 + (yy - 4.9) ** 2) / 4), origin=(100, 50))
     >>> star.center.tolist(), round(star.flux, 3)
-    ([105.0, 55.0], 12.566)
+    ([105.0, 55.0], 12.564)
     """
 
     def __init__(self, data, *, weights=None, cutout_center=None, flux=None, origin=(0, 0),
