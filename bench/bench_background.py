@@ -16,7 +16,6 @@ median flux bias.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -133,16 +132,6 @@ def run(quick=False):
         _case(f"Background2D box 32, BiweightLocation (generic path), {size}", data, 32,
               lambda m: {"bkg_estimator": m.BiweightLocationBackground()}, repeat),
     ]
-    old = os.environ.get("CROWDPHOT_DISABLE_NUMBA")
-    os.environ["CROWDPHOT_DISABLE_NUMBA"] = "1"
-    try:
-        rows.append(_case(f"Background2D box 64, numpy fallback (numba disabled), {size}", data,
-                          64, lambda m: {}, repeat))
-    finally:
-        if old is None:
-            os.environ.pop("CROWDPHOT_DISABLE_NUMBA")
-        else:
-            os.environ["CROWDPHOT_DISABLE_NUMBA"] = old
     return rows + _sky_goal_rows(quick)
 
 

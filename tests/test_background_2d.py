@@ -15,22 +15,14 @@ from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarni
 
 import crowdphot
 import crowdphot.background as cb
-from crowdphot.background._meshstats import clip_sorted_rows, range_mad, range_stats
 from crowdphot.background.interpolators import zoom_mesh
+from crowdphot.core.kernels.meshstats import clip_sorted_rows, range_mad, range_stats, sparse_rows
 
 pb = pytest.importorskip("photutils.background")
 
 RTOL = 1e-10
 ATTRS = ("background_mesh", "background_rms_mesh", "background", "background_rms",
          "background_median", "background_rms_median")
-
-
-@pytest.fixture(params=["numba", "numpy"])
-def kernels(request, monkeypatch):
-    """Run a test with the compiled kernels and with the numpy fallback."""
-    if request.param == "numpy":
-        monkeypatch.setenv("CROWDPHOT_DISABLE_NUMBA", "1")
-    return request.param
 
 
 def _sky(rng, shape=(150, 205), nstars=120):
@@ -107,7 +99,7 @@ def test_estimator_positional_options_deprecated():
                                   SigmaClip(sigma_lower=2.0, sigma_upper=2.5, maxiters=None),
                                   SigmaClip(sigma=2.5, cenfunc="mean", maxiters=3),
                                   SigmaClip(sigma=3.0, stdfunc="mad_std")])
-def test_clip_sorted_rows_matches_astropy(rng, kernels, clip):
+def test_clip_sorted_rows_matches_astropy(rng, clip):
     rows = rng.normal(10.0, 2.0, (60, 257))
     rows[rng.random(rows.shape) < 0.02] += 300.0
     rows[rng.random(rows.shape) < 0.1] = np.nan
@@ -132,6 +124,26 @@ def test_clip_sorted_rows_matches_astropy(rng, kernels, clip):
     np.testing.assert_allclose(range_mad(work, lo, hi), mad, rtol=1e-12, equal_nan=True)
 
 
+def test_clip_shrink_rule_and_kernel_checks():
+    """astropy's axis=None rule keeps what survived; with an axis, all inside the last bounds."""
+    rows = np.array([[2.7, -5.3, 2.0, -1.7, 1.1, 0.4, -2.3, -2.8, -2.4, 15.0]])
+    clip = SigmaClip(sigma=2.0, cenfunc="mean", stdfunc="mad_std", maxiters=5)
+    ref_axis = clip(rows.copy(), axis=1, masked=False)
+    ref_none = clip(rows[0].copy(), masked=False)
+    assert np.count_nonzero(~np.isnan(ref_axis)) == ref_none.size + 1  # -5.3 comes back
+    for shrink, ref in ((False, ref_axis[~np.isnan(ref_axis)]), (True, ref_none)):
+        work = rows.copy()
+        lo, hi = clip_sorted_rows(work, clip, shrink=shrink)
+        np.testing.assert_array_equal(work[0, lo[0]:hi[0]], np.sort(ref))
+    with pytest.raises(ValueError, match="inconsistent kernel arguments"):
+        range_stats(rows, np.array([0]), np.array([11]))
+    from scipy import sparse
+
+    w = sparse.csr_matrix(np.array([[0.25, 0.75]]))
+    with pytest.raises(ValueError, match="inconsistent kernel arguments"):
+        sparse_rows(w, np.ones((1, 3)))  # column index 1 beyond the 1-row matrix
+
+
 # ---------------------------------------------------------------------------------------------
 # Background2D parity
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +165,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_background2d_matches_photutils(rng, kernels, case):
+def test_background2d_matches_photutils(rng, case):
     data, _ = _sky(rng)
     kwargs = dict(CASES[case])
     box = kwargs.pop("box_size", (32, 47))

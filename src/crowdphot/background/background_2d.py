@@ -10,7 +10,7 @@ cubic spline.
 Differences in *how*, not in *what*: every box is one row of a single ``(nbox, npix)`` array,
 sorted once; sigma clipping then keeps a contiguous range of each sorted row, and the default
 statistics (SourceExtractor mode, standard deviation, ...) come from that range for all boxes
-at once (:mod:`crowdphot.background._meshstats`); the spline resize is separable
+at once (:mod:`crowdphot.core.kernels.meshstats`); the spline resize is separable
 (:func:`~crowdphot.background.interpolators.zoom_mesh`). Results equal photutils' to rounding.
 """
 
@@ -24,7 +24,6 @@ import numpy as np
 from astropy.nddata import NDData
 from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
 
-from crowdphot.background._meshstats import clip_sorted_rows, fast_clip_supported
 from crowdphot.background.core import SIGMA_CLIP, _make_sigma_clip
 from crowdphot.background.estimators import (
     SExtractorBackground,
@@ -36,6 +35,7 @@ from crowdphot.background.interpolators import (
     _BkgZoomInterpolator,
     idw_interpolate,
 )
+from crowdphot.core.kernels.meshstats import clip_sorted_rows, fast_clip_supported
 
 __all__ = ["Background2D", "box_rows"]
 

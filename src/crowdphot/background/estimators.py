@@ -7,7 +7,7 @@ NaN-ignoring statistic along any axis. The mean/median/mode estimators live in
 :mod:`crowdphot.background.core`.
 
 :func:`batched_statistic` evaluates any of these estimators (and the core ones) on the sorted,
-sigma-clipped rows produced by :mod:`crowdphot.background._meshstats`, which is how
+sigma-clipped rows produced by :mod:`crowdphot.core.kernels.meshstats`, which is how
 :class:`~crowdphot.background.background_2d.Background2D` computes every mesh in one pass.
 """
 
@@ -18,7 +18,6 @@ import warnings
 import numpy as np
 from astropy.stats import biweight_location, biweight_scale, mad_std
 
-from crowdphot.background._meshstats import nan_outside, range_mad, range_stats
 from crowdphot.background.core import (
     SIGMA_CLIP,
     BackgroundBase,
@@ -28,6 +27,7 @@ from crowdphot.background.core import (
     ModeEstimatorBackground,
     _make_sigma_clip,
 )
+from crowdphot.core.kernels.meshstats import nan_outside, range_mad, range_stats
 from crowdphot.core.validate import deprecated_positional
 
 __all__ = [
@@ -238,7 +238,7 @@ def batched_statistic(estimator, rows, lo, hi, cache):
         A background or RMS estimator (its own sigma clipping is ignored: the rows are already
         clipped) or any callable accepting ``(data, axis=1)`` with NaN for excluded values.
     rows : ndarray of shape (nrow, npix)
-        Sorted rows from :func:`~crowdphot.background._meshstats.clip_sorted_rows`.
+        Sorted rows from :func:`~crowdphot.core.kernels.meshstats.clip_sorted_rows`.
     lo, hi : ndarray of int64, shape (nrow,)
     cache : dict
         Shared between calls on the same rows (median/mean/std computed once).

@@ -20,6 +20,8 @@ import functools
 import numpy as np
 from astropy.utils.exceptions import AstropyDeprecationWarning
 
+from crowdphot.core.kernels.meshstats import sparse_rows
+
 __all__ = ["BkgIDWInterpolator", "BkgZoomInterpolator", "idw_interpolate", "zoom_mesh"]
 
 # boundary modes whose spline prefilter needs no padding and whose evaluation is separable and
@@ -89,23 +91,7 @@ def zoom_mesh(mesh, box_size, shape, *, order=3, mode="reflect", cval=0.0, clip=
     wy = _weights_1d(mesh.shape[0], by, ny, order, mode)
     wx = _weights_1d(mesh.shape[1], bx, nx, order, mode)
     cols = np.ascontiguousarray((wx @ coeffs.T).T)  # (my, nx)
-    return _sparse_rows(wy, cols, clip)
-
-
-def _sparse_rows(w, cols, clip):
-    """``w @ cols`` for a CSR ``w`` with a few weights per row, optionally clipped."""
-    from crowdphot.background._meshstats import sparse_rows_compiled, use_numba
-
-    if use_numba():
-        out = np.empty((w.shape[0], cols.shape[1]))
-        lo, hi = clip if clip is not None else (-np.inf, np.inf)
-        sparse_rows_compiled(w.indptr.astype(np.int64), w.indices.astype(np.int64),
-                             w.data.astype(float), cols, float(lo), float(hi), out)
-        return out
-    out = np.ascontiguousarray(w @ cols)
-    if clip is not None:
-        np.clip(out, clip[0], clip[1], out=out)
-    return out
+    return sparse_rows(wy, cols, clip)
 
 
 def idw_interpolate(points, values, query, *, leafsize=10, n_neighbors=10, power=1.0,

@@ -54,5 +54,9 @@ PyObject *ck_spline_points(PyObject *self, PyObject *args);
 PyObject *ck_spline_stamps(PyObject *self, PyObject *args);
 PyObject *ck_normal_blocks(PyObject *self, PyObject *args);
 PyObject *ck_band_solve(PyObject *self, PyObject *args);
+PyObject *ck_clip_rows(PyObject *self, PyObject *args);
+PyObject *ck_range_stats(PyObject *self, PyObject *args);
+PyObject *ck_range_mad(PyObject *self, PyObject *args);
+PyObject *ck_sparse_rows(PyObject *self, PyObject *args);
 
 #endif

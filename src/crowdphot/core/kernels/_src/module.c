@@ -158,6 +158,10 @@ static PyMethodDef ck_methods[] = {
     {"spline_stamps", ck_spline_stamps, METH_VARARGS, "Blended bicubic spline on stamps."},
     {"normal_blocks", ck_normal_blocks, METH_VARARGS, "Normal-matrix blocks of a fit."},
     {"band_solve", ck_band_solve, METH_VARARGS, "Banded collocation solve (no pivoting)."},
+    {"clip_rows", ck_clip_rows, METH_VARARGS, "Sigma clipping of sorted rows as ranges."},
+    {"range_stats", ck_range_stats, METH_VARARGS, "Median, mean, std of row ranges."},
+    {"range_mad", ck_range_mad, METH_VARARGS, "Median absolute deviation of row ranges."},
+    {"sparse_rows", ck_sparse_rows, METH_VARARGS, "CSR rows times a dense matrix, clipped."},
     {NULL, NULL, 0, NULL},
 };
 
