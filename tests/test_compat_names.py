@@ -151,3 +151,17 @@ def test_fit_2dgaussian_and_fwhm_recover_truth():
 def test_warning_classes_are_astropy_user_warnings():
     assert issubclass(FitConvergenceWarning, AstropyUserWarning)
     assert issubclass(LargeGroupWarning, AstropyUserWarning)
+
+
+@pytest.mark.parametrize("method", ["interp", "oversample", "integrate"])
+def test_make_model_image_discretize_methods_match_photutils(method):
+    pds = pytest.importorskip("photutils.datasets")
+    from crowdphot.datasets import make_model_image
+
+    params = QTable({"x_0": [20.0, 41.3], "y_0": [18.0, 30.6], "gamma": [1.7, 2.3],
+                     "alpha": [2.9, 4.6]})
+    ours = make_model_image((50, 60), Moffat2D(amplitude=1), params, model_shape=(11, 11),
+                            discretize_method=method)
+    ref = pds.make_model_image((50, 60), Moffat2D(amplitude=1), params, model_shape=(11, 11),
+                               discretize_method=method)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)

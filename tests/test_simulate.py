@@ -262,7 +262,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="model must be an astropy Model"):
         make_model_image((10, 10), object(), table)
     with pytest.raises(ValueError, match="discretize_method"):
-        make_model_image((10, 10), model, table, discretize_method="oversample")
+        make_model_image((10, 10), model, table, discretize_method="bilinear")
     with pytest.raises(ValueError, match="'mean' must be input"):
         make_noise_image((5, 5))
     with pytest.raises(ValueError, match="'stddev' must be input"):

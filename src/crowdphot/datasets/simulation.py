@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from astropy.modeling import Model
 from astropy.table import QTable, Table
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy.spatial import KDTree
@@ -289,9 +290,11 @@ def _param_map(model, params_table, x_name, y_name, params_map):
         mapping.update(params_map)
     for key, col in mapping.items():
         if key not in model.param_names:
-            raise ValueError(f"{key!r} (from x_name/y_name/params_map) is not a model parameter")
+            raise ValueError(f"{key!r} (from x_name/y_name/params_map) is not a model parameter "
+                             f"({key!r} not in model parameter names)")
         if col not in params_table.colnames:
-            raise ValueError(f"params_table has no column {col!r} (for model parameter {key!r})")
+            raise ValueError(f"params_table has no column {col!r} (for model parameter {key!r}; "
+                             f"{col!r} not in params_table column names)")
     return mapping
 
 
@@ -300,7 +303,9 @@ def _bbox_offsets(probe, bbox_factor):
     try:
         bbox = probe.bounding_box
     except NotImplementedError as exc:
-        raise ValueError("model_shape must be given because the model has no bounding_box") from exc
+        raise ValueError("model_shape must be given because the model has no bounding_box "
+                         "(model_shape must be specified if the model does not have a "
+                         "bounding_box attribute)") from exc
     if bbox_factor is not None:
         try:
             bbox = probe.bounding_box(factor=bbox_factor)
@@ -359,7 +364,7 @@ def _column_shapes(params_table, rows):
 
 def make_model_image(shape, model, params_table, *, model_shape=None, bbox_factor=None,
                      x_name="x_0", y_name="y_0", params_map=None, discretize_method="center",
-                     progress_bar=False):
+                     discretize_oversample=10, progress_bar=False):
     """Render one source per table row (photutils 3.0 ``make_model_image``, batched).
 
     Parameters
@@ -382,8 +387,11 @@ def make_model_image(shape, model, params_table, *, model_shape=None, bbox_facto
         Model parameters holding the position.
     params_map : dict, optional
         ``{model parameter: column name}`` overrides.
-    discretize_method : {'center'}, optional
-        Pixel values are the model at pixel centres (the only method supported).
+    discretize_method : {'center', 'interp', 'oversample', 'integrate'}, optional
+        'center' (batched): the model at pixel centres. The others use
+        `astropy.convolution.discretize_model` per source, as photutils does (slower).
+    discretize_oversample : int, optional
+        Subsampling factor of the 'oversample' method.
     progress_bar : bool, optional
         Show a tqdm bar ('Add model sources') updated per chunk.
 
@@ -401,12 +409,19 @@ def make_model_image(shape, model, params_table, *, model_shape=None, bbox_facto
     >>> image.shape
     (60, 80)
     """
+    if np.ndim(shape) != 1 or len(shape) != 2:
+        raise ValueError(f"shape must be a 2-tuple (ny, nx), got {shape!r}")
     img_shape = tuple(int(v) for v in as_pair("shape", shape, lower_bound=0))
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a Model instance: model must be an astropy Model "
+                        f"instance, got {type(model).__name__}")
     _check_model("model", model)
     if not isinstance(params_table, Table):
         raise TypeError("params_table must be an astropy Table or QTable")
-    if discretize_method != "center":
-        raise ValueError(f"discretize_method must be 'center', got {discretize_method!r}")
+    methods = ("center", "interp", "oversample", "integrate")
+    if discretize_method not in methods:
+        raise ValueError(f"discretize_method must be one of {methods}, got "
+                         f"{discretize_method!r}")
     mapping = _param_map(model, params_table, x_name, y_name, params_map)
     if model_shape is not None:
         model_shape = as_pair("model_shape", model_shape, lower_bound=0)
@@ -438,7 +453,10 @@ def make_model_image(shape, model, params_table, *, model_shape=None, bbox_facto
     x0, y0 = values[x_name], values[y_name]
     fast = (isinstance(model, BatchedPSFMixin) and (x_name, y_name) == ("x_0", "y_0")
             and set(varying) <= {"flux"})
-    if fast:
+    if discretize_method != "center":
+        stamp_fn = _DiscretizedStamps(model, {x_name: x0, y_name: y0, **varying},
+                                      discretize_method, discretize_oversample)
+    elif fast:
         flux = varying.get("flux", np.full(len(rows), float(model.flux.value)))
         stamp_fn = _MixinStamps(model, x0, y0, flux)
     else:
@@ -466,6 +484,31 @@ def make_model_image(shape, model, params_table, *, model_shape=None, bbox_facto
     return image << unit if unit is not None else image
 
 
+class _DiscretizedStamps:
+    """Stamps from `astropy.convolution.discretize_model`, one model copy per source."""
+
+    def __init__(self, model, per_star, method, factor):
+        self.model = model
+        self.per_star = per_star
+        self.mode = "linear_interp" if method == "interp" else method
+        self.factor = int(factor)
+
+    def __call__(self, sel, xlo, ylo, shape):
+        from astropy.convolution import discretize_model
+
+        ny, nx = shape
+        out = np.empty((len(sel), ny, nx))
+        for j, i in enumerate(sel):
+            model = self.model.copy()
+            for name, values in self.per_star.items():
+                setattr(model, name, values[i])
+            x0, y0 = int(xlo[j]), int(ylo[j])
+            values = discretize_model(model, (x0, x0 + nx), (y0, y0 + ny), mode=self.mode,
+                                      factor=self.factor)
+            out[j] = getattr(values, "value", values)
+        return out, np.ones(len(sel))
+
+
 def _local_bkg(params_table, rows, unit):
     if "local_bkg" not in params_table.colnames:
         return np.zeros(len(rows))
@@ -475,13 +518,15 @@ def _local_bkg(params_table, rows, unit):
         try:
             col = col.to_value(unit)
         except Exception as exc:  # astropy raises UnitConversionError (a ValueError) or TypeError
-            raise ValueError(
-                "params_table 'local_bkg' column must have the flux units of the image"
-            ) from exc
+            raise ValueError(_LOCAL_BKG_UNITS) from exc
     elif col_unit is not None or unit is not None:
-        raise ValueError("params_table 'local_bkg' column must have the flux units of the image")
+        raise ValueError(_LOCAL_BKG_UNITS)
     bkg = np.asarray(getattr(col, "value", col), dtype=float)[rows]
     return bkg
+
+
+_LOCAL_BKG_UNITS = ("The local_bkg column must have the same flux units as the flux column "
+                    "(params_table 'local_bkg' column must have the flux units of the image)")
 
 
 @deprecated_positional("distribution", "mean", "stddev", "seed")
