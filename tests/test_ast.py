@@ -3,6 +3,8 @@ field's own, determinism, summaries, bad input and the ``crowdphot ast`` command
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -87,6 +89,45 @@ def test_incremental_measurement_equals_a_full_rerun(field, grouper, local_bkg):
                                        np.asarray(full[theirs])[j[hit]], rtol=1e-9, atol=1e-9)
         n_checked += int(hit.sum())
     assert n_checked > 60  # most bright-enough stars are found
+
+
+@pytest.mark.parametrize("mode", ["new", "all"])
+def test_iterative_photometry_is_followed_around_each_star(mode):
+    """IterativePSFPhotometry: local iterations give a full re-run's result (mode 'new': every
+    star; 'all', where the full run refits the whole image jointly: nearly every star, and the
+    same recovered verdicts)."""
+    data, _, err = _field(160, 150, seed=0)
+    phot = IterativePSFPhotometry(PSF, (5, 5), IRAFStarFinder(5 * SIGMA, FWHM),
+                                  aperture_radius=3, grouper=SourceGrouper(5), maxiters=3,
+                                  mode=mode)
+    res = artificial_star_test(data, phot, 80, (10, 10_000), error=err, seed=3)
+    t = res.table
+    same = agree = 0
+    for b in range(res.meta["n_batches"]):
+        s = t[t["batch"] == b]
+        image = data + render_image(data.shape, PSF, s["x_in"], s["y_in"], s["flux_in"])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*may not have converged")
+            full = phot(image, error=err)
+        tree = cKDTree(np.column_stack([full["x_fit"], full["y_fit"]]))
+        d, j = tree.query(np.column_stack([s["x_in"], s["y_in"]]),
+                          distance_upper_bound=res.meta["search_radius"])
+        hit = np.isfinite(d)
+        jj = np.where(hit, j, 0)
+        fx, fy, ff = (np.where(hit, np.asarray(full[c])[jj], np.nan)
+                      for c in ("x_fit", "y_fit", "flux_fit"))
+        with np.errstate(invalid="ignore"):
+            equal = np.where(hit, (np.abs(fx - s["x_out"]) < 1e-6)
+                             & (np.abs(ff / s["flux_out"] - 1) < 1e-6), np.isnan(s["x_out"]))
+            rec = ((np.hypot(fx - s["x_in"], fy - s["y_in"]) <= 0.5)
+                   & (np.abs(ff - s["flux_in"]) <= 0.1 * s["flux_in"]))
+        same += int(np.count_nonzero(equal))
+        agree += int(np.count_nonzero(rec == np.asarray(s["recovered"])))
+    assert 15 < np.count_nonzero(t["recovered"]) < 75
+    if mode == "new":
+        assert same == len(t) and agree == len(t)
+    else:
+        assert same >= 0.9 * len(t) and agree >= 0.97 * len(t)
 
 
 def test_batches_do_not_crowd_and_are_greedy():
@@ -240,9 +281,8 @@ def test_phot_objects_it_cannot_use(field):
     data, _, err = field
     with pytest.raises(ValueError, match="must have a finder"):
         artificial_star_test(data, PSFPhotometry(PSF, 5, aperture_radius=3), 5, (100, 1000))
-    it = IterativePSFPhotometry(PSF, 5, DAOStarFinder(10, FWHM), aperture_radius=3)
-    with pytest.raises(TypeError, match="iterative"):
-        artificial_star_test(data, it, 5, (100, 1000))
+    with pytest.raises(TypeError, match="PSFPhotometry or IterativePSFPhotometry"):
+        artificial_star_test(data, DAOStarFinder(10, FWHM), 5, (100, 1000))
     forced = PSF.copy()
     forced.x_0.fixed = True
     forced.y_0.fixed = True
@@ -296,13 +336,18 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     assert main([str(a) for a in argv]) == 0
     t2 = QTable.read(out2)
     np.testing.assert_array_equal(np.asarray(t["x_out"]), np.asarray(t2["x_out"]))
+    # phot's iterative mode is followed
+    argv[argv.index(out2)] = root / "ast_iter.ecsv"
+    argv[argv.index("--n") + 1] = 20
+    assert main([str(a) for a in argv + ["--iterative", 2]]) == 0
+    assert len(QTable.read(root / "ast_iter.ecsv")) == 20
 
 
 @pytest.mark.parametrize("extra, match", [
     (["--n", "0", "--flux", "20", "5000"], "--n must be positive"),
     (["--n", "10", "--flux", "5000", "20"], "--flux LO must be below HI"),
     (["--n", "10", "--flux", "0.01", "0.1"], "below the image noise"),
-    (["--n", "10", "--flux", "20", "5000", "--iterative", "2"], "--iterative is not supported"),
+    (["--n", "10", "--flux", "20", "5000", "--tile", "64"], "--tile is not supported"),
     (["--n", "10", "--flux", "20", "5000", "--match-flux", "0"], "--match-flux must be positive"),
 ])
 def test_cli_ast_bad_input_one_line(cli_files, capsys, extra, match):

@@ -23,7 +23,7 @@ __all__ = ["add_ast_parser", "run_ast"]
 
 #: phot options that make no sense for artificial stars (forced photometry, image products).
 _UNSUPPORTED = {"init": "--init", "residual": "--residual", "regions": "--regions",
-                "tile": "--tile", "iterative": "--iterative", "sky_out": "--sky-out"}
+                "tile": "--tile", "sky_out": "--sky-out"}
 
 
 def add_ast_parser(sub, add_phot):
