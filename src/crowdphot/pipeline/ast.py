@@ -169,6 +169,66 @@ def draw_artificial_stars(shape, n_stars, flux_range, *, seed=None, border=0.0, 
     return x, y, flux
 
 
+def _csr(key, other, n):
+    """``other`` grouped by ``key`` (CSR): ``start`` offsets and the grouped values."""
+    order = np.argsort(key, kind="stable")
+    return np.searchsorted(key[order], np.arange(n + 1)), other[order]
+
+
+def _gather(start, values, nodes):
+    """Concatenated CSR rows of ``nodes`` and the row index of each value."""
+    cnt = start[nodes + 1] - start[nodes]
+    first = np.repeat(start[nodes] - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
+    return values[first + np.arange(cnt.sum())], np.repeat(np.arange(nodes.size), cnt), cnt
+
+
+def greedy_colouring(n, first, second):
+    """Colour ``n`` nodes so that no edge joins two nodes of one colour, greedily in input order.
+
+    Node ``i`` takes the lowest colour not used by its neighbours ``j < i``: the sequential
+    greedy colouring, computed in vectorised rounds (a node is coloured as soon as all its
+    earlier neighbours are).
+
+    Parameters
+    ----------
+    n : int
+        Number of nodes.
+    first, second : ndarray of int, shape (m,)
+        Edge end points (each edge once, any order).
+
+    Returns
+    -------
+    colour : ndarray of int64, shape (n,)
+
+    Examples
+    --------
+    >>> greedy_colouring(4, np.array([0, 1, 0]), np.array([1, 3, 3]))
+    array([0, 1, 0, 2])
+    """
+    first = np.asarray(first, dtype=np.int64)
+    second = np.asarray(second, dtype=np.int64)
+    hi, lo = np.maximum(first, second), np.minimum(first, second)
+    colour = np.full(n, -1, dtype=np.int64)
+    pending = np.bincount(hi, minlength=n)  # earlier neighbours not coloured yet
+    later_start, later = _csr(lo, hi, n)
+    earlier_start, earlier = _csr(hi, lo, n)
+    ready = np.flatnonzero(pending == 0)
+    while ready.size:
+        nbr, row, cnt = _gather(earlier_start, earlier, ready)
+        width = int(cnt.max()) + 2
+        taken = np.zeros((ready.size, width), dtype=bool)
+        c = colour[nbr]
+        ok = c < width
+        taken[row[ok], c[ok]] = True
+        colour[ready] = np.argmin(taken, axis=1)
+        nxt, _, _ = _gather(later_start, later, ready)
+        released = np.bincount(nxt, minlength=n)
+        pending -= released
+        cand = np.flatnonzero(released)
+        ready = cand[pending[cand] == 0]
+    return colour
+
+
 def assign_batches(x, y, spacing):
     """Batch index of each star such that stars of one batch are more than ``spacing`` apart.
 
@@ -189,8 +249,6 @@ def assign_batches(x, y, spacing):
     >>> assign_batches(np.array([0.0, 1.0, 50.0, 2.0]), np.zeros(4), 10.0)
     array([0, 1, 0, 2])
     """
-    from crowdphot.core.kernels.colouring import greedy_colouring
-
     n = len(x)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
