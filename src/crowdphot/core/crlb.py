@@ -133,8 +133,36 @@ def positive_definite(mat, *, rcond=0.0):
     mat = np.asarray(mat, dtype=float)
     ok = np.ones(mat.shape[0], dtype=bool)
     for k in range(1, mat.shape[1] + 1):
-        ok &= np.linalg.det(mat[:, :k, :k]) > rcond
+        ok &= _det(mat[:, :k, :k]) > rcond
     return ok
+
+
+def _det(a):
+    """Determinants of a batch of small matrices (closed form up to 3 x 3: no LAPACK loop)."""
+    p = a.shape[1]
+    if p == 1:
+        return a[:, 0, 0]
+    if p == 2:
+        return a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    if p == 3:
+        return (a[:, 0, 0] * (a[:, 1, 1] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 1])
+                - a[:, 0, 1] * (a[:, 1, 0] * a[:, 2, 2] - a[:, 1, 2] * a[:, 2, 0])
+                + a[:, 0, 2] * (a[:, 1, 0] * a[:, 2, 1] - a[:, 1, 1] * a[:, 2, 0]))
+    return np.linalg.det(a)
+
+
+def _inv(a):
+    """Inverses of a batch of well-conditioned small matrices (closed form for 3 x 3)."""
+    if a.shape[1] != 3:
+        return np.linalg.inv(a)
+    c = np.empty_like(a)
+    for i in range(3):
+        for j in range(3):
+            r = [k for k in range(3) if k != j]
+            q = [k for k in range(3) if k != i]
+            minor = (a[:, r[0], q[0]] * a[:, r[1], q[1]] - a[:, r[0], q[1]] * a[:, r[1], q[0]])
+            c[:, i, j] = (-1) ** (i + j) * minor
+    return c / _det(a)[:, None, None]
 
 
 def bounds_from_fisher(fisher, *, rcond=1e-12):
@@ -170,7 +198,7 @@ def bounds_from_fisher(fisher, *, rcond=1e-12):
     scaled = np.where(ok[:, None, None], scaled, np.eye(p))
     ok &= positive_definite(scaled, rcond=rcond)
     scaled = np.where(ok[:, None, None], scaled, np.eye(p))
-    cov = np.linalg.inv(scaled) / (dd[:, :, None] * dd[:, None, :])
+    cov = _inv(scaled) / (dd[:, :, None] * dd[:, None, :])
     cov = np.where(ok[:, None, None], cov, np.nan)
     sigma = np.sqrt(np.clip(np.einsum("nii->ni", cov), 0.0, None))
     sigma = np.where(ok[:, None], sigma, np.nan)
