@@ -53,10 +53,12 @@ def _write(path, data):
     return path
 
 
-def _run(image, out, capsys, *extra):
+def _run(image, out, capsys, *extra, stderr=None):
     code = main(["phot", str(image), "-o", str(out), "--no-progress", *map(str, extra)])
     _, err = capsys.readouterr()
     assert code == 0, err
+    if stderr is not None:
+        stderr.append(err)
     return QTable.read(out)
 
 
@@ -84,7 +86,9 @@ def test_without_sky_subtraction_the_bias_is_back(scene, tmp_path, capsys):
     """--sky none is the old behaviour: every star too bright, false border detections."""
     stars, truth = scene
     image = _write(tmp_path / "flat.fits", stars + 20.0)
-    table = _run(image, tmp_path / "cat.ecsv", capsys, "--sky", "none")
+    err = []
+    table = _run(image, tmp_path / "cat.ecsv", capsys, "--sky", "none", stderr=err)
+    assert "--sky none but the image's median is 20" in err[0]  # said, not silent
     _, false, bias = _score(truth, table)
     assert bias > 0.01
     x, y = np.asarray(table["x_init"], float), np.asarray(table["y_init"], float)

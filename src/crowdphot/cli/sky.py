@@ -94,6 +94,8 @@ def subtract_sky(args, image):
     """
     mode, value = sky_mode(args)
     if mode == "none" or image.data is None:
+        if image.data is not None and not getattr(args, "local_bkg", None):
+            _warn_unsubtracted_sky(args, image)
         return None, {"sky": "none"}
     if mode == "value":
         sky = np.full(image.data.shape, value)
@@ -112,6 +114,26 @@ def subtract_sky(args, image):
                 "sky_rms": float(np.median(rms))}
     image.data = image.data - sky
     return sky, info
+
+
+def _warn_unsubtracted_sky(args, image):
+    """Say so when ``--sky none`` leaves a clear sky level in the image."""
+    import warnings
+
+    from crowdphot.cli.phot import robust_sigma
+
+    good = np.isfinite(image.data) if image.mask is None else (~image.mask
+                                                               & np.isfinite(image.data))
+    values = image.data[good]
+    if values.size < 2:
+        return
+    level = float(np.median(values[:: max(1, values.size // 1_000_000)]))
+    sigma = robust_sigma(image.data, image.mask)
+    if sigma > 0 and abs(level) > 3.0 * sigma:
+        warnings.warn(f"{args.image}: --sky none but the image's median is {level:.4g} "
+                      f"({abs(level) / sigma:.0f} sigma from zero): fluxes include that sky and "
+                      "the finder fires along the borders; use --sky map or --local-bkg",
+                      UserWarning, stacklevel=2)
 
 
 def write_sky(args, image, sky):
