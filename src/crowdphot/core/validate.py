@@ -195,13 +195,13 @@ def positive_real(name, value):
     import numbers
 
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
-        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+        raise TypeError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
     arr = np.asarray(value)
     if arr.ndim != 0 or arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a strictly-positive finite number, got {value!r}")
+        raise TypeError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
     fv = float(arr)
     if not np.isfinite(fv) or fv <= 0:
-        raise ValueError(f"{name} must be a strictly-positive finite number, got {value!r}")
+        raise ValueError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
     return fv
 
 

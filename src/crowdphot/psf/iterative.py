@@ -75,8 +75,10 @@ class IterativePSFPhotometry(_LatestResultMixin):
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
             raise ValueError("aperture_radius cannot be None for IterativePSFPhotometry")
+        if np.ndim(maxiters) != 0:  # photutils' class and wording
+            raise ValueError(f"maxiters must be a strictly-positive scalar, got {maxiters!r}")
         if int(positive_real("maxiters", maxiters)) != maxiters:
-            raise ValueError("maxiters must be a strictly-positive integer")
+            raise ValueError("maxiters must be an integer (strictly-positive)")
         if mode not in ("new", "all"):
             raise ValueError("mode must be 'new' or 'all'")
         if mode == "all" and grouper is None:
@@ -110,7 +112,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def __repr__(self):
         args = ", ".join(f"{a}={getattr(self, a)!r}" for a in
                          (*PSFPhotometry._ATTRS, "maxiters", "mode", "sub_shape"))
-        return f"<{type(self).__name__}({args})>"
+        return f"{type(self).__name__}({args})"
 
     def run(self, data, *, mask=None, error=None, init_params=None):
         """Stateless call: ``(combined PSFPhotometryResult or None, per-iteration results)``."""

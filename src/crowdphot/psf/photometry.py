@@ -369,7 +369,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator, unit=unit,
         group_warning_threshold=group_warning_threshold)
     if table is None:
-        warnings.warn("no sources were found; nothing to fit", CrowdphotWarning, stacklevel=3)
+        from crowdphot.utils.exceptions import NoDetectionsWarning
+
+        warnings.warn("No sources were found; nothing to fit", NoDetectionsWarning,
+                      stacklevel=3)
         return None
     n = len(table)
     reason = _prefit_reasons(table, data.shape, fit_shape)
@@ -632,7 +635,7 @@ class PSFPhotometry(_LatestResultMixin):
 
     def __repr__(self):
         args = ", ".join(f"{a}={getattr(self, a)!r}" for a in self._ATTRS)
-        return f"<{type(self).__name__}({args})>"
+        return f"{type(self).__name__}({args})"
 
     def _meta(self):
         meta = _provenance()
