@@ -166,6 +166,12 @@ static double pixel_weight(double pxmin, double pymin, double dx, double dy, dou
 }
 
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* centres whose box cannot be represented (NaN, inf, beyond 1e15) touch no pixel */
+static inline int usable(double x, double y, double r)
+{
+    return fabs(x) < 1e15 && fabs(y) < 1e15 && r < 1e9;
+}
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* -- weights on stamps ------------------------------------------------------------------- */
@@ -180,6 +186,7 @@ static void stamps_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     stamps_ctx *c = (stamps_ctx *)vctx;
     for (Py_ssize_t k = lo; k < hi; k++) {
+        if (!usable(c->x[k], c->y[k], c->r)) continue;
         grid g = source_grid(c->x[k], c->y[k], c->r);
         double pixel_radius = 0.5 * sqrt(g.dx * g.dx + g.dy * g.dy);
         double *o = c->out + k * c->ky * c->kx;
@@ -242,6 +249,11 @@ static void sums_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi)
     sums_ctx *c = (sums_ctx *)vctx;
     int64_t nonfinite = 0;
     for (Py_ssize_t k = lo; k < hi; k++) {
+        if (!usable(c->x[k], c->y[k], c->r)) {
+            c->sums[k] = NAN;
+            c->errs[k] = NAN;
+            continue;
+        }
         grid g = source_grid(c->x[k], c->y[k], c->r);
         if (g.ixmin >= c->nx || g.iymin >= c->ny || g.ixmin + g.nx <= 0 || g.iymin + g.ny <= 0) {
             c->sums[k] = NAN;
@@ -343,6 +355,10 @@ static void gather_range(void *vctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     gather_ctx *c = (gather_ctx *)vctx;
     for (Py_ssize_t k = lo; k < hi; k++) {
+        if (!usable(c->x[k], c->y[k], c->r_out)) {
+            c->counts[k] = 0;
+            continue;
+        }
         grid g = source_grid(c->x[k], c->y[k], c->r_out);
         double pixel_radius = 0.5 * sqrt(g.dx * g.dx + g.dy * g.dy);
         int64_t m = 0;
