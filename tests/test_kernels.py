@@ -344,3 +344,14 @@ assert not bad, bad
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_overlap_kernels_ignore_non_finite_centres():
+    data = np.ones((10, 10))
+    x = np.array([np.nan, 3.0, np.inf])
+    y = np.array([2.0, 3.0, 1e300])
+    sums, _, nonfinite = overlap.circle_sums(data, None, None, x, y, 2.0, None, "exact", 5)
+    assert np.isnan(sums[[0, 2]]).all() and sums[1] == pytest.approx(4 * np.pi, rel=1e-12)
+    assert nonfinite == 0
+    _, counts = overlap.annulus_values(data, None, x, y, 1.0, 2.0)
+    assert counts[0] == counts[2] == 0 < counts[1]
