@@ -83,35 +83,38 @@ class FlagDefinition:
     detailed_description: str
 
 
-_DEFINITIONS = (
-    FlagDefinition(1, "n_pixels_fit_partial", "fitted fewer pixels than the full fit_shape",
-                   "Part of the fit_shape stamp was off the image or masked, so the number of "
-                   "fitted pixels (n_pixels_fit) is below the full stamp size."),
-    FlagDefinition(2, "outside_bounds", "fitted position outside the image",
-                   "The fitted (x, y) position lies outside the bounds of the input image."),
+_DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
+    FlagDefinition(1, "n_pixels_fit_partial", "n_pixels_fit smaller than full fit_shape region",
+                   "The number of fitted pixels (n_pixels_fit) is smaller than the full "
+                   "fit_shape region, indicating partial PSF fitting (part of the stamp was off "
+                   "the image or masked)."),
+    FlagDefinition(2, "outside_bounds", "fitted position outside input image bounds",
+                   "The fitted source position is outside the bounds of the input image."),
     FlagDefinition(4, "negative_flux", "non-positive flux",
-                   "The fitted flux is zero or negative."),
+                   "The fitted flux value is negative or zero, which is non-physical."),
     FlagDefinition(8, "no_convergence", "possible non-convergence",
-                   "The fitter did not report convergence (for example it reached its "
-                   "iteration limit), so the fit may not have converged."),
+                   "The PSF fitting algorithm may not have converged to a stable solution (for "
+                   "example it reached its iteration limit)."),
     FlagDefinition(16, "no_covariance", "missing parameter covariance",
-                   "No parameter covariance matrix is available, so no uncertainties could be "
-                   "derived."),
-    FlagDefinition(32, "near_bound", "fitted parameter close to a bound",
-                   "At least one fitted parameter ended very close to one of its bounds."),
-    FlagDefinition(64, "no_overlap", "no overlap with the data",
-                   "The source's fitting stamp does not overlap any valid data pixel."),
-    FlagDefinition(128, "fully_masked", "all fit pixels masked",
-                   "Every pixel in the source's fitting stamp is masked."),
-    FlagDefinition(256, "too_few_pixels", "too few pixels to fit",
-                   "The fitting stamp has fewer unmasked pixels than free parameters."),
+                   "Parameter covariance matrix is not available, preventing error "
+                   "estimation."),
+    FlagDefinition(32, "near_bound", "fitted parameter near a bound",
+                   "One or more fitted parameters are very close to their imposed bounds."),
+    FlagDefinition(64, "no_overlap", "no overlap with data",
+                   "The source PSF fitting region has no overlap with valid data pixels."),
+    FlagDefinition(128, "fully_masked", "fully masked source",
+                   "All pixels in the source fitting region are masked."),
+    FlagDefinition(256, "too_few_pixels", "too few pixels for fitting",
+                   "Insufficient unmasked pixels available for reliable PSF fitting (fewer "
+                   "unmasked pixels than free parameters)."),
     FlagDefinition(512, "non_finite_position", "non-finite fitted position",
-                   "The fitted x or y position is NaN or inf: the fit failed."),
-    FlagDefinition(1024, "non_finite_flux", "non-finite fitted flux",
-                   "The fitted flux is NaN or inf: the fit failed."),
-    FlagDefinition(2048, "non_finite_localbkg", "non-finite local background",
-                   "The local background is NaN or inf, so it was not subtracted before the "
+                   "The fitted x or y position is NaN or inf, indicating an invalid or failed "
                    "fit."),
+    FlagDefinition(1024, "non_finite_flux", "non-finite fitted flux",
+                   "The fitted flux value is NaN or inf, indicating an invalid or failed fit."),
+    FlagDefinition(2048, "non_finite_localbkg", "non-finite local background",
+                   "The local background value is NaN or inf, so it was not subtracted before "
+                   "fitting."),
     FlagDefinition(4096, "left_stamp", "position left the fit stamp (crowdphot)",
                    "During the fit the source's position moved outside its fit_shape stamp, "
                    "where the stamp's pixels no longer constrain it; its fit was stopped "
@@ -279,9 +282,9 @@ def _decode_value(value, return_bit_values):
 
 def _check_flag_scalar(value):
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"flags must be integers, got {value!r}")
+        raise TypeError(f"Flag value must be an integer (flags must be integers), got {value!r}")
     if value < 0:
-        raise ValueError(f"flags must be non-negative integers, got {value!r}")
+        raise ValueError(f"Flag value must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -311,6 +314,10 @@ def decode_psf_flags(flags, *, return_bit_values=False):
 
     Notes
     -----
+    The flags (name : bit, description):
+
+<flag descriptions>
+
     Bits 1-2048 are photutils 3's. crowdphot adds two: 4096 ``left_stamp`` (the position
     left its fit stamp during the fit, which was stopped there and is also flagged
     ``no_convergence``) and 8192 ``absurd_value`` (an absurd fitted value -- |flux| above
@@ -337,9 +344,10 @@ def decode_psf_flags(flags, *, return_bit_values=False):
     if arr.size == 0:
         return []
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"flags must be integers, got dtype {arr.dtype}")
+        raise TypeError(f"Flag value must be an integer (flags must be integers), got dtype "
+                        f"{arr.dtype}")
     if arr.dtype.kind == "i" and np.any(arr < 0):
-        raise ValueError("flags must be non-negative integers")
+        raise ValueError("Flag value must be a non-negative integer")
     # A flag column holds few distinct values: decode each once, then copy per row.
     uniq, inverse = np.unique(arr, return_inverse=True)
     table = [_decode_value(int(v), return_bit_values) for v in uniq]
@@ -442,3 +450,20 @@ def psf_flags(*, x, y, flux, n_pixels, fit_shape, shape, reason, converged, cov_
     if absurd is not None:
         flags[valid & absurd] |= PSF_FLAGS.ABSURD_VALUE
     return flags
+
+
+def flag_descriptions(indent="    ", bullet=""):
+    """The flag list as docstring lines: ``'name'`` : bit N, description (one per flag)."""
+    return "\n".join(f"{indent}{bullet}``{d.name!r}`` : bit {d.bit_value}, {d.description}"
+                     for d in _DEFINITIONS)
+
+
+def flags_column_doc(indent="        "):
+    """The ``flags`` column paragraph of the photometry classes' ``__call__`` docstrings."""
+    lines = [f"{indent}* ``flags`` : bitwise flag values (sums of the bits below):",
+             flag_descriptions(indent + "  ", "- ")]
+    return "\n".join(lines)
+
+
+decode_psf_flags.__doc__ = decode_psf_flags.__doc__.replace("<flag descriptions>",
+                                                            flag_descriptions("    ", "- "))

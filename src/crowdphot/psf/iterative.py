@@ -197,7 +197,12 @@ class IterativePSFPhotometry(_LatestResultMixin):
         return table
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
-        """Run the iterative photometry; returns the combined results table (or None)."""
+        """Run the iterative photometry; returns the combined results table (or None).
+
+        Output columns are photutils 3's; among them:
+
+<flags column>
+        """
         combined, per_iter = self.run(data, mask=mask, error=error, init_params=init_params)
         self._last.result = combined
         self._last.fit_results = per_iter
@@ -207,3 +212,13 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def fit_results(self):
         """Per-iteration :class:`PSFPhotometryResult` objects of the latest call."""
         return list(getattr(self._last, "fit_results", []))
+
+
+def _document_flags():
+    from crowdphot.psf.flags import flags_column_doc
+
+    doc = IterativePSFPhotometry.__call__.__doc__
+    IterativePSFPhotometry.__call__.__doc__ = doc.replace("<flags column>", flags_column_doc())
+
+
+_document_flags()

@@ -664,7 +664,12 @@ class PSFPhotometry(_LatestResultMixin):
             crlb=self.crlb)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
-        """Run the photometry and return the results QTable (None when nothing to fit)."""
+        """Run the photometry and return the results QTable (None when nothing to fit).
+
+        Output columns are photutils 3's; among them:
+
+<flags column>
+        """
         result = self.run(data, mask=mask, error=error, init_params=init_params)
         self._last.result = result
         return None if result is None else result.results
@@ -722,3 +727,13 @@ def _validate_xy_bounds(xy_bounds):
     if out[0] is None and out[1] is None:
         return None
     return tuple(out)
+
+
+def _document_flags():
+    from crowdphot.psf.flags import flags_column_doc
+
+    doc = PSFPhotometry.__call__.__doc__
+    PSFPhotometry.__call__.__doc__ = doc.replace("<flags column>", flags_column_doc())
+
+
+_document_flags()
