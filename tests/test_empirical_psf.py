@@ -17,7 +17,14 @@ from scipy.ndimage import convolve
 from crowdphot import GriddedPSFModel, jwst_like_psf_grid, make_noise_image, make_psf_model_image
 from crowdphot.core.batched import stamp_origin
 from crowdphot.core.fit import fit_psf
-from crowdphot.psf import build_gridded_psf, refine_psf, select_psf_stars, write_stpsf_grid
+from crowdphot.psf import (
+    ImagePSF,
+    build_gridded_psf,
+    refine_psf,
+    select_psf_stars,
+    write_stpsf_grid,
+)
+from crowdphot.psf.empirical import _centroid
 
 FOV = 21
 
@@ -87,8 +94,21 @@ def test_refine_psf_meets_goals(scene):
     assert len(refined.meta["n_stars"]) == 4 and min(refined.meta["n_stars"]) >= 20
     assert np.array_equal(refined.grid_xypos, model.grid_xypos)
     assert refined.data.shape == model.data.shape
-    # recentred: the refined ePSFs keep the model's centroid
+    # recentred: the refined ePSFs keep the model's centroid; the flux scale is kept
+    for ref, orig in zip(refined.data, model.data, strict=True):
+        assert np.allclose(_centroid(ref, (4, 4)), _centroid(orig, (4, 4)), atol=1e-6)
     assert np.allclose(refined.data.sum(axis=(1, 2)), model.data.sum(axis=(1, 2)))
+
+
+def test_refine_image_psf_gives_one_node_grid(scene):
+    model, _, data, error, _ = scene
+    single = ImagePSF(model.data[0], oversampling=4)
+    bias0, _, core0 = _score(single, scene)
+    refined = refine_psf(single, data, error=error, fwhm=2.0, min_stars=20)
+    assert isinstance(refined, GriddedPSFModel) and refined.data.shape[0] == 1
+    np.testing.assert_allclose(refined.grid_xypos, [[511.5, 511.5]])
+    bias, rms, core = _score(refined, scene)
+    assert abs(bias) < 0.5 * abs(bias0) and core < 0.5 * core0 and rms < 0.01
 
 
 def test_build_gridded_psf_meets_goals(scene, tmp_path):
