@@ -164,16 +164,55 @@ def _stamp_background(shape, local_bkg, xlo, ylo, fit_shape, use):
     return out.reshape(shape)
 
 
-def _expectation(shape, psf, theta, background, render_shape):
-    """Model image of every source with finite ``theta`` (x, y, flux), plus ``background``."""
-    from crowdphot.core.render import render_image
+class _Renderer:
+    """Expected image = background + every source's model on a stamp fixed at its start.
 
-    out = np.array(background, dtype=float, copy=True, order="C")
-    ok = np.all(np.isfinite(theta), axis=1)
-    if ok.any():
-        render_image(shape, psf, theta[ok, 0], theta[ok, 1], theta[ok, 2],
-                     model_shape=render_shape, out=out)
-    return out
+    The stamps (``render_shape``, centred on the initial positions, so that each contains the
+    source's fit stamp) never move, so the image can be updated for a few sources by adding
+    their new models and subtracting their old ones, exactly.
+    """
+
+    def __init__(self, psf, x, y, finite, shape, render_shape):
+        ny, nx = shape
+        ry, rx = render_shape
+        self.psf, self.shape, self.rshape = psf, shape, (ry, rx)
+        self.xlo, self.ylo = stamp_origin(np.where(finite, x, 0.0), np.where(finite, y, 0.0),
+                                          (ry, rx))
+        rows = self.ylo[:, None, None] + np.arange(ry)[None, :, None]
+        cols = self.xlo[:, None, None] + np.arange(rx)[None, None, :]
+        n = len(x)
+        self.inside = (((rows >= 0) & (rows < ny)) & ((cols >= 0) & (cols < nx))).reshape(n, -1)
+        self.flat = np.broadcast_to(np.clip(rows, 0, ny - 1) * nx + np.clip(cols, 0, nx - 1),
+                                    (n, ry, rx)).reshape(n, -1)
+
+    def add(self, out, theta, idx, sign=1.0):
+        """Add ``sign`` times the models of sources ``idx`` (finite x, y, flux) into ``out``."""
+        idx = idx[np.all(np.isfinite(theta[idx, :3]), axis=1)]
+        if not len(idx):
+            return out
+        u = self.psf._stamps(theta[idx, 0], theta[idx, 1], self.xlo[idx], self.ylo[idx],
+                             self.rshape)
+        vals = (sign * theta[idx, 2])[:, None] * np.asarray(u).reshape(len(idx), -1)
+        keep = self.inside[idx]
+        flat = out.reshape(-1)
+        if keep.sum() > flat.size // 16:  # many sources: one pass over the image
+            flat += np.bincount(self.flat[idx][keep], vals[keep], minlength=flat.size)
+        else:  # a few: touch only their pixels
+            np.add.at(flat, self.flat[idx][keep], vals[keep])
+        return out
+
+    def full(self, theta, background):
+        self.background = background
+        out = np.array(background, dtype=float, copy=True, order="C")
+        return self.add(out, theta, np.arange(len(theta)))
+
+    def update(self, expect, new, old, idx):
+        """``expect`` with sources ``idx`` moved from ``old`` to ``new`` parameters (a copy)."""
+        if 2 * len(idx) > len(new):  # most sources moved: render them all once
+            return self.full(new, self.background)
+        out = expect.copy()
+        self.add(out, old, idx, -1.0)
+        return self.add(out, new, idx)
 
 
 def _merge(full, res, sub):
@@ -342,16 +381,24 @@ class _GroupLikelihood:
         self.gain = float(gain)
         self.d = self.gain * data.ravel()[self.pix] + self.r2
 
-    def per_group(self, expect):
+    def per_group(self, expect, groups=None, base=None):
+        """Log-likelihood per group; with ``groups`` (bool per group) only those are
+        recomputed and the others are taken from ``base``."""
         from crowdphot.core.crlb import VARIANCE_FLOOR_E
 
-        mu = np.maximum(self.gain * np.maximum(expect.ravel()[self.pix], 0.0) + self.r2,
+        pix, d, pgrp = self.pix, self.d, self.grp[self.rows]
+        if groups is not None:
+            sel = groups[pgrp]
+            pix, d, pgrp = pix[sel], d[sel], pgrp[sel]
+        mu = np.maximum(self.gain * np.maximum(expect.ravel()[pix], 0.0) + self.r2,
                         VARIANCE_FLOOR_E)
-        terms = self.d * np.log(mu) - mu
-        return np.bincount(self.grp[self.rows], terms, minlength=self.n_groups)
+        out = np.bincount(pgrp, d * np.log(mu) - mu, minlength=self.n_groups)
+        if groups is not None:
+            out = np.where(groups, out, base)
+        return out
 
 
-def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape, geom,
+def _halve_steps(ll, ll_old, theta, cand, expect, background, renderer, geom,
                  n_halvings=6):
     """Accept each group's step unless it lowers the likelihood; then halve it (unchecked).
 
@@ -362,16 +409,22 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape,
     if not moved.any():
         return expect, theta, ll_old
 
-    def state(par):
-        bg = _background_with_sky(background, par, xlo, ylo, fshape, finite, fit_sky)
-        ex = _expectation(expect.shape, psf, par[:, :3], bg, render_shape)
-        return ex, ll.per_group(ex)
+    def state(par, changed):
+        groups = np.zeros(ll.n_groups, dtype=bool)
+        groups[ll.grp[changed]] = True
+        if fit_sky:  # the fitted sky enters the background: recompute everything
+            bg = _background_with_sky(background, par, xlo, ylo, fshape, finite, fit_sky)
+            ex = renderer.full(par, bg)
+        else:
+            ex = renderer.update(expect, par, theta, np.flatnonzero(changed))
+        return ex, ll.per_group(ex, groups, ll_old)
 
     cur = theta.copy()
     for h in range(n_halvings + 1):
         trial = cur.copy()
         trial[moved] = theta[moved] + 0.5**h * (cand[moved] - theta[moved])
-        trial_expect, ll_new = state(trial)
+        changed = np.any(trial != theta, axis=1)
+        trial_expect, ll_new = state(trial, changed)
         bad_src = (ll_new < ll_old - 1e-10 * np.abs(ll_old))[ll.grp] & moved
         cur = np.where(bad_src[:, None], cur, trial)
         if not bad_src.any():
@@ -379,11 +432,7 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, psf, render_shape,
         moved = bad_src
     # groups that no step improves stay where they were
     cur = np.where(moved[:, None], theta, cur)
-    return _final_state(state, cur)
-
-
-def _final_state(state, cur):
-    ex, ll_cur = state(cur)
+    ex, ll_cur = state(cur, np.any(cur != theta, axis=1))
     return ex, cur, ll_cur
 
 
@@ -512,7 +561,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     niter_sum = np.zeros(n, dtype=np.int64)
     full = None
     bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
-    expect = _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape)
+    renderer = _Renderer(psf_model, x, y, finite, arr.shape, render_shape)
+    expect = renderer.full(theta, bg)
     _, grp_all = np.unique(gid, return_inverse=True)
     n_grp = int(grp_all.max()) + 1 if n else 0
     prev_step = np.full((n, npar), np.nan)  # last reweighting step, in standard errors
@@ -584,8 +634,7 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         # safeguard (as GLM software does): a step that lowers the likelihood of its group is
         # halved until it does not
         expect, cand, ll_old = _halve_steps(ll, ll_old, theta, cand, expect, background,
-                                            psf_model, render_shape,
-                                            (xlo0, ylo0, fshape, finite, fit_sky))
+                                            renderer, (xlo0, ylo0, fshape, finite, fit_sky))
         with np.errstate(invalid="ignore", divide="ignore"):
             took = np.where(np.isfinite(sig) & (sig > 0), (cand[sub, :npar] - old) / sig, 0.0)
             a = np.bincount(g_sub, np.einsum("ij,ij->i", took, s_now), minlength=n_grp)
@@ -605,8 +654,7 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
     done_gn = np.flatnonzero(gn.touched)
     if len(done_gn):
-        gn.finalize(full, done_gn, theta,
-                    _expectation(arr.shape, psf_model, theta[:, :3], bg, render_shape))
+        gn.finalize(full, done_gn, theta, expect)
     _refine_isolated(full, psf_model, arr + (background - _local_part), bg, mask, gid, xlo0,
                      ylo0, fshape, read_noise, gain, fit_sky, bias_correction)
     return type(res)(**full)
