@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import xml.etree.ElementTree as ET
@@ -39,7 +40,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUILD = ROOT / "build" / "compat"
+BUILD_ROOT = ROOT / "build" / "compat"
+BUILD = BUILD_ROOT / "run"  # set per run in main(): concurrent runs get their own folder
 PKG = "compat_tests"
 
 CONFTEST = '''\
@@ -199,8 +201,6 @@ def rewrite(source, relfile, resolver):
 
 def build(config, target, only):
     src = photutils_dir()
-    if BUILD.exists():
-        shutil.rmtree(BUILD)
     pkg = BUILD / PKG
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -321,11 +321,24 @@ def main(argv=None):
     ap.add_argument("--failures", action="store_true", help="list every counted failure")
     ap.add_argument("--imports", action="store_true", help="print the import resolution log")
     ap.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the build folder (build/compat/run-*) for debugging")
     ap.add_argument("--write-docs", action="store_true",
                     help="rewrite docs/compat.md from this run and the rules")
     args = ap.parse_args(argv)
     config = load_config()
     t0 = time.perf_counter()
+    global BUILD
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    BUILD = Path(tempfile.mkdtemp(prefix="run-", dir=BUILD_ROOT))
+    try:
+        return _main(args, config, t0)
+    finally:
+        if not args.keep:
+            shutil.rmtree(BUILD, ignore_errors=True)
+
+
+def _main(args, config, t0):
     files, resolver = build(config, args.target, args.only)
     if args.imports:
         for rel, full, dest in sorted(set(resolver.log)):
