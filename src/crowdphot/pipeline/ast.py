@@ -296,15 +296,21 @@ def _finder_reach(finder):
     return max(sep, 1.5 * fwhm) + 2.0
 
 
-def _reach(phot, stamp_shape, search_radius):
-    """Spacing that keeps one batch star's light away from another's measurement."""
+def _spacing(phot, stamp_shape, zone):
+    """Distance that keeps one batch star's light out of another's measurement.
+
+    What measures an artificial star: the detections within ``zone`` of it (one grouping link
+    further with a grouper) and their fit stamps, background annuli, apertures and finder
+    windows; another artificial star's light reaches half its stamp diagonal.
+    """
     fit_half = 0.5 * math.hypot(*phot.fit_shape)
     lb = phot.local_bkg_estimator
     annulus = float(getattr(lb, "outer_radius", 0.0) or 0.0)
     aperture = float(phot.aperture_radius or 0.0)
     star = 0.5 * math.hypot(*stamp_shape)
     local = max(fit_half, annulus, aperture, _finder_reach(phot.finder))
-    return 2.0 * (search_radius + 1.0) + star + local
+    link = float(getattr(phot.grouper, "min_separation", 0.0) or 0.0)
+    return zone + link + local + star + 1.0
 
 
 def _values(col):
@@ -614,7 +620,7 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     # (or the finder's reach around it) is refitted too
     sub = stamp if plan is None or plan["sub_shape"] is None else plan["sub_shape"]
     reach = 0.0 if plan is None else 0.5 * math.hypot(*sub) + _finder_reach(base.finder)
-    gap = _reach(base, stamp, search) + 2 * reach if spacing is None else float(
+    gap = _spacing(base, stamp, search + 1.0 + reach) if spacing is None else float(
         positive_real("spacing", spacing))
     batch = assign_batches(xin, yin, gap)
     n_batches = int(batch.max()) + 1
