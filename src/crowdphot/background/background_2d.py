@@ -344,12 +344,17 @@ class Background2D:
         cen = (self.box_size - 1) / 2.0
         return idx * self.box_size[:, None] + cen[:, None]
 
-    def _to_image(self, mesh):
+    @property
+    def _interp_kwargs(self):
+        """Keywords handed to the interpolator (photutils' private attribute of that name)."""
         kwargs = {"shape": self._shape, "dtype": self._dtype, "box_size": self.box_size}
         if isinstance(self.interpolator, BkgIDWInterpolator):
             kwargs["mesh_yxcen"] = self._mesh_yxcen()
             kwargs["mesh_nan_mask"] = self._mesh_nan_mask
-        image = self.interpolator(mesh, **kwargs)
+        return kwargs
+
+    def _to_image(self, mesh):
+        image = self.interpolator(mesh, **self._interp_kwargs)
         if self.coverage_mask is not None:
             image[self.coverage_mask] = self.fill_value
         return self._with_unit(image)

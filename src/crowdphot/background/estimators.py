@@ -46,8 +46,9 @@ _MAD_SCALE = 1.482602218505602
 def _sextractor(median, mean, std):
     """SourceExtractor's mode: ``2.5 median - 1.5 mean``, the median when the distribution is
     skewed (``|mean - median| / std >= 0.3``), the mean when ``std == 0``."""
-    median, mean, std = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (median, mean, std))
-    result = 2.5 * median - 1.5 * mean
+    # np.atleast_1d keeps astropy units (photutils returns a Quantity for Quantity data)
+    median, mean, std = (np.atleast_1d(v) for v in (median, mean, std))
+    result = np.array(2.5 * median - 1.5 * mean, dtype=float, subok=True)
     mean_mask = std == 0
     result[mean_mask] = mean[mean_mask]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -80,7 +81,7 @@ class SExtractorBackground(BackgroundBase):
         std = np.nanstd(data, axis=axis)
         result = _sextractor(median, mean, std)
         if result.shape == (1,) and axis is None:
-            return float(result[0])
+            return result[0] if hasattr(result, "unit") else float(result[0])
         return result.reshape(np.shape(median))
 
 
