@@ -148,7 +148,7 @@ def apply_min_snr(args, image, psf, table, sky_info):
         return table, 0
     sigma = sky_info.get("sky_rms")
     if sigma is None:
-        from crowdphot.cli.phot import robust_sigma
+        from crowdphot.cli.stats import robust_sigma
 
         sigma = robust_sigma(image.data, image.mask)
     table, n = drop_insignificant(table, image.data, psf, (args.fit_shape, args.fit_shape),

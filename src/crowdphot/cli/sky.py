@@ -120,7 +120,7 @@ def _warn_unsubtracted_sky(args, image):
     """Say so when ``--sky none`` leaves a clear sky level in the image."""
     import warnings
 
-    from crowdphot.cli.phot import robust_sigma
+    from crowdphot.cli.stats import robust_sigma
 
     good = np.isfinite(image.data) if image.mask is None else (~image.mask
                                                                & np.isfinite(image.data))
