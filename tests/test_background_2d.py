@@ -353,3 +353,14 @@ def test_exports():
                  "BkgZoomInterpolator", "BkgIDWInterpolator", "BackgroundRMSBase"):
         assert getattr(crowdphot, name) is getattr(cb, name)
         assert name in cb.__all__
+
+
+@pytest.mark.parametrize("name", NEW_ESTIMATORS)
+def test_estimators_keep_units(name):
+    data = np.arange(100.0).reshape(10, 10) << u.Jy
+    est = getattr(cb, name)()
+    value = est(data)
+    ref = getattr(pb, name)()(data)
+    assert isinstance(value, u.Quantity) and value.unit == u.Jy
+    assert value.value == pytest.approx(ref.value, rel=RTOL)
+    assert est(data, axis=1).unit == u.Jy

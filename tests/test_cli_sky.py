@@ -107,7 +107,11 @@ def test_sky_out_is_the_subtracted_map_with_wcs(scene, tmp_path, capsys):
     true_sky = _sky(SHAPE, "gradient")
     image = _write(tmp_path / "sky.fits", stars + true_sky)
     out = tmp_path / "sky_map.fits"
-    table = _run(image, tmp_path / "cat.ecsv", capsys, "--sky-box", 48, "--sky-out", out)
+    table = _run(image, tmp_path / "cat.ecsv", capsys, "--sky-box", 48, "--sky-out", out,
+                 "--residual", tmp_path / "resid.fits")
+    resid_header = fits.getheader(tmp_path / "resid.fits")
+    assert resid_header["SKYSUB"] == "map"
+    assert resid_header["SKYMED"] == pytest.approx(table.meta["sky_median"], abs=1e-5)
     with fits.open(out) as hdul:
         sky = hdul[0].data
         header = hdul[0].header

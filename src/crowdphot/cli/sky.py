@@ -113,6 +113,9 @@ def subtract_sky(args, image):
         info = {"sky": "map", "sky_box": int(box), "sky_median": float(np.median(sky)),
                 "sky_rms": float(np.median(rms))}
     image.data = image.data - sky
+    # products written from this header (--residual, --sky-out) say what was subtracted
+    image.header["SKYSUB"] = (info["sky"], "sky subtracted by crowdphot phot")
+    image.header["SKYMED"] = (round(float(info["sky_median"]), 6), "median of that sky")
     return sky, info
 
 
