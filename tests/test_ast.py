@@ -130,6 +130,22 @@ def test_iterative_photometry_is_followed_around_each_star(mode):
         assert same >= 0.9 * len(t) and agree >= 0.97 * len(t)
 
 
+def test_dask_workers_give_the_same_table(field):
+    """Batches on two Dask worker processes: the same table as in process (noise included)."""
+    distributed = pytest.importorskip("distributed")
+    data, _, err = field
+    kw = dict(error=err, seed=21, gain=0.5)
+    here = artificial_star_test(data, _phot(), 60, (30, 3000), **kw).table
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        there = artificial_star_test(data, _phot(), 60, (30, 3000), client=client, **kw).table
+    for name in here.colnames:
+        np.testing.assert_array_equal(np.asarray(here[name]), np.asarray(there[name]))
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        artificial_star_test(data, _phot(), 5, (30, 3000), workers=0)
+
+
 def test_batches_do_not_crowd_and_are_greedy():
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 100, 300), rng.uniform(0, 100, 300)

@@ -170,6 +170,7 @@ def run_ast(args):
         seed=args.seed, match_radius=args.match_radius, match_flux=args.match_flux,
         gain=args.gain, border=args.border, min_separation=args.min_separation,
         catalog=catalog if catalog is not None else _empty_catalog(),
+        client=_scheduler_client(args), workers=args.workers,
         progress_bar=not args.no_progress)
     table = result.table
     table.meta["image"] = str(args.image)
@@ -190,6 +191,14 @@ def run_ast(args):
           f"({rate:.0f} stars/s) after one photometry run of {t_phot:.2f} s; "
           f"total {time.perf_counter() - t0:.2f} s -> {args.output}")
     return 0
+
+
+def _scheduler_client(args):
+    if not args.scheduler:
+        return None
+    from dask.distributed import Client
+
+    return Client(args.scheduler)
 
 
 def _empty_catalog():

@@ -499,10 +499,43 @@ def _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, *, sear
     return out, flags
 
 
+def _batch_task(base, fitter, plan, data, mask, error, xin, yin, fin, noise_seed, settings):
+    """One batch, in this process or on a Dask worker."""
+    from crowdphot.pipeline.tiles import _limit_threads
+
+    _limit_threads()
+    rng = None if noise_seed is None else np.random.default_rng(noise_seed)
+    return _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, rng=rng,
+                          **settings)
+
+
+def _on_dask(client, base, fitter, plan, data, mask, error, xin, yin, fin, batches,
+             noise_seeds, settings):
+    """Yield ``(batch, result)`` as batches finish on the cluster."""
+    from dask.distributed import as_completed
+
+    shared = [None if v is None else client.scatter(v, broadcast=True, hash=False)
+              for v in (data, mask, error)]
+    conf = client.scatter((base, fitter, plan), broadcast=True, hash=False)
+    futures = {}
+    for b, idx in enumerate(batches):
+        fut = client.submit(_remote_batch, conf, *shared, xin[idx], yin[idx], fin[idx],
+                            noise_seeds[b], settings, pure=False)
+        futures[fut] = b
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+def _remote_batch(conf, data, mask, error, xin, yin, fin, noise_seed, settings):
+    base, fitter, plan = conf
+    return _batch_task(base, fitter, plan, data, mask, error, xin, yin, fin, noise_seed,
+                       settings)
+
+
 def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=None, seed=None,
                          match_radius=0.5, match_flux=0.1, search_radius=None, gain=None,
                          border=0.0, min_separation=0.0, avoid=None, spacing=None,
-                         catalog=None, progress_bar=False):
+                         catalog=None, client=None, workers=None, progress_bar=False):
     """Inject artificial stars into ``data`` and measure them with ``phot``'s pipeline.
 
     Parameters
@@ -547,6 +580,11 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
         background annulus, finder and search radius.
     catalog : QTable, optional
         The original run's catalog, if already computed (else ``phot`` is run once).
+    client : dask.distributed.Client, optional
+        Measure the batches on this Dask cluster (the image is sent to each worker once).
+    workers : int, optional
+        Start a local Dask cluster of this many single-threaded worker processes for the
+        batches (closed afterwards). Results do not depend on where batches run.
     progress_bar : bool, optional
         Show a tqdm bar over batches.
 
@@ -580,6 +618,9 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     match_flux = _check_fraction("match_flux", match_flux)
     if gain is not None:
         gain = float(positive_real("gain", gain))
+    if workers is not None and (isinstance(workers, bool) or not isinstance(
+            workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     data, mask, error, _unit = coerce_inputs(data, mask, error)
     data = np.asarray(data, dtype=float)
     if data.ndim != 2:
@@ -627,27 +668,39 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     fitter = _fitter_phot(base)
     out = np.full((n, 4), np.nan)
     flags = np.zeros(n, dtype=np.int64)
-    noise_rng = np.random.default_rng(rng.integers(2**63)) if gain is not None else None
+    # one noise stream per batch: the same numbers wherever and in whatever order batches run
+    noise_seeds = (np.random.SeedSequence(int(rng.integers(2**63))).spawn(n_batches)
+                   if gain is not None else [None] * n_batches)
     order = np.argsort(batch, kind="stable")
     bounds = np.searchsorted(batch[order], np.arange(n_batches + 1))
+    batches = [order[bounds[b]:bounds[b + 1]] for b in range(n_batches)]
+    settings = dict(search_radius=search, reach=reach, gain=gain)
     progress = None
     if progress_bar:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=n, desc="Artificial stars", unit="star")
+    from crowdphot.pipeline.tiles import _close_client, _open_client
+
+    dask_client, owned = _open_client(client, workers, None)
     try:
-        for b in range(n_batches):
-            idx = order[bounds[b]:bounds[b + 1]]
-            o, f = _measure_batch(base, fitter, plan, data, mask, error, xin[idx], yin[idx],
-                                  fin[idx], search_radius=search, reach=reach, gain=gain,
-                                  rng=noise_rng)
-            out[idx] = o
-            flags[idx] = f
+        if dask_client is None:
+            done = ((b, _batch_task(base, fitter, plan, data, mask, error, xin[idx], yin[idx],
+                                    fin[idx], noise_seeds[b], settings))
+                    for b, idx in enumerate(batches))
+        else:
+            done = _on_dask(dask_client, base, fitter, plan, data, mask, error, xin, yin, fin,
+                            batches, noise_seeds, settings)
+        for b, (o, f) in done:
+            out[batches[b]] = o
+            flags[batches[b]] = f
             if progress is not None:
-                progress.update(len(idx))
+                progress.update(len(batches[b]))
     finally:
         if progress is not None:
             progress.close()
+        if owned:
+            _close_client(dask_client)
     t_ast = time.perf_counter() - t1
 
     dist = np.hypot(out[:, 0] - xin, out[:, 1] - yin)
