@@ -484,3 +484,169 @@ def test_a_fit_too_big_for_memory_is_refused_before_it_starts(field, tmp_path, c
     monkeypatch.undo()
     table, _ = _phot(field["a"], field["psf"], tmp_path / "d.ecsv", capsys, "--fit-shape", 11)
     assert len(table) == 10
+
+
+# -- item 11: messages and habits ---------------------------------------------------------------
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crowdphot: error: "), err
+    assert "array(" not in err and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_broken_inputs_give_one_line_naming_the_file_and_the_fix(field, tmp_path, capsys):
+    raw = field["a"].read_bytes()
+    (tmp_path / "trunc.fits").write_bytes(raw[: len(raw) - 40_000])
+    code, err = _phot(tmp_path / "trunc.fits", field["psf"], tmp_path / "c.ecsv", capsys,
+                      ok=False)
+    _one_line_error(code, err, "trunc.fits", "truncated")
+    (tmp_path / "folder.fits").mkdir()
+    code, err = _phot(tmp_path / "folder.fits", field["psf"], tmp_path / "c.ecsv", capsys,
+                      ok=False)
+    _one_line_error(code, err, "folder.fits is a directory", "give the file name")
+    with fits.open(field["a"]) as hdul:
+        hdul["ERR"].data[:] = 0.0
+        hdul.writeto(tmp_path / "zero_err.fits")
+    code, err = _phot(tmp_path / "zero_err.fits", field["psf"], tmp_path / "c.ecsv", capsys,
+                      ok=False)
+    _one_line_error(code, err, "zero_err.fits", "no positive finite error", "--err-ext none")
+    code, err = _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, "--dq-bits",
+                      "SATURATED,NOPE", ok=False)
+    _one_line_error(code, err, "unknown DQ flag name 'NOPE'", "0x6")
+    assert not (tmp_path / "c.ecsv").exists()
+
+
+def test_internal_errors_are_not_disguised_as_user_errors(field, tmp_path, capsys, monkeypatch):
+    import crowdphot.cli.phot as phot
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(phot, "_photometry", broken)
+    code, err = _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, ok=False)
+    assert code == 1 and "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("crowdphot: internal error (ValueError")
+    assert "bug in crowdphot" in err
+
+
+def test_warnings_are_shown_when_they_happen(field, tmp_path, capsys, monkeypatch):
+    import crowdphot.cli.phot as phot
+
+    def late_failure(*args, **kwargs):
+        import sys
+
+        print("fit running", file=sys.stderr)
+        raise phot.CLIError("stopped")
+
+    monkeypatch.setattr(phot, "_photometry", late_failure)
+    psf = _undeclared_psf(tmp_path / "psf_scale.fits", scale_card=True)
+    code, err = _phot(field["a"], psf, tmp_path / "c.ecsv", capsys, ok=False)
+    lines = err.strip().splitlines()
+    # the PSF's warning came before the fit, and is not lost when the run fails later
+    assert lines[0].startswith("crowdphot: warning:") and "4x oversampled" in lines[0]
+    assert lines[1] == "fit running" and lines[-1] == "crowdphot: error: stopped"
+
+
+def test_ecsv_metadata_is_plain_yaml(field, tmp_path, capsys):
+    yaml = pytest.importorskip("yaml")
+    _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, "--tile", 64)
+    text = (tmp_path / "c.ecsv").read_text()
+    assert "!!python" not in text
+    header = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    meta = yaml.safe_load(header.replace("!astropy.units.Unit", "").replace(
+        "!astropy.table.SerializedColumn", ""))["meta"]
+    flat = dict(meta)
+    assert flat["fit_shape"] == [5, 5] and flat["tile_shape"] == [64, 64]
+
+
+def test_help_shows_every_default():
+    import argparse
+
+    from crowdphot.cli.app import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if not action.option_strings or action.required or \
+                    isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._get_help_string(action)
+            assert "default" in text.lower(), f"{name} {action.option_strings}: {text!r}"
+        assert "(default:" in p.format_help()
+
+
+def test_unwritable_output_is_found_before_the_fit(field, tmp_path, capsys, monkeypatch):
+    import os
+
+    import crowdphot.cli.phot as phot
+
+    monkeypatch.setattr(phot, "_photometry", lambda *a, **k: pytest.fail("fit started"))
+    (tmp_path / "taken").mkdir()
+    code, err = _phot(field["a"], field["psf"], tmp_path / "taken", capsys, ok=False)
+    assert code == 2 and "unsupported catalog extension" in err
+    (tmp_path / "taken.ecsv").mkdir()
+    code, err = _phot(field["a"], field["psf"], tmp_path / "taken.ecsv", capsys, ok=False)
+    _one_line_error(code, err, "is a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked)
+                        else real_access(p, mode))
+    code, err = _phot(field["a"], field["psf"], locked / "c.ecsv", capsys, ok=False)
+    _one_line_error(code, err, "cannot write into", "permission denied")
+    code, err = _phot(field["a"], field["psf"], tmp_path / "c.ecsv", capsys, "--residual",
+                      locked / "r.fits", ok=False)
+    _one_line_error(code, err, "--residual: cannot write into")
+
+
+def test_hex_dq_bits_and_progress_bars(field, tmp_path, capsys):
+    ref, _ = _phot(field["a"], field["psf"], tmp_path / "a.ecsv", capsys)
+    hexed, _ = _phot(field["a"], field["psf"], tmp_path / "b.ecsv", capsys, "--dq-bits", "0x7")
+    np.testing.assert_array_equal(ref["flux_fit"], hexed["flux_fit"])
+    code, out, err = _run(["phot", field["a"], "--psf", field["psf"], "-o", tmp_path / "c.ecsv",
+                           "--threshold", 30, "--fwhm", FWHM, "--plots", tmp_path / "figs"],
+                          capsys)
+    assert code == 0 and "Figures" in err
+
+
+def test_first_builtin_grid_computation_shows_progress(tmp_path, capsys):
+    from crowdphot.datasets.jwst import jwst_like_psf_grid_path
+
+    jwst_like_psf_grid_path("F212N", "NRCB2", 1, 9, 1, cache_dir=tmp_path, progress_bar=True)
+    assert "Built-in F212N/NRCB2 PSF grid (first use)" in capsys.readouterr().err
+    jwst_like_psf_grid_path("F212N", "NRCB2", 1, 9, 1, cache_dir=tmp_path, progress_bar=True)
+    assert "Built-in" not in capsys.readouterr().err  # cached: nothing to compute
+
+
+# -- item 12: saturated stars ---------------------------------------------------------------------
+def test_saturated_star_is_fitted_on_its_wings_and_flagged(field, tmp_path, capsys):
+    sky, flux = _sky_stars()
+    header = _sip_header((60.5, 60.5))
+    w = WCS(header)
+    x, y = (np.asarray(v) for v in w.world_to_pixel(sky))
+    bright = QTable({"x_0": [60.3], "y_0": [45.6], "flux": [4.0e5]})
+    assert np.min(np.hypot(x - 60.3, y - 45.6)) > 12
+    # the file of the ten stars plus the bright one, clipped at a full well of 20000
+    truth = _write_mef(tmp_path / "sat.fits", header, sky, flux, seed=6)
+    with fits.open(tmp_path / "sat.fits", mode="update") as hdul:
+        star = make_model_image(SHAPE, CircularGaussianPRF(fwhm=FWHM), bright,
+                                model_shape=(31, 31))
+        sci = hdul["SCI"].data.astype(float) + star
+        full = sci > 20_000
+        sci[full] = 20_000.0
+        hdul["SCI"].data = sci.astype(np.float32)
+        hdul["DQ"].data = np.where(full, 2, 0).astype(np.uint32)  # SATURATED
+    assert 5 <= full.sum() <= 40
+    table, err = _phot(tmp_path / "sat.fits", field["psf"], tmp_path / "c.ecsv", capsys)
+    sat = table[table["saturated"]]
+    assert len(sat) == 1 and len(table) == 11
+    assert abs(sat["x_fit"][0] - 60.3) < 0.05 and abs(sat["y_fit"][0] - 45.6) < 0.05
+    assert abs(sat["flux_fit"][0].value / 4.0e5 - 1) < 0.01
+    assert sat["flags"][0] & 1  # n_pixels_fit_partial: the masked core was not fitted
+    m = _matched(truth, table[~table["saturated"]])
+    assert np.max(np.abs(np.asarray(m["flux_fit"].value) / m["flux"] - 1)) < 0.02
+    assert table.meta["n_saturated"] == 1

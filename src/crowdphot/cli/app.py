@@ -28,8 +28,8 @@ def _add_demo(sub):
                        description="Simulate a JWST-like star field, find, group and fit the "
                        "stars, and write catalogs, images, figures and index.html into --out.")
     p.add_argument("--out", default="demo_output", help="output folder (default: %(default)s)")
-    p.add_argument("--n-sources", type=int, default=500, help="stars to simulate (%(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sources", type=int, default=500, help="stars to simulate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--grouped", action="store_true", help="fit stars within 35 px jointly")
     p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -58,8 +58,8 @@ def _add_phot(sub):
     p.add_argument("--dq-ext", default="auto",
                    help="DQ extension (default: DQ when present; 'none' to ignore)")
     p.add_argument("--dq-bits", default="DO_NOT_USE,SATURATED,JUMP_DET",
-                   help="comma-separated DQ flag names or an integer bit mask to mask "
-                   "(default: %(default)s)")
+                   help="DQ bits to mask: comma-separated flag names, or an integer mask "
+                   "(6 or 0x6) (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=None,
                    help="detection threshold in data units (default: 5 x robust noise)")
     p.add_argument("--fwhm", type=float, default=3.0, help="finder kernel FWHM in pixels")
@@ -111,27 +111,33 @@ def _add_simulate(sub):
     p.add_argument("--truth", default=None, help="truth table (default: OUTPUT_truth.ecsv)")
     p.add_argument("--psf", default="builtin:F200W",
                    help="PSF as for 'phot --psf' (default: %(default)s)")
-    p.add_argument("--n-sources", type=int, default=500)
-    p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"))
-    p.add_argument("--flux", type=float, nargs=2, default=(500, 20_000), metavar=("LO", "HI"))
-    p.add_argument("--min-separation", type=float, default=25)
+    p.add_argument("--n-sources", type=int, default=500, help="stars to place")
+    p.add_argument("--shape", type=int, nargs=2, default=(2048, 2048), metavar=("NY", "NX"),
+                   help="image shape in pixels")
+    p.add_argument("--flux", type=float, nargs=2, default=(500, 20_000), metavar=("LO", "HI"),
+                   help="range of the stars' fluxes (uniform)")
+    p.add_argument("--min-separation", type=float, default=25,
+                   help="minimum distance between stars in pixels")
     p.add_argument("--noise", type=float, default=0.5,
                    help="Gaussian (read) noise sigma (default: %(default)s)")
     p.add_argument("--no-poisson", action="store_true",
                    help="no Poisson noise of the stars' counts (default: Poisson noise is "
                    "added, and ERR includes it)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_psfgrid(sub):
     p = sub.add_parser("psfgrid", help="write the built-in JWST-like PSF grid (STPSF format)")
     p.add_argument("output", help="output FITS file")
-    p.add_argument("--filter", default="F200W")
-    p.add_argument("--detector", default="NRCA1")
-    p.add_argument("--num-psfs", type=int, default=16)
-    p.add_argument("--fov-pixels", type=int, default=101)
-    p.add_argument("--oversampling", type=int, default=4)
+    p.add_argument("--filter", default="F200W", help="any NIRCam imaging filter")
+    p.add_argument("--detector", default=None,
+                   help="NRCA1-4, NRCB1-4, NRCA5/NRCALONG, NRCB5/NRCBLONG (default: module A "
+                   "of the filter's channel, NRCA1 or NRCA5)")
+    p.add_argument("--num-psfs", type=int, default=16,
+                   help="fiducial PSFs, a square number spanning the detector")
+    p.add_argument("--fov-pixels", type=int, default=101, help="odd PSF size in pixels")
+    p.add_argument("--oversampling", type=int, default=4, help="samples per pixel")
 
 
 def build_parser():
@@ -160,7 +166,33 @@ def build_parser():
     from crowdphot.cli.psf import add_psf_parser
 
     add_psf_parser(sub)
+    for sub_parser in sub.choices.values():
+        sub_parser.formatter_class = _DefaultsFormatter
+        for action in sub_parser._actions:
+            if action.help is None and action.option_strings:  # argparse hides those
+                action.help = ("one of " + ", ".join(map(str, action.choices))
+                               if action.choices else action.dest.replace("_", " "))
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states every option's default: '(default: X)' unless the text gives it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.help is argparse.SUPPRESS or "default" in text.lower() or not \
+                action.option_strings or action.default is argparse.SUPPRESS or \
+                action.required or isinstance(action, argparse._HelpAction):
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            value = "on" if action.default else "off"
+        elif action.default is None:
+            value = "none"
+        elif isinstance(action.default, (list, tuple)):
+            value = " ".join(str(v) for v in action.default)
+        else:
+            value = "%(default)s"
+        return f"{text} (default: {value})".strip()
 
 
 def _cmd_demo(args):
@@ -272,7 +304,13 @@ def _cmd_psfgrid(args):
     if not out.parent.is_dir():
         raise CLIError(f"output directory does not exist: {out.parent}")
     # the writer renames a finished temporary file into place, so no half-written grid
-    write_jwst_like_psf_grid(out, filter=args.filter, detector=args.detector,
+    from crowdphot.datasets.jwst import nircam_filter_detector
+
+    try:
+        filt, det = nircam_filter_detector(args.filter, None, args.detector)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    write_jwst_like_psf_grid(out, filter=filt, detector=det,
                              num_psfs=args.num_psfs, fov_pixels=args.fov_pixels,
                              oversampling=args.oversampling, overwrite=True)
     # the writer's temporary file is owner-only; a product file gets the usual permissions
@@ -302,18 +340,50 @@ def _cmd_psf(args):
 _COMMANDS = {"demo": _cmd_demo, "phot": _cmd_phot, "simulate": _cmd_simulate,
              "psfgrid": _cmd_psfgrid, "ast": _cmd_ast, "psf": _cmd_psf}
 
-# what a user can cause with a bad file or option; anything else is a bug and keeps its traceback
+# what a user can cause with a bad file or option, or the environment (disk full, no
+# permission, a Dask scheduler that does not answer)
 _USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, IsADirectoryError,
-                PermissionError, ValueError, TypeError, KeyError, OSError)
+                NotADirectoryError, PermissionError, OSError)
+# a plain ValueError/TypeError is the user's when crowdphot raised it on purpose (a `raise`
+# statement in crowdphot's code: the input checks name the argument and the fix); one raised
+# by an operation (a bad unpacking, numpy broadcasting) is a bug and keeps its traceback
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _report_warnings(caught):
-    seen = set()
-    for w in caught:
-        text = " ".join(str(w.message).split())
-        if text not in seen:
-            seen.add(text)
-            print(f"crowdphot: warning: {text}", file=sys.stderr)
+def _is_user_error(exc):
+    import linecache
+
+    from crowdphot.io.fits import InputError
+
+    if isinstance(exc, (InputError, *_USER_ERRORS)):
+        return True
+    if not isinstance(exc, (ValueError, TypeError)) or isinstance(exc, KeyError):
+        return False
+    if type(exc).__module__.startswith("crowdphot."):
+        return True  # a named condition of crowdphot's (e.g. too few PSF stars), not a slip
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not filename.startswith(_PACKAGE_DIR + os.sep):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).strip().startswith("raise ")
+
+
+class _WarningPrinter:
+    """Prints each distinct warning once, as one line, at the moment it is raised."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        print(f"crowdphot: warning: {text}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -327,7 +397,8 @@ def main(argv=None):
     Returns
     -------
     code : int
-        0 on success, 2 for a usage or input error (one line on stderr), 130 on Ctrl-C.
+        0 on success, 2 for a usage or input error (one line on stderr), 1 for an internal
+        error (a bug: traceback and one line saying so), 130 on Ctrl-C.
 
     Examples
     --------
@@ -344,23 +415,30 @@ def main(argv=None):
     # so that the recorder, not the logger, sees the warnings of this run
     import astropy  # noqa: F401
 
-    caught = []
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            # shown as they happen (a long fit's early warning is not held to the end), once
+            warnings.showwarning = _WarningPrinter()
             code = _COMMANDS[args.command](args)
-    except _USER_ERRORS as exc:
-        if args.traceback:
-            raise
-        msg = " ".join((str(exc) or type(exc).__name__).split())
-        if isinstance(exc, KeyError):
-            msg = f"missing key {msg}"
-        print(f"crowdphot: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # pragma: no cover - interactive
         print("crowdphot: interrupted", file=sys.stderr)
         return 130
-    _report_warnings(caught)
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+        if args.traceback:
+            raise
+        msg = " ".join((str(exc) or type(exc).__name__).split())
+        if _is_user_error(exc):
+            print(f"crowdphot: error: {msg}", file=sys.stderr)
+            return 2
+        # a bug: not the user's files or options; keep everything needed to report it
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+        print(f"crowdphot: internal error ({type(exc).__name__}: {msg[:300]}); this is a "
+              "bug in crowdphot, not a problem with your files: please report it with the "
+              "traceback above", file=sys.stderr)
+        return 1
     return code
 
 

@@ -94,6 +94,22 @@ def _ext_arg(value):
     return int(value) if str(value).isdigit() else value
 
 
+def _check_writable(option, path):
+    """Fail now, not after the fit, when ``path`` cannot be written (written atomically:
+    a temporary file in its folder, renamed over it)."""
+    import os
+
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise CLIError(f"{option}: {path} is a folder; give a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{option}: cannot write into {folder} (permission denied); choose "
+                       "another folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{option}: {path} exists and is read-only; remove it or choose "
+                       "another name")
+
+
 def _check_options(args):
     """Fail on inconsistent options before reading anything."""
     from crowdphot.cli.sky import check_sky_options
@@ -106,6 +122,13 @@ def _check_options(args):
         # a typo in a path should not silently create directory trees
         if value is not None and not Path(value).resolve().parent.is_dir():
             raise CLIError(f"{option}: folder {Path(value).parent} does not exist")
+        if value is not None:
+            _check_writable(option, Path(value))
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise CLIError(f"--plots: {plots} exists and is not a folder")
+        _check_writable("--plots", plots / "detections.png" if plots.is_dir() else plots)
     if getattr(args, "psf_oversampling", None) is not None and args.psf_oversampling < 1:
         raise CLIError(f"--psf-oversampling must be >= 1, got {args.psf_oversampling}")
     if args.fit_shape < 3 or args.fit_shape % 2 == 0:
@@ -236,7 +259,9 @@ def run_phot(args):
         except ImportError as exc:
             raise CLIError(str(exc)) from None
     ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
-    dq_bits = int(args.dq_bits) if args.dq_bits.isdigit() else args.dq_bits.split(",")
+    from crowdphot.io.fits import parse_dq_bits
+
+    dq_bits = parse_dq_bits(args.dq_bits)  # names, 6 or 0x6
     if args.tile and not (args.residual or args.plots):
         # out-of-core: header now, pixels only inside the tile tasks
         planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
@@ -257,18 +282,11 @@ def run_phot(args):
                    oversampling=getattr(args, "psf_oversampling", None),
                    image_scale=image_pixel_scale(image), progress_bar=not args.no_progress)
     check_psf_matches_image(psf_spec, psf, image)
-    if image.wcs is None:
-        warnings.warn(f"{args.image}: no sky coordinates in the catalog: "
-                      f"{image.wcs_problem or 'no celestial WCS'}", UserWarning, stacklevel=2)
     init = _read_init(args.init, image.wcs, getattr(args, "init_coords", "auto")) \
         if args.init else None
     from crowdphot.cli.sky import subtract_sky, write_sky
 
     sky, sky_info = subtract_sky(args, image)  # before finding: no sky in the fits or kernel
-    if getattr(args, "refine_psf", False):
-        from crowdphot.cli.psf import refine_for_phot
-
-        psf = refine_for_phot(psf, image, args)
     if getattr(args, "refine_psf", False):
         from crowdphot.cli.psf import refine_for_phot
 
@@ -281,7 +299,19 @@ def run_phot(args):
         check_fit_memory(len(init), fit_box, source=str(args.image))
     else:
         finder = MemoryCheckedFinder(finder, fit_box, source=str(args.image))
-    table, phot = _photometry(args, image, psf, finder, init)
+    with warnings.catch_warnings():
+        # "no sources were found" is this command's own one-line error below
+        warnings.filterwarnings("ignore", message="(?i)no sources were found")
+        table, phot = _photometry(args, image, psf, finder, init)
+    if (init is None and not args.iterative and not args.tile and image.data is not None
+            and image.saturated is not None):
+        from crowdphot.cli.saturated import add_saturated_stars
+
+        table, n_saturated = add_saturated_stars(
+            table, image, psf, fit_shape=args.fit_shape, fwhm=args.fwhm,
+            aperture_radius=args.aperture_radius, progress_bar=False)
+        if n_saturated:
+            phot = None  # the model image is rendered from the catalog, saturated stars too
     if table is None or len(table) == 0:
         if threshold is None:
             raise CLIError(f"{args.image}: no star of the --init catalog could be fitted")
@@ -299,6 +329,9 @@ def run_phot(args):
         phot = None  # the model image is rendered from the kept rows
     if image.wcs is not None:
         add_sky_columns(table, image.wcs)
+    else:
+        warnings.warn(f"{args.image}: no ra/dec columns in the catalog: "
+                      f"{image.wcs_problem or 'no celestial WCS'}", UserWarning, stacklevel=2)
     if image.data is not None:
         width = psf_width_check(image.data, image.mask, table, psf, fwhm_guess=args.fwhm,
                                 source=str(args.image))

@@ -225,7 +225,15 @@ def open_fits(path, what="image", *, memmap=None):
         raise InputError(f"{path}: not a readable FITS file ({_short(exc)}); "
                          f"give a FITS {what}") from None
     try:
-        hdul.readall()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul.readall()
+        for w in caught:
+            if "truncated" in str(w.message):
+                # reported once, clearly, by whoever reads the pixels (see _read_plane)
+                hdul._crowdphot_truncated = " ".join(str(w.message).split())
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except (OSError, ValueError, TypeError, IndexError) as exc:
         n_read = len(hdul)
         hdul.close()
@@ -255,7 +263,8 @@ def _read_plane(hdu, path, what):
             np.asarray(data[-1:])  # touch the end: a truncated file fails here, not later
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise InputError(f"{path}: the {what} extension cannot be read; the file is "
-                         f"truncated or corrupt ({_short(exc)})") from None
+                         f"truncated or corrupt ({_short(exc)}); download or copy it "
+                         "again") from None
     return data
 
 
@@ -313,6 +322,10 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
                 raise InputError(f"{path}: the {err_ext} extension has no positive finite "
                                  "error; give --err-ext none to fit without errors")
         saturated = None if dq is None else dq_to_mask(dq, JWST_DQ_FLAGS["SATURATED"])
+        truncated = getattr(hdul, "_crowdphot_truncated", None)
+        if truncated:
+            warnings.warn(f"{path}: {truncated}; the science, error and DQ planes were read "
+                          "in full", UserWarning, stacklevel=2)
         data, error, mask = clean_planes(data, err, dq, dq_value)
     if mask is not None and mask.all():
         raise InputError(f"{path}: every pixel is masked (non-finite data or error, or DQ "
