@@ -650,3 +650,22 @@ def test_saturated_star_is_fitted_on_its_wings_and_flagged(field, tmp_path, caps
     m = _matched(truth, table[~table["saturated"]])
     assert np.max(np.abs(np.asarray(m["flux_fit"].value) / m["flux"] - 1)) < 0.02
     assert table.meta["n_saturated"] == 1
+
+
+# -- README: the "Real data" commands are valid command lines ------------------------------------
+def test_readme_real_data_commands_parse():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from crowdphot.cli.app import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Real data", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.startswith("crowdphot ")]
+    assert len(commands) >= 4
+    parser = build_parser()
+    for line in commands:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command == "phot"
