@@ -89,6 +89,57 @@ def _compare(name, data, error, x, y, f, psf_ours, psf_theirs, group_sep, *, rep
     return row(name, t_theirs, t_ours, note)
 
 
+def _medium_groups_row(n_groups, *, repeat):
+    """``n_groups`` blended blobs of 49 stars (7 x 7 jittered grid at 4.5 px), one group each:
+    the dense bucket of 64 members, i.e. batched 192 x 192 solves and inverses. Timed with
+    the engine's one-BLAS-thread limit and without it (alternating, in this process): extra
+    BLAS threads on busy cores inflate exactly these mid-sized batched solves."""
+    import contextlib
+
+    import crowdphot.core.fit.solve as solve_mod
+    from crowdphot import CircularGaussianPRF, make_noise_image
+    from crowdphot.core.fit import fit_psf
+    from crowdphot.core.render import render_image
+
+    psf = CircularGaussianPRF(fwhm=FWHM)
+    rng = np.random.default_rng(3)
+    gx, gy = np.meshgrid(np.arange(7), np.arange(7))
+    xs, ys, gs = [], [], []
+    for g in range(n_groups):
+        cx, cy = 60 + 70 * (g % 8), 60 + 70 * (g // 8)
+        xs.append(cx + 4.5 * gx.ravel() + rng.uniform(-0.5, 0.5, 49))
+        ys.append(cy + 4.5 * gy.ravel() + rng.uniform(-0.5, 0.5, 49))
+        gs.append(np.full(49, g))
+    x, y, gid = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    flux = rng.uniform(2000, 5000, len(x))
+    shape = (70 * ((n_groups + 7) // 8) + 60, 640)
+    clean = render_image(shape, psf, x, y, flux)
+    error = np.sqrt(clean + 25.0)
+    data = clean + make_noise_image(shape, mean=0, stddev=1.0, seed=3) * error
+    x0, y0 = x + rng.normal(0, 0.2, len(x)), y + rng.normal(0, 0.2, len(x))
+
+    def ours():
+        return fit_psf(data, psf, x0, y0, flux * 0.9, fit_shape=FIT_SHAPE, group_id=gid,
+                       error=error)
+
+    limited = solve_mod.one_blas_thread
+    times = {"limit": [], "free": []}
+    ours()  # warm-up
+    for _ in range(max(2, repeat)):
+        for key, ctx in (("limit", limited), ("free", contextlib.nullcontext)):
+            solve_mod.one_blas_thread = ctx
+            try:
+                t, res = best_of(ours, repeat=1, warmup=False)
+            finally:
+                solve_mod.one_blas_thread = limited
+            times[key].append(t)
+    t_lim, t_free = min(times["limit"]), min(times["free"])
+    note = (f"{len(x)} stars, {n_groups} groups of 49; without the BLAS limit "
+            f"{t_free:.3f} s (x{t_free / t_lim:.1f}); converged {bool(res.converged.all())}")
+    return row(f"fit {n_groups} groups of 49 stars (192x192 dense solves)", float("nan"),
+               t_lim, note)
+
+
 def _big_group_row(nx, ny, *, repeat):
     """One connected group of ``nx * ny`` stars on a 4.5 px jittered grid (FWHM 2.5): every
     star blends with its neighbours, so the whole field is a single joint fit."""
@@ -155,6 +206,7 @@ def run(quick=False):
                          scene["psf_photutils"], 35.0, repeat=repeat,
                          extra_note="; " + scene["note"]))
     rows.append(_big_group_row(*((20, 15) if quick else (60, 50)), repeat=repeat))
+    rows.append(_medium_groups_row(10 if quick else 40, repeat=repeat))
     return rows
 
 

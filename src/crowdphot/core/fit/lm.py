@@ -28,7 +28,7 @@ import numpy as np
 from crowdphot.core.fit.pairs import segment_starts
 from crowdphot.core.fit.params import ParamSet
 from crowdphot.core.fit.solve import scale_blocks, scale_group, solve_groups
-from crowdphot.core.jit import njit
+from crowdphot.core.kernels.normal import normal_blocks_add
 
 __all__ = ["Problem", "Evaluation", "evaluate", "levenberg_marquardt", "MAX_SHIFT"]
 
@@ -145,7 +145,8 @@ def _normal_blocks(jac, starts, tb, n_blocks):
     ``tb`` is the block of every triple of the evaluated stamps, in stamp-major order. Stamps
     are batched by their number of pairs ``c``: the pairs of a stamp form one ``(3 c, npix)``
     matrix; its Gram matrix holds all ``c * c`` triples of the stamp, in triple order, and each
-    entry is added to its block (one compiled kernel, no temporaries).
+    entry is added to its block (one compiled kernel,
+    :func:`crowdphot.core.kernels.normal.normal_blocks_add`; no temporaries).
     """
     npair, n_k, npix = jac.shape
     counts = np.diff(np.r_[starts, npair])
@@ -154,29 +155,8 @@ def _normal_blocks(jac, starts, tb, n_blocks):
         blocks[tb] = np.matmul(jac, jac.transpose(0, 2, 1))
         return blocks
     toff = np.cumsum(counts * counts) - counts * counts
-    _normal_blocks_nb(np.ascontiguousarray(jac), starts, counts, toff, tb, blocks)
+    normal_blocks_add(jac, starts, counts, toff, tb, blocks)
     return blocks
-
-
-@njit
-def _normal_blocks_nb(jac, starts, counts, toff, tb, out):  # pragma: no cover - compiled
-    # no Gram / index temporaries, and the symmetry G_ba = G_ab^T halves the products
-    n_k = jac.shape[1]
-    npix = jac.shape[2]
-    for t in range(starts.shape[0]):
-        p0, c, o = starts[t], counts[t], toff[t]
-        for a in range(c):
-            for b in range(a, c):
-                bab = tb[o + a * c + b]
-                bba = tb[o + b * c + a]
-                for k in range(n_k):
-                    for m in range(n_k):
-                        acc = 0.0
-                        for q in range(npix):
-                            acc += jac[p0 + a, k, q] * jac[p0 + b, m, q]
-                        out[bab, k, m] += acc
-                        if b != a:
-                            out[bba, m, k] += acc
 
 
 def _merge(cur, new, prob, acc_groups):
