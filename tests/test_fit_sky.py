@@ -222,3 +222,15 @@ def test_psfphotometry_fit_sky_columns_and_covariance(psf, scene):
                                 mode="all", maxiters=2, fit_sky=True)
     out = it(s["img"], error=s["sigma"])
     assert "sky_fit" in out.colnames and np.isfinite(out["sky_fit"]).all()
+
+
+def test_fit_sky_needs_the_batched_engine(psf, scene):
+    from astropy.modeling.fitting import TRFLSQFitter
+
+    from crowdphot import PSFPhotometry
+
+    s = scene
+    init = QTable({"x": s["x0"][:1], "y": s["y0"][:1], "flux": s["f0"][:1]})
+    phot = PSFPhotometry(psf, 5, fitter=TRFLSQFitter(), fit_sky=True)
+    with pytest.raises(ValueError, match="fit_sky=True needs the batched engine"):
+        phot(s["img"], init_params=init)
