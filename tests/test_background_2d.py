@@ -364,3 +364,14 @@ def test_estimators_keep_units(name):
     assert isinstance(value, u.Quantity) and value.unit == u.Jy
     assert value.value == pytest.approx(ref.value, rel=RTOL)
     assert est(data, axis=1).unit == u.Jy
+
+
+def test_biweight_options_match_photutils(rng):
+    data, _ = _sky(rng, shape=(96, 130))
+    data[:24, :24] = 21.0  # a constant box: MAD 0 -> the location, scale 0
+    for kwargs in ({"c": 4.0}, {"c": 9.0, "M": 21.5}):
+        ours = cb.Background2D(data, 24, bkg_estimator=cb.BiweightLocationBackground(**kwargs),
+                               bkg_rms_estimator=cb.BiweightScaleBackgroundRMS(**kwargs))
+        ref = pb.Background2D(data, 24, bkg_estimator=pb.BiweightLocationBackground(**kwargs),
+                              bkg_rms_estimator=pb.BiweightScaleBackgroundRMS(**kwargs))
+        _assert_same(ours, ref)

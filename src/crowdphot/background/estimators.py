@@ -27,7 +27,7 @@ from crowdphot.background.core import (
     ModeEstimatorBackground,
     _make_sigma_clip,
 )
-from crowdphot.core.kernels.meshstats import nan_outside, range_mad, range_stats
+from crowdphot.core.kernels.meshstats import nan_outside, range_biweight, range_mad, range_stats
 from crowdphot.core.validate import deprecated_positional
 
 __all__ = [
@@ -267,6 +267,10 @@ def batched_statistic(estimator, rows, lo, hi, cache):
         if kind is StdBackgroundRMS:
             return std.copy()
         return range_mad(rows, lo, hi) * _MAD_SCALE
+    if kind in (BiweightLocationBackground, BiweightScaleBackgroundRMS) and (
+            estimator.M is None or (np.isscalar(estimator.M) and np.isfinite(estimator.M))):
+        return range_biweight(rows, lo, hi, c=float(estimator.c), M=estimator.M,
+                              scale=kind is BiweightScaleBackgroundRMS)
     # generic: the clipped values as a NaN-filled array, as photutils hands them over
     if "nan_rows" not in cache:
         cache["nan_rows"] = nan_outside(rows, lo, hi)

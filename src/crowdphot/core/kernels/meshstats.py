@@ -19,8 +19,8 @@ import numpy as np
 
 from crowdphot.core.jit import native
 
-__all__ = ["clip_sorted_rows", "fast_clip_supported", "nan_outside", "range_mad",
-           "range_stats", "sparse_rows"]
+__all__ = ["clip_sorted_rows", "fast_clip_supported", "nan_outside", "range_biweight",
+           "range_mad", "range_stats", "sparse_rows"]
 
 MAD_SCALE = 1.482602218505602  # 1 / Phi^-1(3/4), astropy's constant
 
@@ -117,6 +117,37 @@ def range_mad(rows, lo, hi):
     out = np.empty(rows.shape[0])
     native.range_mad(rows, np.ascontiguousarray(lo, dtype=np.int64),
                      np.ascontiguousarray(hi, dtype=np.int64), out)
+    return out
+
+
+def range_biweight(rows, lo, hi, *, c, M=None, scale=False):
+    """astropy's ``biweight_location`` (or ``biweight_scale``) of ``rows[r, lo[r]:hi[r]]``.
+
+    Parameters
+    ----------
+    c : float
+        Tuning constant.
+    M : float or None
+        Location about which to compute (default: each range's median); the MAD is always
+        taken about the median, as in astropy.
+    scale : bool
+        The biweight scale (``modify_sample_size=False``) instead of the location.
+
+    Returns
+    -------
+    values : ndarray of shape (nrow,)
+        NaN for empty ranges; the location ``M`` (scale 0) where the MAD is 0.
+
+    Examples
+    --------
+    >>> rows = np.array([[1.0, 2.0, 3.0, 4.0, 100.0]])
+    >>> round(float(range_biweight(rows, np.array([0]), np.array([5]), c=6.0)[0]), 5)
+    2.57065
+    """
+    out = np.empty(rows.shape[0])
+    native.range_biweight(rows, np.ascontiguousarray(lo, dtype=np.int64),
+                          np.ascontiguousarray(hi, dtype=np.int64), float(c),
+                          np.nan if M is None else float(M), bool(scale), out)
     return out
 
 

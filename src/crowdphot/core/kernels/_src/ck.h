@@ -58,5 +58,6 @@ PyObject *ck_clip_rows(PyObject *self, PyObject *args);
 PyObject *ck_range_stats(PyObject *self, PyObject *args);
 PyObject *ck_range_mad(PyObject *self, PyObject *args);
 PyObject *ck_sparse_rows(PyObject *self, PyObject *args);
+PyObject *ck_range_biweight(PyObject *self, PyObject *args);
 
 #endif

@@ -162,6 +162,7 @@ static PyMethodDef ck_methods[] = {
     {"range_stats", ck_range_stats, METH_VARARGS, "Median, mean, std of row ranges."},
     {"range_mad", ck_range_mad, METH_VARARGS, "Median absolute deviation of row ranges."},
     {"sparse_rows", ck_sparse_rows, METH_VARARGS, "CSR rows times a dense matrix, clipped."},
+    {"range_biweight", ck_range_biweight, METH_VARARGS, "Biweight location/scale of ranges."},
     {NULL, NULL, 0, NULL},
 };
 
