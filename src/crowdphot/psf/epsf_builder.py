@@ -351,6 +351,7 @@ class EPSFBuilder:
             raise TypeError("sigma_clip must be an astropy.stats.SigmaClip instance")
         self._sigma_clip = sigma_clip
         self._epsf = []
+        self._cube_cache = {}
 
     def __call__(self, stars):
         """Build the ePSF from ``stars`` (see `build_epsf`)."""
@@ -406,7 +407,7 @@ class EPSFBuilder:
         shape = epsf.data.shape
         if not good:
             return np.full(shape, np.nan)
-        dx, dy, vals = _star_offsets(good)
+        dx, dy, vals = _star_offsets(good, self._cube_cache)
         vals = vals - epsf.evaluate(dx, dy, 1.0, 0.0, 0.0)
         node = grid_nodes(dx, dy, self.oversampling, epsf.origin, shape)
         sc = self._sigma_clip
@@ -588,18 +589,28 @@ class EPSFBuilder:
                                n_excluded_stars=len(excluded), excluded_star_indices=excluded)
 
 
-def _star_offsets(stars):
+def _star_offsets(stars, cache=None):
     """Offsets from the centre and flux-normalised values of every unmasked star pixel.
 
-    Stars of one shape are handled together as a cube (no per-star work beyond stacking).
+    Stars of one shape are handled together as a cube (no per-star work beyond stacking);
+    ``cache`` (a dict) keeps the stacked cubes between the iterations of one build, as the
+    star copies made by the fits share their data arrays.
     """
     by_shape = {}
     for star in stars:
         by_shape.setdefault(star.shape, []).append(star)
     dxs, dys, vals = [], [], []
     for shape, group in by_shape.items():
-        data = np.stack([s.data for s in group]).astype(float)
-        good = ~np.stack([s.mask for s in group])
+        key = (shape, tuple(id(s._data) for s in group))
+        if cache is not None and key in cache:
+            data, good, _ = cache[key]
+        else:
+            data = np.stack([s.data for s in group]).astype(float)
+            good = ~np.stack([s.mask for s in group])
+            if cache is not None:
+                cache.clear()  # one build's stars at a time
+                # holding the arrays keeps their ids from being reused by other arrays
+                cache[key] = (data, good, [s._data for s in group])
         cen = np.array([s.cutout_center for s in group])
         flux = np.array([s._normalization_flux for s in group], dtype=float)
         yy, xx = np.indices(shape, dtype=float)

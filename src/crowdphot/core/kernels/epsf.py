@@ -15,6 +15,8 @@ import numpy as np
 from scipy import interpolate, spatial
 from scipy.ndimage import distance_transform_cdt
 
+from crowdphot.core.jit import njit
+
 _BAND = 6  # samples of valid data kept around missing ones by interpolate_missing
 
 __all__ = ["centroid_com", "clipped_median_by_node", "grid_nodes", "interpolate_missing",
@@ -67,11 +69,13 @@ def grid_nodes(dx, dy, oversampling, origin, shape):
 def _dense_by_node(node, values, n_nodes):
     """Values grouped by node into a ``(k, width)`` NaN-padded array, each row sorted."""
     order = np.argsort(node, kind="stable")
-    node_s = node[order]
-    present, start, counts = np.unique(node_s, return_index=True, return_counts=True)
+    all_counts = np.bincount(node, minlength=n_nodes)
+    present = np.flatnonzero(all_counts)
+    counts = all_counts[present]
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     width = int(counts.max())
     row = np.repeat(np.arange(len(present)), counts)
-    col = np.arange(len(node_s)) - np.repeat(start, counts)
+    col = np.arange(len(node)) - np.repeat(start, counts)
     dense = np.full((len(present), width), np.nan)
     dense[row, col] = values[order]
     dense.sort(axis=1)  # NaN padding sorts last
@@ -117,49 +121,52 @@ def clipped_median_by_node(node, values, n_nodes, *, sigma_lower=3.0, sigma_uppe
     if not np.any(keep):
         return out
     present, counts, dense = _dense_by_node(node[keep], values[keep], n_nodes)
-    lo = np.zeros(len(present), np.int64)
-    hi = counts.copy()
-    active = np.arange(len(present))  # rows whose clipping has not converged yet
-    limit = np.inf if maxiters is None else maxiters
-    n_iter = 0
-    while n_iter < limit and len(active):
-        n_iter += 1
-        d = dense[active]
-        a_lo, a_hi = lo[active], hi[active]
-        cols = np.arange(d.shape[1])[None, :]
-        inside = (cols >= a_lo[:, None]) & (cols < a_hi[:, None])
-        med = _median_range(d, np.arange(len(active)), a_lo, a_hi)
-        cnt = a_hi - a_lo
-        vals = np.where(inside, d, 0.0)
-        mean = vals.sum(axis=1) / cnt
-        dev = np.where(inside, d - mean[:, None], 0.0)
-        std = np.sqrt((dev * dev).sum(axis=1) / cnt)
-        new_lo, new_hi = a_lo, a_hi
-        if sigma_lower is not None:
-            bound = med - sigma_lower * std
-            new_lo = np.maximum(a_lo, ((d < bound[:, None]) & (cols < a_hi[:, None])).sum(1))
-        if sigma_upper is not None:
-            bound = med + sigma_upper * std
-            new_hi = np.minimum(a_hi, (d <= bound[:, None]).sum(1))
-        new_hi = np.maximum(new_hi, new_lo)
-        changed = (new_lo != a_lo) | (new_hi != a_hi)
-        lo[active], hi[active] = new_lo, new_hi
-        active = active[changed]
-    med = _median_range(dense, np.arange(len(present)), lo, hi)
-    out[present] = med
+    lim = -1 if maxiters is None else int(maxiters)
+    out[present] = _clip_rows(dense, counts.astype(np.int64),
+                              np.inf if sigma_lower is None else float(sigma_lower),
+                              np.inf if sigma_upper is None else float(sigma_upper), lim)
     return out
 
 
-def _median_range(dense, rows, lo, hi):
-    """Median of each row's sorted values in ``[lo, hi)`` (NaN for empty ranges)."""
-    cnt = hi - lo
-    safe = np.maximum(cnt, 1)
-    a = lo + (safe - 1) // 2
-    b = lo + safe // 2
-    width = dense.shape[1]
-    va = dense[rows, np.minimum(a, width - 1)]
-    vb = dense[rows, np.minimum(b, width - 1)]
-    return np.where(cnt > 0, 0.5 * (va + vb), np.nan)
+@njit
+def _clip_rows(dense, counts, sl, su, maxiters):  # pragma: no cover - compiled
+    """Per row of sorted values (first ``counts[i]`` valid): sigma-clipped median."""
+    n, _ = dense.shape
+    med_out = np.empty(n)
+    for i in range(n):
+        row = dense[i]
+        lo = 0
+        hi = counts[i]
+        it = 0
+        while hi > lo and (maxiters < 0 or it < maxiters):
+            it += 1
+            c = hi - lo
+            med = 0.5 * (row[lo + (c - 1) // 2] + row[lo + c // 2])
+            mean = 0.0
+            for j in range(lo, hi):
+                mean += row[j]
+            mean /= c
+            var = 0.0
+            for j in range(lo, hi):
+                var += (row[j] - mean) ** 2
+            std = np.sqrt(var / c)
+            new_lo = lo
+            new_hi = hi
+            if sl != np.inf:
+                bound = med - sl * std
+                while new_lo < hi and row[new_lo] < bound:
+                    new_lo += 1
+            if su != np.inf:
+                bound = med + su * std
+                while new_hi > new_lo and row[new_hi - 1] > bound:
+                    new_hi -= 1
+            if new_lo == lo and new_hi == hi:
+                break
+            lo = new_lo
+            hi = new_hi
+        c = hi - lo
+        med_out[i] = np.nan if c <= 0 else 0.5 * (row[lo + (c - 1) // 2] + row[lo + c // 2])
+    return med_out
 
 
 def interpolate_missing(data, mask):
