@@ -88,8 +88,9 @@ def _psf_from_image_hdu(path, hdu, *, oversampling=None, image_scale=None):
     peak = np.array(np.unravel_index(np.argmax(data), data.shape))
     centre = (np.array(data.shape) - 1) / 2
     if np.any(np.abs(peak - centre) > np.maximum(3, 0.1 * np.array(data.shape))):
-        raise CLIError(f"{path}: not a PSF image (its brightest pixel {tuple(peak[::-1])} is "
-                       "far from the centre)")
+        px, py = (int(v) for v in peak[::-1])
+        raise CLIError(f"{path}: not a PSF image (its brightest pixel ({px}, {py}) is far "
+                       "from the centre); give a PSF image, an STPSF grid or an STDPSF file")
     oversampling = _image_oversampling(path, hdu.header, oversampling, image_scale)
     # an ePSF sampled `oversampling` times per pixel sums to oversampling**2 for unit flux
     return ImagePSF(data / np.sum(data) * oversampling**2, oversampling=oversampling)
