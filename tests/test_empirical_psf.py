@@ -169,5 +169,11 @@ def test_input_errors(scene):
         refine_psf(model, data, {"x": [1.0]})
     with pytest.raises(ValueError, match="size must be odd"):
         build_gridded_psf(data, size=20)
+    with pytest.raises(ValueError, match="min_stars must be a positive integer"):
+        refine_psf(model, data, min_stars=0)
+    with pytest.raises(ValueError, match="fwhm must be a positive number"):
+        build_gridded_psf(data, fwhm=-1.0)
+    with pytest.raises(ValueError, match="grid_shape must be > 0"):
+        build_gridded_psf(data, grid_shape=(0, 2))
     with pytest.raises(TypeError, match="model must be a GriddedPSFModel"):
         write_stpsf_grid(object(), "x.fits")

@@ -26,6 +26,7 @@ from astropy.io import fits
 from astropy.nddata import NDData
 from astropy.table import Table
 from scipy.ndimage import gaussian_filter
+from scipy.spatial import cKDTree
 
 from crowdphot.core.batched import stamp_origin
 from crowdphot.core.fit import fit_psf
@@ -124,10 +125,13 @@ def select_psf_stars(data, *, error=None, mask=None, fwhm=2.0, threshold=None, s
     ok = (x >= half) & (y >= half) & (x < data.shape[1] - half - 1) & (y < data.shape[0] - half - 1)
     # isolation: no neighbour within `isolation` px brighter than 0.1 % of the star
     iso = size / 2 + 2 * fwhm if isolation is None else float(isolation)
-    dx = x[:, None] - x[None, :]
-    dy = y[:, None] - y[None, :]
-    close = (dx * dx + dy * dy < iso * iso) & ~np.eye(len(x), dtype=bool)
-    ok &= ~np.any(close & (flux[None, :] > 1e-3 * flux[:, None]), axis=1)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(iso, output_type="ndarray")
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        crowded = np.zeros(len(x), bool)
+        crowded[i[flux[j] > 1e-3 * flux[i]]] = True
+        crowded[j[flux[i] > 1e-3 * flux[j]]] = True
+        ok &= ~crowded
     # flagged or saturated pixels in the cutout
     xlo, ylo = stamp_origin(x, y, (size, size))
     xlo = np.clip(xlo, 0, data.shape[1] - size)
@@ -379,7 +383,15 @@ def _core_chi2(model, data, err, bad, x, y, flux, fit_shape):
     return float(np.sum(chi * chi) / max(np.count_nonzero(ok), 1))
 
 
+def _check_counts(**kwargs):
+    for name, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _prepare(data, error, mask, catalog, fwhm, size, saturation, max_stars, snr_min):
+    if not (isinstance(fwhm, (int, float, np.number)) and np.isfinite(fwhm) and fwhm > 0):
+        raise ValueError(f"fwhm must be a positive number, got {fwhm!r}")
     data = np.asarray(data, dtype=float)
     if data.ndim != 2:
         raise ValueError(f"data must be a 2D array, got {data.ndim} dimension(s)")
@@ -481,6 +493,7 @@ def build_gridded_psf(data, catalog=None, *, grid_shape=(3, 3), oversampling=4, 
     from crowdphot.psf.epsf_builder import EPSFBuilder
     from crowdphot.psf.epsf_stars import extract_stars
 
+    _check_counts(min_stars=min_stars, maxiters=maxiters)
     grid_shape = tuple(int(v) for v in as_pair("grid_shape", grid_shape, lower_bound=0))
     os_ = tuple(int(v) for v in as_pair("oversampling", oversampling, lower_bound=0))
     size = int(as_pair("size", size, lower_bound=2, odd=True)[0])
@@ -555,6 +568,7 @@ def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0
     >>> from crowdphot import jwst_like_psf_grid
     >>> refined = refine_psf(jwst_like_psf_grid(), data)  # doctest: +SKIP
     """
+    _check_counts(min_stars=min_stars, maxiters=maxiters)
     if isinstance(psf_model, GriddedPSFModel):
         stack = np.array(psf_model.data, dtype=float)
         nodes = np.array(psf_model.grid_xypos, dtype=float)
