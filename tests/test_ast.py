@@ -203,6 +203,27 @@ def test_isolated_stars_recovered_with_honest_errors():
     assert 0 < np.count_nonzero(strict["recovered"]) < 300
 
 
+def test_select_rule_is_applied_to_each_batch(field):
+    """A clean-up rule of the run (the CLI's --min-snr) decides what can be a measurement."""
+    data, _, err = field
+    calls = []
+
+    def reject_faint(image, error, table):
+        calls.append(len(table))
+        return np.asarray(table["flux_fit"]) > 1000
+
+    kw = dict(error=err, seed=8)
+    free = artificial_star_test(data, _phot(), 80, (30, 3000), **kw).table
+    cut = artificial_star_test(data, _phot(), 80, (30, 3000), select=reject_faint, **kw).table
+    assert len(calls) >= 2 and sum(calls) > 20  # once per batch with fitted stars
+    found = np.isfinite(np.asarray(cut["flux_out"]))
+    assert np.all(np.asarray(cut["flux_out"])[found] > 1000)
+    keep = np.asarray(free["flux_out"]) > 1000
+    np.testing.assert_array_equal(np.asarray(cut["x_out"])[keep],
+                                  np.asarray(free["x_out"])[keep])
+    assert np.count_nonzero(cut["recovered"]) < np.count_nonzero(free["recovered"])
+
+
 def test_gain_adds_the_stars_photon_noise():
     data = make_noise_image((200, 200), mean=0.0, stddev=SIGMA, seed=4)
     err = np.full(data.shape, SIGMA)
@@ -365,6 +386,7 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     (["--n", "10", "--flux", "0.01", "0.1"], "below the image noise"),
     (["--n", "10", "--flux", "20", "5000", "--tile", "64"], "--tile is not supported"),
     (["--n", "10", "--flux", "20", "5000", "--match-flux", "0"], "--match-flux must be positive"),
+    (["--n", "10", "--flux", "20", "5000", "--photon-noise"], "--photon-noise needs the gain"),
 ])
 def test_cli_ast_bad_input_one_line(cli_files, capsys, extra, match):
     root, psf = cli_files

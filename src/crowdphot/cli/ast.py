@@ -60,9 +60,9 @@ def add_ast_parser(sub, add_phot):
                    help="recovered within this many pixels (default: %(default)s)")
     p.add_argument("--match-flux", type=float, default=0.1,
                    help="... and this fraction of the input flux (default: %(default)s)")
-    p.add_argument("--gain", type=float, default=None,
-                   help="add the artificial stars' photon noise for this gain (e-/data unit; "
-                   "default: noiseless, the image's noise is already there)")
+    p.add_argument("--photon-noise", action="store_true",
+                   help="add the artificial stars' own photon noise (gain from --gain or the "
+                   "header; default: noiseless stars, the image's noise is already there)")
     p.add_argument("--min-separation", type=float, default=0.0,
                    help="keep artificial stars this far from catalogued stars (default: 0)")
     p.add_argument("--border", type=float, default=0.0,
@@ -100,6 +100,8 @@ def _check_ast_options(args):
             raise CLIError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.gain is not None and not args.gain > 0:
         raise CLIError(f"--gain must be positive, got {args.gain}")
+    if args.min_snr is not None and args.min_snr < 0:
+        raise CLIError(f"--min-snr must be >= 0, got {args.min_snr}")
     if args.min_separation < 0 or args.border < 0:
         raise CLIError("--min-separation and --border must be >= 0")
     summary = _summary_path(args)
@@ -159,6 +161,11 @@ def run_ast(args):
                    image_scale=image_pixel_scale(image), progress_bar=not args.no_progress)
     check_psf_matches_image(psf_spec, psf, image)
     _, sky_info = subtract_sky(args, image)
+    if getattr(args, "refine_psf", False):
+        from crowdphot.cli.psf import refine_for_phot
+
+        psf = refine_for_phot(psf, image, args)
+    gain = _photon_gain(args, image) if args.photon_noise else None
     finder, threshold = _finder(args, image)
     t_phot = time.perf_counter()
     catalog, phot = _photometry(args, image, psf, finder, None)
@@ -168,9 +175,10 @@ def run_ast(args):
     result = artificial_star_test(
         image.data, phot, args.n, tuple(args.flux), mask=image.mask, error=image.error,
         seed=args.seed, match_radius=args.match_radius, match_flux=args.match_flux,
-        gain=args.gain, border=args.border, min_separation=args.min_separation,
+        gain=gain, border=args.border, min_separation=args.min_separation,
         catalog=catalog if catalog is not None else _empty_catalog(),
         client=_scheduler_client(args), workers=args.workers,
+        select=_min_snr_rule(args, image, psf, sky_info),
         progress_bar=not args.no_progress)
     table = result.table
     table.meta["image"] = str(args.image)
@@ -191,6 +199,43 @@ def run_ast(args):
           f"({rate:.0f} stars/s) after one photometry run of {t_phot:.2f} s; "
           f"total {time.perf_counter() - t0:.2f} s -> {args.output}")
     return 0
+
+
+def _photon_gain(args, image):
+    """Electrons per data unit for --photon-noise: --gain, else the header's."""
+    if args.gain is not None:
+        return float(args.gain)
+    from crowdphot.cli.noise import _header_gain
+
+    gain, _ = _header_gain(image)
+    if gain is None:
+        raise CLIError("--photon-noise needs the gain: give --gain (electrons per data unit); "
+                       "the header has no GAIN/ATODGAIN/CCDGAIN and BUNIT is not electrons")
+    return float(gain)
+
+
+def _min_snr_rule(args, image, psf, sky_info):
+    """phot's --min-snr clean-up as a ``select`` rule for the artificial-star batches."""
+    snr = getattr(args, "min_snr", None)
+    if not snr:
+        return None
+    from crowdphot.cli.significance import drop_insignificant
+    from crowdphot.cli.stats import robust_sigma
+
+    sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)
+    shape = (args.fit_shape, args.fit_shape)
+    mask = image.mask
+
+    def select(data, error, table):
+        table = table.copy()
+        table["_row"] = np.arange(len(table))
+        kept, _ = drop_insignificant(table, data, psf, shape, error=error, mask=mask,
+                                     sigma=sigma, snr=snr)
+        keep = np.zeros(len(table), dtype=bool)
+        keep[np.asarray(kept["_row"])] = True
+        return keep
+
+    return select
 
 
 def _scheduler_client(args):

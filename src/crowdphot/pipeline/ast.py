@@ -441,7 +441,7 @@ def _later_iterations(base, fitter, plan, image, mask, err, first, xin, yin, zon
 
 
 def _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, *, search_radius,
-                   reach, gain, rng):
+                   reach, gain, rng, select=None):
     """Fitted (x, y, flux, flux_err, flags) of the star nearest each artificial star."""
     n = len(xin)
     out = np.full((n, 4), np.nan)
@@ -484,6 +484,11 @@ def _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, *, sear
                          else np.zeros(len(t), dtype=np.int64) for t in tables])
     xf, yf = vals["x_fit"], vals["y_fit"]
     ok = np.isfinite(xf) & np.isfinite(yf)
+    if select is not None and np.any(ok):
+        # the run's own clean-up rule (e.g. the CLI's --min-snr) on the batch's fitted stars
+        fitted = QTable({c: v for c, v in vals.items()})
+        fitted["flags"] = fl
+        ok &= np.asarray(select(image, err, fitted), dtype=bool)
     if not np.any(ok):
         return out, flags
     rows = np.flatnonzero(ok)
@@ -535,7 +540,8 @@ def _remote_batch(conf, data, mask, error, xin, yin, fin, noise_seed, settings):
 def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=None, seed=None,
                          match_radius=0.5, match_flux=0.1, search_radius=None, gain=None,
                          border=0.0, min_separation=0.0, avoid=None, spacing=None,
-                         catalog=None, client=None, workers=None, progress_bar=False):
+                         catalog=None, client=None, workers=None, select=None,
+                         progress_bar=False):
     """Inject artificial stars into ``data`` and measure them with ``phot``'s pipeline.
 
     Parameters
@@ -580,6 +586,11 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
         background annulus, finder and search radius.
     catalog : QTable, optional
         The original run's catalog, if already computed (else ``phot`` is run once).
+    select : callable, optional
+        ``select(image, error, table) -> bool array``: a clean-up rule of the run being
+        characterised, applied to each batch's fitted stars (``x_fit, y_fit, flux_fit,
+        flux_err, flags``) on the image with the batch added; rejected stars cannot be an
+        artificial star's measurement (``crowdphot ast`` passes ``--min-snr`` this way).
     client : dask.distributed.Client, optional
         Measure the batches on this Dask cluster (the image is sent to each worker once).
     workers : int, optional
@@ -674,7 +685,7 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     order = np.argsort(batch, kind="stable")
     bounds = np.searchsorted(batch[order], np.arange(n_batches + 1))
     batches = [order[bounds[b]:bounds[b + 1]] for b in range(n_batches)]
-    settings = dict(search_radius=search, reach=reach, gain=gain)
+    settings = dict(search_radius=search, reach=reach, gain=gain, select=select)
     progress = None
     if progress_bar:
         from tqdm.auto import tqdm
