@@ -199,6 +199,8 @@ def test_sky_columns_are_icrs_whatever_the_wcs_frame(tmp_path, capsys, field, fr
     # the raw frame values (l/b, B1950) are far from ICRS: they were not written
     assert np.min(np.abs(np.asarray(m["ra"].value) - raw[0])) > 0.05
     assert table.meta["sky_frame"] == "icrs" and table.meta["wcs_frame"] == frame
+    if frame == "fk4":
+        assert table.meta["wcs_equinox"] == 1950.0
 
 
 def test_unusable_wcs_is_a_warning_not_silence(tmp_path, capsys, field):

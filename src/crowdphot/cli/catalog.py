@@ -232,3 +232,6 @@ def add_sky_columns(table, wcs):
     table["dec"] = dec * u.deg
     table.meta["sky_frame"] = "icrs"
     table.meta["wcs_frame"] = frame
+    equinox = getattr(getattr(wcs, "wcs", None), "equinox", np.nan)
+    if frame in ("fk4", "fk5", "fk4noeterms") and np.isfinite(equinox):
+        table.meta["wcs_equinox"] = float(equinox)
