@@ -375,3 +375,14 @@ def test_biweight_options_match_photutils(rng):
         ref = pb.Background2D(data, 24, bkg_estimator=pb.BiweightLocationBackground(**kwargs),
                               bkg_rms_estimator=pb.BiweightScaleBackgroundRMS(**kwargs))
         _assert_same(ours, ref)
+
+
+def test_masked_array_input_masks_its_pixels(rng):
+    data, _ = _sky(rng, shape=(100, 100))
+    hidden = np.zeros(data.shape, bool)
+    hidden[:50] = True
+    data[:50] += 100.0  # would bias everything if the mask were ignored
+    md = np.ma.MaskedArray(data, mask=hidden)
+    ours = cb.Background2D(md, 25)
+    _assert_same(ours, pb.Background2D(md, 25))
+    assert abs(ours.background_median - 20.25) < 0.3  # the unmasked half of the gradient

@@ -211,7 +211,9 @@ class Background2D:
         data = np.asanyarray(data)
         if data.ndim != 2:
             raise ValueError("data must be a 2D array")
-        if isinstance(data, np.ma.MaskedArray):
+        data_mask = None
+        if isinstance(data, np.ma.MaskedArray):  # its masked pixels are excluded, as photutils
+            data_mask = np.ma.getmaskarray(data)
             data = data.data
         if not np.any(np.isfinite(data)):
             raise ValueError("Input data contains all non-finite (NaN or infinity) values. "
@@ -220,6 +222,8 @@ class Background2D:
         self._dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
         mask = self._check_mask(mask, "mask")
         self._has_mask = mask is not None
+        if data_mask is not None and data_mask.any():
+            mask = data_mask if mask is None else (mask | data_mask)
         self.coverage_mask = self._check_mask(coverage_mask, "coverage_mask")
         self.box_size = _pair("box_size", box_size, upper=data.shape)
         self.fill_value = fill_value
