@@ -119,3 +119,39 @@ def test_validation_of_values_and_model():
         cramer_rao_bound(PSF, [1.0, 2.0, 3.0], [1.0, 2.0], 5.0, sky=1.0, read_noise=1.0)
     with pytest.raises(TypeError, match="psf_model"):
         cramer_rao_bound(object(), 1.0, 5.0, 5.0, sky=1.0, read_noise=1.0)
+
+
+def _exact_brute(m, r):
+    """Independent brute force: direct Poisson-Gaussian mixture on a fine grid."""
+    from scipy.stats import norm, poisson
+
+    k = np.arange(int(m + 12 * np.sqrt(m + 1) + 20) + 1)
+    pk = poisson.pmf(k, m)
+    d = np.linspace(-10 * r - 2, k[-1] + 10 * r, 20001)
+
+    def dens(shift):
+        return (pk[None, :] * norm.pdf((d[:, None] - shift - k[None, :]) / r) / r).sum(1)
+
+    p, pm1 = dens(0.0), dens(1.0)
+    return np.sum((pm1 - p) ** 2 / np.maximum(p, 1e-300)) * (d[1] - d[0]) * (m + r * r)
+
+
+def test_exact_information_factor_against_brute_force():
+    from crowdphot.core.crlb import exact_information_factor
+
+    for m, r in ((0.5, 1.0), (2.0, 2.0), (10.0, 5.0), (35.0, 5.0)):
+        got = float(exact_information_factor(np.array([m]), r)[0])
+        assert got == pytest.approx(_exact_brute(m, r), rel=2e-4), (m, r)
+    assert np.all(exact_information_factor(np.array([0.1, 50.0]), 0.0) == 1.0)
+
+
+def test_exact_bounds_are_slightly_tighter():
+    kw = dict(sky=10.0, read_noise=5.0, fit_shape=7)
+    a = cramer_rao_bound(PSF, [150.0, 3000.0], 10.0, 10.0, **kw)
+    b = cramer_rao_bound(PSF, [150.0, 3000.0], 10.0, 10.0, exact=True, **kw)
+    ratio = np.asarray(b["flux_crlb"] / a["flux_crlb"])
+    assert np.all(ratio < 1.0) and np.all(ratio > 0.99)
+    c = cramer_rao_bound(PSF, 150.0, 10.0, 10.0, sky=10.0, read_noise=0.0, fit_shape=7)
+    d = cramer_rao_bound(PSF, 150.0, 10.0, 10.0, sky=10.0, read_noise=0.0, fit_shape=7,
+                         exact=True)
+    assert d["flux_crlb"][0] == pytest.approx(c["flux_crlb"][0], rel=1e-12)

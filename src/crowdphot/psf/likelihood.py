@@ -716,7 +716,7 @@ def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, r
 
 # -- Cramér–Rao bounds -----------------------------------------------------------------------
 def cramer_rao_bound(psf_model, flux, x, y, *, sky, read_noise, gain=1.0, fit_shape=None,
-                     fit_sky=False):
+                     fit_sky=False, exact=False):
     """Cramér–Rao bounds of isolated stars: the smallest achievable 1-sigma errors.
 
     For a star of known PSF on a flat ``sky``, with Poisson photon noise and Gaussian read
@@ -742,6 +742,11 @@ def cramer_rao_bound(psf_model, flux, x, y, *, sky, read_noise, gain=1.0, fit_sh
         Odd stamp shape; default: the PSF model's full extent (``default_stamp_shape``).
     fit_sky : bool, optional
         The sky is fitted too (a fourth, nuisance parameter that widens the bounds).
+    exact : bool, optional
+        Exact Poisson-Gaussian information per pixel (numerical integration, Chao, Ward &
+        Ober 2016) instead of the shifted-Poisson approximation, which is what the
+        ``likelihood='poisson'`` fit attains: the exact bound is lower by < 1 % in sigma
+        for sky-limited CCD data (e.g. 0.3 % at 10 e-/px, R = 5 e-).
 
     Returns
     -------
@@ -774,15 +779,17 @@ def cramer_rao_bound(psf_model, flux, x, y, *, sky, read_noise, gain=1.0, fit_sh
             raise ValueError(f"{name} contains NaN or inf values")
     read_noise = _nonneg_real("read_noise", read_noise)
     gain = _pos_real("gain", gain)
-    if not isinstance(fit_sky, (bool, np.bool_)):
-        raise TypeError(f"fit_sky must be True or False, got {fit_sky!r}")
+    for name, flag in (("fit_sky", fit_sky), ("exact", exact)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     if fit_shape is None:
         shape = tuple(int(v) for v in psf_model.default_stamp_shape)
         shape = tuple(s + 1 - s % 2 for s in shape)
     else:
         shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=1, odd=True))
     fisher = fisher_information(psf_model, xs, ys, fl, shape, sky=sk[:, None, None],
-                                read_noise=read_noise, gain=gain, fit_sky=bool(fit_sky))
+                                read_noise=read_noise, gain=gain, fit_sky=bool(fit_sky),
+                                exact=bool(exact))
     sigma, _ = bounds_from_fisher(fisher)
     cols = {"x": xs, "y": ys, "flux": fl, "x_crlb": sigma[:, 0], "y_crlb": sigma[:, 1],
             "flux_crlb": sigma[:, 2]}
