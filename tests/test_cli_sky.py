@@ -211,3 +211,10 @@ def test_min_snr_option(scene, tmp_path, capsys):
     everything = _run(image, tmp_path / "all.ecsv", capsys, "--min-snr", 0)
     assert "n_insignificant" not in everything.meta
     assert len(everything) == len(table) + table.meta["n_insignificant"]
+
+
+def test_estimate_sky_on_heavily_masked_images(rng):
+    data = 5.0 + rng.normal(0.0, 1.0, (128, 128))
+    mask = rng.random(data.shape) < 0.7  # 70 % bad pixels everywhere (e.g. a sparse DQ)
+    sky, rms, _ = estimate_sky(data, mask=mask, box_size=32)
+    assert abs(np.median(sky) - 5.0) < 0.1 and np.all(np.isfinite(sky))

@@ -164,7 +164,10 @@ def estimate_sky(data, *, mask=None, box_size=None, fwhm=None, nsigma=3.0, dilat
                                exclude_percentile=exclude_percentile)
             return np.asarray(bkg.background, float), np.asarray(bkg.background_rms, float)
 
-    sky, rms = _map(bad if bad.any() else None, 10.0)
+    try:
+        sky, rms = _map(bad if bad.any() else None, 50.0)
+    except ValueError:  # heavily masked everywhere: use every box with any valid pixel
+        sky, rms = _map(bad if bad.any() else None, 100.0)
     for _ in range(max(0, int(iterations))):
         sources = source_mask(arr - sky, rms, nsigma=nsigma, dilate=dilate, mask=bad)
         try:
