@@ -87,6 +87,7 @@ def _write_mef(path, header, sky, flux, *, seed=0, bunit="MJy/sr", primary_extra
     sci = header.copy()
     if bunit is not None:
         sci["BUNIT"] = bunit
+        sci["PIXAR_SR"] = 9.31e-14  # NIRCam long wave
     hdus = [primary, fits.ImageHDU(data.astype(np.float32), sci, name="SCI"),
             fits.ImageHDU(np.full(SHAPE, NOISE, np.float32), name="ERR"),
             fits.ImageHDU(np.zeros(SHAPE, np.uint32) if dq is None else dq, name="DQ")]
@@ -315,6 +316,7 @@ def test_flux_columns_carry_the_image_unit_in_every_format(field, tmp_path, caps
     for name in ("flux_fit", "flux_err", "flux_init"):
         assert ecsv[name].unit == u.MJy / u.sr
     assert ecsv["ra"].unit == u.deg and ecsv.meta["flux_unit"] == "MJy / sr"
+    assert ecsv.meta["PIXAR_SR"] == 9.31e-14 and "PIXAR_SR" in ecsv.meta["flux_unit_note"]
     fits_cat = QTable.read(_phot(field["a"], field["psf"], tmp_path / "c.fits", capsys)[0]
                            and tmp_path / "c.fits")
     assert fits_cat["flux_fit"].unit == u.MJy / u.sr

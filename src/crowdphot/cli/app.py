@@ -235,6 +235,12 @@ def _cmd_simulate(args):
     out = Path(args.output)
     truth_path = Path(args.truth) if args.truth else out.with_name(out.stem + "_truth.ecsv")
     table_format(truth_path)  # a bad extension fails before minutes of simulation
+    from crowdphot.cli.phot import _check_writable
+
+    for option, path in (("OUTPUT", out), ("--truth", truth_path)):
+        if not path.resolve().parent.is_dir():
+            raise CLIError(f"{option}: folder {path.parent} does not exist")
+        _check_writable(option, path)
     if args.n_sources <= 0:
         raise CLIError(f"--n-sources must be positive, got {args.n_sources}")
     if args.noise < 0:
@@ -303,6 +309,9 @@ def _cmd_psfgrid(args):
         raise CLIError(f"the PSF grid file name must end in .fits, got {out.name}")
     if not out.parent.is_dir():
         raise CLIError(f"output directory does not exist: {out.parent}")
+    from crowdphot.cli.phot import _check_writable
+
+    _check_writable("OUTPUT", out)  # before minutes of computing
     # the writer renames a finished temporary file into place, so no half-written grid
     from crowdphot.datasets.jwst import nircam_filter_detector
 

@@ -93,6 +93,11 @@ def psf_width_check(data, mask, table, psf, *, fwhm_guess=3.0, max_stars=30,
     y = np.asarray(getattr(table["y_fit"], "value", table["y_fit"]), dtype=float)
     f = np.asarray(getattr(table["flux_fit"], "value", table["flux_fit"]), dtype=float)
     flags = np.asarray(table["flags"]) if "flags" in table.colnames else np.zeros(len(x), int)
+    if "flux_err" in table.colnames:
+        # bright stars only: the data's moments of a faint star are inflated by its noise
+        ferr = np.asarray(getattr(table["flux_err"], "value", table["flux_err"]), dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flags = np.where(np.isfinite(ferr) & (f > 50 * ferr), flags, -1)
     r = int(np.ceil(3.0 * min(max(float(fwhm_guess), 1.5), 10.0)))
     ny, nx = data.shape
     ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f > 0) & (flags == 0)

@@ -341,6 +341,9 @@ def run_phot(args):
     if image.unit:
         table.meta["BUNIT"] = str(image.unit)
         _attach_unit(table, image.unit, args.image)
+    if image.keyword("PIXAR_SR") is not None:
+        # JWST: the nominal pixel solid angle, to turn MJy/sr x pixels into MJy
+        table.meta["PIXAR_SR"] = float(image.keyword("PIXAR_SR"))
     table.meta["image"] = str(args.image)
     table.meta["psf"] = str(psf_spec)
     if threshold is not None:
