@@ -575,7 +575,14 @@ def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0
         meta = {k: v for k, v in psf_model.meta.items()
                 if k not in ("grid_xypos", "grid_shape", "oversampling")}
     elif isinstance(psf_model, ImagePSF):
-        stack = np.array(psf_model.data, dtype=float)[None]
+        data0 = np.array(psf_model.data, dtype=float)
+        centre = (np.array(data0.shape[::-1], dtype=float) - 1) / 2
+        off = centre - np.asarray(psf_model.origin, dtype=float)
+        if np.any(off != 0):  # a grid's ePSFs are centred on their array centre
+            ov = np.asarray(psf_model.oversampling, dtype=float)
+            data0 = _shift(data0, tuple(int(v) for v in psf_model.oversampling),
+                           off[0] / ov[1], off[1] / ov[0])
+        stack = data0[None]
         nodes = None
         meta = {}
     else:
