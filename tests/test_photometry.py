@@ -472,15 +472,20 @@ def test_argument_errors(scene):
     with pytest.raises(TypeError, match="local_bkg_estimator"):
         PSFPhotometry(model, 5, local_bkg_estimator=2.0)
     phot = PSFPhotometry(model, 5)
-    with pytest.raises(ValueError, match="error must be strictly positive"):
+    with pytest.raises(ValueError, match="Error array contains non-positive or non-finite"):
         phot(data, error=np.zeros_like(data), init_params=init)
-    mask = np.zeros(SHAPE, bool)
-    mask[:2] = True
+    # photutils' rule: zero/NaN errors outside the fitted pixels are ignored
     zeros = err.copy()
     zeros[0] = 0.0
     zeros[1, :5] = np.nan
-    with pytest.raises(ValueError, match="error must be finite and strictly positive"):
-        phot(data, error=zeros, mask=mask[::-1], init_params=init)
+    ref = phot(data, error=np.where(np.isfinite(zeros) & (zeros > 0), zeros, 1.0),
+               init_params=init)
+    out = phot(data, error=zeros, init_params=init)
+    np.testing.assert_array_equal(np.asarray(out["flux_fit"]), np.asarray(ref["flux_fit"]))
+    stamp_zero = err.copy()
+    stamp_zero[int(round(float(init["y"][0]))), int(round(float(init["x"][0])))] = 0.0
+    with pytest.raises(ValueError, match="Error array contains .* fit stamps of 1 source"):
+        phot(data, error=stamp_zero, init_params=init)
     with pytest.raises(ValueError, match="error"):
         phot(data, error=np.ones((3, 3)), init_params=init)
     with pytest.raises(ValueError, match="mask"):

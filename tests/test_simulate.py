@@ -61,7 +61,8 @@ def test_xycoords_match_photutils(seed, min_sep, kernel_backend):
 
 
 def test_too_crowded_warns_and_returns_fewer(kernel_backend):
-    with pytest.warns(SimulationWarning, match="Unable to produce 400 coordinates.* Only .* coordinates were generated"):
+    match = "Unable to produce 400 coordinates.* Only .* coordinates were generated"
+    with pytest.warns(SimulationWarning, match=match):
         ours = make_random_xycoords(400, (0, 100), (0, 100), min_separation=10, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
@@ -285,5 +286,6 @@ def test_bad_ranges_name_the_argument(kwargs, match):
 
 
 def test_unknown_noise_distribution_is_named():
-    with pytest.raises(ValueError, match="Invalid distribution: foo. Use either 'gaussian' or 'poisson'"):
+    match = "Invalid distribution: foo. Use either 'gaussian' or 'poisson'"
+    with pytest.raises(ValueError, match=match):
         make_noise_image((5, 5), distribution="foo", mean=0, stddev=1)

@@ -195,13 +195,13 @@ def positive_real(name, value):
     import numbers
 
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
-        raise TypeError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
+        raise TypeError(f"{name} must be a strictly-positive scalar, got {value!r}")
     arr = np.asarray(value)
     if arr.ndim != 0 or arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
+        raise TypeError(f"{name} must be a strictly-positive scalar, got {value!r}")
     fv = float(arr)
     if not np.isfinite(fv) or fv <= 0:
-        raise ValueError(f"{name} must be a strictly-positive scalar (a finite number), got {value!r}")
+        raise ValueError(f"{name} must be a strictly-positive scalar, got {value!r}")
     return fv
 
 
@@ -287,12 +287,16 @@ def deprecated_positional(*names, since="3.0", until="4.0"):
     return decorate
 
 
-def check_data_mask_error(data, mask, error, *, stacklevel=3):
+def check_data_mask_error(data, mask, error, *, stacklevel=3, defer_error=False):
     """Validate an image with its optional mask and error, merging non-finite pixels into the mask.
 
     Non-finite data pixels the caller did not mask are masked with one warning. ``error`` must
     be finite and positive on every unmasked pixel (masked pixels may hold 0 or NaN, as bad-pixel
     maps often do; they get a placeholder of 1).
+
+    With ``defer_error`` a zero/negative/non-finite error on an unmasked pixel does not raise
+    here: it comes back as NaN, for the caller to check on the pixels it actually uses
+    (photutils' rule: only the fitted pixels' errors matter).
 
     Returns
     -------
@@ -315,13 +319,18 @@ def check_data_mask_error(data, mask, error, *, stacklevel=3):
                           f"were automatically ignored ({n_new} pixel(s) masked).",
                           NonFiniteDataWarning, stacklevel=stacklevel)
         mask = bad if mask is None else (mask | bad)
-    if error is None or mask is None:
+    if error is None or (mask is None and not defer_error):
         return arr, mask, check_error("error", error, arr.shape)
     err = np.asarray(getattr(error, "value", error), dtype=float)
     if err.shape != arr.shape:
         raise ValueError(f"error must have the same shape as data {arr.shape}, got {err.shape}")
     with np.errstate(invalid="ignore"):
         bad_err = ~(np.isfinite(err) & (err > 0))
+    if defer_error:
+        if not np.any(bad_err):
+            return arr, mask, err
+        unused = np.zeros_like(bad_err) if mask is None else (bad_err & mask)
+        return arr, mask, np.where(unused, 1.0, np.where(bad_err, np.nan, err))
     if np.any(bad_err & ~mask):
         raise ValueError("error must be finite and strictly positive on every unmasked pixel "
                          f"(found {int(np.count_nonzero(bad_err & ~mask))} bad value(s)); mask "

@@ -301,6 +301,11 @@ class _StarFinderBase:
             raise ValueError(
                 f"threshold array must have the same shape as the input data {arr.shape}, "
                 f"got {thr.shape}"
+        if bad is not None:  # only the non-finite pixels the caller did not mask are news
+            n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
+            if n_new:
+                warnings.warn(f"data contains {n_new} non-finite (NaN/inf) pixel(s); they are "
+                              "masked", CrowdphotWarning, stacklevel=3)
             )
         kernel = self.kernel
         if bad is not None:

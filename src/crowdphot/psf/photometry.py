@@ -362,7 +362,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                       "from the model, read_noise and gain)", CrowdphotWarning, stacklevel=3)
         error = None
     data, mask, error, unit = _photinit.coerce_inputs(data, mask, error)
-    data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4)
+    data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4,
+                                              defer_error=True)
     main_params = _photinit.model_main_params(psf_model)
     table, finder_results = _photinit.build_init_params(
         data, mask, init_params, psf_model=psf_model, finder=finder, grouper=grouper,
@@ -377,6 +378,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     n = len(table)
     reason = _prefit_reasons(table, data.shape, fit_shape)
     todo = reason == ""
+    if error is not None:
+        error = _check_fitted_errors(error, table, todo, fit_shape)
     extra = [c[: -len("_init")] for c in table.colnames[6:]]
     aliases = ["x", "y", "flux", *extra]
 
@@ -484,12 +487,16 @@ class _LatestResultMixin:
         return self.results
 
     def results_to_init_params(self, *, remove_invalid=True, reset_ids=True):
-        """Initial-parameter table built from the latest fit (see PSFPhotometryResult)."""
+        """Initial-parameter table built from the latest fit (None before the first call)."""
+        if getattr(self._last, "result", None) is None:  # photutils returns None here
+            return None
         return self._result().results_to_init_params(remove_invalid=remove_invalid,
                                                      reset_ids=reset_ids)
 
     def results_to_model_params(self, *, remove_invalid=True, reset_ids=True):
-        """Model-parameter table built from the latest fit."""
+        """Model-parameter table built from the latest fit (None before the first call)."""
+        if getattr(self._last, "result", None) is None:  # photutils returns None here
+            return None
         return self._result().results_to_model_params(remove_invalid=remove_invalid,
                                                       reset_ids=reset_ids)
 
@@ -727,6 +734,33 @@ def _validate_xy_bounds(xy_bounds):
     if out[0] is None and out[1] is None:
         return None
     return tuple(out)
+
+
+def _check_fitted_errors(error, table, todo, fit_shape):
+    """Raise if a fitted pixel has a zero/negative/NaN error (NaN from the input check).
+
+    Such errors elsewhere in the image are ignored, as photutils does: only the pixels of the
+    fit stamps are used. Counts per stamp come from an integral image (no loop over sources).
+    """
+    bad = np.isnan(error)
+    if not bad.any():
+        return error
+    from crowdphot.core.batched import stamp_origin
+
+    ny, nx = error.shape
+    integral = np.zeros((ny + 1, nx + 1))
+    integral[1:, 1:] = bad.cumsum(axis=0).cumsum(axis=1)
+    x = np.asarray(table["x_init"], dtype=float)[todo]
+    y = np.asarray(table["y_init"], dtype=float)[todo]
+    xlo, ylo = stamp_origin(x, y, fit_shape)
+    x0, x1 = np.clip(xlo, 0, nx), np.clip(xlo + fit_shape[1], 0, nx)
+    y0, y1 = np.clip(ylo, 0, ny), np.clip(ylo + fit_shape[0], 0, ny)
+    n_bad = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    if np.any(n_bad > 0):
+        raise ValueError("Error array contains non-positive or non-finite values in the fit "
+                         f"stamps of {int(np.count_nonzero(n_bad > 0))} source(s); such errors "
+                         "are allowed only outside the fitted pixels (or mask those pixels)")
+    return np.where(bad, 1.0, error)  # never used by the fit
 
 
 def _document_flags():
