@@ -30,7 +30,12 @@ from crowdphot.core.kernels.detect import (
     iraf_measure,
     make_star_kernel,
 )
-from crowdphot.core.validate import check_image, check_mask, deprecated_positional
+from crowdphot.core.validate import (
+    CrowdphotWarning,
+    check_image,
+    check_mask,
+    deprecated_positional,
+)
 from crowdphot.utils._tables import make_deprecated_qtable
 from crowdphot.utils.exceptions import NoDetectionsWarning
 
@@ -294,18 +299,18 @@ class _StarFinderBase:
             :class:`NoDetectionsWarning`) when no star is found or none passes the cuts.
         """
         unit = self._check_units(data)
-        arr, bad = check_image("data", data)
+        arr, bad = check_image("data", data, warn_nonfinite=False)
         mask = check_mask("mask", mask, arr.shape)
-        thr = self._thr_value
-        if thr.ndim == 2 and thr.shape != arr.shape:
-            raise ValueError(
-                f"threshold array must have the same shape as the input data {arr.shape}, "
-                f"got {thr.shape}"
         if bad is not None:  # only the non-finite pixels the caller did not mask are news
             n_new = int(np.count_nonzero(bad if mask is None else (bad & ~mask)))
             if n_new:
                 warnings.warn(f"data contains {n_new} non-finite (NaN/inf) pixel(s); they are "
                               "masked", CrowdphotWarning, stacklevel=3)
+        thr = self._thr_value
+        if thr.ndim == 2 and thr.shape != arr.shape:
+            raise ValueError(
+                f"threshold array must have the same shape as the input data {arr.shape}, "
+                f"got {thr.shape}"
             )
         kernel = self.kernel
         if bad is not None:
