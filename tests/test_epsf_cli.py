@@ -39,6 +39,7 @@ def test_psf_builds_a_readable_grid_and_figure(image, tmp_path, capsys):
     assert model.data.shape == (4, 77, 77)
     header = fits.getheader(out)
     assert header["OVERSAMP"] == 4 and header["NUM_PSFS"] == 4
+    assert header["FILTER"] == "F200W" and header["INSTRUME"] == "NIRCAM"  # from the image
     assert sum(header[f"NSTARS{i}"] for i in range(4)) > 40
     assert png.stat().st_size > 10_000
 
@@ -52,6 +53,10 @@ def test_psf_from_builtin_and_phot_refine(image, tmp_path, capsys):
     refined = GriddedPSFModel.read(out)
     assert refined.data.shape[0] == 16
     cat = tmp_path / "cat.ecsv"
+    # the written grid is a valid --psf for the image it came from
+    code, _, err = _run(["phot", image, "--psf", out, "-o", tmp_path / "c0.ecsv", "--sky",
+                         "none", "--no-progress"], capsys)
+    assert code == 0, err
     code, text, err = _run(["phot", image, "-o", cat, "--refine-psf", "--sky", "none",
                             "--no-progress"], capsys)
     assert code == 0, err

@@ -107,6 +107,7 @@ def run_psf(args):
                                   oversampling=args.oversampling, size=args.size,
                                   progress_bar=not args.no_progress, **kw)
         what = f"built a {args.grid[0]}x{args.grid[1]} grid"
+    _add_image_context(model, image)
     with atomic_write(args.output) as tmp:
         write_stpsf_grid(model, tmp, overwrite=True)
     if args.plot:
@@ -115,6 +116,19 @@ def run_psf(args):
     print(f"{what} from {sum(counts)} stars (per zone: {', '.join(map(str, counts))}) in "
           f"{time.perf_counter() - t0:.2f} s -> {args.output}")
     return 0
+
+
+def _add_image_context(model, image):
+    """TELESCOP/INSTRUME/FILTER/PUPIL/DETECTOR of the image into the grid's metadata (so that
+    ``phot --psf grid.fits`` can check the grid against the image it is used on)."""
+    headers = [h for h in (getattr(image, "primary", None), image.header) if h is not None]
+    for key in ("TELESCOP", "INSTRUME", "FILTER", "PUPIL", "DETECTOR"):
+        if any(k.upper() == key for k in model.meta):
+            continue
+        value = next((h[key] for h in headers if key in h), None)
+        if isinstance(value, str) and value.strip():
+            model.meta[key.lower()] = value.strip()
+    model.meta["origin"] = "crowdphot psf"
 
 
 def _load_model(spec, image, args):
