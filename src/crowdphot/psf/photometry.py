@@ -28,7 +28,7 @@ __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 # ----------------------------------------------------------------------------------------------
 # results
 # ----------------------------------------------------------------------------------------------
-class FitInfo:
+class FitInfo(list):  # a list, as photutils' fit_info (isinstance checks), built lazily
     """Per-source fit information, built lazily: ``fit_info[i]`` is a dict.
 
     Keys: ``param_cov`` (covariance of the free parameters in the model's parameter order,
@@ -73,6 +73,17 @@ class FitInfo:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        return len(self) > 0
+
+    def __repr__(self):
+        return repr(list(self))
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, list) else NotImplemented
+
+    __hash__ = None
 
 
 class PSFPhotometryResult:
@@ -365,6 +376,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4,
                                               defer_error=True)
     main_params = _photinit.model_main_params(psf_model)
+    if all(psf_model.fixed[p] for p in psf_model.param_names):
+        # photutils fails here inside scipy with this message
+        raise ValueError("The PSF model has no free parameters to fit (photutils: `bounds` "
+                         "must contain 2 elements)")
     table, finder_results = _photinit.build_init_params(
         data, mask, init_params, psf_model=psf_model, finder=finder, grouper=grouper,
         aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator, unit=unit,
