@@ -274,12 +274,14 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, renderer, geom,
                  n_halvings=6):
     """Accept each group's step unless it lowers the likelihood; then halve it (unchecked).
 
-    Returns ``(expectation, parameters, group log-likelihoods)`` of the accepted state.
+    Returns ``(expectation, parameters, group log-likelihoods, stuck)`` of the accepted
+    state; ``stuck`` marks sources whose step was cut to 1/8 or less, or that no halving made
+    acceptable: the reweighting map does not contract there, and going on would only creep.
     """
     xlo, ylo, fshape, finite, fit_sky = geom
     moved = np.any(cand != theta, axis=1) & np.all(np.isfinite(cand[:, :3]), axis=1)
     if not moved.any():
-        return expect, theta, ll_old
+        return expect, theta, ll_old, np.zeros(len(theta), dtype=bool)
 
     def state(par, changed):
         groups = np.zeros(ll.n_groups, dtype=bool)
@@ -292,6 +294,7 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, renderer, geom,
         return ex, ll.per_group(ex, groups, ll_old)
 
     cur = theta.copy()
+    stuck = np.zeros(len(theta), dtype=bool)
     for h in range(n_halvings + 1):
         trial = cur.copy()
         trial[moved] = theta[moved] + 0.5**h * (cand[moved] - theta[moved])
@@ -299,13 +302,15 @@ def _halve_steps(ll, ll_old, theta, cand, expect, background, renderer, geom,
         trial_expect, ll_new = state(trial, changed)
         bad_src = (ll_new < ll_old - 1e-10 * np.abs(ll_old))[ll.grp] & moved
         cur = np.where(bad_src[:, None], cur, trial)
+        if h >= 3:
+            stuck |= moved & ~bad_src
         if not bad_src.any():
-            return trial_expect, cur, ll_new
+            return trial_expect, cur, ll_new, stuck
         moved = bad_src
     # groups that no step improves stay where they were
     cur = np.where(moved[:, None], theta, cur)
     ex, ll_cur = state(cur, np.any(cur != theta, axis=1))
-    return ex, cur, ll_cur
+    return ex, cur, ll_cur, stuck | moved
 
 
 def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, read_noise,

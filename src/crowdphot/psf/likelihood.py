@@ -159,7 +159,7 @@ def _subset(d, sel, kind):
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
                        gain=1.0, sky=None, group_id=None, error=None, mask=None,
                        local_bkg=None, fixed=None, bounds=None, maxiters=100, tol=1e-3,
-                       max_outer=25, bias_correction=True, **engine_options):
+                       max_outer=15, bias_correction=True, **engine_options):
     """Maximum-likelihood PSF fits of many sources (Poisson + read noise; see module doc).
 
     Same arguments and result as :func:`crowdphot.core.fit.fit_psf` (fit stamps on the initial
@@ -353,8 +353,9 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         cand[sub, :npar] = old + omega[g_sub][:, None] * (new - old)
         # safeguard (as GLM software does): a step that lowers the likelihood of its group is
         # halved until it does not
-        expect, cand, ll_old = _halve_steps(ll, ll_old, theta, cand, expect, background,
-                                            renderer, (xlo0, ylo0, fshape, finite, fit_sky))
+        expect, cand, ll_old, stuck = _halve_steps(ll, ll_old, theta, cand, expect,
+                                                   background, renderer,
+                                                   (xlo0, ylo0, fshape, finite, fit_sky))
         with np.errstate(invalid="ignore", divide="ignore"):
             took = np.where(np.isfinite(sig) & (sig > 0), (cand[sub, :npar] - old) / sig, 0.0)
             a = np.bincount(g_sub, np.einsum("ij,ij->i", took, s_now), minlength=n_grp)
@@ -367,6 +368,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         ok = grp_ok[ginv]
         outer_ok[sub] = ok
         active[sub] = ~ok
+        # no acceptable step: the same weights would repeat it; stop (reported unconverged)
+        active &= ~stuck
         if not active.any():
             break
     full["niter"] = niter_sum
