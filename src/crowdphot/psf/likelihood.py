@@ -16,7 +16,13 @@ McCullagh & Nelder 1989, ch. 9). It is solved by iteratively reweighted least sq
 outer iteration freezes the weights ``1 / V(mu(theta_k))`` at the current model, solves the
 weighted least-squares problem with the batched engine (:func:`crowdphot.core.fit.fit_psf`,
 warm-started, any group size), and stops when no parameter of a group moves by more than
-``tol`` standard errors. A fixed point of this iteration *is* a root of the score equation
+``tol`` standard errors. Once the engine has solved an isolated source, its later reweighted
+solves are replaced by their Gauss-Newton step (exact to second order in a step that is
+< ``tol`` at the end), which is much cheaper than an engine call. Steps are relaxed with an
+Aitken estimate of the iteration's contraction and halved when they would lower the group's
+likelihood (the GLM safeguard), which makes the low-count cycles of plain reweighting converge;
+groups that still do not settle are reported ``converged=False`` (flag bit 8).
+A fixed point of this iteration *is* a root of the score equation
 (the weights are evaluated at the solution), so the result is the maximum-likelihood estimate,
 not the biased data-weighted least squares (weights from ``sqrt(data)`` correlate with the
 noise and pull faint fluxes low). Note that maximising a Gaussian likelihood with the variance
