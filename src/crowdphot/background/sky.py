@@ -82,10 +82,18 @@ def source_mask(residual, rms, *, nsigma=3.0, dilate=4, mask=None):
     finite = np.isfinite(residual)
     if mask is not None:
         finite &= ~mask
-    clean = np.where(finite, residual, 0.0)
-    count = _box3(finite.astype(np.float32))
+    if finite.all():  # the usual case: the neighbour count only drops at the edges
+        clean = residual.astype(np.float32)
+        cy = np.full(residual.shape[0], 3.0, dtype=np.float32)
+        cx = np.full(residual.shape[1], 3.0, dtype=np.float32)
+        cy[[0, -1]] -= 1.0
+        cx[[0, -1]] -= 1.0
+        count = cy[:, None] * cx[None, :]
+    else:
+        clean = np.where(finite, residual, 0.0).astype(np.float32)
+        count = _box3(finite.astype(np.float32))
     with np.errstate(invalid="ignore", divide="ignore"):
-        hot = _box3(clean) > (nsigma * rms / 3.0) * count
+        hot = _box3(clean) > (nsigma * np.asarray(rms, dtype=np.float32) / 3.0) * count
     if mask is not None:
         hot &= ~mask
     if dilate > 0 and hot.any():
@@ -96,7 +104,7 @@ def source_mask(residual, rms, *, nsigma=3.0, dilate=4, mask=None):
 
 
 def estimate_sky(data, *, mask=None, box_size=None, fwhm=None, nsigma=3.0, dilate=None,
-                 iterations=2, filter_size=3):
+                 iterations=1, filter_size=3):
     """Sky and sky-RMS maps of an image with its stars masked.
 
     Parameters
@@ -115,7 +123,8 @@ def estimate_sky(data, *, mask=None, box_size=None, fwhm=None, nsigma=3.0, dilat
     dilate : int, optional
         Growth of the source mask in pixels.
     iterations : int, optional
-        Source-masking passes after the first map (default 2).
+        Source-masking passes after the first map (default 1; a second pass moves the notebook
+        scene's sky by 0.006, a hundredth of the noise).
     filter_size : int, optional
         Median filter of the mesh (default 3).
 
