@@ -179,8 +179,8 @@ class StdBackgroundRMS(BackgroundRMSBase):
 
     Examples
     --------
-    >>> round(float(StdBackgroundRMS()(np.arange(100.0))), 6)
-    28.866070
+    >>> round(float(StdBackgroundRMS()(np.arange(100.0))), 5)
+    28.86607
     """
 
     def _statistic(self, data, axis):
