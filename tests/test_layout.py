@@ -248,6 +248,8 @@ def test_without_matplotlib_photometry_works_and_figures_name_the_extra(tmp_path
     code = _BLOCK + _FIT + """
     import pytest
     import crowdphot
+    import crowdphot.aperture
+    import crowdphot.background
     from crowdphot.aperture import CircularAperture
     from crowdphot.psf import SourceGrouper
     from crowdphot.utils import make_random_cmap
@@ -268,6 +270,10 @@ def test_without_matplotlib_photometry_works_and_figures_name_the_extra(tmp_path
         'plot_grid': lambda: grid.plot_grid(),
         'crowdphot.viz figures': lambda: figures.plot_image(data),
         'plot_data_model_residual': lambda: figures.plot_data_model_residual(data, data, data),
+        'BoundingBox.plot': lambda: crowdphot.aperture.BoundingBox(0, 5, 0, 5).plot(),
+        'BoundingBox.as_artist': lambda: crowdphot.aperture.BoundingBox(0, 5, 0, 5).as_artist(),
+        'Background2D.plot_meshes': lambda: crowdphot.background.Background2D(
+            data, (16, 16)).plot_meshes(),
     }
     for feature, call in calls.items():
         with pytest.raises(ImportError, match=hint) as info:

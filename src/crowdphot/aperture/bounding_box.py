@@ -125,6 +125,9 @@ class BoundingBox:
 
     def as_artist(self, **kwargs):
         """A matplotlib ``Rectangle`` patch covering the box's pixel edges."""
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib("BoundingBox.as_artist")
         from matplotlib.patches import Rectangle
 
         kwargs.setdefault("fill", False)
@@ -133,6 +136,9 @@ class BoundingBox:
 
     def plot(self, ax=None, origin=(0, 0), **kwargs):
         """Draw the box on ``ax`` (default: current axes); returns the patch."""
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib("BoundingBox.plot")
         import matplotlib.pyplot as plt
 
         if ax is None:

@@ -456,6 +456,9 @@ class Background2D:
         outlines : bool, optional
             Also draw each box's outline (``kwargs`` go to the rectangle patches).
         """
+        from crowdphot.core.optional import require_matplotlib
+
+        require_matplotlib("Background2D.plot_meshes")
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
 
