@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import os
@@ -300,3 +301,40 @@ def test_without_matplotlib_photometry_works_and_figures_name_the_extra(tmp_path
     finally:
         os.chdir(env_cwd)
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def _matplotlib_imports(node):
+    for sub in ast.walk(node):
+        names = ([a.name for a in sub.names] if isinstance(sub, ast.Import)
+                 else [sub.module or ""] if isinstance(sub, ast.ImportFrom) else [])
+        for name in names:
+            if name.split(".")[0] in ("matplotlib", "mpl_toolkits"):
+                yield sub
+
+
+def test_every_matplotlib_import_is_lazy_and_behind_the_helper():
+    """Static guard for new code: no module-level matplotlib import in the package, and every
+    public function that imports it calls ``require_matplotlib`` first (private helpers are
+    reached through such a function)."""
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        rel = path.relative_to(SRC.parent)
+        for stmt in tree.body:
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+                for imp in _matplotlib_imports(stmt):
+                    problems.append(f"{rel}:{imp.lineno}: module-level matplotlib import")
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef) or func.name.startswith("_"):
+                continue
+            imports = [i for i in _matplotlib_imports(func)]
+            if not imports:
+                continue
+            first = min(i.lineno for i in imports)
+            guarded = any(isinstance(c, ast.Call) and getattr(c.func, "id", None)
+                          == "require_matplotlib" and c.lineno < first
+                          for c in ast.walk(func))
+            if not guarded:
+                problems.append(f"{rel}:{first}: {func.name} imports matplotlib without "
+                                "require_matplotlib first")
+    assert not problems, "\n".join(problems)
