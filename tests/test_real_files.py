@@ -673,3 +673,34 @@ def test_readme_real_data_commands_parse():
     for line in commands:
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.command == "phot"
+
+
+def test_hst_dq_bits_mean_the_same_conditions(field, tmp_path, capsys):
+    from crowdphot.io.fits import parse_dq_bits, read_image
+
+    assert parse_dq_bits("SATURATED", "HST") == 256 | 2048
+    assert parse_dq_bits("DO_NOT_USE,SATURATED,JUMP_DET", "JWST") == 7
+    sky, flux = _sky_stars()
+    header = _sip_header((60.5, 60.5))
+    bright = QTable({"x_0": [60.3], "y_0": [45.6], "flux": [4.0e5]})
+    _write_mef(tmp_path / "hst.fits", header, sky, flux, seed=7, bunit="ELECTRONS/S",
+               primary_extra={"TELESCOP": "HST", "INSTRUME": "WFC3"})
+    with fits.open(tmp_path / "hst.fits", mode="update") as hdul:
+        star = make_model_image(SHAPE, CircularGaussianPRF(fwhm=FWHM), bright,
+                                model_shape=(31, 31))
+        sci = hdul["SCI"].data.astype(float) + star
+        full = sci > 20_000
+        sci[full] = 20_000.0
+        dq = np.where(full, 256, 0).astype(np.uint32)  # HST full-well saturation
+        dq[100:104, 5:12] = 2  # HST: data replaced by fill value (JWST's SATURATED bit)
+        hdul["SCI"].data = sci.astype(np.float32)
+        hdul["DQ"].data = dq
+        for key in ("FILTER", "PUPIL", "DETECTOR"):
+            del hdul[0].header[key]
+    image = read_image(tmp_path / "hst.fits")
+    assert image.mask[full].all() and image.mask[100:104, 5:12].all()
+    assert image.saturated[full].all() and not image.saturated[100:104, 5:12].any()
+    table, _ = _phot(tmp_path / "hst.fits", field["psf"], tmp_path / "c.ecsv", capsys)
+    assert int(np.sum(table["saturated"])) == 1 and len(table) == 11
+    sat = table[table["saturated"]][0]
+    assert abs(sat["flux_fit"].value / 4.0e5 - 1) < 0.01

@@ -58,8 +58,9 @@ def _add_phot(sub):
     p.add_argument("--dq-ext", default="auto",
                    help="DQ extension (default: DQ when present; 'none' to ignore)")
     p.add_argument("--dq-bits", default="DO_NOT_USE,SATURATED,JUMP_DET",
-                   help="DQ bits to mask: comma-separated flag names, or an integer mask "
-                   "(6 or 0x6) (default: %(default)s)")
+                   help="DQ bits to mask: comma-separated JWST flag names (on an HST file "
+                   "read as the same conditions in HST's bits), or an integer mask taken "
+                   "literally (6 or 0x6) (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=None,
                    help="detection threshold in data units (default: 5 x robust noise)")
     p.add_argument("--fwhm", type=float, default=3.0, help="finder kernel FWHM in pixels")

@@ -261,7 +261,8 @@ def run_phot(args):
     ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
     from crowdphot.io.fits import parse_dq_bits
 
-    dq_bits = parse_dq_bits(args.dq_bits)  # names, 6 or 0x6
+    parse_dq_bits(args.dq_bits)  # names, 6 or 0x6: a bad one fails now
+    dq_bits = args.dq_bits  # names are read per telescope (HST's SATURATED is not JWST's)
     if args.tile and not (args.residual or args.plots):
         # out-of-core: header now, pixels only inside the tile tasks
         planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,

@@ -47,6 +47,16 @@ JWST_DQ_FLAGS = {
 #: Bits masked by default: unusable, saturated, or hit by a cosmic ray in the ramp.
 DEFAULT_DQ_MASK = ("DO_NOT_USE", "SATURATED", "JUMP_DET")
 
+#: HST (ACS, WFC3, WFPC2) data-quality bits, by the names the JWST flags use for the same
+#: condition: a JWST-style ``--dq-bits`` means the same thing on an HST file.
+HST_DQ_FLAGS = {
+    "DO_NOT_USE": 1 | 2 | 4 | 16,  # Reed-Solomon error, fill value, bad detector pixel, hot
+    "SATURATED": 256 | 2048,  # full-well and A-to-D saturation
+    "JUMP_DET": 4096 | 8192,  # cosmic rays (AstroDrizzle, CR-SPLIT rejection)
+    "OUTLIER": 4096,
+    "HOT": 16, "WARM": 64, "DEAD": 4, "NON_SCIENCE": 2, "UNRELIABLE_FLAT": 512,
+}
+
 # short spellings people type on the command line
 _DQ_ALIASES = {"JUMP": "JUMP_DET", "SAT": "SATURATED", "BAD": "DO_NOT_USE"}
 
@@ -117,14 +127,17 @@ def dq_to_mask(dq, bits=DEFAULT_DQ_MASK):
     return (np.asarray(dq).astype(np.int64) & value) != 0
 
 
-def parse_dq_bits(bits):
+def parse_dq_bits(bits, telescope=None):
     """Integer bit mask from DQ flag names, integers, or decimal/hex (``0x6``) strings.
 
     Parameters
     ----------
     bits : int, str or sequence of str/int
         A comma-separated string, names from :data:`JWST_DQ_FLAGS` (``SAT``, ``JUMP`` and
-        ``BAD`` are accepted), or integer values.
+        ``BAD`` are accepted), or integer values (taken literally).
+    telescope : str, optional
+        ``'HST'`` reads the names as the same conditions in HST's DQ bits
+        (:data:`HST_DQ_FLAGS`: SATURATED is 256 | 2048, not JWST's 2).
 
     Returns
     -------
@@ -155,16 +168,22 @@ def parse_dq_bits(bits):
                     continue
                 except ValueError:
                     pass
-                if key not in JWST_DQ_FLAGS:
-                    raise InputError(f"unknown DQ flag name {b!r}; use names ("
-                                     f"{', '.join(JWST_DQ_FLAGS)}) or an integer mask such "
+                table = HST_DQ_FLAGS if _is_hst(telescope) else JWST_DQ_FLAGS
+                if key not in table:
+                    raise InputError(f"unknown DQ flag name {b!r}"
+                                     f"{' for HST' if table is HST_DQ_FLAGS else ''}; use "
+                                     f"names ({', '.join(table)}) or an integer mask such "
                                      "as 6 or 0x6")
-                value |= JWST_DQ_FLAGS[key]
+                value |= table[key]
             else:
                 value |= int(b)
     if value < 0:
         raise InputError(f"the DQ bit mask must be >= 0, got {value}")
     return value
+
+
+def _is_hst(telescope):
+    return telescope is not None and str(telescope).strip().upper() == "HST"
 
 
 def _find_hdu(hdul, ext, path, what):
@@ -295,8 +314,10 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
     (4, 5)
     """
     path = Path(path)
-    dq_value = parse_dq_bits(dq_bits)
+    parse_dq_bits(dq_bits)  # a bad name fails before any reading
     with open_fits(path) as hdul:
+        telescope = hdul[0].header.get("TELESCOP")
+        dq_value = parse_dq_bits(dq_bits, telescope)
         ext, err_ext, dq_ext = _resolve_exts(hdul, path, ext, err_ext, dq_ext)
         sci = _find_hdu(hdul, ext, path, "science data")
         err_hdu = _find_hdu(hdul, err_ext, path, "error")
@@ -321,7 +342,8 @@ def read_image(path, *, ext=None, err_ext="auto", dq_ext="auto", dq_bits=DEFAULT
             if not good.any():
                 raise InputError(f"{path}: the {err_ext} extension has no positive finite "
                                  "error; give --err-ext none to fit without errors")
-        saturated = None if dq is None else dq_to_mask(dq, JWST_DQ_FLAGS["SATURATED"])
+        saturated = None if dq is None else dq_to_mask(
+            dq, parse_dq_bits("SATURATED", telescope))
         truncated = getattr(hdul, "_crowdphot_truncated", None)
         if truncated:
             warnings.warn(f"{path}: {truncated}; the science, error and DQ planes were read "
@@ -389,8 +411,9 @@ class FitsPlanes:
     def __init__(self, path, *, ext=None, err_ext="auto", dq_ext="auto",
                  dq_bits=DEFAULT_DQ_MASK):
         self.path = str(path)
-        self.dq_bits = parse_dq_bits(dq_bits)
+        parse_dq_bits(dq_bits)
         with open_fits(self.path) as hdul:
+            self.dq_bits = parse_dq_bits(dq_bits, hdul[0].header.get("TELESCOP"))
             self.ext, self.err_ext, self.dq_ext = _resolve_exts(hdul, path, ext, err_ext,
                                                                 dq_ext)
             h = _find_hdu(hdul, self.ext, path, "science data").header
