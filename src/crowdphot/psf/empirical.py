@@ -254,9 +254,12 @@ def _residual_update(model, data, err, bad, x, y, flux, size, clip):
     sample = np.where(ok.ravel(), sample, -1)
     # outliers (cosmic rays, faint neighbours) are judged against the typical residual of the
     # stars at the same sample, not against zero: the model error itself can be >> the noise
-    typical = clipped_median_by_node(sample, r.ravel(), sy * sx, sigma_lower=None,
+    # of the same zone (nearest node): the PSF, and so the residual, varies across the field
+    zone = _zone_of(x, y, np.asarray(model.grid_xypos, dtype=float))
+    key = np.where(sample >= 0, np.repeat(zone, size * size) * (sy * sx) + sample, -1)
+    typical = clipped_median_by_node(key, r.ravel(), n_nodes * sy * sx, sigma_lower=None,
                                      sigma_upper=None, maxiters=1)
-    dev = r.ravel() - np.where(sample >= 0, typical[np.maximum(sample, 0)], 0.0)
+    dev = r.ravel() - np.where(key >= 0, typical[np.maximum(key, 0)], 0.0)
     sig = (e / flux[:, None, None]).ravel()
     w = np.where((sample >= 0) & (np.abs(dev) <= clip * sig),
                  1.0 / np.where(sample >= 0, sig, 1.0) ** 2, 0.0)
@@ -521,7 +524,7 @@ def build_gridded_psf(data, catalog=None, *, grid_shape=(3, 3), oversampling=4, 
 
 def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0, size=None,
                saturation=None, min_stars=5, max_stars=None, snr_min=100.0, fit_shape=5,
-               maxiters=10, smoothing_kernel=None):
+               maxiters=20, smoothing_kernel=None):
     """A model PSF grid corrected by a smooth empirical residual from the image's stars.
 
     DOLPHOT-style: bright isolated stars are fitted with the model, their normalised residuals
