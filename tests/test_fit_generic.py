@@ -185,8 +185,8 @@ def test_fit_generic_direct_call_marks_unfittable(toy_scene):
 class _SlowFitter(TRFLSQFitter):
     """Sleeps after each fit so that another thread's fit lands in between (race detector)."""
 
-    def __call__(self, *args, **kwargs):
-        out = super().__call__(*args, **kwargs)
+    def __call__(self, *args, maxiter=100, **kwargs):  # names maxiter, as photutils checks
+        out = super().__call__(*args, maxiter=maxiter, **kwargs)
         time.sleep(0.003)
         return out
 

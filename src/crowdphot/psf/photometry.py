@@ -628,6 +628,11 @@ class PSFPhotometry(_LatestResultMixin):
         self.finder = finder
         self.grouper = grouper
         self.fitter = fitter
+        if fitter is not None and not _accepts_maxiter(fitter):
+            from astropy.utils.exceptions import AstropyUserWarning
+
+            warnings.warn("'maxiters' will be ignored because it is not accepted by the input "
+                          "fitter __call__ method.", AstropyUserWarning, stacklevel=2)
         maxiters = positive_real("fitter_maxiters", fitter_maxiters)
         if int(maxiters) != maxiters:
             raise ValueError("fitter_maxiters must be a strictly-positive integer")
@@ -749,6 +754,16 @@ def _validate_xy_bounds(xy_bounds):
     if out[0] is None and out[1] is None:
         return None
     return tuple(out)
+
+
+def _accepts_maxiter(fitter):
+    """Whether ``fitter(...)`` names a ``maxiter`` argument (photutils' test)."""
+    import inspect
+
+    try:
+        return "maxiter" in inspect.signature(fitter.__call__).parameters
+    except (TypeError, ValueError):
+        return True
 
 
 def _check_fitted_errors(error, table, todo, fit_shape):
