@@ -143,6 +143,19 @@ def test_faint_stars_unbiased_after_correction():
     assert abs(s["pull_flux"] - 1) < s["tol_sd"] and abs(s["pull_x"] - 1) < 0.05, s
     assert s["sd_flux"] < 1.05 + s["tol_sd"], s
 
+def test_forced_photometry_has_no_bias_correction():
+    # positions fixed: the flux model is linear, its Cox-Snell bias is zero (and the MLE of
+    # the flux alone is unbiased)
+    data, x, y, f, (xi, yi, fi), _ = _scene(300.0, 24, seed=7)
+    kw = dict(fit_shape=7, read_noise=RN, local_bkg=np.full(x.size, SKY),
+              fixed={"x": True, "y": True})
+    raw = fit_psf_likelihood(data, PSF, x, y, fi, bias_correction=False, **kw)
+    cor = fit_psf_likelihood(data, PSF, x, y, fi, **kw)
+    np.testing.assert_array_equal(cor.flux, raw.flux)
+    df = cor.flux - f
+    assert abs(np.mean(df)) < 4 * np.std(df) / np.sqrt(x.size)
+    assert np.all(np.isnan(cor.x_err)) and np.all(cor.x == x)
+
 def test_blended_pairs_have_honest_errors():
     data, x, y, f, (xi, yi, fi), gid = _scene(3000.0, 32, spacing=20, seed=11,
                                               pair_sep=(1.5, 3.5))

@@ -295,15 +295,23 @@ def _counts(u, flux, sky, read_noise, gain):
                       VARIANCE_FLOOR_E)
 
 
-def _cox_snell(der, m, valid):
+def _cox_snell(der, m, valid, free=None):
+    """Cox-Snell bias from precomputed derivatives; ``free`` (n, p) drops fixed parameters
+    (the bias of the reduced model, e.g. flux only for forced photometry)."""
     _, d1, d2 = der
     n = len(m)
     w = 1.0 / m
     if valid is not None:
         w = np.where(np.asarray(valid).reshape(n, -1), w, 0.0)
     p = d1.shape[1]
+    if free is not None:
+        d1 = np.where(free[:, :, None], d1, 0.0)
+        d2 = np.where((free[:, :, None] & free[:, None, :])[..., None], d2, 0.0)
     d1t = d1.transpose(0, 2, 1)
-    _, kinv = bounds_from_fisher((d1 * w[:, None, :]) @ d1t)
+    fisher = (d1 * w[:, None, :]) @ d1t
+    if free is not None:
+        fisher = np.where(free[:, :, None] & free[:, None, :], fisher, np.eye(p)[None])
+    _, kinv = bounds_from_fisher(fisher)
     # c[r, t, u] = sum_k w m_rt m_u (batched matrix products: no 4-index einsum loops)
     c = ((d2 * w[:, None, None, :]).reshape(n, p * p, -1) @ d1t).reshape(n, p, p, p)
     a = 0.5 * (c - c.transpose(0, 1, 3, 2) - np.einsum("ntur->nrtu", c))

@@ -361,7 +361,7 @@ def _refine_isolated(full, psf, data, background, mask, gid, xlo, ylo, fshape, r
         for k, name in enumerate(names):
             full[f"{name}_err"][rows_ok] = np.where(fr[ok, k], sig[ok, k], np.nan)
         if bias_correction:
-            b = _cox_snell(der, m, valid[part])
+            b = _cox_snell(der, m, valid[part], fr)
             b = np.where(fr, np.nan_to_num(b), 0.0)
             for k, name in enumerate(names):
                 full[name][sel] = full[name][sel] - b[:, k]
