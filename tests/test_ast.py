@@ -224,6 +224,28 @@ def test_select_rule_is_applied_to_each_batch(field):
     assert np.count_nonzero(cut["recovered"]) < np.count_nonzero(free["recovered"])
 
 
+def test_masked_and_non_finite_pixels():
+    """Stars on masked or NaN pixels are not recovered; elsewhere they are; one warning at
+    most (the original run's), none per batch."""
+    data = make_noise_image((200, 200), mean=0.0, stddev=SIGMA, seed=4)
+    data[20:80, 20:80] = np.nan
+    mask = np.zeros(data.shape, dtype=bool)
+    mask[120:180, 120:180] = True
+    err = np.full(data.shape, SIGMA)
+    with pytest.warns(Warning, match="non-finite") as record:  # the original run's, once
+        t = artificial_star_test(data, _phot(), 300, (2000, 5000), mask=mask, error=err,
+                                 seed=6, border=5).table
+    assert len(record) == 1
+    x, y = np.asarray(t["x_in"]), np.asarray(t["y_in"])
+    inside = (((x > 22) & (x < 77) & (y > 22) & (y < 77))
+              | ((x > 122) & (x < 177) & (y > 122) & (y < 177)))
+    clear = ~(((x > 14) & (x < 85) & (y > 14) & (y < 85))
+              | ((x > 114) & (x < 185) & (y > 114) & (y < 185)))
+    assert inside.sum() > 20 and clear.sum() > 100
+    assert not np.any(np.asarray(t["recovered"])[inside])
+    assert np.all(np.asarray(t["recovered"])[clear])
+
+
 def test_gain_adds_the_stars_photon_noise():
     data = make_noise_image((200, 200), mean=0.0, stddev=SIGMA, seed=4)
     err = np.full(data.shape, SIGMA)
