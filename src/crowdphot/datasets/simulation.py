@@ -205,8 +205,8 @@ def _main_param_names(psf_model):
     if all(isinstance(name, str) and name in psf_model.param_names for name in names):
         return names
     raise ValueError(
-        "psf_model must have 'x_0', 'y_0' and 'flux' parameters (or x_name/y_name/flux_name "
-        "attributes naming its parameters)"
+        "Invalid PSF model - could not find PSF parameter names: psf_model must have 'x_0', "
+        "'y_0' and 'flux' parameters (or x_name/y_name/flux_name attributes naming them)"
     )
 
 
@@ -251,7 +251,11 @@ def make_psf_model_image(shape, psf_model, n_sources, *, model_shape=None, min_s
     >>> data.shape, len(params)
     ((150, 200), 10)
     """
-    _check_model("psf_model", psf_model)
+    if not isinstance(psf_model, Model):  # photutils' wording
+        raise TypeError(f"psf_model must be an Astropy Model subclass, got "
+                        f"{type(psf_model).__name__}")
+    if psf_model.n_inputs != 2 or psf_model.n_outputs != 1:
+        raise ValueError("psf_model must be two-dimensional (2 inputs, 1 output)")
     x_name, y_name, _ = _main_param_names(psf_model)
     if model_shape is not None:
         model_shape = as_pair("model_shape", model_shape, lower_bound=0)

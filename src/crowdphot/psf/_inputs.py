@@ -50,7 +50,8 @@ def model_main_params(psf_model):
     from astropy.modeling import Model
 
     if not isinstance(psf_model, Model):
-        raise TypeError("psf_model must be an astropy Model instance")
+        raise TypeError("psf_model must be an Astropy Model subclass (an astropy Model "
+                        "instance)")
     if psf_model.n_inputs != 2 or psf_model.n_outputs != 1:
         raise ValueError("psf_model must be two-dimensional (2 inputs, 1 output)")
     names = ("x_0", "y_0", "flux")
@@ -60,8 +61,9 @@ def model_main_params(psf_model):
     if all(alt) and all(n in psf_model.param_names for n in alt):
         return alt
     raise ValueError(
-        "psf_model must have flux, x_0 and y_0 parameters (or x_name/y_name/flux_name "
-        "attributes naming its position and flux parameters)"
+        "Invalid PSF model - could not find PSF parameter names: psf_model must have flux, x_0 "
+        "and y_0 parameters (or x_name/y_name/flux_name attributes naming its position and "
+        "flux parameters)"
     )
 
 
