@@ -91,6 +91,8 @@ def test_refine_psf_meets_goals(scene):
     assert rms <= 0.01
     assert core <= 1.2
     assert refined.meta["refined"] is True
+    before, after = refined.meta["core_chi2"]
+    assert after < 0.1 * before and refined.meta["iterations"] >= 1
     assert len(refined.meta["n_stars"]) == 4 and min(refined.meta["n_stars"]) >= 20
     assert np.array_equal(refined.grid_xypos, model.grid_xypos)
     assert refined.data.shape == model.data.shape

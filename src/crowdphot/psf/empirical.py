@@ -344,10 +344,12 @@ def _iterate(model, data, err, bad, x, y, flux, *, size, fit_shape, n_iter, smoo
     nodes = model.grid_xypos
     meta = {k: v for k, v in model.meta.items() if k not in ("grid_xypos", "grid_shape")}
     best, best_chi2, worse = stack.copy(), np.inf, 0
+    history = []
     for _ in range(n_iter + 1):
         cur = _grid_model(stack, nodes, os_, meta)
         x, y, flux, good = _fit_stars(cur, data, err, bad, x, y, flux, fit_shape)
         chi2 = _core_chi2(cur, data, err, bad, x[good], y[good], flux[good], fit_shape)
+        history.append(chi2)
         # the iteration is stopped (and the best grid kept) once the stars' core residuals
         # stop improving: further steps only add noise
         if chi2 < best_chi2:
@@ -371,6 +373,9 @@ def _iterate(model, data, err, bad, x, y, flux, *, size, fit_shape, n_iter, smoo
             stack[k] = new * (norm[k] / new.sum())
     final = _grid_model(best, nodes, os_, meta)
     x, y, flux, good = _fit_stars(final, data, err, bad, x, y, flux, fit_shape)
+    # the stars' mean squared normalised core residual at the start and for the grid returned
+    final.meta["core_chi2"] = (float(history[0]), float(min(history)))
+    final.meta["iterations"] = int(np.argmin(history))
     return final, x, y, flux, good
 
 
@@ -564,7 +569,10 @@ def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0
     -------
     model : GriddedPSFModel
         Same nodes, oversampling and shape as the input; ``meta`` adds ``refined=True``,
-        ``n_stars`` per node and ``correction`` (the added ``(n_psf, ny, nx)`` residual).
+        ``n_stars`` per node, ``correction`` (the added ``(n_psf, ny, nx)`` residual),
+        ``iterations`` (of the grid returned; 0: the model was not improved) and
+        ``core_chi2`` (the stars' mean squared normalised residual in their fit boxes with the
+        model and with the grid returned).
 
     Examples
     --------
@@ -606,6 +614,7 @@ def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0
     refined, *_ = _iterate(model, data, err, bad, x, y, flux, size=size, fit_shape=fit_shape,
                            n_iter=maxiters, smoothing=smoothing_kernel, clip=5.0,
                            reference=reference, norm=model.data.sum(axis=(1, 2)))
+    model_info = (refined.meta["core_chi2"], refined.meta["iterations"])
     off = ~_on_image(nodes, data.shape)
     if np.any(off) and np.any(~off):
         # grid points whose zone lies off the image get the mean correction of the others
@@ -613,6 +622,8 @@ def refine_psf(psf_model, data, catalog=None, *, error=None, mask=None, fwhm=2.0
         stack = model.data + np.where(off[:, None, None], corr[~off].mean(axis=0), corr)
         refined = _grid_model(stack, nodes, os_, meta)
     refined.meta["refined"] = True
+    refined.meta.setdefault("core_chi2", model_info[0])
+    refined.meta.setdefault("iterations", model_info[1])
     refined.meta["n_stars"] = counts.tolist()
     refined.meta["correction"] = refined.data - model.data
     return refined
