@@ -173,7 +173,8 @@ def check_error(name, error, shape):
     value = getattr(error, "value", error)
     arr = np.asarray(value, dtype=float)
     if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have the same shape as data {tuple(shape)}, got {arr.shape}")
+        raise ValueError(f"data and {name} must have the same shape: {name} must have the same "
+                         f"shape as data {tuple(shape)}, got {arr.shape}")
     lo, hi = arr.min(), arr.max()
     if lo > 0 and hi < np.inf:  # NaN fails both comparisons: the common case costs 2 passes
         return arr
@@ -323,7 +324,8 @@ def check_data_mask_error(data, mask, error, *, stacklevel=3, defer_error=False)
         return arr, mask, check_error("error", error, arr.shape)
     err = np.asarray(getattr(error, "value", error), dtype=float)
     if err.shape != arr.shape:
-        raise ValueError(f"error must have the same shape as data {arr.shape}, got {err.shape}")
+        raise ValueError(f"data and error must have the same shape: error must have the same "
+                         f"shape as data {arr.shape}, got {err.shape}")
     with np.errstate(invalid="ignore"):
         bad_err = ~(np.isfinite(err) & (err > 0))
     if defer_error:

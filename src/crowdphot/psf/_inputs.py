@@ -146,7 +146,8 @@ def _normalise_user_table(init_params, extra_params, unit):
     xcol, ycol = find_column(init_params, "x"), find_column(init_params, "y")
     if xcol is None or ycol is None:
         raise ValueError(
-            "init_params must contain columns for the x and y source positions; accepted names: "
+            "init_params must contain valid column names for the x and y source positions; "
+            "accepted names: "
             f"x: {VALID_INIT_COLNAMES['x']}, y: {VALID_INIT_COLNAMES['y']}"
         )
     out = QTable()
@@ -232,7 +233,8 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
             table = table[np.argsort(ids, kind="stable")]
     else:
         if finder is None:
-            raise ValueError("finder must be given when init_params is not input")
+            raise ValueError("finder must be defined if init_params is not input (finder must be "
+                             "given when init_params is not input)")
         finder_data = data if unit is None else u.Quantity(data, unit)
         finder_results = finder(finder_data, mask=mask)
         if finder_results is None or len(finder_results) == 0:

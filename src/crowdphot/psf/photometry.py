@@ -624,7 +624,7 @@ class PSFPhotometry(_LatestResultMixin):
                                                         odd=True))
         for name, obj in (("finder", finder), ("grouper", grouper), ("fitter", fitter)):
             if obj is not None and not callable(obj):
-                raise TypeError(f"{name} must be a callable object")
+                raise TypeError(f"'{name}' must be a callable object")
         self.finder = finder
         self.grouper = grouper
         self.fitter = fitter
