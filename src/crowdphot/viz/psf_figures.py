@@ -26,7 +26,8 @@ def _star_residuals(model, data, x, y, flux, size):
 
 def plot_psf_model(model, *, base=None, data=None, catalog=None, n_stamps=6, size=15,
                    figsize=None):
-    """Plot a PSF grid: each node's ePSF, the correction from ``base`` and residual stamps.
+    """Plot a PSF grid: each node's ePSF, the correction from ``base`` and residual stamps
+    (of the brightest stars, fitted with ``base`` and with ``model``).
 
     Parameters
     ----------
@@ -66,7 +67,8 @@ def plot_psf_model(model, *, base=None, data=None, catalog=None, n_stamps=6, siz
     elif "correction" in model.meta:
         corr = np.asarray(model.meta["correction"])
     n = len(stack)
-    rows = 1 + (corr is not None) + (data is not None and catalog is not None)
+    stamps_rows = 0 if data is None or catalog is None else (2 if base is not None else 1)
+    rows = 1 + (corr is not None) + stamps_rows
     fig, axes = plt.subplots(rows, max(n, n_stamps if rows > 1 else n),
                              figsize=figsize or (2.2 * max(n, n_stamps), 2.3 * rows),
                              squeeze=False)
@@ -97,21 +99,27 @@ def plot_psf_model(model, *, base=None, data=None, catalog=None, n_stamps=6, siz
             ax.set_title(f"max |corr| {np.abs(corr[k]).max() / peak:.1%} of peak", fontsize=7)
         axes[row, 0].set_ylabel("correction")
         row += 1
-    if data is not None and catalog is not None:
+    if stamps_rows:
         flux = np.asarray(catalog["flux"], dtype=float)
         order = np.argsort(-flux)[:n_stamps]
         x = np.asarray(catalog["x"], dtype=float)[order]
         y = np.asarray(catalog["y"], dtype=float)[order]
         from crowdphot.core.fit import fit_psf
 
-        res = fit_psf(data, model, x, y, flux[order], fit_shape=5)
-        resid, stamps = _star_residuals(model, data, res.x, res.y, res.flux, size)
-        for j in range(len(order)):
-            ax = axes[row, j]
-            ax.set_visible(True)
-            lim = 0.05 * stamps[j].max()
-            ax.imshow(resid[j], origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"residual (+-5% peak)\nflux {res.flux[j]:.3g}", fontsize=7)
-        axes[row, 0].set_ylabel("star - model")
+        shown = [("star - model", base)] if base is not None else []
+        shown.append(("star - refined" if base is not None else "star - model", model))
+        lim = None
+        for label, psf in shown:
+            res = fit_psf(data, psf, x, y, flux[order], fit_shape=5)
+            resid, stamps = _star_residuals(psf, data, res.x, res.y, res.flux, size)
+            if lim is None:  # one colour scale for both rows: +-5 % of each star's peak
+                lim = 0.05 * stamps.max(axis=(1, 2))
+            for j in range(len(order)):
+                ax = axes[row, j]
+                ax.set_visible(True)
+                ax.imshow(resid[j], origin="lower", cmap="RdBu_r", vmin=-lim[j], vmax=lim[j])
+                ax.set_title(f"+-5% of peak, flux {res.flux[j]:.3g}", fontsize=7)
+            axes[row, 0].set_ylabel(label)
+            row += 1
     fig.tight_layout()
     return fig
