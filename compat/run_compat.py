@@ -229,17 +229,36 @@ def build(config, target, only):
     return files, resolver
 
 
-def run_pytest(files, verbose):
-    xml = BUILD / "results.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={xml}",
-           "-o", "junit_family=xunit2", "--tb=line" if not verbose else "--tb=short",
-           *[str(f.relative_to(BUILD)) for f in files]]
+def _pytest_cmd(files, xml, verbose):
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={xml}",
+            "-o", "junit_family=xunit2", "--tb=line" if not verbose else "--tb=short",
+            *[str(f.relative_to(BUILD)) for f in files]]
+
+
+def run_pytest(files, verbose, jobs=1):
+    """Run the copies in ``jobs`` pytest processes (files dealt out by size); merged results."""
     env = dict(os.environ, PYTHONPATH=str(BUILD), MPLBACKEND="Agg")
-    proc = subprocess.run(cmd, cwd=BUILD, env=env, capture_output=not verbose, text=True)
-    if not xml.exists():
-        print((proc.stdout or "")[-5000:], (proc.stderr or "")[-5000:])
-        raise SystemExit("pytest produced no results")
-    return ET.parse(xml).getroot(), proc
+    jobs = max(1, min(jobs, len(files)))
+    groups = [[] for _ in range(jobs)]
+    load = [0] * jobs
+    for f in sorted(files, key=lambda f: -f.stat().st_size):  # largest first, to the lightest
+        k = load.index(min(load))
+        groups[k].append(f)
+        load[k] += f.stat().st_size
+    procs = []
+    for k, group in enumerate(groups):
+        xml = BUILD / f"results-{k}.xml"
+        out = None if verbose else subprocess.PIPE
+        procs.append((xml, subprocess.Popen(_pytest_cmd(group, xml, verbose), cwd=BUILD,
+                                            env=env, stdout=out, stderr=out, text=True)))
+    root = ET.Element("testsuites")
+    for xml, proc in procs:
+        stdout, stderr = proc.communicate()
+        if not xml.exists():
+            print((stdout or "")[-5000:], (stderr or "")[-5000:])
+            raise SystemExit("pytest produced no results")
+        root.extend(ET.parse(xml).getroot())
+    return root, procs
 
 
 def outcomes(root):
@@ -310,6 +329,10 @@ def write_docs(config, per_mod, tot, rate, failures):
         for tid, _ in failures:
             kind, reason = _known_reason(config, tid)
             out.append(f"| `{tid}` | {kind} | {reason} |")
+    out += ["", "## Deliberate differences and photutils-identical options", "",
+            "| difference | photutils-identical option |", "|---|---|"]
+    for item in config.get("difference", []):
+        out.append(f"| {item['what']} | {item['option']} |")
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "compat.md").write_text("\n".join(out) + "\n")
 
@@ -321,6 +344,8 @@ def main(argv=None):
     ap.add_argument("--failures", action="store_true", help="list every counted failure")
     ap.add_argument("--imports", action="store_true", help="print the import resolution log")
     ap.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
+    ap.add_argument("-j", "--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                    help="pytest processes (default: CPU count, at most 4)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the build folder (build/compat/run-*) for debugging")
     ap.add_argument("--write-docs", action="store_true",
@@ -343,7 +368,7 @@ def _main(args, config, t0):
     if args.imports:
         for rel, full, dest in sorted(set(resolver.log)):
             print(f"  {rel:36s} {full:60s} -> {dest}")
-    root, _ = run_pytest(files, args.verbose)
+    root, _ = run_pytest(files, args.verbose, args.jobs)
     rules = config.get("exclude", [])
     per_mod, failures, used = {}, [], set()
     for tid, outcome, msg in outcomes(root):
