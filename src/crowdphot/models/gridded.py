@@ -239,31 +239,39 @@ class GriddedPSFModel(SplinePSFBase, Fittable2DModel):
 def _sorted_grid(nddata):
     """Validate ``nddata`` and return the ePSF stack and positions sorted by y then x."""
     if not isinstance(nddata, NDData):
-        raise TypeError(f"nddata must be an astropy NDData instance, got "
+        raise TypeError(f"data must be an NDData instance: nddata must be an astropy NDData "
+                        f"instance, got "
                         f"{type(nddata).__name__}")
     data = np.asarray(nddata.data)
     if data.ndim != 3:
-        raise ValueError(f"nddata.data must be a 3D array (n_psf, ny, nx), got {data.ndim} "
+        raise ValueError(f"The NDData data attribute must be a 3D numpy ndarray: nddata.data "
+                         f"must be a 3D array (n_psf, ny, nx), got {data.ndim} "
                          f"dimension(s)")
     if data.dtype.kind not in "iuf":
         raise TypeError(f"nddata.data must be numeric, got dtype {data.dtype}")
     if not np.all(np.isfinite(data)):
-        raise ValueError("nddata.data must contain only finite values (found NaN or inf)")
+        raise ValueError("All elements of input data must be finite: nddata.data must contain "
+                         "only finite values (found NaN or inf)")
     if data.shape[0] in (2, 3):
-        raise ValueError(f"nddata.data must hold 1 or at least 4 ePSFs, got {data.shape[0]}")
+        raise ValueError(f"The number of ePSFs must not be 2 or 3: nddata.data must hold 1 or "
+                         f"at least 4 ePSFs, got {data.shape[0]}")
     if min(data.shape[1:]) < 4:
-        raise ValueError(f"nddata.data ePSFs need at least 4 samples along each axis, got "
+        raise ValueError(f"The length of the PSF x and y axes must both be at least 4: "
+                         f"nddata.data ePSFs need at least 4 samples along each axis, got "
                          f"shape {data.shape[1:]}")
     if "oversampling" not in nddata.meta:
-        raise ValueError("nddata.meta must contain 'oversampling'")
+        raise ValueError("'oversampling' must be in the nddata meta dictionary: nddata.meta "
+                         "must contain 'oversampling'")
     if "grid_xypos" not in nddata.meta:
-        raise ValueError("nddata.meta must contain 'grid_xypos'")
+        raise ValueError("'grid_xypos' must be in the nddata meta dictionary: nddata.meta "
+                         "must contain 'grid_xypos'")
     xypos = np.array(nddata.meta["grid_xypos"])
     if xypos.ndim != 2 or xypos.shape[1] != 2 or xypos.dtype.kind not in "iuf":
         raise ValueError(f"nddata.meta['grid_xypos'] must be a list of (x, y) pairs, got "
                          f"shape {xypos.shape}")
     if len(xypos) != len(data):
-        raise ValueError(f"nddata.meta['grid_xypos'] has {len(xypos)} positions for "
+        raise ValueError(f"length of grid_xypos must match the number of input ePSFs: "
+                         f"nddata.meta['grid_xypos'] has {len(xypos)} positions for "
                          f"{len(data)} ePSFs")
     if not np.all(np.isfinite(xypos)):
         raise ValueError("nddata.meta['grid_xypos'] must be finite")
@@ -273,7 +281,8 @@ def _sorted_grid(nddata):
         full = {(x, y) for x in xs for y in ys}
         if (len(xs) < 2 or len(ys) < 2 or len(full) != len(xypos)
                 or set(map(tuple, xypos.tolist())) != full):
-            raise ValueError("nddata.meta['grid_xypos'] must form a rectangular grid")
+            raise ValueError("grid_xypos must form a rectangular grid: "
+                             "nddata.meta['grid_xypos'] must form a rectangular grid")
     order = np.lexsort((xypos[:, 0], xypos[:, 1]))
     return data[order], xypos[order]
 
