@@ -3,6 +3,7 @@ field's own, determinism, summaries, bad input and the ``crowdphot ast`` command
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -131,12 +132,19 @@ def test_iterative_photometry_is_followed_around_each_star(mode):
 
 
 def test_dask_workers_give_the_same_table(field):
-    """Batches on two Dask worker processes: the same table as in process (noise included)."""
+    """Batches on two Dask workers: the same table as in process (noise included)."""
     distributed = pytest.importorskip("distributed")
     data, _, err = field
     kw = dict(error=err, seed=21, gain=0.5)
     here = artificial_star_test(data, _phot(), 60, (30, 3000), **kw).table
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    # threads, not processes: a process cluster's start-up can time out on a loaded machine;
+    # what a process would receive must pickle, checked directly
+    from crowdphot.pipeline.ast import _check_phot, _fitter_phot
+
+    base, plan = _check_phot(_phot())
+    copy = pickle.loads(pickle.dumps((base, _fitter_phot(base), plan)))
+    assert copy[1].finder is None and copy[0].finder is not None
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         there = artificial_star_test(data, _phot(), 60, (30, 3000), client=client, **kw).table
