@@ -117,14 +117,11 @@ def make_psf_model(model, *, x_name=None, y_name=None, flux_name=None, normalize
         if use_dblquad:
             from scipy.integrate import dblquad
 
-            xc = float(getattr(psf_model, names["x"]).value)
-            yc = float(getattr(psf_model, names["y"]).value)
-
             def func(y, x):
                 value = psf_model(x, y)
                 return float(getattr(value, "value", value))
 
-            integral = dblquad(func, xc - dx / 2, xc + dx / 2, yc - dy / 2, yc + dy / 2)[0]
+            integral = dblquad(func, -np.inf, np.inf, -np.inf, np.inf)[0]  # as photutils
         else:
             integral = _integrate(psf_model, names["x"], names["y"], dx, dy, subsample)
         if integral == 0:
