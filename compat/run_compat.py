@@ -346,6 +346,8 @@ def main(argv=None):
     ap.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output")
     ap.add_argument("-j", "--jobs", type=int, default=min(4, os.cpu_count() or 1),
                     help="pytest processes (default: CPU count, at most 4)")
+    ap.add_argument("--durations", type=int, default=0, metavar="N",
+                    help="print the N slowest tests and the time per module")
     ap.add_argument("--keep", action="store_true",
                     help="keep the build folder (build/compat/run-*) for debugging")
     ap.add_argument("--write-docs", action="store_true",
@@ -398,6 +400,18 @@ def _main(args, config, t0):
     print(f"pass rate {rate:.4f} ({tot['passed']}/{counted} counted = collected - excluded - "
           f"skipped); excluded tests that pass anyway: {tot['xpass']}; "
           f"{time.perf_counter() - t0:.0f} s")
+    if args.durations:
+        times = [(float(c.get("time") or 0.0), c.get("classname", "").split(".", 1)[-1],
+                  c.get("name")) for c in root.iter("testcase")]
+        per = {}
+        for t, cls, _ in times:
+            key = ".".join(cls.split(".")[:3])
+            per[key] = per.get(key, 0.0) + t
+        print(f"test time {sum(t for t, _, _ in times):.0f} s; by module:")
+        for key, t in sorted(per.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"  {t:7.1f} s  {key}")
+        for t, cls, name in sorted(times, reverse=True)[:args.durations]:
+            print(f"  {t:7.2f} s  {cls}::{name}")
     if args.failures:
         for tid, msg in failures:
             print(f"FAIL {tid}\n     {msg.splitlines()[0] if msg else ''}")
