@@ -42,21 +42,23 @@ def test_psf_builds_a_readable_grid_and_figure(image, tmp_path, capsys):
     assert header["FILTER"] == "F200W" and header["INSTRUME"] == "NIRCAM"  # from the image
     assert sum(header[f"NSTARS{i}"] for i in range(4)) > 40
     assert png.stat().st_size > 10_000
-
-
-def test_psf_from_builtin_and_phot_refine(image, tmp_path, capsys):
-    out = tmp_path / "refined.fits"
-    code, text, err = _run(["psf", image, "-o", out, "--from", "builtin:F200W",
-                            "--sky", "none", "--no-progress"], capsys)
-    assert code == 0, err
-    assert "refined builtin:F200W" in text
-    refined = GriddedPSFModel.read(out)
-    assert refined.data.shape[0] == 16
-    cat = tmp_path / "cat.ecsv"
     # the written grid is a valid --psf for the image it came from
     code, _, err = _run(["phot", image, "--psf", out, "-o", tmp_path / "c0.ecsv", "--sky",
                          "none", "--no-progress"], capsys)
     assert code == 0, err
+
+
+def test_psf_from_builtin_and_phot_refine(image, tmp_path, capsys):
+    out = tmp_path / "refined.fits"
+    png = tmp_path / "refined.png"
+    code, text, err = _run(["psf", image, "-o", out, "--from", "builtin:F200W",
+                            "--sky", "none", "--plot", png, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "refined builtin:F200W" in text
+    assert png.stat().st_size > 10_000
+    refined = GriddedPSFModel.read(out)
+    assert refined.data.shape[0] == 16
+    cat = tmp_path / "cat.ecsv"
     code, text, err = _run(["phot", image, "-o", cat, "--refine-psf", "--sky", "none",
                             "--no-progress"], capsys)
     assert code == 0, err

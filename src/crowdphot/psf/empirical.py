@@ -361,16 +361,32 @@ def _iterate(model, data, err, bad, x, y, flux, *, size, fit_shape, n_iter, smoo
         if _ == n_iter:
             break
         upd = _residual_update(cur, data, err, bad, x[good], y[good], flux[good], size, clip)
+        # work on the window of samples the stars reach (plus the filling/smoothing reach)
+        touched = np.isfinite(upd).any(axis=0)
+        if not touched.any():
+            break
+        pad = int(np.ceil(1.5 * max(os_))) + 3
+        rows = np.flatnonzero(touched.any(axis=1))
+        cols = np.flatnonzero(touched.any(axis=0))
+        win = (slice(max(rows[0] - pad, 0), rows[-1] + pad + 1),
+               slice(max(cols[0] - pad, 0), cols[-1] + pad + 1))
         for k in range(len(stack)):
-            u = _fill_holes(upd[k], os_)
+            u = _fill_holes(upd[k][win], os_)
             if u is None:
                 continue
-            u = _SmoothingKernel.apply_smoothing(u, smoothing)
-            new = stack[k] + u
-            want = (0.0, 0.0) if reference is None else reference[k]
-            cx, cy = _centroid(new, os_, center_box)
-            new = _shift(new, os_, want[0] - cx, want[1] - cy)
-            stack[k] = new * (norm[k] / new.sum())
+            stack[k][win] += _SmoothingKernel.apply_smoothing(u, smoothing)
+            stack[k] *= norm[k] / stack[k].sum()
+    # recentred once, at the end: the stars' positions follow any drift of the centre during
+    # the iterations, so only the final grid's centre definition matters
+    best = best.copy()
+    for k in range(len(best)):
+        want = (0.0, 0.0) if reference is None else reference[k]
+        for _ in range(5):  # the box centroid moves almost, not exactly, with the shift
+            cx, cy = _centroid(best[k], os_, center_box)
+            if max(abs(want[0] - cx), abs(want[1] - cy)) < 1e-8:
+                break
+            best[k] = _shift(best[k], os_, want[0] - cx, want[1] - cy)
+        best[k] *= norm[k] / best[k].sum()
     final = _grid_model(best, nodes, os_, meta)
     x, y, flux, good = _fit_stars(final, data, err, bad, x, y, flux, fit_shape)
     # the stars' mean squared normalised core residual at the start and for the grid returned
