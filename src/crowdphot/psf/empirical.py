@@ -11,9 +11,10 @@
 Both iterate the same batched step: fit every star with the current grid (one batched fit),
 resample all stars' normalised residuals onto the oversampled grid of each node (bilinear
 weights of the star's position, ``flux^2 / sigma^2`` pixel weights, 5-sigma outliers from the
-per-sample median dropped), optionally smooth the update, add it, recentre and renormalise; stop
-when the stars' core residuals stop improving. The grids are returned as `GriddedPSFModel` with
-STPSF-style metadata and written with :func:`write_stpsf_grid`.
+per-sample median of the star's zone dropped), optionally smooth the update, add it and
+renormalise; stop when the stars' core residuals stop improving, and recentre the best grid.
+The grids are returned as `GriddedPSFModel` with STPSF-style metadata and written with
+:func:`write_stpsf_grid`.
 """
 
 from __future__ import annotations
