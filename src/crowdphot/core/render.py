@@ -58,8 +58,9 @@ def model_stamp_shape(model, *, bbox_factor=None):
     try:
         bbox = model.bounding_box
     except NotImplementedError as exc:
-        raise ValueError(
-            "model_shape must be given because the model has no bounding_box"
+        raise ValueError(  # photutils' wording first
+            "model_shape must be specified if the model does not have a bounding_box "
+            "attribute (model_shape must be given because the model has no bounding_box)"
         ) from exc
     if bbox_factor is not None:
         try:
