@@ -6,6 +6,9 @@ dropped); a group is fitted as the sum of its members' PSFs over the concatenati
 members' stamps; residuals are ``(data - local_bkg_of_stamp_owner - model) / error``. Unlike
 photutils, all groups are solved together with a batched Levenberg-Marquardt (``lm``), so
 there is no Python loop per source or per group.
+
+The engine returns raw diagnostics (``reason``, ``converged``, ``cov_ok``, ``bound_distance``,
+``left_stamp``, ``absurd``); :mod:`crowdphot.psf.flags` turns them into flag bits.
 """
 
 from __future__ import annotations
