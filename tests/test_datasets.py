@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 from scipy.optimize import curve_fit
 
-from crowdphot.datasets import jwst as datasets
 from crowdphot.core import optics
+from crowdphot.datasets import jwst as datasets
 
 OS = 4
 PIXSCALE = 0.031  # arcsec, NIRCam short wave
