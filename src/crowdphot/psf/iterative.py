@@ -48,7 +48,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
         local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
         fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
-        and crlb, as for PSFPhotometry (likelihood='poisson' needs mode='all').
+        crlb and subtract_neighbors (all-star fitting in every iteration), as for
+        PSFPhotometry (likelihood='poisson' needs mode='all').
 
     Examples
     --------
@@ -70,7 +71,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
                  sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False,
-                 likelihood="gaussian", read_noise=None, gain=1.0, crlb=False):
+                 likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
+                 subtract_neighbors=False):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -92,7 +94,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
             aperture_radius=aperture_radius, local_bkg_estimator=local_bkg_estimator,
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
             shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
-            read_noise=read_noise, gain=gain, crlb=crlb)
+            read_noise=read_noise, gain=gain, crlb=crlb,
+            subtract_neighbors=subtract_neighbors)
         self.maxiters = int(maxiters)
         self.mode = mode
         if sub_shape is not None:

@@ -234,7 +234,8 @@ def _use_fast_path(psf_model, fitter, main_params):
 
 
 def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
-              progress_bar, shared_pixels="once", fit_sky=False, noise=None):
+              progress_bar, shared_pixels="once", fit_sky=False, noise=None,
+              subtract_neighbors=False):
     from crowdphot.core.fit import fit_psf
 
     if noise is not None:  # likelihood='poisson': (read_noise, gain)
@@ -257,6 +258,14 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
               "y": _bounds_for(psf_model, "y_0", y0, by),
               "flux": _bounds_for(psf_model, "flux", f0, None)}
 
+    if subtract_neighbors:  # all-star passes need every source at once
+        from crowdphot.psf.allstar import fit_allstar
+
+        res, passes = fit_allstar(
+            fit_psf, data, psf_model, x0, y0, f0, fit_shape=tuple(fit_shape), group_id=gid,
+            error=error, mask=mask, local_bkg=bkg, fixed=fixed, bounds=bounds,
+            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky)
+        return [(np.arange(len(x0)), res)], passes
     # chunks of whole groups bound memory and drive the progress bar
     order = np.argsort(gid, kind="stable")
     _, starts = np.unique(gid[order], return_index=True)
@@ -287,7 +296,7 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
             bar.update(len(np.unique(gid[sel])))
     if bar is not None:
         bar.close()
-    return pieces
+    return pieces, None
 
 
 def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
@@ -346,7 +355,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                        group_warning_threshold=25, progress_bar=False, meta=None,
                        shared_pixels="once", fit_sky=False, likelihood="gaussian",
-                       read_noise=None, gain=1.0, crlb=False):
+                       read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -398,12 +407,16 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     extra = [c[: -len("_init")] for c in table.colnames[6:]]
     aliases = ["x", "y", "flux", *extra]
 
+    passes = None
+    if subtract_neighbors and likelihood == "poisson":
+        raise ValueError("subtract_neighbors=True is not available with likelihood='poisson'")
     if _use_fast_path(psf_model, fitter, main_params):
-        pieces = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
+        pieces, passes = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                            progress_bar=progress_bar, shared_pixels=shared_pixels,
                            fit_sky=fit_sky,
-                           noise=(read_noise, gain) if likelihood == "poisson" else None)
+                           noise=(read_noise, gain) if likelihood == "poisson" else None,
+                           subtract_neighbors=subtract_neighbors)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
@@ -419,6 +432,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if fit_sky:
             raise ValueError("fit_sky=True needs the batched engine: a built-in crowdphot PSF "
                              "model with only x_0, y_0 and flux free and fitter=None")
+        if subtract_neighbors:
+            raise ValueError("subtract_neighbors=True needs the batched engine: a built-in "
+                             "crowdphot PSF model with only x_0, y_0 and flux free and "
+                             "fitter=None")
         from crowdphot.psf._generic import fit_generic
 
         fit, fit_info = fit_generic(data, mask, error, table, reason, psf_model=psf_model,
@@ -431,6 +448,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     fit.group_size = counts[inverse]
     results = assemble_results(table, fit, aliases=aliases, shape=data.shape,
                                fit_shape=fit_shape, unit=unit, meta=meta)
+    if passes is not None:
+        results.meta["allstar_passes"] = int(passes)
     if crlb:
         from crowdphot.psf.likelihood import add_crlb_column
 
@@ -598,6 +617,14 @@ class PSFPhotometry(_LatestResultMixin):
     crlb : bool
         Add a ``flux_crlb`` column: the flux Cramér–Rao bound of each source at its fitted
         parameters (as if isolated, on its fit stamp, ``local_bkg`` as the sky).
+    subtract_neighbors : bool
+        crowdphot extension (DAOPHOT ALLSTAR). After the grouped fit, refit every group on
+        the data minus the current models of all stars *outside* the group, repeating until
+        no group's neighbour light changes by more than a small fraction of its members'
+        flux errors (:mod:`crowdphot.psf.allstar`; at most 6 passes, the number made is
+        ``results.meta['allstar_passes']``). Removes the bias from neighbours' wings on the
+        fit stamps. Default False: photutils' model (only a group's members are modelled).
+        Batched engine, Gaussian likelihood only.
 
     Examples
     --------
@@ -617,7 +644,7 @@ class PSFPhotometry(_LatestResultMixin):
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
                  shared_pixels="once", fit_sky=False, likelihood="gaussian", read_noise=None,
-                 gain=1.0, crlb=False):
+                 gain=1.0, crlb=False, subtract_neighbors=False):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
@@ -652,6 +679,10 @@ class PSFPhotometry(_LatestResultMixin):
         if not isinstance(fit_sky, (bool, np.bool_)):
             raise TypeError(f"fit_sky must be True or False, got {fit_sky!r}")
         self.fit_sky = bool(fit_sky)
+        if not isinstance(subtract_neighbors, (bool, np.bool_)):
+            raise TypeError(f"subtract_neighbors must be True or False, got "
+                            f"{subtract_neighbors!r}")
+        self.subtract_neighbors = bool(subtract_neighbors)
         self.likelihood, self.read_noise, self.gain, self.crlb = check_noise_options(
             likelihood, read_noise, gain, crlb)
         self._last = threading.local()
@@ -673,6 +704,8 @@ class PSFPhotometry(_LatestResultMixin):
                                        "local_bkg_estimator") and v is not None else v
         if self.fit_sky:
             meta["fit_sky"] = True
+        if self.subtract_neighbors:
+            meta["subtract_neighbors"] = True
         if self.likelihood != "gaussian" or self.crlb:
             meta.update(likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain)
         return meta
@@ -688,7 +721,7 @@ class PSFPhotometry(_LatestResultMixin):
             progress_bar=self.progress_bar, meta=self._meta(),
             shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
             likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
-            crlb=self.crlb)
+            crlb=self.crlb, subtract_neighbors=self.subtract_neighbors)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
         """Run the photometry and return the results QTable (None when nothing to fit).

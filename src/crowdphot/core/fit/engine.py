@@ -14,7 +14,7 @@ The engine returns raw diagnostics (``reason``, ``converged``, ``cov_ok``, ``bou
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -130,7 +130,7 @@ def _support_of(psf_model, support_shape):
 def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=None, mask=None,
              local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-6,
              ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
-             shared_pixels="once", fit_sky=False):
+             shared_pixels="once", fit_sky=False, neighbors=None, start=None):
     """Unchecked core of :func:`fit_psf`.
 
     ``fixed`` is an ``(n, 3)`` bool array and ``lo, hi`` are ``(n, 3)`` float arrays (columns
@@ -147,7 +147,11 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
     st = gather_stamps(data, x, y, flux, fit_shape, mask=mask, error=error,
                        local_bkg=local_bkg, n_free=n_free, strict_error=strict_error)
     fitted = st.reason == 0
+    if neighbors is not None:  # light of sources outside each group, removed from its stamps
+        st = replace(st, data=st.data - np.asarray(neighbors, dtype=float).reshape(n, -1))
     theta0 = np.column_stack([x, y, flux])
+    if start is not None:  # a start other than the stamp centres (all-star passes)
+        theta0 = np.where(np.isfinite(start), start, theta0)
 
     res = {k: np.full(n, np.nan) for k in ("x", "y", "flux", "x_err", "y_err", "flux_err",
                                            "qfit", "cfit", "chi2", "reduced_chi2")}
@@ -372,7 +376,7 @@ def _bound(name, v, n):
 def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=None,
             error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
             xtol=1e-6, ftol=1e-10, support_shape="auto", dense_max=64,
-            shared_pixels="once", fit_sky=False):
+            shared_pixels="once", fit_sky=False, neighbors=None, start=None):
     """Fit PSFs to many sources at once, grouped sources simultaneously.
 
     Parameters
@@ -424,6 +428,14 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
         model of every stamp of the group is ``sum of PSFs + sky`` (on top of ``local_bkg``).
         The result's ``sky``/``sky_err`` hold each source's group value and ``cov`` gains the
         sky's row and column. Off by default (photutils has no fitted sky).
+    neighbors : array_like of shape (n, fy, fx), optional
+        Model light of sources *outside* each source's group over its fit stamp (the stamp
+        of :func:`crowdphot.core.batched.stamp_origin` on the initial position), subtracted
+        from the data before fitting (DAOPHOT ALLSTAR's neighbour subtraction, see
+        :mod:`crowdphot.psf.allstar`).
+    start : array_like of shape (n, 3), optional
+        Starting ``(x, y, flux)`` when it differs from the initial values that place the
+        stamps (non-finite entries: the initial value).
 
     Returns
     -------
@@ -490,4 +502,15 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
                     mask=msk, local_bkg=bkg, fixed=fx, lo=lo, hi=hi, maxiters=int(maxiters),
                     xtol=float(xtol), ftol=float(ftol), support_shape=support_shape,
                     dense_max=int(dense_max), strict_error=True,
-                    shared_pixels=_shared_pixels_arg(shared_pixels), fit_sky=bool(fit_sky))
+                    shared_pixels=_shared_pixels_arg(shared_pixels), fit_sky=bool(fit_sky),
+                    neighbors=_stamp_array("neighbors", neighbors, (n, *shape)),
+                    start=_stamp_array("start", start, (n, 3)))
+
+
+def _stamp_array(name, value, shape):
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=float)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    return arr
