@@ -99,6 +99,8 @@ _EXPORTS = {
     "artificial_star_test": "crowdphot.pipeline.ast",
     "ast_summary": "crowdphot.pipeline.ast",
     "completeness_map": "crowdphot.pipeline.ast",
+    "Exposure": "crowdphot.pipeline.multi",
+    "fit_exposures": "crowdphot.pipeline.multi",
     # empirical PSFs
     "EPSFStar": "crowdphot.psf.epsf_stars",
     "EPSFStars": "crowdphot.psf.epsf_stars",

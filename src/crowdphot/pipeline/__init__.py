@@ -8,6 +8,8 @@ _EXPORTS = {
     "artificial_star_test": "crowdphot.pipeline.ast",
     "ast_summary": "crowdphot.pipeline.ast",
     "completeness_map": "crowdphot.pipeline.ast",
+    "Exposure": "crowdphot.pipeline.multi",
+    "fit_exposures": "crowdphot.pipeline.multi",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

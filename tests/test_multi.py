@@ -1,0 +1,170 @@
+"""Joint fits of dithered exposures in sky coordinates (crowdphot.pipeline.multi)."""
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.table import Table, vstack
+from astropy.wcs import WCS
+
+from crowdphot import CircularGaussianPRF, PSFPhotometry
+from crowdphot.core.render import render_image
+from crowdphot.pipeline.multi import Exposure, fit_exposures
+
+RA0, DEC0 = 150.0, 2.2
+SCALE = 0.1  # arcsec / pixel
+
+
+def make_wcs(shape, *, dx=0.0, dy=0.0, rot_deg=0.0, scale=SCALE, ra0=RA0, dec0=DEC0):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra0, dec0]
+    w.wcs.crpix = [shape[1] / 2 + 1 + dx, shape[0] / 2 + 1 + dy]
+    th = np.deg2rad(rot_deg)
+    s = scale / 3600.0
+    w.wcs.cd = [[-s * np.cos(th), s * np.sin(th)], [s * np.sin(th), s * np.cos(th)]]
+    return w
+
+
+def make_sky(rng, n_side, spacing_px, jitter_px=1.0):
+    """Stars on a jittered grid (isolated at ``fit_shape`` 5) around (RA0, DEC0)."""
+    g = (np.arange(n_side) - (n_side - 1) / 2) * spacing_px
+    gx, gy = np.meshgrid(g, g)
+    xi = (gx.ravel() + rng.uniform(-jitter_px, jitter_px, gx.size)) * SCALE
+    eta = (gy.ravel() + rng.uniform(-jitter_px, jitter_px, gx.size)) * SCALE
+    w = make_wcs((2, 2))  # ra/dec from offsets through a plain TAN at the centre
+    x, y = -xi / SCALE + w.wcs.crpix[0] - 1, eta / SCALE + w.wcs.crpix[1] - 1
+    ra, dec = w.all_pix2world(x, y, 0)
+    flux = rng.uniform(2000.0, 20000.0, ra.size)
+    return np.asarray(ra), np.asarray(dec), flux
+
+
+def make_exposure(rng, shape, wcs, psf, ra, dec, flux, filt, *, sky_sigma=5.0):
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    img = render_image(shape, psf, np.asarray(x), np.asarray(y), flux, model_shape=(15, 15))
+    err = np.sqrt(sky_sigma ** 2 + np.clip(img, 0, None))
+    data = img + rng.normal(size=shape) * err
+    return Exposure(data, err, None, wcs, psf, filt)
+
+
+def test_one_exposure_equals_single_image_fit():
+    rng = np.random.default_rng(11)
+    shape = (80, 80)
+    ra, dec, flux = make_sky(rng, 7, 10.0)
+    psf = CircularGaussianPRF(fwhm=2.5)
+    wcs = make_wcs(shape, dx=0.37, dy=-0.21, rot_deg=0.8)
+    exp = make_exposure(rng, shape, wcs, psf, ra, dec, flux, "F1")
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    x0 = x + rng.uniform(-0.3, 0.3, x.size)
+    y0 = y + rng.uniform(-0.3, 0.3, x.size)
+    f0 = flux * rng.uniform(0.8, 1.2, x.size)
+    ra_i, dec_i = wcs.all_pix2world(x0, y0, 0)
+    cat = Table({"ra": ra_i * u.deg, "dec": dec_i * u.deg, "flux": f0})
+    joint = fit_exposures([exp], cat, fit_shape=(5, 5), tol=1e-6)
+
+    phot = PSFPhotometry(psf, (5, 5), fitter_maxiters=200)
+    single = phot(exp.data, error=exp.error,
+                  init_params=Table({"x": x0, "y": y0, "flux": f0}))
+    xj, yj = wcs.all_world2pix(joint["ra"].to_value(u.deg), joint["dec"].to_value(u.deg), 0)
+    assert np.all(joint["flags"] == 0)
+    assert np.all(joint["n_exposures"] == 1)
+    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
+    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-3)
+    # position errors: sky errors against pixel errors times the pixel scale
+    pe = np.hypot(joint["ra_err"].to_value(u.arcsec), joint["dec_err"].to_value(u.arcsec))
+    np.testing.assert_allclose(pe, np.hypot(single["x_err"], single["y_err"]) * SCALE,
+                               rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def six_exposures():
+    rng = np.random.default_rng(2026)
+    shape = (130, 130)
+    ra, dec, flux_a = make_sky(rng, 12, 10.0)
+    flux_b = flux_a * 0.6
+    psf_a = CircularGaussianPRF(fwhm=2.4)
+    psf_b = CircularGaussianPRF(fwhm=3.1)
+    exps = []
+    for _ in range(4):
+        w = make_wcs(shape, dx=rng.uniform(-3, 3), dy=rng.uniform(-3, 3),
+                     rot_deg=rng.uniform(-1.5, 1.5))
+        exps.append(make_exposure(rng, shape, w, psf_a, ra, dec, flux_a, "A"))
+    for _ in range(2):
+        w = make_wcs(shape, dx=rng.uniform(-3, 3), dy=rng.uniform(-3, 3),
+                     rot_deg=rng.uniform(-1.5, 1.5))
+        exps.append(make_exposure(rng, shape, w, psf_b, ra, dec, flux_b, "B"))
+    # initial catalog: 0.03" scatter, no fluxes (estimated by the fit)
+    ra_i = ra + rng.normal(0, 0.03, ra.size) / 3600 / np.cos(np.deg2rad(DEC0))
+    dec_i = dec + rng.normal(0, 0.03, ra.size) / 3600
+    cat = Table({"ra": ra_i, "dec": dec_i})
+    return exps, cat, ra, dec, {"A": flux_a, "B": flux_b}
+
+
+def _sky_err(t, ra, dec):
+    dra = (t["ra"].to_value(u.deg) - ra) * np.cos(np.deg2rad(dec)) * 3600
+    ddec = (t["dec"].to_value(u.deg) - dec) * 3600
+    return dra, ddec
+
+
+def test_six_exposures_position_flux_pulls(six_exposures):
+    exps, cat, ra, dec, fluxes = six_exposures
+    single = fit_exposures(exps[:1], cat)
+    joint = fit_exposures(exps, cat)
+    assert list(joint.colnames[:5]) == ["id", "ra", "dec", "ra_err", "dec_err"]
+    assert joint["ra_err"].unit == u.arcsec
+    ok = joint["flags"] == 0
+    assert ok.mean() > 0.9
+    assert np.all(joint["n_exposures"][ok] == 6)
+    dra, ddec = _sky_err(joint, ra, dec)
+    s_dra, s_ddec = _sky_err(single, ra, dec)
+    m_joint = np.median(np.hypot(dra, ddec)[ok])
+    m_single = np.median(np.hypot(s_dra, s_ddec)[single["flags"] == 0])
+    assert m_joint <= 1.15 * m_single / np.sqrt(4)
+    pulls_ra = dra[ok] / joint["ra_err"].to_value(u.arcsec)[ok]
+    pulls_dec = ddec[ok] / joint["dec_err"].to_value(u.arcsec)[ok]
+    assert 0.85 <= np.std(pulls_ra) <= 1.15
+    assert 0.85 <= np.std(pulls_dec) <= 1.15
+    n = ok.sum()
+    for f, true in fluxes.items():
+        pull = (joint[f"flux_{f}"][ok] - true[ok]) / joint[f"flux_err_{f}"][ok]
+        assert abs(np.mean(pull)) < 4 / np.sqrt(n), f
+        assert 0.85 <= np.std(pull) <= 1.15, f
+
+
+def test_star_off_one_exposure_and_off_all(six_exposures):
+    exps, cat, ra, dec, fluxes = six_exposures
+    # one exposure shifted so that part of the field falls off it
+    e0 = exps[0]
+    w = e0.wcs.deepcopy()
+    w.wcs.crpix = [w.wcs.crpix[0] + 40, w.wcs.crpix[1]]
+    shifted = Exposure(e0.data, e0.error, None, w, e0.psf_model, "A")
+    extra = Table({"ra": [RA0 + 0.01], "dec": [DEC0]})  # 36" away: in no exposure
+    cat2 = vstack([cat, extra])
+    t = fit_exposures([shifted, *exps[1:]], cat2, maxiters=3)
+    assert t["n_exposures"].min() == 0 and t["flags"][-1] & 1
+    assert np.isnan(t["ra"][-1]) and np.isnan(t["flux_A"][-1])
+    assert set(np.unique(t["n_exposures"][:-1])) >= {5, 6}
+
+
+def test_bad_inputs(six_exposures):
+    exps, cat, *_ = six_exposures
+    e = exps[0]
+    with pytest.raises(ValueError, match="celestial"):
+        Exposure(e.data, e.error, None, WCS(naxis=2), e.psf_model, "A")
+    with pytest.raises(ValueError, match=r"exposures\[1\].*celestial"):
+        fit_exposures([(e.data, e.error, None, e.wcs, e.psf_model, "A"),
+                       (e.data, e.error, None, WCS(naxis=2), e.psf_model, "A")], cat)
+    far = make_wcs(e.data.shape, ra0=RA0 + 1.0)
+    with pytest.raises(ValueError, match=r"exposures\[1\] overlaps none"):
+        fit_exposures([(e.data, e.error, None, e.wcs, e.psf_model, "A"),
+                       (e.data, e.error, None, far, e.psf_model, "A")], cat)
+    with pytest.raises(ValueError, match="different data units"):
+        fit_exposures([(e.data * u.Jy, None, None, e.wcs, e.psf_model, "A"),
+                       (e.data * u.MJy / u.sr, None, None, e.wcs, e.psf_model, "A")], cat)
+    with pytest.raises(ValueError, match="error shape"):
+        Exposure(e.data, e.error[:5], None, e.wcs, e.psf_model, "A")
+    with pytest.raises(ValueError, match="'ra' and 'dec'"):
+        fit_exposures([e], Table({"x": [1.0]}))
+    with pytest.raises(ValueError, match="fit_shape"):
+        fit_exposures([e], cat, fit_shape=(4, 4))
