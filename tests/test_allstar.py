@@ -155,3 +155,24 @@ def test_option_checks():
                          read_noise=1.0)
     with pytest.raises(ValueError, match="subtract_neighbors"):
         phot(data + 10, init_params=_init(truth))
+
+
+def test_cli_uses_all_star_by_default():
+    from types import SimpleNamespace
+
+    from crowdphot.cli.app import build_parser
+    from crowdphot.cli.phot import _photometry
+
+    psf = CircularGaussianPRF(fwhm=2.5)
+    data, truth = make_psf_model_image((60, 60), psf, 6, flux=(800, 1500), min_separation=7,
+                                       seed=4, model_shape=(11, 11))
+    image = SimpleNamespace(data=data, mask=None, error=None)
+    parser = build_parser()
+    for extra, expected in (([], True), (["--no-subtract-neighbors"], False)):
+        args = parser.parse_args(["phot", "x.fits", "-o", "out.ecsv", "--no-progress",
+                                  "--group-radius", "4", *extra])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table, phot = _photometry(args, image, psf, None, _init(truth))
+        assert phot.subtract_neighbors is expected
+        assert len(table) == 6

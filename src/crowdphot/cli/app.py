@@ -72,6 +72,9 @@ def _add_phot(sub):
                    help="aperture radius of the initial flux guess (pixels)")
     p.add_argument("--local-bkg", type=float, nargs=2, default=None,
                    metavar=("R_IN", "R_OUT"), help="local background annulus radii (pixels)")
+    p.add_argument("--no-subtract-neighbors", action="store_true",
+                   help="fit each group without subtracting the stars outside it (photutils' "
+                        "model; default: all-star fitting, DAOPHOT ALLSTAR)")
     p.add_argument("--iterative", type=int, default=None, metavar="N",
                    help="iterative detection and fitting with at most N iterations")
     p.add_argument("--mode", choices=("new", "all"), default="new",

@@ -210,6 +210,11 @@ def _photometry(args, image, psf, finder, init):
                                  init_params=init, tile_shape=args.tile,
                                  workers=args.workers, scheduler=args.scheduler, **common)
         return table, None
+    # DAOPHOT ALLSTAR: neighbours outside each group are subtracted (not in tiles, nor with
+    # the Poisson likelihood)
+    if not getattr(args, "no_subtract_neighbors", False) and \
+            common.get("likelihood", "gaussian") != "poisson":
+        common["subtract_neighbors"] = True
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
                                       mode=args.mode, **common)

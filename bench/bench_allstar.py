@@ -1,0 +1,84 @@
+"""All-star fitting (``subtract_neighbors=True``, DAOPHOT ALLSTAR) against the grouped fit.
+
+Scene: ``bench_crowded_fit``'s (4000 stars on 2048^2, gridded PSF, min separation 8 px, noise,
+IRAFStarFinder positions, ``SourceGrouper(10)``, ``fit_shape=5``). Reported: the cost of the
+all-star fit relative to the grouped fit (issue #10 goal: <= 2.5x), the passes made and the
+flux bias of both. photutils has no all-star mode; its column is NaN. ``--quick``: 600 stars
+on 512^2. The noiseless goal field (600 stars, fitted from the truth) is printed too.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_crowded_fit import APERTURE, FIT_SHAPE, GROUP_SEP, crowded_scene, quality  # noqa: E402
+from common import best_of, grid_models, row  # noqa: E402
+
+
+def _noiseless_goal(psf):
+    from astropy.table import QTable
+
+    from crowdphot import PSFPhotometry, SourceGrouper, make_psf_model_image
+
+    data, truth = make_psf_model_image((512, 512), psf, 600, flux=(500, 50000),
+                                       min_separation=8, seed=0)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"]})
+    out = []
+    for sn in (False, True):
+        phot = PSFPhotometry(psf, FIT_SHAPE, grouper=SourceGrouper(GROUP_SEP),
+                             subtract_neighbors=sn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tab = phot(data, init_params=init)
+        rel = 100 * (np.asarray(tab["flux_fit"]) / truth["flux"] - 1)
+        faint = np.asarray(truth["flux"]) < 2000
+        out.append(f"{'all-star' if sn else 'grouped'}: median {np.median(rel):+.4f} %, "
+                   f"< 2000: {np.median(rel[faint]):+.4f} %, worst {np.abs(rel).max():.4f} %")
+    return "noiseless 600 stars fitted from the truth: " + "; ".join(out)
+
+
+def run(quick=False):
+    from astropy.table import QTable
+
+    from crowdphot import IRAFStarFinder, PSFPhotometry, SourceGrouper
+
+    shape, n = ((512, 512), 600) if quick else ((2048, 2048), 4000)
+    repeat = 1 if quick else 3
+    _, psf, grid_note = grid_models()
+    data, error, truth = crowded_scene(shape, n, psf)
+    found = IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
+    init = QTable({"x": found["x_centroid"], "y": found["y_centroid"]})
+
+    def ours(sn):
+        phot = PSFPhotometry(psf, FIT_SHAPE, grouper=SourceGrouper(GROUP_SEP),
+                             aperture_radius=APERTURE, subtract_neighbors=sn)
+
+        def call():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return phot(data, error=error, init_params=init)
+        return call
+
+    t_grouped, grouped = best_of(ours(False), repeat=repeat)
+    t_all, allstar = best_of(ours(True), repeat=repeat)
+    qg, qa = quality(truth, grouped), quality(truth, allstar)
+    note = (f"{len(found)} found; all-star/grouped cost x{t_all / t_grouped:.2f}, "
+            f"{allstar.meta['allstar_passes']} passes; flux bias grouped "
+            f"{100 * qg['bias']:+.3f} % -> all-star {100 * qa['bias']:+.3f} %, scatter "
+            f"{100 * qg['scatter']:.3f} % -> {100 * qa['scatter']:.3f} %; {grid_note}")
+    print("   " + note, flush=True)
+    goal = _noiseless_goal(psf)
+    print("   " + goal, flush=True)
+    return [row(f"all-star fit {len(truth)} stars (crowdphot grouped s in note)", float("nan"),
+                t_all, f"grouped {t_grouped:.3f} s; {note}; {goal}")]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for r in run(quick="--quick" in sys.argv):
+        print(f"{r['name']:<60} crowdphot {r['crowdphot_s']:8.4f} s  {r['note']}")
