@@ -144,10 +144,18 @@ def test_dask_workers_give_the_same_table(field):
     base, plan = _check_phot(_phot())
     copy = pickle.loads(pickle.dumps((base, _fitter_phot(base), plan)))
     assert copy[1].finder is None and copy[0].finder is not None
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # start-up chatter (e.g. a dashboard port in use)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+    try:
         there = artificial_star_test(data, _phot(), 60, (30, 3000), client=client, **kw).table
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.close()
+            cluster.close()
     for name in here.colnames:
         np.testing.assert_array_equal(np.asarray(here[name]), np.asarray(there[name]))
     with pytest.raises(ValueError, match="workers must be a positive integer"):
