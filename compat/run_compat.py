@@ -302,6 +302,11 @@ def write_docs(config, per_mod, tot, rate, failures):
         f"{tot['excluded']} excluded by the rules below). The run fails below "
         f"{config.get('threshold', 0.0):.0%}.",
         "",
+        f"Without the exclusions: {tot['passed'] + tot['xpass']} of "
+        f"{tot['passed'] + tot['failed'] + tot['excluded']} non-skipped tests pass.",
+        "",
+        *[f"- {h}" for h in config.get("history", [])],
+        "",
         "| module | pass | fail | skip | excluded |",
         "|---|---:|---:|---:|---:|",
     ]
