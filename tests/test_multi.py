@@ -6,7 +6,7 @@ from astropy import units as u
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
 
-from crowdphot import CircularGaussianPRF, PSFPhotometry
+from crowdphot import CircularGaussianPRF, PSFPhotometry, SourceGrouper
 from crowdphot.core.render import render_image
 from crowdphot.pipeline.multi import Exposure, fit_exposures
 
@@ -168,3 +168,43 @@ def test_bad_inputs(six_exposures):
         fit_exposures([e], Table({"x": [1.0]}))
     with pytest.raises(ValueError, match="fit_shape"):
         fit_exposures([e], cat, fit_shape=(4, 4))
+
+
+def make_pairs(rng, n_side, spacing_px, sep_range=(2.5, 4.0)):
+    """Close pairs on a jittered grid: (ra, dec, flux) of 2 * n_side**2 stars."""
+    ra1, dec1, flux1 = make_sky(rng, n_side, spacing_px)
+    sep = rng.uniform(*sep_range, ra1.size) * SCALE / 3600
+    ang = rng.uniform(0, 2 * np.pi, ra1.size)
+    ra2 = ra1 + sep * np.cos(ang) / np.cos(np.deg2rad(DEC0))
+    dec2 = dec1 + sep * np.sin(ang)
+    flux2 = flux1 * rng.uniform(0.3, 1.0, ra1.size)
+    return (np.concatenate([ra1, ra2]), np.concatenate([dec1, dec2]),
+            np.concatenate([flux1, flux2]))
+
+
+def test_one_exposure_blends_equal_grouped_single_image_fit():
+    rng = np.random.default_rng(5)
+    shape = (90, 90)
+    ra, dec, flux = make_pairs(rng, 5, 15.0)
+    psf = CircularGaussianPRF(fwhm=2.5)
+    wcs = make_wcs(shape, dx=-0.12, dy=0.41, rot_deg=-0.6)
+    exp = make_exposure(rng, shape, wcs, psf, ra, dec, flux, "F1")
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    x0 = x + rng.uniform(-0.2, 0.2, x.size)
+    y0 = y + rng.uniform(-0.2, 0.2, x.size)
+    f0 = flux * rng.uniform(0.8, 1.2, x.size)
+    ra_i, dec_i = wcs.all_pix2world(x0, y0, 0)
+    cat = Table({"ra": ra_i, "dec": dec_i, "flux": f0})
+    # group linking 6 px = 0.6"; models wide enough to cover the partner's whole stamp
+    joint = fit_exposures([exp], cat, group_separation=0.6, model_shape=17, tol=1e-6)
+    phot = PSFPhotometry(psf, (5, 5), grouper=SourceGrouper(min_separation=6.0),
+                         fitter_maxiters=200)
+    single = phot(exp.data, error=exp.error, init_params=Table({"x": x0, "y": y0, "flux": f0}))
+    assert np.all(np.bincount(single["group_id"])[1:] == 2)
+    xj, yj = wcs.all_world2pix(np.asarray(joint["ra"].to_value(u.deg)),
+                               np.asarray(joint["dec"].to_value(u.deg)), 0)
+    assert np.all(joint["flags"] == 0)
+    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
+    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-3)

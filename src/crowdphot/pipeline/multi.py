@@ -243,71 +243,91 @@ def _check_catalog(catalog, filters, unit):
 
 # -- one exposure's contribution ------------------------------------------------------------
 class _Frame:
-    """Fixed stamp geometry of one exposure."""
+    """Fixed pixel geometry of one exposure.
 
-    def __init__(self, exp, x, y, shape):
+    The fitted pixels are the union of the valid pixels of every source's ``fit_shape`` stamp
+    (each counted once); each source's model is evaluated on its larger ``model_shape`` stamp,
+    so a neighbour's light reaches the pixels of every stamp it overlaps.
+    """
+
+    def __init__(self, exp, x, y, fit_shape, model_shape):
         self.exp = exp
-        ny, nx = shape
         img_ny, img_nx = exp.data.shape
-        xlo, ylo = stamp_origin(x, y, shape)
-        self.xlo, self.ylo = xlo, ylo
-        ix = xlo[:, None] + np.arange(nx)
-        iy = ylo[:, None] + np.arange(ny)
-        inside = ((iy >= 0) & (iy < img_ny))[:, :, None] & ((ix >= 0) & (ix < img_nx))[:, None, :]
-        iyc = np.clip(iy, 0, img_ny - 1)
-        ixc = np.clip(ix, 0, img_nx - 1)
-        pix = iyc[:, :, None] * img_nx + ixc[:, None, :]
-        data = exp.data.ravel()[pix]
-        good = inside & np.isfinite(data)
+        self.npix_img = img_ny * img_nx
+        flat = exp.data.ravel()
+        pix, inside = self._stamp_pixels(x, y, fit_shape, exp.data.shape)
+        good = inside & np.isfinite(flat[pix])
         if exp.mask is not None:
             good &= ~exp.mask.ravel()[pix]
         if exp.error is not None:
             err = exp.error.ravel()[pix]
             good &= np.isfinite(err) & (err > 0)
-            w = np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)
-        else:
-            w = good.astype(float)
-        self.pix = pix
-        self.sqrtw = np.sqrt(w)
-        self.good = good
-        self.data = np.where(good, data, 0.0)
-        self.npix_img = img_ny * img_nx
         self.has_pix = good.any(axis=(1, 2))
+        used = np.zeros(self.npix_img, dtype=bool)
+        used[pix[good]] = True
+        if exp.error is not None:
+            err = exp.error.ravel()
+            w = np.where(used, 1.0 / np.where(used, err, 1.0), 0.0)
+        else:
+            w = used.astype(float)
+        self.sqrtw_img = w
+        self.data_img = np.where(used, flat, 0.0)
+        self.npix = int(used.sum())
+        self.xlo, self.ylo = stamp_origin(x, y, model_shape)
+        self.pix, self.inside = self._stamp_pixels(x, y, model_shape, exp.data.shape)
+
+    @staticmethod
+    def _stamp_pixels(x, y, shape, img_shape):
+        ny, nx = shape
+        img_ny, img_nx = img_shape
+        xlo, ylo = stamp_origin(x, y, shape)
+        ix = xlo[:, None] + np.arange(nx)
+        iy = ylo[:, None] + np.arange(ny)
+        inside = ((iy >= 0) & (iy < img_ny))[:, :, None] & ((ix >= 0) & (ix < img_nx))[:, None, :]
+        pix = (np.clip(iy, 0, img_ny - 1)[:, :, None] * img_nx
+               + np.clip(ix, 0, img_nx - 1)[:, None, :])
+        return pix, inside
 
 
 def _accumulate(frames, fidx, basis, xi, eta, flux, shape, nsrc, npar):
-    """Normal matrix (sparse), gradient, chi2 and pixel count at the current parameters."""
+    """Normal matrix (sparse), gradient, chi2 and pixel count at the current parameters.
+
+    ``shape`` is the model stamp shape.
+    """
     normal = sp.csr_matrix((nsrc * npar, nsrc * npar))
     grad = np.zeros(nsrc * npar)
     chi2 = 0.0
     npix = 0
     geo = []  # (sources, d(x, y)/d(xi, eta)) per exposure, for the step clamp
+    m = shape[0] * shape[1]
     for fr, f in zip(frames, fidx, strict=True):
         sel = np.flatnonzero(fr.has_pix)
+        k = len(sel)
         x, y, a = _project(fr.exp, basis, xi[sel], eta[sel])
         p, px, py = fr.exp.psf_model._stamps_grad(x, y, fr.xlo[sel], fr.ylo[sel], shape)
+        inside = fr.inside[sel]
         fl = flux[sel, f][:, None, None]
-        sw = fr.sqrtw[sel]
         pix = fr.pix[sel]
-        model = np.bincount(pix.ravel(), weights=(fl * p * (sw > 0)).ravel(),
+        model = np.bincount(pix.ravel(), weights=(fl * p * inside).ravel(),
                             minlength=fr.npix_img)
-        resid = (fr.data[sel] - model[pix]) * sw
-        chi2 += float(np.sum(resid ** 2))
-        npix += int(fr.good[sel].sum())
+        rimg = (fr.data_img - model) * fr.sqrtw_img
+        chi2 += float(np.sum(rimg ** 2))
+        npix += fr.npix
+        sw = fr.sqrtw_img[pix] * inside
+        resid = rimg[pix] * inside
         dxi = fl * (px * a[:, 0, 0, None, None] + py * a[:, 1, 0, None, None]) * sw
         deta = fl * (px * a[:, 0, 1, None, None] + py * a[:, 1, 1, None, None]) * sw
         dfl = p * sw
-        m = shape[0] * shape[1]
-        rows = np.concatenate([pix.reshape(len(sel), m)] * 3, axis=1).ravel()
+        rows = np.concatenate([pix.reshape(k, m)] * 3, axis=1).ravel()
         base = sel * npar
         cols = np.concatenate([np.repeat(base, m), np.repeat(base + 1, m),
                                np.repeat(base + 2 + f, m)])
-        cols = cols.reshape(3, len(sel), m).transpose(1, 0, 2).ravel()
-        vals = np.concatenate([dxi.reshape(len(sel), m), deta.reshape(len(sel), m),
-                               dfl.reshape(len(sel), m)], axis=1).ravel()
+        cols = cols.reshape(3, k, m).transpose(1, 0, 2).ravel()
+        vals = np.concatenate([dxi.reshape(k, m), deta.reshape(k, m), dfl.reshape(k, m)],
+                              axis=1).ravel()
         jac = sp.csr_matrix((vals, (rows, cols)), shape=(fr.npix_img, nsrc * npar))
         normal = normal + (jac.T @ jac).tocsr()
-        grad += np.bincount(cols, weights=vals * np.repeat(resid.reshape(len(sel), 1, m), 3,
+        grad += np.bincount(cols, weights=vals * np.repeat(resid.reshape(k, 1, m), 3,
                                                            axis=1).ravel(),
                             minlength=nsrc * npar)
         geo.append((sel, a))
@@ -384,8 +404,8 @@ def _solve_blocks(b, g):
 
 
 # -- public API -----------------------------------------------------------------------------
-def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), group_separation=None, maxiters=50,
-                  tol=1e-4):
+def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
+                  group_separation=None, maxiters=50, tol=1e-4):
     """Fit one sky position and one flux per filter to every source over many exposures.
 
     Parameters
@@ -396,7 +416,12 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), group_separation=None
         Columns ``ra`` and ``dec`` (degrees, Quantity or float); optional initial fluxes
         ``flux_<FILTER>`` or ``flux`` (all filters); optional ``id``.
     fit_shape : int or (ny, nx), optional
-        Odd stamp shape fitted around each source in every exposure.
+        Odd stamp shape fitted around each source in every exposure (the fitted pixels of an
+        exposure are the union of its stamps).
+    model_shape : int or (ny, nx), optional
+        Odd stamp shape on which each source's model is evaluated (its light outside is
+        neglected); default ``fit_shape + 2 * (fit_shape // 2)`` (9 x 9 for 5 x 5), so each
+        source's model covers the fit stamps of neighbours up to ``fit_shape // 2`` pixels away.
     group_separation : float, optional
         Sources closer than this many arcsec on the sky are fitted jointly (connected
         components). Default: the diagonal of ``fit_shape`` in the coarsest exposure's pixels.
@@ -436,6 +461,13 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), group_separation=None
     if ny < 1 or nx < 1 or ny % 2 == 0 or nx % 2 == 0:
         raise ValueError(f"fit_shape must be odd and positive, got {fit_shape!r}")
     shape = (ny, nx)
+    if model_shape is None:
+        model_shape = (ny + 2 * (ny // 2), nx + 2 * (nx // 2))
+    mshape = (int(model_shape), int(model_shape)) if np.ndim(model_shape) == 0 else \
+        tuple(int(v) for v in model_shape)
+    if (len(mshape) != 2 or mshape[0] < ny or mshape[1] < nx
+            or not (mshape[0] % 2 and mshape[1] % 2)):
+        raise ValueError(f"model_shape must be odd and at least fit_shape, got {model_shape!r}")
     if int(maxiters) != maxiters or maxiters < 1:
         raise ValueError(f"maxiters must be a positive integer, got {maxiters!r}")
     if not tol > 0:
@@ -457,7 +489,7 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), group_separation=None
     frames = []
     for e in exps:
         x, y, _ = _project(e, basis, xi, eta)
-        fr = _Frame(e, x, y, shape)
+        fr = _Frame(e, x, y, shape, mshape)
         if not fr.has_pix.any():
             raise ValueError(f"{e.name} overlaps none of the catalog sources (check its WCS)")
         frames.append(fr)
@@ -480,7 +512,7 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), group_separation=None
     converged = np.zeros(nsrc, dtype=bool)
     niter = np.zeros(nsrc, dtype=np.int64)
     for it in range(maxiters + 1):
-        normal, grad, chi2, npix, geo = _accumulate(frames, fidx, basis, xi, eta, flux, shape,
+        normal, grad, chi2, npix, geo = _accumulate(frames, fidx, basis, xi, eta, flux, mshape,
                                                     nsrc, npar)
         blocks = groups.blocks(normal, grad)
         if it == maxiters or converged.all():
