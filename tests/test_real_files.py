@@ -627,7 +627,8 @@ def test_first_builtin_grid_computation_shows_progress(tmp_path, capsys):
 
 
 # -- item 12: saturated stars ---------------------------------------------------------------------
-def test_saturated_star_is_fitted_on_its_wings_and_flagged(field, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--iterative", "2"]])
+def test_saturated_star_is_fitted_on_its_wings_and_flagged(field, tmp_path, capsys, extra):
     sky, flux = _sky_stars()
     header = _sip_header((60.5, 60.5))
     w = WCS(header)
@@ -645,7 +646,8 @@ def test_saturated_star_is_fitted_on_its_wings_and_flagged(field, tmp_path, caps
         hdul["SCI"].data = sci.astype(np.float32)
         hdul["DQ"].data = np.where(full, 2, 0).astype(np.uint32)  # SATURATED
     assert 5 <= full.sum() <= 40
-    table, err = _phot(tmp_path / "sat.fits", field["psf"], tmp_path / "c.ecsv", capsys)
+    table, err = _phot(tmp_path / "sat.fits", field["psf"], tmp_path / "c.ecsv", capsys,
+                       *extra)
     sat = table[table["saturated"]]
     assert len(sat) == 1 and len(table) == 11
     assert abs(sat["x_fit"][0] - 60.3) < 0.05 and abs(sat["y_fit"][0] - 45.6) < 0.05

@@ -215,6 +215,8 @@ def _photometry(args, image, psf, finder, init):
     if not getattr(args, "no_subtract_neighbors", False) and \
             common.get("likelihood", "gaussian") != "poisson":
         common["subtract_neighbors"] = True
+        if not getattr(args, "no_merge", False):  # ALLSTAR's merge of unresolvable pairs
+            common["merge_separation"] = 0.37 * args.fwhm
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
                                       mode=args.mode, **common)
@@ -309,7 +311,7 @@ def run_phot(args):
         # "no sources were found" is this command's own one-line error below
         warnings.filterwarnings("ignore", message="(?i)no sources were found")
         table, phot = _photometry(args, image, psf, finder, init)
-    if (init is None and not args.iterative and not args.tile and image.data is not None
+    if (init is None and not args.tile and image.data is not None
             and image.saturated is not None):
         from crowdphot.cli.saturated import add_saturated_stars
 

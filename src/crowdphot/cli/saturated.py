@@ -166,12 +166,25 @@ def add_saturated_stars(table, image, psf, *, fit_shape, fwhm, aperture_radius,
     if "group_id" in base.colnames and "group_id" in fitted.colnames:
         g0 = int(np.max(_values(base["group_id"]))) + 1 if len(base) else 1
         fitted["group_id"] = np.arange(g0, g0 + len(fitted))
+    for name in base.colnames:
+        if name not in fitted.colnames:  # e.g. iter_detected of an iterative run
+            fitted[name] = _neutral(base[name], len(fitted))
     merged = vstack([base, fitted[base.colnames]], metadata_conflicts="silent")
     merged.meta = dict(table.meta)
     merged.meta["saturated_fit_shape"] = [size, size]
     merged.meta["n_saturated"] = len(fitted)
     merged.meta["n_ring_detections_removed"] = int((~keep_rows).sum())
     return merged, len(fitted)
+
+
+def _neutral(col, n):
+    """A column like ``col`` with ``n`` neutral values (0, NaN or False)."""
+    value = getattr(col, "value", col)
+    dtype = np.asarray(value).dtype
+    fill = False if dtype.kind == "b" else (0 if dtype.kind in "iu" else np.nan)
+    out = np.full(n, fill, dtype=dtype if dtype.kind in "biuf" else float)
+    unit = getattr(col, "unit", None)
+    return out * unit if unit is not None and hasattr(col, "value") else out
 
 
 def _linear_flux(data, mask, psf, xs, ys, half):
