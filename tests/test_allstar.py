@@ -175,4 +175,64 @@ def test_cli_uses_all_star_by_default():
             warnings.simplefilter("ignore")
             table, phot = _photometry(args, image, psf, None, _init(truth))
         assert phot.subtract_neighbors is expected
+        assert (phot.merge_separation is not None) is expected
         assert len(table) == 6
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_merge_unresolvable_pairs(subtract):
+    """Pairs at 0.2 FWHM merge into one star with the summed flux at the flux-weighted
+    position; a resolved pair (1.6 FWHM) and isolated stars are untouched."""
+    from crowdphot.core.render import render_image
+    from crowdphot.psf.flags import PSF_FLAGS
+
+    psf = CircularGaussianPRF(fwhm=2.5)
+    x = np.array([20.0, 20.5, 50.0, 54.0, 80.0])
+    y = np.array([20.0, 20.2, 50.0, 50.0, 20.0])
+    f = np.array([3000.0, 1500.0, 2000.0, 2000.0, 2500.0])
+    data = render_image((70, 100), psf, x, y, f, model_shape=(15, 15))
+    sigma = 1.0
+    data = data + np.random.default_rng(5).normal(0, sigma, data.shape)
+    init = QTable({"x": x + 0.1, "y": y - 0.1, "flux": f})
+    phot = PSFPhotometry(psf, (7, 7), grouper=SourceGrouper(6), subtract_neighbors=subtract,
+                         merge_separation=0.37 * 2.5)
+    tab = _fit(phot, data, init, error=np.full(data.shape, sigma))
+    flags = np.asarray(tab["flags"])
+    merged = (flags & PSF_FLAGS.MERGED) != 0
+    assert merged.tolist() == [True, True, False, False, False]
+    assert tab.meta["n_merged"] == 1
+    assert np.isnan(tab["flux_fit"][1]) and np.isnan(tab["x_fit"][1])
+    # one PSF fitted to a blend 0.54 px wide on a 7x7 stamp misses ~1.3 % in the wings
+    assert abs(tab["flux_fit"][0] / 4500.0 - 1) < 0.02
+    xw, yw = (3000 * 20.0 + 1500 * 20.5) / 4500, (3000 * 20.0 + 1500 * 20.2) / 4500
+    assert np.hypot(tab["x_fit"][0] - xw, tab["y_fit"][0] - yw) < 0.05
+    assert np.all(np.abs(np.asarray(tab["flux_fit"][2:]) - f[2:])
+                  < 5 * np.asarray(tab["flux_err"][2:]))
+    assert np.all(flags[[0, 2, 3, 4]] & PSF_FLAGS.NO_CONVERGENCE == 0)
+    # without the option the pair is fitted as two (photutils)
+    plain = _fit(PSFPhotometry(psf, (7, 7), grouper=SourceGrouper(6)), data, init,
+                 error=np.full(data.shape, sigma))
+    assert np.all(np.asarray(plain["flags"]) & PSF_FLAGS.MERGED == 0)
+    assert "n_merged" not in plain.meta
+
+
+def test_iterative_drops_insignificant_and_merges():
+    psf = CircularGaussianPRF(fwhm=2.5)
+    data, truth = make_psf_model_image((80, 80), psf, 15, flux=(800, 1500),
+                                       min_separation=8, seed=6, model_shape=(11, 11))
+    sigma = 2.0
+    noisy = data + np.random.default_rng(6).normal(0, sigma, data.shape)
+    finder = DAOStarFinder(threshold=4 * sigma, fwhm=2.5)  # also fires on noise peaks
+    kw = dict(grouper=SourceGrouper(4), aperture_radius=3, maxiters=2, mode="all",
+              subtract_neighbors=True)
+    err = np.full(data.shape, sigma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loose = IterativePSFPhotometry(psf, (5, 5), finder, **kw)(noisy, error=err)
+        strict = IterativePSFPhotometry(psf, (5, 5), finder, drop_significance=10.0,
+                                        merge_separation=0.9, **kw)(noisy, error=err)
+    snr = np.asarray(strict["flux_fit"]) / np.asarray(strict["flux_err"])
+    assert np.all(~(snr < 10.0))
+    assert strict.meta["n_dropped"] >= 1
+    assert len(strict) >= 15 and len(strict) < len(loose)
+    assert "n_dropped" not in loose.meta

@@ -25,7 +25,7 @@ EXPECTED = {
 
 
 #: crowdphot's extensions, above photutils' bits
-EXTENSIONS = {4096: "left_stamp", 8192: "absurd_value"}
+EXTENSIONS = {4096: "left_stamp", 8192: "absurd_value", 16384: "merged"}
 
 
 def test_registry_bits_and_names():
@@ -33,7 +33,7 @@ def test_registry_bits_and_names():
     assert PSF_FLAGS.flag_dict == {**EXPECTED, **EXTENSIONS}
     assert PSF_FLAGS.bit_values[:12] == PHOTUTILS_FLAGS.bit_values
     assert PSF_FLAGS.names[:12] == PHOTUTILS_FLAGS.names
-    assert PSF_FLAGS.all_bits == 4095 + 4096 + 8192
+    assert PSF_FLAGS.all_bits == 4095 + 4096 + 8192 + 16384
     for bit, name in EXTENSIONS.items():
         assert getattr(PSF_FLAGS, name.upper()) == bit
         assert PSF_FLAGS.get_definition(bit).detailed_description
@@ -67,7 +67,7 @@ def test_registry_aliases_and_errors():
         PSF_FLAGS.get_definition(True)
 
 
-@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 2048 + 16384, 3 * 1024 + 17])
+@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 2048 + 32768, 3 * 1024 + 17])
 @pytest.mark.parametrize("bits", [False, True])
 def test_decode_scalar_matches_photutils(value, bits):
     ours = decode_psf_flags(value, return_bit_values=bits)

@@ -75,6 +75,9 @@ def _add_phot(sub):
     p.add_argument("--no-subtract-neighbors", action="store_true",
                    help="fit each group without subtracting the stars outside it (photutils' "
                         "model; default: all-star fitting, DAOPHOT ALLSTAR)")
+    p.add_argument("--no-merge", action="store_true",
+                   help="keep pairs closer than 0.37 FWHM as two stars (default: merge them "
+                        "into one, flag 16384)")
     p.add_argument("--iterative", type=int, default=None, metavar="N",
                    help="iterative detection and fitting with at most N iterations")
     p.add_argument("--mode", choices=("new", "all"), default="new",
@@ -260,7 +263,9 @@ def _cmd_simulate(args):
         rng = np.random.default_rng([int(args.seed), 0x5EED])
         data = rng.poisson(model).astype(float)
     if args.noise > 0:
-        data = data + make_noise_image(data.shape, mean=0, stddev=args.noise, seed=args.seed)
+        # its own stream: the same seed also placed the stars
+        data = data + make_noise_image(data.shape, mean=0, stddev=args.noise,
+                                       seed=np.random.default_rng([int(args.seed), 0xA0]))
     # ERR is the standard deviation of the noise actually added: the true model's Poisson
     # variance (when added) plus the read noise; a floor keeps a noiseless image usable
     variance = (0.0 if args.no_poisson else model) + args.noise**2

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdphot.psf.flags import psf_flags
+from crowdphot.psf.flags import PSF_FLAGS, psf_flags
 
-__all__ = ["SourceFit", "assemble_results"]
+__all__ = ["FitInfo", "SourceFit", "assemble_results"]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SourceFit:
     sky_err: np.ndarray | None = None
     left_stamp: np.ndarray | None = None
     absurd: np.ndarray | None = None
+    merged: np.ndarray | None = None
 
 
 def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, meta=None):
@@ -92,6 +93,8 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
         fit_shape=fit_shape, shape=shape, reason=fit.reason, converged=fit.converged,
         cov_ok=fit.cov_ok, near_bound=fit.near_bound, local_bkg=cols["local_bkg"],
         left_stamp=fit.left_stamp, absurd=fit.absurd)
+    if fit.merged is not None:  # close pairs merged into one star (all-star fitting)
+        cols["flags"][np.asarray(fit.merged, dtype=bool)] |= PSF_FLAGS.MERGED
     table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
                                    meta=meta or {})
     if unit is not None:
@@ -99,3 +102,61 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
             if name in table.colnames:
                 table[name] = table[name] * unit
     return table
+
+
+class FitInfo(list):  # a list, as photutils' fit_info (isinstance checks), built lazily
+    """Per-source fit information, built lazily: ``fit_info[i]`` is a dict.
+
+    Keys: ``param_cov`` (covariance of the free parameters in the model's parameter order,
+    e.g. flux, x_0, y_0, as photutils; absent when unavailable), ``status``
+    (1 converged, 0 not converged: iteration limit reached, or stopped because the position
+    left its fit stamp), ``message`` and ``niter``.
+    """
+
+    def __init__(self, cov, converged, niter, valid, order=(0, 1, 2), left_stamp=None):
+        self._cov = cov
+        # engine covariances are (x, y, flux); photutils reports the free parameters in the
+        # model's parameter order (flux, x_0, y_0 for the built-in models)
+        self._order = np.asarray(order, dtype=int)
+        self._converged = converged
+        self._niter = niter
+        self._valid = valid
+        self._left_stamp = left_stamp
+
+    def __len__(self):
+        return len(self._valid)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        info = {}
+        if not self._valid[i]:
+            info["message"] = "source not fitted (see flags)"
+            info["status"] = -1
+            return info
+        cov = None if self._cov is None else self._cov[i][np.ix_(self._order, self._order)]
+        if cov is not None and cov.size and np.all(np.isfinite(cov)):
+            info["param_cov"] = cov
+        converged = bool(self._converged[i])
+        info["status"] = 1 if converged else 0
+        info["message"] = ("converged" if converged
+                           else "maximum number of iterations reached")
+        if self._left_stamp is not None and self._left_stamp[i]:
+            info["message"] = "stopped: the position left its fit stamp"
+        if self._niter is not None:
+            info["niter"] = int(self._niter[i])
+        return info
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        return len(self) > 0
+
+    def __repr__(self):
+        return repr(list(self))
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, list) else NotImplemented
+
+    __hash__ = None

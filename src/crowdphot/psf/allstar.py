@@ -21,7 +21,7 @@ import numpy as np
 
 from crowdphot.core.batched import stamp_origin
 
-__all__ = ["fit_allstar", "neighbor_stamps"]
+__all__ = ["find_merges", "fit_allstar", "neighbor_stamps"]
 
 #: A group is refitted when its neighbours' light on a member's stamp changed by more than
 #: this fraction of the member's flux error (summed absolute change over the stamp) ...
@@ -30,6 +30,8 @@ TOL_SIGMA = 0.02
 TOL_REL = 1e-6
 #: Passes after the first grouped fit.
 MAX_PASSES = 6
+#: Two stars also merge when closer than this many errors of their separation.
+MERGE_NSIGMA = 2.0
 #: Pairs evaluated per batch (bounds memory).
 _CHUNK = 200_000
 
@@ -120,8 +122,55 @@ def _take(value, sel, n):
     return value
 
 
+def find_merges(x, y, flux, x_err, y_err, group, separation):
+    """Pairs of one group too close to be told apart; returns ``into`` of shape (n,).
+
+    DAOPHOT's rule: two stars of a group merge when their separation is below
+    ``separation`` (pixels, e.g. 0.37 FWHM) or below :data:`MERGE_NSIGMA` times the error of
+    their separation (``sqrt(x_err1² + y_err1² + x_err2² + y_err2²)``). Closest pairs merge
+    first; each star takes part in at most one merge per call. ``into[i]`` is the index of
+    the star that absorbs ``i`` (-1: none); the absorbing star is the brighter one.
+
+    Examples
+    --------
+    >>> find_merges(np.array([0.0, 0.5, 9.0]), np.zeros(3), np.array([10.0, 5.0, 3.0]),
+    ...             np.full(3, 0.1), np.full(3, 0.1), np.zeros(3, int), 1.0).tolist()
+    [-1, 0, -1]
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    into = np.full(n, -1, dtype=np.int64)
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux))
+    if len(ok) < 2:
+        return into
+    ex = np.where(np.isfinite(x_err), x_err, 0.0)
+    ey = np.where(np.isfinite(y_err), y_err, 0.0)
+    r = max(float(separation), float(MERGE_NSIGMA * 2.0 * np.hypot(ex[ok], ey[ok]).max()))
+    if r <= 0:
+        return into
+    pairs = cKDTree(np.column_stack([x[ok], y[ok]])).query_pairs(r, output_type="ndarray")
+    if len(pairs) == 0:
+        return into
+    a, b = ok[pairs[:, 0]], ok[pairs[:, 1]]
+    d = np.hypot(x[a] - x[b], y[a] - y[b])
+    sig = np.sqrt(ex[a] ** 2 + ey[a] ** 2 + ex[b] ** 2 + ey[b] ** 2)
+    keep = (group[a] == group[b]) & ((d < separation) | (d < MERGE_NSIGMA * sig))
+    a, b, d = a[keep], b[keep], d[keep]
+    used = np.zeros(n, dtype=bool)
+    for k in np.argsort(d, kind="stable"):  # only the few close pairs: a short loop
+        i, j = a[k], b[k]
+        if used[i] or used[j]:
+            continue
+        used[i] = used[j] = True
+        keep_i = abs(flux[i]) >= abs(flux[j])
+        into[j if keep_i else i] = i if keep_i else j
+    return into
+
+
 def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=None,
-                reach=None, max_passes=MAX_PASSES, **kwargs):
+                reach=None, max_passes=MAX_PASSES, subtract=True, merge_separation=None,
+                **kwargs):
     """Grouped fit, then all-star passes with every other group's stars subtracted.
 
     Parameters
@@ -136,6 +185,13 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
         Support half-width of each star (default: the model's, :func:`model_reach`).
     max_passes : int
         All-star passes after the first grouped fit.
+    subtract : bool
+        Subtract the stars outside each group (all-star passes); False: only the refits
+        that merges need.
+    merge_separation : float or None
+        Merge close pairs of a group (:func:`find_merges`) after the first fit: the brighter
+        star takes the summed flux and the flux-weighted position and its group is refitted;
+        the other is reported not fitted (``reason`` 'merged'). None: no merging.
 
     Returns
     -------
@@ -143,6 +199,8 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
         As the engine's, the values of the last fit of each group; ``niter`` sums all passes.
     passes : int
         All-star passes made (0: no group needed a refit).
+    merged : ndarray of bool, shape (n,)
+        Sources taking part in a merge (both the absorbing and the absorbed star).
     """
     n = len(x)
     gid = np.asarray(group_id)
@@ -155,21 +213,50 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
     fields = {f.name: np.array(getattr(res, f.name)) for f in dataclasses.fields(res)}
     hold = np.array([bool(np.all(fixed.get(k, False))) for k in ("x", "y", "flux")])
     passes = 0
-    for _ in range(max_passes):
+    merged = np.zeros(n, dtype=bool)
+    alive = np.ones(n, dtype=bool)
+    forced = np.zeros(n, dtype=bool)  # groups to refit whatever their neighbours do
+    if merge_separation is not None and not hold[:2].any():
+        into = find_merges(fields["x"], fields["y"], fields["flux"], fields["x_err"],
+                           fields["y_err"], gid, merge_separation)
+        gone = np.flatnonzero(into >= 0)
+        if len(gone):
+            keep = into[gone]
+            f1, f2 = fields["flux"][keep], fields["flux"][gone]
+            tot = f1 + f2
+            w = np.where(np.abs(tot) > 0, np.abs(f1) / (np.abs(f1) + np.abs(f2)), 0.5)
+            for k in ("x", "y"):
+                fields[k][keep] = w * fields[k][keep] + (1 - w) * fields[k][gone]
+            fields["flux"][keep] = tot
+            merged[keep] = merged[gone] = True
+            alive[gone] = False
+            forced[np.isin(gid, gid[keep])] = True
+            for arr in fields.values():
+                if arr.dtype.kind == "f":
+                    arr[gone] = np.nan
+                elif arr.dtype == bool:
+                    arr[gone] = False
+            fields["reason"][gone] = "merged"
+    for _ in range(max_passes if subtract else min(1, max_passes)):
         cur = fields["x"], fields["y"], fields["flux"]
-        new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach)
+        if subtract:
+            new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach)
+        else:
+            new = used
         change = np.abs(new - used).sum(axis=(1, 2))
         err = np.where(np.isfinite(fields["flux_err"]), fields["flux_err"], 0.0)
         ref = np.where(np.isfinite(cur[2]), np.abs(cur[2]), 0.0)
         thresh = np.maximum(TOL_SIGMA * err, TOL_REL * ref)
-        active = fields["fitted"] & (change > thresh)
+        active = (fields["fitted"] & (change > thresh)) | forced
+        forced[:] = False
         if not active.any():
             break
-        sel = np.isin(gid, np.unique(gid[active]))
+        sel = np.isin(gid, np.unique(gid[active])) & alive
         start = np.column_stack([c[sel] for c in cur])
         start[:, hold] = np.nan
         sub = fit(data, psf_model, x[sel], y[sel], flux[sel], fit_shape=fit_shape,
-                  group_id=gid[sel], fixed=fixed, neighbors=new[sel], start=start,
+                  group_id=gid[sel], fixed=fixed, neighbors=new[sel] if subtract else None,
+                  start=start,
                   **{k: (_take(v, sel, n) if k in _PER_SOURCE else v)
                      for k, v in kwargs.items()})
         for name, arr in fields.items():
@@ -180,4 +267,4 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
                 arr[sel] = val
         used[sel] = new[sel]
         passes += 1
-    return type(res)(**fields), passes
+    return type(res)(**fields), passes, merged

@@ -21,6 +21,13 @@ from crowdphot.utils._tables import add_deprecated_aliases
 __all__ = ["IterativePSFPhotometry"]
 
 
+def _init_from(results, init_cols):
+    """``results_to_init_params`` of the given rows (all valid), ids renumbered."""
+    tmp = PSFPhotometryResult(results=results, init_params=None, finder_results=None,
+                              fit_info=None, psf_model=None, main_params=None, unit=None)
+    return tmp.results_to_init_params()[init_cols]
+
+
 def _valid_rows(results):
     """Rows kept by ``results_to_init_params`` (all fitted values finite)."""
     fit_cols = [c for c in results.colnames if c.endswith("_fit")]
@@ -48,8 +55,13 @@ class IterativePSFPhotometry(_LatestResultMixin):
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
         local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
         fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
-        crlb and subtract_neighbors (all-star fitting in every iteration), as for
-        PSFPhotometry (likelihood='poisson' needs mode='all').
+        crlb, subtract_neighbors (all-star fitting in every iteration) and
+        merge_separation, as for PSFPhotometry (likelihood='poisson' needs mode='all').
+    drop_significance : float, optional
+        crowdphot extension (DAOPHOT ALLSTAR). Sources whose fitted ``flux / flux_err`` is
+        below this are dropped: in mode 'all' they do not start the next iteration's refit,
+        and they are removed from the returned table; ``results.meta['n_dropped']`` counts
+        them. Default None: nothing dropped (photutils).
 
     Examples
     --------
@@ -72,7 +84,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
                  sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False,
                  likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
-                 subtract_neighbors=False):
+                 subtract_neighbors=False, merge_separation=None, drop_significance=None):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -95,7 +107,10 @@ class IterativePSFPhotometry(_LatestResultMixin):
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
             shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
             read_noise=read_noise, gain=gain, crlb=crlb,
-            subtract_neighbors=subtract_neighbors)
+            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
+        if drop_significance is not None:
+            drop_significance = positive_real("drop_significance", drop_significance)
+        self.drop_significance = drop_significance
         self.maxiters = int(maxiters)
         self.mode = mode
         if sub_shape is not None:
@@ -131,6 +146,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
         if first is None:
             return None, []
         per_iter = [first]
+        n_dropped = 0
         # shallow copies: the per-iteration results in fit_results stay as they were fitted
         table = first.results.copy(copy_data=False)
         table["iter_detected"] = np.ones(len(table), dtype=np.int64)
@@ -149,8 +165,12 @@ class IterativePSFPhotometry(_LatestResultMixin):
                 # sources whose fit failed are dropped, as photutils does
                 init_cols = ["id"] + [c for c in current.results.colnames
                                       if c.endswith("_init")]
-                prev = current.results_to_init_params()[init_cols]
                 valid = _valid_rows(current.results)
+                if self.drop_significance is not None:
+                    weak = valid & ~self._significant(current.results)
+                    n_dropped += int(np.count_nonzero(weak))
+                    valid &= ~weak
+                prev = _init_from(current.results[valid], init_cols)
                 new["id"] = np.arange(len(new)) + len(prev) + 1
                 new = self._with_aperture_flux(residual, mask, new, unit)
                 for name in init_cols[4:]:  # extra free parameters start at the model value
@@ -176,6 +196,10 @@ class IterativePSFPhotometry(_LatestResultMixin):
                 new_tbl.meta = {}
                 table = vstack([table, new_tbl])
             per_iter.append(current)
+        if self.drop_significance is not None:
+            weak = ~self._significant(table)
+            n_dropped += int(np.count_nonzero(weak))
+            table = table[~weak]
         cols = list(table.colnames)
         cols.remove("iter_detected")
         cols.insert(cols.index("group_size") + 1, "iter_detected")
@@ -183,11 +207,22 @@ class IterativePSFPhotometry(_LatestResultMixin):
         table = add_deprecated_aliases(table[cols], {"npixfit": "n_pixels_fit"})
         table.meta.update({"psf_class": type(self).__name__, "maxiters": self.maxiters,
                            "mode": self.mode, "sub_shape": self.sub_shape})
+        if self.drop_significance is not None:
+            table.meta.update(drop_significance=self.drop_significance, n_dropped=n_dropped)
         combined = PSFPhotometryResult(
             results=table, init_params=None, finder_results=first.finder_results,
             fit_info=None, psf_model=self._psfphot.psf_model,
             main_params=first._main_params, unit=unit, progress_bar=self._psfphot.progress_bar)
         return combined, per_iter
+
+    def _significant(self, results):
+        """Rows whose ``flux_fit / flux_err`` reaches ``drop_significance`` (NaN: kept)."""
+        def plain(name):
+            return np.asarray(getattr(results[name], "value", results[name]), dtype=float)
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = plain("flux_fit") / plain("flux_err")
+        return ~(snr < self.drop_significance)
 
     def _with_aperture_flux(self, data, mask, table, unit):
         # photutils measures new sources' starting flux on the residual without sky removal

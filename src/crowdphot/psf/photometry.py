@@ -17,7 +17,7 @@ from astropy.table import QTable
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
 from crowdphot.psf import _inputs as _photinit
-from crowdphot.psf._results import SourceFit, assemble_results
+from crowdphot.psf._results import FitInfo, SourceFit, assemble_results
 from crowdphot.psf.flags import near_xy_bound
 from crowdphot.psf.likelihood import check_noise_options
 from crowdphot.utils._deprecation import renamed_argument
@@ -28,64 +28,6 @@ __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
 # ----------------------------------------------------------------------------------------------
 # results
 # ----------------------------------------------------------------------------------------------
-class FitInfo(list):  # a list, as photutils' fit_info (isinstance checks), built lazily
-    """Per-source fit information, built lazily: ``fit_info[i]`` is a dict.
-
-    Keys: ``param_cov`` (covariance of the free parameters in the model's parameter order,
-    e.g. flux, x_0, y_0, as photutils; absent when unavailable), ``status``
-    (1 converged, 0 not converged: iteration limit reached, or stopped because the position
-    left its fit stamp), ``message`` and ``niter``.
-    """
-
-    def __init__(self, cov, converged, niter, valid, order=(0, 1, 2), left_stamp=None):
-        self._cov = cov
-        # engine covariances are (x, y, flux); photutils reports the free parameters in the
-        # model's parameter order (flux, x_0, y_0 for the built-in models)
-        self._order = np.asarray(order, dtype=int)
-        self._converged = converged
-        self._niter = niter
-        self._valid = valid
-        self._left_stamp = left_stamp
-
-    def __len__(self):
-        return len(self._valid)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        info = {}
-        if not self._valid[i]:
-            info["message"] = "source not fitted (see flags)"
-            info["status"] = -1
-            return info
-        cov = None if self._cov is None else self._cov[i][np.ix_(self._order, self._order)]
-        if cov is not None and cov.size and np.all(np.isfinite(cov)):
-            info["param_cov"] = cov
-        converged = bool(self._converged[i])
-        info["status"] = 1 if converged else 0
-        info["message"] = ("converged" if converged
-                           else "maximum number of iterations reached")
-        if self._left_stamp is not None and self._left_stamp[i]:
-            info["message"] = "stopped: the position left its fit stamp"
-        if self._niter is not None:
-            info["niter"] = int(self._niter[i])
-        return info
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def __bool__(self):
-        return len(self) > 0
-
-    def __repr__(self):
-        return repr(list(self))
-
-    def __eq__(self, other):
-        return list(self) == list(other) if isinstance(other, list) else NotImplemented
-
-    __hash__ = None
-
-
 class PSFPhotometryResult:
     """Everything one photometry call produced; immutable once built.
 
@@ -235,7 +177,7 @@ def _use_fast_path(psf_model, fitter, main_params):
 
 def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
               progress_bar, shared_pixels="once", fit_sky=False, noise=None,
-              subtract_neighbors=False):
+              subtract_neighbors=False, merge_separation=None):
     from crowdphot.core.fit import fit_psf
 
     if noise is not None:  # likelihood='poisson': (read_noise, gain)
@@ -258,14 +200,15 @@ def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters,
               "y": _bounds_for(psf_model, "y_0", y0, by),
               "flux": _bounds_for(psf_model, "flux", f0, None)}
 
-    if subtract_neighbors:  # all-star passes need every source at once
+    if subtract_neighbors or merge_separation is not None:  # needs every source at once
         from crowdphot.psf.allstar import fit_allstar
 
-        res, passes = fit_allstar(
+        res, passes, merged = fit_allstar(
             fit_psf, data, psf_model, x0, y0, f0, fit_shape=tuple(fit_shape), group_id=gid,
             error=error, mask=mask, local_bkg=bkg, fixed=fixed, bounds=bounds,
-            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky)
-        return [(np.arange(len(x0)), res)], passes
+            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky,
+            subtract=subtract_neighbors, merge_separation=merge_separation)
+        return [(np.arange(len(x0)), res)], {"passes": passes, "merged": merged}
     # chunks of whole groups bound memory and drive the progress bar
     order = np.argsort(gid, kind="stable")
     _, starts = np.unique(gid[order], return_index=True)
@@ -355,7 +298,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                        group_warning_threshold=25, progress_bar=False, meta=None,
                        shared_pixels="once", fit_sky=False, likelihood="gaussian",
-                       read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False):
+                       read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False,
+                       merge_separation=None):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -408,16 +352,21 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     aliases = ["x", "y", "flux", *extra]
 
     passes = None
-    if subtract_neighbors and likelihood == "poisson":
-        raise ValueError("subtract_neighbors=True is not available with likelihood='poisson'")
+    if (subtract_neighbors or merge_separation is not None) and likelihood == "poisson":
+        raise ValueError("subtract_neighbors=True and merge_separation are not available with "
+                         "likelihood='poisson'")
     if _use_fast_path(psf_model, fitter, main_params):
         pieces, passes = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
                            fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                            progress_bar=progress_bar, shared_pixels=shared_pixels,
                            fit_sky=fit_sky,
                            noise=(read_noise, gain) if likelihood == "poisson" else None,
-                           subtract_neighbors=subtract_neighbors)
+                           subtract_neighbors=subtract_neighbors,
+                           merge_separation=merge_separation)
         fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
+        if passes is not None:
+            fit.merged = np.zeros(n, dtype=bool)
+            fit.merged[np.flatnonzero(todo)] = passes["merged"]
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
@@ -432,8 +381,9 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if fit_sky:
             raise ValueError("fit_sky=True needs the batched engine: a built-in crowdphot PSF "
                              "model with only x_0, y_0 and flux free and fitter=None")
-        if subtract_neighbors:
-            raise ValueError("subtract_neighbors=True needs the batched engine: a built-in "
+        if subtract_neighbors or merge_separation is not None:
+            raise ValueError("subtract_neighbors=True and merge_separation need the batched "
+                             "engine: a built-in "
                              "crowdphot PSF model with only x_0, y_0 and flux free and "
                              "fitter=None")
         from crowdphot.psf._generic import fit_generic
@@ -449,7 +399,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     results = assemble_results(table, fit, aliases=aliases, shape=data.shape,
                                fit_shape=fit_shape, unit=unit, meta=meta)
     if passes is not None:
-        results.meta["allstar_passes"] = int(passes)
+        if subtract_neighbors:
+            results.meta["allstar_passes"] = int(passes["passes"])
+        if merge_separation is not None:
+            results.meta["n_merged"] = int(np.count_nonzero(fit.reason == "merged"))
     if crlb:
         from crowdphot.psf.likelihood import add_crlb_column
 
@@ -625,6 +578,13 @@ class PSFPhotometry(_LatestResultMixin):
         ``results.meta['allstar_passes']``). Removes the bias from neighbours' wings on the
         fit stamps. Default False: photutils' model (only a group's members are modelled).
         Batched engine, Gaussian likelihood only.
+    merge_separation : float, optional
+        crowdphot extension (DAOPHOT ALLSTAR). After the first fit, two members of a group
+        closer than this (pixels; ALLSTAR uses ~0.37 FWHM) or than twice the error of their
+        separation merge into one star (summed flux, flux-weighted position) and the group is
+        refitted: the absorbing row carries the result, the absorbed row is NaN, both are
+        flagged ``merged`` (16384); ``results.meta['n_merged']`` counts the absorbed rows.
+        Default None: no merging (photutils).
 
     Examples
     --------
@@ -644,7 +604,7 @@ class PSFPhotometry(_LatestResultMixin):
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
                  shared_pixels="once", fit_sky=False, likelihood="gaussian", read_noise=None,
-                 gain=1.0, crlb=False, subtract_neighbors=False):
+                 gain=1.0, crlb=False, subtract_neighbors=False, merge_separation=None):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
@@ -683,6 +643,9 @@ class PSFPhotometry(_LatestResultMixin):
             raise TypeError(f"subtract_neighbors must be True or False, got "
                             f"{subtract_neighbors!r}")
         self.subtract_neighbors = bool(subtract_neighbors)
+        if merge_separation is not None:
+            merge_separation = positive_real("merge_separation", merge_separation)
+        self.merge_separation = merge_separation
         self.likelihood, self.read_noise, self.gain, self.crlb = check_noise_options(
             likelihood, read_noise, gain, crlb)
         self._last = threading.local()
@@ -706,6 +669,8 @@ class PSFPhotometry(_LatestResultMixin):
             meta["fit_sky"] = True
         if self.subtract_neighbors:
             meta["subtract_neighbors"] = True
+        if self.merge_separation is not None:
+            meta["merge_separation"] = self.merge_separation
         if self.likelihood != "gaussian" or self.crlb:
             meta.update(likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain)
         return meta
@@ -721,7 +686,8 @@ class PSFPhotometry(_LatestResultMixin):
             progress_bar=self.progress_bar, meta=self._meta(),
             shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
             likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
-            crlb=self.crlb, subtract_neighbors=self.subtract_neighbors)
+            crlb=self.crlb, subtract_neighbors=self.subtract_neighbors,
+            merge_separation=self.merge_separation)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None):
         """Run the photometry and return the results QTable (None when nothing to fit).
