@@ -706,3 +706,25 @@ def test_hst_dq_bits_mean_the_same_conditions(field, tmp_path, capsys):
     assert int(np.sum(table["saturated"])) == 1 and len(table) == 11
     sat = table[table["saturated"]][0]
     assert abs(sat["flux_fit"].value / 4.0e5 - 1) < 0.01
+
+
+def test_simulated_nircam_file_end_to_end_with_the_header_psf(tmp_path, capsys):
+    """simulate (built-in F200W, Poisson noise) -> phot with no --psf: the header picks the PSF
+    and the flux errors are honest (the grid is the README quickstart's, cached)."""
+    out = tmp_path / "sim.fits"
+    code, _, err = _run(["simulate", out, "--n-sources", 25, "--shape", 256, 256, "--flux",
+                         2000, 20000, "--min-separation", 25, "--seed", 3, "--no-progress"],
+                        capsys)
+    assert code == 0, err
+    primary = fits.getheader(out)
+    assert (primary["INSTRUME"], primary["FILTER"], primary["DETECTOR"]) == (
+        "NIRCAM", "F200W", "NRCA1")
+    code, _, err = _run(["phot", out, "-o", tmp_path / "c.ecsv", "--no-progress"], capsys)
+    assert code == 0, err
+    table = QTable.read(tmp_path / "c.ecsv")
+    assert table.meta["psf"] == "builtin:F200W:NRCA1" and "the PSF's width" not in err
+    truth = QTable.read(tmp_path / "sim_truth.ecsv")
+    m = match_catalogs(truth, table, separation=1.0)
+    assert len(truth) >= 20 and len(m) == len(truth)
+    pull = (np.asarray(m["flux_fit"].value) - m["flux"]) / np.asarray(m["flux_err"].value)
+    assert 0.6 < np.std(pull) < 1.4 and abs(np.median(pull)) < 0.5
