@@ -25,8 +25,8 @@ demo: $(VENV)/.installed-base
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
 	$(BIN)/python compat/run_compat.py
+	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run.py
