@@ -318,17 +318,16 @@ def _accumulate(frames, fidx, basis, xi, eta, flux, shape, nsrc, npar):
         dxi = fl * (px * a[:, 0, 0, None, None] + py * a[:, 1, 0, None, None]) * sw
         deta = fl * (px * a[:, 0, 1, None, None] + py * a[:, 1, 1, None, None]) * sw
         dfl = p * sw
-        rows = np.concatenate([pix.reshape(k, m)] * 3, axis=1).ravel()
-        base = sel * npar
-        cols = np.concatenate([np.repeat(base, m), np.repeat(base + 1, m),
-                               np.repeat(base + 2 + f, m)])
-        cols = cols.reshape(3, k, m).transpose(1, 0, 2).ravel()
-        vals = np.concatenate([dxi.reshape(k, m), deta.reshape(k, m), dfl.reshape(k, m)],
-                              axis=1).ravel()
+        # only pixels that are fitted (non-zero weight) enter the Jacobian
+        star, jpix = np.nonzero(sw.reshape(k, m))
+        rows = np.repeat(pix.reshape(k, m)[star, jpix], 3)
+        base = sel[star] * npar
+        cols = np.stack([base, base + 1, base + 2 + f], axis=1).ravel()
+        vals = np.stack([dxi.reshape(k, m)[star, jpix], deta.reshape(k, m)[star, jpix],
+                         dfl.reshape(k, m)[star, jpix]], axis=1).ravel()
         jac = sp.csr_matrix((vals, (rows, cols)), shape=(fr.npix_img, nsrc * npar))
         normal = normal + (jac.T @ jac).tocsr()
-        grad += np.bincount(cols, weights=vals * np.repeat(resid.reshape(k, 1, m), 3,
-                                                           axis=1).ravel(),
+        grad += np.bincount(cols, weights=vals * np.repeat(resid.reshape(k, m)[star, jpix], 3),
                             minlength=nsrc * npar)
         geo.append((sel, a))
     return normal, grad, chi2, npix, geo
@@ -403,6 +402,24 @@ def _solve_blocks(b, g):
     return step, inv, q, free, singular
 
 
+def _default_model_shape(exps, fit_shape, group_separation):
+    """``fit_shape`` grown by the group linking length (in the finest pixels) on each side,
+    capped at the largest PSF extent; odd."""
+    scale = min(e.pixel_scale() for e in exps)
+    grow = int(np.ceil(group_separation / scale))
+    out = []
+    for axis, n in enumerate(fit_shape):
+        ext = 0
+        for e in exps:
+            try:
+                ext = max(ext, e.psf_model.default_stamp_shape[axis])
+            except (AttributeError, ValueError):
+                ext = max(ext, n + 2 * grow)
+        m = max(n, min(n + 2 * grow, ext))
+        out.append(m + 1 - m % 2)
+    return tuple(out)
+
+
 # -- public API -----------------------------------------------------------------------------
 def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
                   group_separation=None, maxiters=50, tol=1e-4):
@@ -420,8 +437,11 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
         exposure are the union of its stamps).
     model_shape : int or (ny, nx), optional
         Odd stamp shape on which each source's model is evaluated (its light outside is
-        neglected); default ``fit_shape + 2 * (fit_shape // 2)`` (9 x 9 for 5 x 5), so each
-        source's model covers the fit stamps of neighbours up to ``fit_shape // 2`` pixels away.
+        neglected, also on neighbours' fit stamps); default ``fit_shape`` grown on each side by
+        ``group_separation`` in the finest exposure's pixels (so a model covers the fit stamps
+        of its whole group, as photutils evaluates a group), capped at the PSF's extent
+        (``psf_model.default_stamp_shape``). PSFs with strong wings beyond it (JWST) leave
+        neighbours' wing light unmodelled: give a larger ``model_shape`` for them.
     group_separation : float, optional
         Sources closer than this many arcsec on the sky are fitted jointly (connected
         components). Default: the diagonal of ``fit_shape`` in the coarsest exposure's pixels.
@@ -461,13 +481,6 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
     if ny < 1 or nx < 1 or ny % 2 == 0 or nx % 2 == 0:
         raise ValueError(f"fit_shape must be odd and positive, got {fit_shape!r}")
     shape = (ny, nx)
-    if model_shape is None:
-        model_shape = (ny + 2 * (ny // 2), nx + 2 * (nx // 2))
-    mshape = (int(model_shape), int(model_shape)) if np.ndim(model_shape) == 0 else \
-        tuple(int(v) for v in model_shape)
-    if (len(mshape) != 2 or mshape[0] < ny or mshape[1] < nx
-            or not (mshape[0] % 2 and mshape[1] % 2)):
-        raise ValueError(f"model_shape must be odd and at least fit_shape, got {model_shape!r}")
     if int(maxiters) != maxiters or maxiters < 1:
         raise ValueError(f"maxiters must be a positive integer, got {maxiters!r}")
     if not tol > 0:
@@ -486,6 +499,17 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
                    np.rad2deg(np.arctan2(vc[2], np.hypot(vc[0], vc[1]))))
     xi, eta = _to_plane(basis, ra0, dec0)
 
+    if group_separation is None:
+        group_separation = float(np.hypot(ny, nx)) * max(e.pixel_scale() for e in exps)
+    if not (np.isfinite(group_separation) and group_separation >= 0):
+        raise ValueError(f"group_separation must be >= 0 arcsec, got {group_separation!r}")
+    if model_shape is None:
+        model_shape = _default_model_shape(exps, shape, group_separation)
+    mshape = (int(model_shape), int(model_shape)) if np.ndim(model_shape) == 0 else \
+        tuple(int(v) for v in model_shape)
+    if (len(mshape) != 2 or mshape[0] < ny or mshape[1] < nx
+            or not (mshape[0] % 2 and mshape[1] % 2)):
+        raise ValueError(f"model_shape must be odd and at least fit_shape, got {model_shape!r}")
     frames = []
     for e in exps:
         x, y, _ = _project(e, basis, xi, eta)
@@ -498,10 +522,6 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
     for fr, f in zip(frames, fidx, strict=True):
         filt_pix[:, f] |= fr.has_pix
 
-    if group_separation is None:
-        group_separation = float(np.hypot(ny, nx)) * max(e.pixel_scale() for e in exps)
-    if not (np.isfinite(group_separation) and group_separation >= 0):
-        raise ValueError(f"group_separation must be >= 0 arcsec, got {group_separation!r}")
     if group_separation == 0 or nsrc == 1:
         gid = np.arange(nsrc)
     else:
