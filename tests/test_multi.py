@@ -208,3 +208,46 @@ def test_one_exposure_blends_equal_grouped_single_image_fit():
     np.testing.assert_allclose(yj, single["y_fit"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
     np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-3)
+
+
+def add_sip(w, shape, amp=5e-5):
+    """Give a TAN WCS a small quadratic SIP distortion (~0.3 px at the corners)."""
+    from astropy.wcs import Sip
+
+    a = np.zeros((3, 3))
+    b = np.zeros((3, 3))
+    a[2, 0], a[1, 1] = amp, -amp
+    b[0, 2], b[1, 1] = amp, amp
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    w.sip = Sip(a, b, None, None, w.wcs.crpix)
+    return w
+
+
+def test_six_exposures_blends_sip():
+    rng = np.random.default_rng(77)
+    shape = (110, 110)
+    ra, dec, flux_a = make_pairs(rng, 7, 14.0, sep_range=(3.0, 4.5))
+    fluxes = {"A": flux_a, "B": flux_a * 0.6}
+    psfs = {"A": CircularGaussianPRF(fwhm=2.4), "B": CircularGaussianPRF(fwhm=3.1)}
+    exps = []
+    for filt in "AAAABB":
+        w = add_sip(make_wcs(shape, dx=rng.uniform(-3, 3), dy=rng.uniform(-3, 3),
+                             rot_deg=rng.uniform(-1.5, 1.5)), shape)
+        exps.append(make_exposure(rng, shape, w, psfs[filt], ra, dec, fluxes[filt], filt))
+    assert np.ptp(exps[0].wcs.all_world2pix(ra, dec, 0)[0]
+                  - exps[0].wcs.wcs_world2pix(ra, dec, 0)[0]) > 0.1
+    ra_i = ra + rng.normal(0, 0.03, ra.size) / 3600 / np.cos(np.deg2rad(DEC0))
+    dec_i = dec + rng.normal(0, 0.03, ra.size) / 3600
+    joint = fit_exposures(exps, Table({"ra": ra_i, "dec": dec_i}), group_separation=0.6)
+    ok = joint["flags"] == 0
+    assert ok.mean() > 0.95
+    dra, ddec = _sky_err(joint, ra, dec)
+    n = ok.sum()
+    for d, e in ((dra, joint["ra_err"]), (ddec, joint["dec_err"])):
+        pull = d[ok] / e.to_value(u.arcsec)[ok]
+        assert 0.85 <= np.std(pull) <= 1.15
+        assert abs(np.mean(pull)) < 4 / np.sqrt(n)
+    for f, true in fluxes.items():
+        pull = (joint[f"flux_{f}"][ok] - true[ok]) / joint[f"flux_err_{f}"][ok]
+        assert abs(np.mean(pull)) < 4 / np.sqrt(n), f
+        assert 0.85 <= np.std(pull) <= 1.15, f
