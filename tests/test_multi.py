@@ -251,3 +251,25 @@ def test_six_exposures_blends_sip():
         pull = (joint[f"flux_{f}"][ok] - true[ok]) / joint[f"flux_err_{f}"][ok]
         assert abs(np.mean(pull)) < 4 / np.sqrt(n), f
         assert 0.85 <= np.std(pull) <= 1.15, f
+
+
+def test_mask_units_and_filter_without_pixels(six_exposures):
+    exps, cat, ra, dec, fluxes = six_exposures
+    e = exps[0]
+    # exposure 1 in filter "C" sees only the left half of the field: others get flag 2
+    mask = np.zeros(e.data.shape, dtype=bool)
+    mask[:, 60:] = True
+    unit = u.MJy / u.sr
+    a = Exposure(e.data * unit, e.error * unit, None, e.wcs, e.psf_model, "A")
+    c = Exposure(e.data * unit, e.error * unit, mask, e.wcs, e.psf_model, "C")
+    t = fit_exposures([a, c], cat)
+    assert t["flux_A"].unit == unit and t["flux_err_C"].unit == unit
+    x, _ = e.wcs.all_world2pix(ra, dec, 0)
+    right = x > 64  # stamps (5 px) entirely in the masked half
+    assert np.all(t["flags"][right] & 2) and np.all(np.isnan(t["flux_C"][right]))
+    assert np.all(t["n_exposures"][right] == 1)
+    left = x < 55
+    ok = left & (t["flags"] == 0)
+    assert ok.sum() > 20
+    # the same pixels counted twice (A and C are copies): C's flux equals A's
+    np.testing.assert_allclose(t["flux_C"][ok], t["flux_A"][ok], rtol=1e-6)
