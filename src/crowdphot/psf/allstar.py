@@ -21,7 +21,7 @@ import numpy as np
 
 from crowdphot.core.batched import stamp_origin
 
-__all__ = ["find_merges", "fit_allstar", "neighbor_stamps"]
+__all__ = ["find_merges", "fit_allstar", "flux_reach", "model_reach", "neighbor_stamps"]
 
 #: A group is refitted when its neighbours' light on a member's stamp changed by more than
 #: this fraction of the member's flux error (summed absolute change over the stamp) ...
@@ -30,13 +30,25 @@ TOL_SIGMA = 0.02
 TOL_REL = 1e-6
 #: Passes after the first grouped fit.
 MAX_PASSES = 6
+#: A group couples a member to its other members' stamps where its PSF exceeds this fraction
+#: of the median pixel error (support growing with flux, when an error image is given); the
+#: wings beyond are subtracted as neighbours' light.
+REACH_NOISE = 1.0
+#: ... and at most this many fit boxes (farther wings are weak couplings: the passes take them).
+COUPLING_MAX_FIT = 2.0
+#: Neighbours' light (other groups, far members) is subtracted out to where a star's PSF falls
+#: below this fraction of the median pixel error (when an error image is given).
+NEIGHBOR_NOISE = 0.01
+#: The engine's extra coupling reach (``build_interactions``' margin).
+COUPLING_MARGIN = 1.0
 #: Two stars also merge when closer than this many errors of their separation.
 MERGE_NSIGMA = 2.0
 #: Pairs evaluated per batch (bounds memory).
 _CHUNK = 200_000
 
 
-def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach):
+def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
+                    coupled=None):
     """Light of the stars of *other* groups on each source's fit stamp.
 
     Parameters
@@ -51,6 +63,11 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach)
     reach : float or ndarray of shape (n,)
         Half-width (pixels) of each star's model support: pixels farther than this from the
         star (in x or y) receive none of its light.
+    coupled : (x_ref, y_ref, half, margin), optional
+        Members of the *same* group whose light the grouped fit does not model (the engine
+        couples star ``s`` to stamp ``t`` only when ``|x_ref[s] - centre[t]|`` and the same
+        in y are within ``fit/2 + half[s] + margin``) are included too, so that a reduced
+        support loses no light.
 
     Returns
     -------
@@ -87,6 +104,11 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach)
     tgt = pairs["i"].astype(np.int64)
     j = src[pairs["j"]]
     keep = group[tgt] != group[j]
+    if coupled is not None:
+        xr, yr, chalf, margin = coupled
+        far = (np.abs(xr[j] - cx[tgt]) > fx / 2.0 + chalf[j] + margin) | (
+            np.abs(yr[j] - cy[tgt]) > fy / 2.0 + chalf[j] + margin)
+        keep |= far & (tgt != j)
     tgt, j = tgt[keep], j[keep]
     # the star's own reach plus the stamp's half-size, per axis
     keep = (np.abs(x[j] - cx[tgt]) <= reach[j] + fx / 2.0) & (
@@ -96,8 +118,58 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach)
         t, s = tgt[a:a + _CHUNK], j[a:a + _CHUNK]
         vals = np.asarray(psf_model._stamps(x[s], y[s], xlo[t], ylo[t], (fy, fx)))
         vals = np.where(np.isfinite(vals), vals, 0.0).reshape(len(s), -1) * flux[s][:, None]
-        np.add.at(out, t, vals)
+        order = np.argsort(t, kind="stable")
+        t, vals = t[order], vals[order]
+        first = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+        out[t[first]] += np.add.reduceat(vals, first, axis=0)
     return out.reshape(n, fy, fx)
+
+
+def flux_reach(psf_model, flux, floor):
+    """Support half-width growing with flux (DAOPHOT's PSF radius), per star.
+
+    The radius (pixels, Chebyshev) beyond which ``|flux| * PSF`` stays below ``floor`` on
+    every pixel of the model's stamp (centred star); never more than :func:`model_reach`.
+    Non-finite fluxes get the full support.
+
+    Parameters
+    ----------
+    psf_model : BatchedPSFMixin
+    flux : ndarray of shape (n,)
+    floor : float
+        Light per pixel below which a star's wing is neglected (e.g. a small fraction of
+        the pixel noise).
+
+    Returns
+    -------
+    reach : ndarray of shape (n,)
+
+    Examples
+    --------
+    >>> from crowdphot import CircularGaussianPRF
+    >>> r = flux_reach(CircularGaussianPRF(fwhm=2.5), np.array([10.0, 1e4]), 0.01)
+    >>> bool(r[0] < r[1])
+    True
+    """
+    full = model_reach(psf_model)
+    flux = np.abs(np.asarray(flux, dtype=float))
+    size = 2 * int(np.ceil(full)) + 1
+    c = float(size // 2)
+    stamp = np.abs(np.asarray(psf_model.psf_stamps([c], [c], (size, size), xlo=[0],
+                                                   ylo=[0])[0]))
+    stamp = np.where(np.isfinite(stamp), stamp, 0.0)
+    yy, xx = np.indices(stamp.shape)
+    ring = np.maximum(np.abs(yy - c), np.abs(xx - c)).astype(int).ravel()
+    peak = np.zeros(ring.max() + 1)
+    np.maximum.at(peak, ring, stamp.ravel())
+    tail = np.maximum.accumulate(peak[::-1])[::-1]  # max |PSF| at this ring or beyond
+    # smallest ring r with flux * tail(r + 1) < floor: light beyond r is negligible
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(flux > 0, floor / flux, np.inf)
+    beyond = np.r_[tail[1:], 0.0]
+    idx = np.searchsorted(-beyond, -need, side="left")  # beyond is non-increasing
+    reach = np.minimum(idx.astype(float) + 0.5, full)
+    return np.where(np.isfinite(flux), reach, full)
 
 
 def model_reach(psf_model):
@@ -109,7 +181,8 @@ def model_reach(psf_model):
         return 25.0
 
 
-_PER_SOURCE = ("local_bkg", "bounds")
+_PER_SOURCE = ("local_bkg", "bounds", "support_radius")
+_COV_FIELDS = ("cov", "cov_ok", "x_err", "y_err", "flux_err", "sky_err")
 
 
 def _take(value, sel, n):
@@ -205,10 +278,24 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
     n = len(x)
     gid = np.asarray(group_id)
     fixed = {} if fixed is None else fixed
+    err_img = kwargs.get("error")
+    coupled = None
+    if err_img is not None and subtract:
+        # DAOPHOT's PSF radius: a group couples a member to the stamps its PSF reaches above
+        # the noise; the fainter wings come in with the neighbours' light, pass by pass
+        floor = REACH_NOISE * float(np.median(np.asarray(err_img)[::4, ::4]))
+        half = np.minimum(flux_reach(psf_model, 2.0 * np.abs(flux), floor),
+                          COUPLING_MAX_FIT * max(fit_shape))
+        kwargs["support_radius"] = half
+        coupled = (x, y, half, COUPLING_MARGIN)
     res = fit(data, psf_model, x, y, flux, fit_shape=fit_shape, group_id=gid, fixed=fixed,
               **kwargs)
     xlo, ylo = stamp_origin(x, y, fit_shape)
-    reach = model_reach(psf_model) if reach is None else reach
+    if reach is None:
+        reach = model_reach(psf_model)
+        if err_img is not None and subtract:  # wings below a small fraction of the noise
+            fl = np.where(np.isfinite(res.flux), np.abs(res.flux), np.inf)
+            reach = flux_reach(psf_model, 2.0 * fl, NEIGHBOR_NOISE * floor)
     used = np.zeros((n, *fit_shape))
     fields = {f.name: np.array(getattr(res, f.name)) for f in dataclasses.fields(res)}
     hold = np.array([bool(np.all(fixed.get(k, False))) for k in ("x", "y", "flux")])
@@ -240,7 +327,8 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
     for _ in range(max_passes if subtract else min(1, max_passes)):
         cur = fields["x"], fields["y"], fields["flux"]
         if subtract:
-            new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach)
+            new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
+                                  coupled=coupled)
         else:
             new = used
         change = np.abs(new - used).sum(axis=(1, 2))
@@ -248,23 +336,29 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
         ref = np.where(np.isfinite(cur[2]), np.abs(cur[2]), 0.0)
         thresh = np.maximum(TOL_SIGMA * err, TOL_REL * ref)
         active = (fields["fitted"] & (change > thresh)) | forced
-        forced[:] = False
         if not active.any():
             break
         sel = np.isin(gid, np.unique(gid[active])) & alive
         start = np.column_stack([c[sel] for c in cur])
         start[:, hold] = np.nan
+        # with absolute errors the covariance depends on the model only, which these passes
+        # change by a small fraction of the errors: it is kept from the first fit (groups
+        # changed by a merge get a new one)
+        with_cov = err_img is None or bool(forced.any())
         sub = fit(data, psf_model, x[sel], y[sel], flux[sel], fit_shape=fit_shape,
                   group_id=gid[sel], fixed=fixed, neighbors=new[sel] if subtract else None,
-                  start=start,
+                  start=start, covariance=with_cov,
                   **{k: (_take(v, sel, n) if k in _PER_SOURCE else v)
                      for k, v in kwargs.items()})
         for name, arr in fields.items():
+            if not with_cov and name in _COV_FIELDS:
+                continue
             val = getattr(sub, name)
             if name == "niter":
                 arr[sel] += val
             else:
                 arr[sel] = val
         used[sel] = new[sel]
+        forced[:] = False
         passes += 1
     return type(res)(**fields), passes, merged

@@ -130,12 +130,15 @@ def _support_of(psf_model, support_shape):
 def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=None, mask=None,
              local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-6,
              ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
-             shared_pixels="once", fit_sky=False, neighbors=None, start=None):
+             shared_pixels="once", fit_sky=False, neighbors=None, start=None,
+             support_radius=None, covariance=True):
     """Unchecked core of :func:`fit_psf`.
 
     ``fixed`` is an ``(n, 3)`` bool array and ``lo, hi`` are ``(n, 3)`` float arrays (columns
     x, y, flux); other arguments as in :func:`fit_psf`, already validated. Non-finite data
     pixels are dropped; ``strict_error`` raises on bad error values inside used stamps.
+    ``covariance=False`` skips the covariance (NaN errors, ``cov_ok`` False): all-star passes
+    whose errors are taken from an earlier fit.
     """
     n = len(x)
     fit_shape = tuple(int(v) for v in fit_shape)
@@ -172,6 +175,8 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
         grp = grp.astype(np.int64)
         # the model's support only matters for groups (it can cost an astropy bounding box)
         support = _support_of(psf_model, support_shape) if len(grp) > grp[-1] + 1 else None
+        if support_radius is not None and len(grp) > grp[-1] + 1:  # per-source reach
+            support = np.asarray(support_radius, dtype=float)[idx][:, None]
         inter = build_interactions(x[idx], y[idx], st.xlo[idx], st.ylo[idx], grp, fit_shape,
                                    support_shape=support)
         lay = make_layout(grp, inter, dense_max=dense_max,
@@ -190,7 +195,11 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
                        layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params)
         theta, phi, ev, niter, conv, stopped = levenberg_marquardt(
             prob, theta0[idx], maxiters=maxiters, xtol=xtol, ftol=ftol)
-        cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
+        if covariance:
+            cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
+        else:
+            cov = np.full((len(idx), n_all, n_all), np.nan)
+            cov_ok = np.zeros(len(idx), dtype=bool)
         for k, name in enumerate(_PARAMS):
             res[name][idx] = theta[:, k]
             with np.errstate(invalid="ignore"):
@@ -376,7 +385,8 @@ def _bound(name, v, n):
 def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=None,
             error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
             xtol=1e-6, ftol=1e-10, support_shape="auto", dense_max=64,
-            shared_pixels="once", fit_sky=False, neighbors=None, start=None):
+            shared_pixels="once", fit_sky=False, neighbors=None, start=None,
+            support_radius=None, covariance=True):
     """Fit PSFs to many sources at once, grouped sources simultaneously.
 
     Parameters
@@ -436,6 +446,13 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
     start : array_like of shape (n, 3), optional
         Starting ``(x, y, flux)`` when it differs from the initial values that place the
         stamps (non-finite entries: the initial value).
+    support_radius : array_like of shape (n,), optional
+        Each source's own support half-width in pixels (overrides ``support_shape`` for
+        coupling members of a group; DAOPHOT's PSF radius growing with flux, see
+        :func:`crowdphot.psf.allstar.flux_reach`).
+    covariance : bool, optional
+        False skips the covariance (errors NaN, ``cov_ok`` False), for repeated fits whose
+        errors come from an earlier one (all-star passes).
 
     Returns
     -------
@@ -504,7 +521,9 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
                     dense_max=int(dense_max), strict_error=True,
                     shared_pixels=_shared_pixels_arg(shared_pixels), fit_sky=bool(fit_sky),
                     neighbors=_stamp_array("neighbors", neighbors, (n, *shape)),
-                    start=_stamp_array("start", start, (n, 3)))
+                    start=_stamp_array("start", start, (n, 3)),
+                    support_radius=_stamp_array("support_radius", support_radius, (n,)),
+                    covariance=bool(covariance))
 
 
 def _stamp_array(name, value, shape):

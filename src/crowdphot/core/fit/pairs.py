@@ -77,15 +77,23 @@ def _pairs_kdtree(x, y, xlo, ylo, group, fit_shape, support_shape, margin):
     fy, fx = fit_shape
     cx = xlo + (fx - 1) / 2.0
     cy = ylo + (fy - 1) / 2.0
-    rx = fx / 2.0 + support_shape[1] / 2.0 + margin
-    ry = fy / 2.0 + support_shape[0] / 2.0 + margin
+    if np.ndim(support_shape) == 2:  # per-source support half-widths (m, 1) or (m, 2)
+        half = np.asarray(support_shape, dtype=float).reshape(len(x), -1)
+        rx = fx / 2.0 + half[:, -1] + margin
+        ry = fy / 2.0 + half[:, 0] + margin
+        r_max = max(float(rx.max()), float(ry.max()))
+    else:
+        rx = fx / 2.0 + support_shape[1] / 2.0 + margin
+        ry = fy / 2.0 + support_shape[0] / 2.0 + margin
+        r_max = max(rx, ry)
+        rx, ry = np.full(len(x), rx), np.full(len(x), ry)
     tree_t = cKDTree(np.column_stack([cx, cy]))
     tree_s = cKDTree(np.column_stack([x, y]))
-    hits = tree_t.sparse_distance_matrix(tree_s, max(rx, ry), p=np.inf, output_type="ndarray")
+    hits = tree_t.sparse_distance_matrix(tree_s, r_max, p=np.inf, output_type="ndarray")
     t = hits["i"].astype(np.int64)
     s = hits["j"].astype(np.int64)
-    keep = ((group[t] == group[s]) & (np.abs(x[s] - cx[t]) <= rx)
-            & (np.abs(y[s] - cy[t]) <= ry) & (s != t))
+    keep = ((group[t] == group[s]) & (np.abs(x[s] - cx[t]) <= rx[s])
+            & (np.abs(y[s] - cy[t]) <= ry[s]) & (s != t))
     m = len(x)
     s = np.concatenate([s[keep], np.arange(m)])
     t = np.concatenate([t[keep], np.arange(m)])
@@ -105,9 +113,11 @@ def build_interactions(x, y, xlo, ylo, group, fit_shape, *, support_shape=None, 
     group : ndarray of int, shape (m,)
         Group labels, non-decreasing.
     fit_shape : (fy, fx)
-    support_shape : (sy, sx) or None
+    support_shape : (sy, sx), ndarray of shape (m, 1) or None
         Extent of a PSF's non-negligible support. ``None`` couples every member of a group
         with every stamp of that group (exact photutils semantics, quadratic in group size).
+        An ``(m, 1)`` array gives each source its own support *half-width* in pixels (DAOPHOT's
+        PSF radius growing with flux, :func:`crowdphot.psf.allstar.flux_reach`).
     margin : float
         Extra reach in pixels, for stars moving during the fit.
 
