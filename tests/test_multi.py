@@ -273,3 +273,55 @@ def test_mask_units_and_filter_without_pixels(six_exposures):
     assert ok.sum() > 20
     # the same pixels counted twice (A and C are copies): C's flux equals A's
     np.testing.assert_allclose(t["flux_C"][ok], t["flux_A"][ok], rtol=1e-6)
+
+
+def test_cli_phot_several_files(tmp_path, capsys):
+    from astropy.io import fits
+
+    from crowdphot.cli.app import main
+
+    rng = np.random.default_rng(3)
+    shape = (70, 70)
+    ra, dec, flux = make_sky(rng, 5, 11.0)
+    psf = CircularGaussianPRF(fwhm=2.5)
+    # the PSF as an oversampled image file, as STPSF writes single PSFs
+    n = 31 * 4 + 1
+    off = (np.arange(n) - (n - 1) / 2) / 4
+    xx, yy = np.meshgrid(off, off)
+    phdu = fits.PrimaryHDU(psf(xx, yy))
+    phdu.header["OVERSAMP"] = 4
+    phdu.writeto(tmp_path / "psf.fits")
+    paths = []
+    for k, filt in enumerate(("F150W", "F150W", "F200W")):
+        w = make_wcs(shape, dx=rng.uniform(-2, 2), dy=rng.uniform(-2, 2),
+                     rot_deg=rng.uniform(-1, 1))
+        e = make_exposure(rng, shape, w, psf, ra, dec, flux, filt)
+        hdr = w.to_header()
+        hdr["BUNIT"] = "MJy/sr"
+        prim = fits.PrimaryHDU()
+        prim.header["FILTER"] = filt
+        fits.HDUList([prim, fits.ImageHDU(e.data, hdr, name="SCI"),
+                      fits.ImageHDU(e.error, name="ERR")]).writeto(tmp_path / f"e{k}.fits")
+        paths.append(str(tmp_path / f"e{k}.fits"))
+    Table({"ra": ra + 2e-6, "dec": dec - 2e-6}).write(tmp_path / "init.ecsv")
+    out = tmp_path / "cat.ecsv"
+    code = main(["phot", *paths, "--psf", str(tmp_path / "psf.fits"), "--init",
+                 str(tmp_path / "init.ecsv"), "-o", str(out), "--sky", "none"])
+    assert code == 0, capsys.readouterr().err
+    from astropy.table import QTable
+
+    t = QTable.read(out)
+    for col in ("ra", "dec", "ra_err", "dec_err", "flux_F150W", "flux_err_F150W",
+                "flux_F200W", "n_exposures", "flags"):
+        assert col in t.colnames
+    assert t["ra_err"].unit == u.arcsec and t["flux_F200W"].unit == u.MJy / u.sr
+    ok = t["flags"] == 0
+    assert ok.mean() > 0.9
+    pull = (t["flux_F150W"].value[ok] - flux[ok]) / t["flux_err_F150W"].value[ok]
+    assert np.all(np.abs(pull) < 5)
+    # a file without a celestial WCS: one clear line
+    fits.PrimaryHDU(np.zeros(shape)).writeto(tmp_path / "nowcs.fits")
+    code = main(["phot", paths[0], str(tmp_path / "nowcs.fits"), "--psf",
+                 str(tmp_path / "psf.fits"), "-o", str(out), "--sky", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowcs.fits" in err and "celestial" in err

@@ -41,6 +41,9 @@ def _add_phot(sub):
                        description="PSF photometry of a FITS image (JWST SCI/ERR/DQ or a single "
                        "HDU); writes the catalog and optionally residual, figures, regions.")
     p.add_argument("image", help="FITS image (JWST SCI/ERR/DQ or single HDU)")
+    p.add_argument("more_images", nargs="*", metavar="IMAGE",
+                   help="further exposures: with several images, one joint fit in sky "
+                   "coordinates (one ra/dec per source, one flux per FILTER)")
     p.add_argument("--psf", default=None,
                    help="STPSF/STDPSF grid or image PSF FITS file, or "
                    "builtin:FILTER[:DETECTOR] (default: the built-in grid of the image's "
@@ -338,6 +341,10 @@ def _cmd_psfgrid(args):
 
 
 def _cmd_phot(args):
+    if getattr(args, "more_images", None):
+        from crowdphot.cli.multi import run_phot_multi
+
+        return run_phot_multi(args, [args.image, *args.more_images])
     from crowdphot.cli.phot import run_phot
 
     return run_phot(args)
