@@ -67,14 +67,14 @@ def test_one_exposure_equals_single_image_fit():
     xj, yj = wcs.all_world2pix(joint["ra"].to_value(u.deg), joint["dec"].to_value(u.deg), 0)
     assert np.all(joint["flags"] == 0)
     assert np.all(joint["n_exposures"] == 1)
-    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-6, rtol=0)
     np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
-    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-3)
+    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-5)
     # position errors: sky errors against pixel errors times the pixel scale
     pe = np.hypot(joint["ra_err"].to_value(u.arcsec), joint["dec_err"].to_value(u.arcsec))
     np.testing.assert_allclose(pe, np.hypot(single["x_err"], single["y_err"]) * SCALE,
-                               rtol=1e-3)
+                               rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +204,10 @@ def test_one_exposure_blends_equal_grouped_single_image_fit():
     xj, yj = wcs.all_world2pix(np.asarray(joint["ra"].to_value(u.deg)),
                                np.asarray(joint["dec"].to_value(u.deg)), 0)
     assert np.all(joint["flags"] == 0)
-    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-6, rtol=0)
     np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
-    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-3)
+    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-5)
 
 
 def add_sip(w, shape, amp=5e-5):
