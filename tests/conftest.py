@@ -14,7 +14,7 @@ def rng():
 def kernel_backend():
     """The kernels' one (compiled) implementation; kept for tests that still name a backend.
 
-    Numpy oracles of the kernels live in ``tests/_oracles.py``; ``tests/test_kernels.py``
+    Numpy oracles of the kernels live in ``tests/_oracles.py``; ``tests/core/test_kernels.py``
     compares the compiled kernels with them.
     """
     return "compiled"

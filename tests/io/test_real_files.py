@@ -666,7 +666,7 @@ def test_readme_real_data_commands_parse():
 
     from crowdphot.cli.app import build_parser
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Real data", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```\n(.*?)```", section, re.S).group(1)
     commands = [line for line in block.splitlines() if line.startswith("crowdphot ")]
