@@ -57,7 +57,40 @@ def _make_sigma_clip(sigma_clip):
     )
 
 
-class BackgroundBase:
+class _ClippedStatistic:
+    """Sigma clipping, NaN handling and ``masked`` output shared by the background and RMS
+    estimators; subclasses implement ``_statistic(data, axis)`` on a plain array in which
+    clipped and masked values are NaN."""
+
+    def __init__(self, *, sigma_clip=SIGMA_CLIP):
+        self.sigma_clip = _make_sigma_clip(sigma_clip)
+
+    def _repr_params(self):
+        return {"sigma_clip": self.sigma_clip}
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self._repr_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _statistic(self, data, axis):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _evaluate(self, data, axis, masked):
+        data = np.asanyarray(data)
+        if self.sigma_clip is not None:
+            data = self.sigma_clip(data, axis=axis, masked=False)
+        elif isinstance(data, np.ma.MaskedArray):
+            data = data.astype(float).filled(np.nan)
+        # all-NaN slices legitimately give NaN; numpy's RuntimeWarning would be noise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = self._statistic(data, axis)
+        if masked and isinstance(result, np.ndarray):
+            return np.ma.masked_where(np.isnan(result), result)
+        return result
+
+
+class BackgroundBase(_ClippedStatistic):
     """Common machinery: sigma clipping, NaN handling, ``masked`` output.
 
     Subclasses implement ``_statistic(data, axis)`` on a plain array in which clipped and
@@ -70,22 +103,9 @@ class BackgroundBase:
         ``SigmaClip(sigma=3.0, maxiters=10)``.
     """
 
-    def __init__(self, *, sigma_clip=SIGMA_CLIP):
-        self.sigma_clip = _make_sigma_clip(sigma_clip)
-
-    def _repr_params(self):
-        return {"sigma_clip": self.sigma_clip}
-
-    def __repr__(self):
-        params = ", ".join(f"{k}={v!r}" for k, v in self._repr_params().items())
-        return f"{type(self).__name__}({params})"
-
     @deprecated_positional("axis", "masked")
     def __call__(self, data, *, axis=None, masked=False):
         return self.calc_background(data, axis=axis, masked=masked)
-
-    def _statistic(self, data, axis):  # pragma: no cover - abstract
-        raise NotImplementedError
 
     @deprecated_positional("axis", "masked")
     def calc_background(self, data, *, axis=None, masked=False):
@@ -105,18 +125,7 @@ class BackgroundBase:
         value : float, ndarray or numpy.ma.MaskedArray
             NaN where no valid value is left.
         """
-        data = np.asanyarray(data)
-        if self.sigma_clip is not None:
-            data = self.sigma_clip(data, axis=axis, masked=False)
-        elif isinstance(data, np.ma.MaskedArray):
-            data = data.astype(float).filled(np.nan)
-        # all-NaN slices legitimately give NaN; numpy's RuntimeWarning would be noise
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = self._statistic(data, axis)
-        if masked and isinstance(result, np.ndarray):
-            return np.ma.masked_where(np.isnan(result), result)
-        return result
+        return self._evaluate(data, axis, masked)
 
 
 class MeanBackground(BackgroundBase):

@@ -25,7 +25,7 @@ from crowdphot.background.core import (
     MedianBackground,
     MMMBackground,
     ModeEstimatorBackground,
-    _make_sigma_clip,
+    _ClippedStatistic,
 )
 from crowdphot.core.kernels.meshstats import nan_outside, range_biweight, range_mad, range_stats
 from crowdphot.core.validate import deprecated_positional
@@ -115,7 +115,7 @@ class BiweightLocationBackground(BackgroundBase):
         return biweight_location(data, c=self.c, M=self.M, axis=axis, ignore_nan=True)
 
 
-class BackgroundRMSBase:
+class BackgroundRMSBase(_ClippedStatistic):
     """Common machinery of the background-RMS estimators (sigma clipping, ``masked`` output).
 
     Parameters
@@ -127,21 +127,11 @@ class BackgroundRMSBase:
 
     @deprecated_positional("sigma_clip")
     def __init__(self, *, sigma_clip=SIGMA_CLIP):
-        self.sigma_clip = _make_sigma_clip(sigma_clip)
-
-    def _repr_params(self):
-        return {"sigma_clip": self.sigma_clip}
-
-    def __repr__(self):
-        params = ", ".join(f"{k}={v!r}" for k, v in self._repr_params().items())
-        return f"{type(self).__name__}({params})"
+        super().__init__(sigma_clip=sigma_clip)
 
     @deprecated_positional("axis", "masked")
     def __call__(self, data, *, axis=None, masked=False):
         return self.calc_background_rms(data, axis=axis, masked=masked)
-
-    def _statistic(self, data, axis):  # pragma: no cover - abstract
-        raise NotImplementedError
 
     @deprecated_positional("axis", "masked")
     def calc_background_rms(self, data, *, axis=None, masked=False):
@@ -161,17 +151,7 @@ class BackgroundRMSBase:
         value : float, ndarray or numpy.ma.MaskedArray
             NaN where no valid value is left.
         """
-        data = np.asanyarray(data)
-        if self.sigma_clip is not None:
-            data = self.sigma_clip(data, axis=axis, masked=False)
-        elif isinstance(data, np.ma.MaskedArray):
-            data = data.astype(float).filled(np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = self._statistic(data, axis)
-        if masked and isinstance(result, np.ndarray):
-            return np.ma.masked_where(np.isnan(result), result)
-        return result
+        return self._evaluate(data, axis, masked)
 
 
 class StdBackgroundRMS(BackgroundRMSBase):
