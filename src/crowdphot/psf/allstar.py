@@ -28,6 +28,8 @@ __all__ = ["find_merges", "fit_allstar", "flux_reach", "model_reach", "neighbor_
 TOL_SIGMA = 0.02
 #: ... and by more than this fraction of its flux (noiseless data have ~zero errors).
 TOL_REL = 1e-6
+#: Passes stop when no refitted star moved by more than this fraction of its errors.
+TOL_SETTLED = 0.005
 #: Passes after the first grouped fit.
 MAX_PASSES = 6
 #: A group couples a member to its other members' stamps where its PSF exceeds this fraction
@@ -241,6 +243,21 @@ def find_merges(x, y, flux, x_err, y_err, group, separation):
     return into
 
 
+def _settled(fields, start, sel, hold):
+    """Whether every refitted star moved by <= TOL_SETTLED errors (or TOL_REL / 1e-5 px)."""
+    ok = np.isfinite(fields["flux"][sel])
+    for k, name in enumerate(("x", "y", "flux")):
+        if hold[k]:
+            continue
+        new = fields[name][sel][ok]
+        err = fields[f"{name}_err"][sel][ok]
+        err = np.where(np.isfinite(err), err, 0.0)
+        floor = TOL_REL * np.abs(new) if name == "flux" else 1e-5
+        if np.any(np.abs(new - start[ok, k]) > np.maximum(TOL_SETTLED * err, floor)):
+            return False
+    return True
+
+
 def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=None,
                 reach=None, max_passes=MAX_PASSES, subtract=True, merge_separation=None,
                 **kwargs):
@@ -359,6 +376,11 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
             else:
                 arr[sel] = val
         used[sel] = new[sel]
+        was_forced = bool(forced.any())
         forced[:] = False
         passes += 1
+        # stable: this pass moved no star by more than a small fraction of its errors, so the
+        # neighbours' light would not change enough to refit anything
+        if subtract and not was_forced and _settled(fields, start, sel, hold):
+            break
     return type(res)(**fields), passes, merged
