@@ -160,3 +160,20 @@ class FitInfo(list):  # a list, as photutils' fit_info (isinstance checks), buil
         return list(self) == list(other) if isinstance(other, list) else NotImplemented
 
     __hash__ = None
+
+
+def _provenance():
+    """``date`` (UTC) and package ``version`` entries that lead photutils' table metadata."""
+    import datetime
+    import sys
+
+    import astropy
+    import scipy
+
+    from crowdphot import __version__
+
+    versions = {"Python": sys.version.split()[0], "crowdphot": __version__,
+                "astropy": astropy.__version__, "numpy": np.__version__,
+                "scipy": scipy.__version__}
+    now = datetime.datetime.now(datetime.UTC)
+    return {"date": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "version": versions}

@@ -11,6 +11,12 @@ until none changes (or ``max_passes``).
 The neighbours' light on each stamp is evaluated directly, pair by pair, for the (stamp,
 star) pairs within reach (a k-d tree query), so no image is rendered and the cost scales with
 the number of such pairs.
+
+With an error image the support grows with flux (DAOPHOT's PSF radius, :func:`flux_reach`):
+inside a group a member is coupled only to the stamps where its PSF exceeds the noise (at most
+two fit boxes), and the rest of its light, on its own group's stamps too, is subtracted as
+neighbours' light (out to 1 % of the noise), so big groups with a 101² PSF stay fast and the
+passes converge to the fully coupled solution. Close pairs can be merged (:func:`find_merges`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from astropy.table import QTable
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
 from crowdphot.psf import _inputs as _photinit
-from crowdphot.psf._results import FitInfo, SourceFit, assemble_results
+from crowdphot.psf._results import FitInfo, SourceFit, _provenance, assemble_results
 from crowdphot.psf.flags import near_xy_bound
 from crowdphot.psf.likelihood import check_noise_options
 from crowdphot.utils._deprecation import renamed_argument
@@ -576,8 +576,12 @@ class PSFPhotometry(_LatestResultMixin):
         no group's neighbour light changes by more than a small fraction of its members'
         flux errors (:mod:`crowdphot.psf.allstar`; at most 6 passes, the number made is
         ``results.meta['allstar_passes']``). Removes the bias from neighbours' wings on the
-        fit stamps. Default False: photutils' model (only a group's members are modelled).
-        Batched engine, Gaussian likelihood only.
+        fit stamps. With ``error``, the support grows with flux (DAOPHOT's PSF radius): a
+        member is coupled to its group's stamps only where its PSF exceeds the median pixel
+        error (at most two fit boxes) and fainter wings, down to 1 % of the error, come in as
+        subtracted neighbours' light, which makes big groups with a large PSF fast; the
+        passes reuse the first fit's covariance. Default False: photutils' model (only a
+        group's members are modelled). Batched engine, Gaussian likelihood only.
     merge_separation : float, optional
         crowdphot extension (DAOPHOT ALLSTAR). After the first fit, two members of a group
         closer than this (pixels; ALLSTAR uses ~0.37 FWHM) or than twice the error of their
@@ -717,23 +721,6 @@ class PSFPhotometry(_LatestResultMixin):
     def init_params(self):
         """The initial parameters of the latest call."""
         return self._latest("init_params")
-
-
-def _provenance():
-    """``date`` (UTC) and package ``version`` entries that lead photutils' table metadata."""
-    import datetime
-    import sys
-
-    import astropy
-    import scipy
-
-    from crowdphot import __version__
-
-    versions = {"Python": sys.version.split()[0], "crowdphot": __version__,
-                "astropy": astropy.__version__, "numpy": np.__version__,
-                "scipy": scipy.__version__}
-    now = datetime.datetime.now(datetime.UTC)
-    return {"date": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "version": versions}
 
 
 def _validate_xy_bounds(xy_bounds):
