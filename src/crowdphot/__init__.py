@@ -97,8 +97,8 @@ _EXPORTS = {
     "photometry_tiled": "crowdphot.pipeline.tiles",
     "tile_grid": "crowdphot.pipeline.tiles",
     "artificial_star_test": "crowdphot.pipeline.ast",
-    "ast_summary": "crowdphot.pipeline.ast",
-    "completeness_map": "crowdphot.pipeline.ast",
+    "ast_summary": "crowdphot.pipeline.ast_summary",
+    "completeness_map": "crowdphot.pipeline.ast_summary",
     "Exposure": "crowdphot.pipeline.multi",
     "fit_exposures": "crowdphot.pipeline.multi",
     # empirical PSFs

@@ -31,10 +31,9 @@ from crowdphot.core.render import render_image
 from crowdphot.pipeline.ast import (
     artificial_star_test,
     assign_batches,
-    ast_summary,
-    completeness_map,
     draw_artificial_stars,
 )
+from crowdphot.pipeline.ast_summary import ast_summary, completeness_map
 from crowdphot.utils.match import match_xy
 
 FWHM = 2.5

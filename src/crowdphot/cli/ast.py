@@ -138,7 +138,8 @@ def run_ast(args):
     from crowdphot.cli.psfload import load_psf
     from crowdphot.cli.sky import subtract_sky
     from crowdphot.io.fits import read_image, write_table
-    from crowdphot.pipeline.ast import artificial_star_test, ast_summary
+    from crowdphot.pipeline.ast import artificial_star_test
+    from crowdphot.pipeline.ast_summary import ast_summary
 
     t0 = time.perf_counter()
     _check_ast_options(args)

@@ -26,7 +26,7 @@ def plot_ast_summary(summary, *, figsize=(6, 7)):
     Parameters
     ----------
     summary : QTable
-        :func:`crowdphot.pipeline.ast.ast_summary`'s table.
+        :func:`crowdphot.pipeline.ast_summary.ast_summary`'s table.
     figsize : (w, h), optional
 
     Returns
@@ -85,7 +85,7 @@ def plot_completeness_map(table, shape, *, bins=8, figsize=(5.5, 4.5)):
     >>> fig.axes[0].get_title()
     'completeness'
     """
-    from crowdphot.pipeline.ast import completeness_map
+    from crowdphot.pipeline.ast_summary import completeness_map
 
     fig = _figure(figsize, "plot_completeness_map")
     ax = fig.subplots()
