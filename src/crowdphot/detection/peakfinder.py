@@ -120,8 +120,8 @@ def find_peaks(data, threshold, *, box_size=3, footprint=None, mask=None, border
     --------
     >>> img = np.zeros((9, 9)); img[4, 6] = 3.0; img[1, 1] = 2.0
     >>> tbl = find_peaks(img, 1.0)
-    >>> list(tbl['x_peak']), list(tbl['y_peak'])
-    [np.int64(1), np.int64(6)], [np.int64(1), np.int64(4)]
+    >>> [int(v) for v in tbl['x_peak']], [int(v) for v in tbl['y_peak']]
+    ([1, 6], [1, 4])
     """
     values, thr, unit = _split_units(data, threshold)
     arr = np.array(values, dtype=float)  # a copy: NaNs are filled below
