@@ -14,7 +14,7 @@ import numpy as np
 from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable, Table
 
-from crowdphot.core.validate import CrowdphotWarning
+from crowdphot.core.validate import CrowdphotWarning, positive_real
 
 __all__ = [
     "VALID_INIT_COLNAMES",
@@ -304,3 +304,32 @@ def build_init_params(data, mask, init_params, *, psf_model, finder=None, groupe
     order = ["id", "group_id", "local_bkg", "x_init", "y_init", "flux_init"]
     order += [f"{name}_init" for name in extra]
     return table[order], finder_results
+
+
+def validate_xy_bounds(xy_bounds):
+    if xy_bounds is None:
+        return None
+    vals = np.atleast_1d(np.asarray(xy_bounds, dtype=object))
+    if vals.ndim != 1 or vals.size not in (1, 2):
+        raise ValueError("xy_bounds must be a scalar or a pair (bx, by)")
+    if vals.size == 1:
+        vals = np.array([vals[0], vals[0]], dtype=object)
+    out = []
+    for v in vals:
+        if v is None:
+            out.append(None)
+            continue
+        out.append(positive_real("xy_bounds", v))
+    if out[0] is None and out[1] is None:
+        return None
+    return tuple(out)
+
+
+def accepts_maxiter(fitter):
+    """Whether ``fitter(...)`` names a ``maxiter`` argument (photutils' test)."""
+    import inspect
+
+    try:
+        return "maxiter" in inspect.signature(fitter.__call__).parameters
+    except (TypeError, ValueError):
+        return True

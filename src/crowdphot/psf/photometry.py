@@ -16,9 +16,9 @@ import numpy as np
 from astropy.table import QTable
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
+from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
-from crowdphot.psf._results import FitInfo, SourceFit, _provenance, assemble_results
-from crowdphot.psf.flags import near_xy_bound
+from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.likelihood import check_noise_options
 from crowdphot.utils._deprecation import renamed_argument
 
@@ -139,160 +139,6 @@ def _fit_columns_table(results, rename, remove_invalid, reset_ids):
 # ----------------------------------------------------------------------------------------------
 # the pipeline (pure function)
 # ----------------------------------------------------------------------------------------------
-def _prefit_reasons(table, shape, fit_shape):
-    """Why a source cannot be fitted before looking at pixels ('' = fine)."""
-    x = np.asarray(table["x_init"], dtype=float)
-    y = np.asarray(table["y_init"], dtype=float)
-    flux = np.asarray(table["flux_init"], dtype=float)
-    reason = np.full(len(table), "", dtype=object)
-    margin = max(fit_shape) // 2 + 1
-    with np.errstate(invalid="ignore"):
-        off = (x < -margin) | (y < -margin) | (x >= shape[1] + margin) | (y >= shape[0] + margin)
-    reason[off] = "no_overlap"
-    reason[~np.isfinite(flux)] = "non_finite_flux"
-    reason[~(np.isfinite(x) & np.isfinite(y))] = "invalid_position"
-    return reason
-
-
-def _bounds_for(psf_model, name, init, xy_bound):
-    """Per-source (lo, hi) from the model parameter's bounds and an optional +-xy_bound."""
-    lo_m, hi_m = getattr(psf_model, name).bounds
-    lo = np.full(init.shape, -np.inf if lo_m is None else float(lo_m))
-    hi = np.full(init.shape, np.inf if hi_m is None else float(hi_m))
-    if xy_bound is not None:
-        lo = np.maximum(lo, init - xy_bound)
-        hi = np.minimum(hi, init + xy_bound)
-    return lo, hi
-
-
-def _use_fast_path(psf_model, fitter, main_params):
-    from crowdphot.core.batched import BatchedPSFMixin
-
-    if fitter is not None or not isinstance(psf_model, BatchedPSFMixin):
-        return False
-    if tuple(main_params) != ("x_0", "y_0", "flux"):
-        return False
-    return all(psf_model.fixed[p] for p in psf_model.param_names if p not in main_params)
-
-
-def _fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
-              progress_bar, shared_pixels="once", fit_sky=False, noise=None,
-              subtract_neighbors=False, merge_separation=None):
-    from crowdphot.core.fit import fit_psf
-
-    if noise is not None:  # likelihood='poisson': (read_noise, gain)
-        from crowdphot.psf.likelihood import engine_for
-
-        fit_psf = engine_for(*noise)
-
-    x0 = np.asarray(table["x_init"], dtype=float)[todo]
-    y0 = np.asarray(table["y_init"], dtype=float)[todo]
-    f0 = np.asarray(table["flux_init"], dtype=float)[todo]
-    gid = np.asarray(table["group_id"])[todo]
-    bkg = np.asarray(table["local_bkg"], dtype=float)[todo]
-    bkg = np.where(np.isfinite(bkg), bkg, 0.0)
-    fixed = {"x": bool(psf_model.x_0.fixed), "y": bool(psf_model.y_0.fixed),
-             "flux": bool(psf_model.flux.fixed)}
-    bx = by = None
-    if xy_bounds is not None:
-        bx, by = xy_bounds
-    bounds = {"x": _bounds_for(psf_model, "x_0", x0, bx),
-              "y": _bounds_for(psf_model, "y_0", y0, by),
-              "flux": _bounds_for(psf_model, "flux", f0, None)}
-
-    if subtract_neighbors or merge_separation is not None:  # needs every source at once
-        from crowdphot.psf.allstar import fit_allstar
-
-        res, passes, merged = fit_allstar(
-            fit_psf, data, psf_model, x0, y0, f0, fit_shape=tuple(fit_shape), group_id=gid,
-            error=error, mask=mask, local_bkg=bkg, fixed=fixed, bounds=bounds,
-            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky,
-            subtract=subtract_neighbors, merge_separation=merge_separation)
-        return [(np.arange(len(x0)), res)], {"passes": passes, "merged": merged}
-    # chunks of whole groups bound memory and drive the progress bar
-    order = np.argsort(gid, kind="stable")
-    _, starts = np.unique(gid[order], return_index=True)
-    n_groups = len(starts)
-    # with a bar, ~20 updates for big jobs; small jobs stay one batched call (each call has a
-    # fixed cost, so splitting 500 stars 20 ways would make the bar cost more than the fit)
-    chunk_sources = 50_000 if not progress_bar else max(5_000, min(50_000, len(x0) // 20 + 1))
-    bounds_idx = [0]
-    for s in starts[1:]:
-        if s - bounds_idx[-1] >= chunk_sources:
-            bounds_idx.append(int(s))
-    bounds_idx.append(len(order))
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_groups, desc="Fit source/group")
-    pieces = []
-    for a, b in zip(bounds_idx[:-1], bounds_idx[1:], strict=True):
-        sel = order[a:b]
-        res = fit_psf(
-            data, psf_model, x0[sel], y0[sel], f0[sel], fit_shape=tuple(fit_shape),
-            group_id=gid[sel], error=error, mask=mask, local_bkg=bkg[sel], fixed=fixed,
-            bounds={k: (lo[sel], hi[sel]) for k, (lo, hi) in bounds.items()},
-            maxiters=maxiters, shared_pixels=shared_pixels, fit_sky=fit_sky)
-        pieces.append((sel, res))
-        if bar is not None:
-            bar.update(len(np.unique(gid[sel])))
-    if bar is not None:
-        bar.close()
-    return pieces, None
-
-
-def _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):
-    idx_all = np.flatnonzero(todo)
-
-    def full(fill, dtype=float):
-        return np.full(n, fill, dtype=dtype)
-
-    vals = {k: full(np.nan) for k in ("x", "y", "flux")}
-    errs = {k: full(np.nan) for k in ("x", "y", "flux")}
-    npix = full(0, np.int64)
-    qfit, cfit, rchi2 = full(np.nan), full(np.nan), full(np.nan)
-    converged = full(False, bool)
-    cov_ok = full(False, bool)
-    niter = full(0, np.int64)
-    n_cov = pieces[0][1].cov.shape[1] if pieces else 3
-    cov = np.full((n, n_cov, n_cov), np.nan)
-    sky, sky_err = full(np.nan), full(np.nan)
-    left_stamp, absurd = full(False, bool), full(False, bool)
-    for sel, res in pieces:
-        rows = idx_all[sel]
-        for k in ("x", "y", "flux"):
-            vals[k][rows] = getattr(res, k)
-            errs[k][rows] = getattr(res, f"{k}_err")
-        npix[rows] = res.n_pixels
-        qfit[rows], cfit[rows], rchi2[rows] = res.qfit, res.cfit, res.reduced_chi2
-        converged[rows] = res.converged
-        cov_ok[rows] = res.cov_ok
-        niter[rows] = res.niter
-        if getattr(res, "cov", None) is not None:
-            cov[rows] = res.cov
-        sky[rows], sky_err[rows] = res.sky, res.sky_err
-        left_stamp[rows], absurd[rows] = res.left_stamp, res.absurd
-        sub_reason = getattr(res, "reason", None)
-        if sub_reason is not None:
-            reason[rows] = np.where(np.asarray(sub_reason) == "", reason[rows], sub_reason)
-    bad = reason != ""
-    for k in ("x", "y", "flux"):
-        vals[k][bad] = np.nan
-        errs[k][bad] = np.nan
-    near = near_xy_bound((vals["x"], vals["y"]),
-                         (np.asarray(table["x_init"], dtype=float),
-                          np.asarray(table["y_init"], dtype=float)), xy_bounds)
-    fit_sky = n_cov > 3
-    if fit_sky:
-        sky[bad], sky_err[bad] = np.nan, np.nan
-    return SourceFit(values=vals, errors=errs, n_pixels=npix, group_size=None, qfit=qfit,
-                     cfit=cfit, reduced_chi2=rchi2, converged=converged, cov_ok=cov_ok,
-                     near_bound=near, reason=reason, cov=cov, niter=niter,
-                     sky=sky if fit_sky else None, sky_err=sky_err if fit_sky else None,
-                     left_stamp=left_stamp, absurd=absurd)
-
-
 def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, init_params=None,
                        finder=None, grouper=None, fitter=None, fitter_maxiters=100,
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
@@ -344,10 +190,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                       stacklevel=3)
         return None
     n = len(table)
-    reason = _prefit_reasons(table, data.shape, fit_shape)
+    reason = _fast.prefit_reasons(table, data.shape, fit_shape)
     todo = reason == ""
     if error is not None:
-        error = _check_fitted_errors(error, table, todo, fit_shape)
+        error = _fast.check_fitted_errors(error, table, todo, fit_shape)
     extra = [c[: -len("_init")] for c in table.colnames[6:]]
     aliases = ["x", "y", "flux", *extra]
 
@@ -355,15 +201,14 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     if (subtract_neighbors or merge_separation is not None) and likelihood == "poisson":
         raise ValueError("subtract_neighbors=True and merge_separation are not available with "
                          "likelihood='poisson'")
-    if _use_fast_path(psf_model, fitter, main_params):
-        pieces, passes = _fit_fast(data, mask, error, table, todo, psf_model=psf_model,
-                           fit_shape=fit_shape, maxiters=fitter_maxiters, xy_bounds=xy_bounds,
-                           progress_bar=progress_bar, shared_pixels=shared_pixels,
-                           fit_sky=fit_sky,
-                           noise=(read_noise, gain) if likelihood == "poisson" else None,
-                           subtract_neighbors=subtract_neighbors,
-                           merge_separation=merge_separation)
-        fit = _collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
+    if _fast.use_fast_path(psf_model, fitter, main_params):
+        pieces, passes = _fast.fit_fast(
+            data, mask, error, table, todo, psf_model=psf_model, fit_shape=fit_shape,
+            maxiters=fitter_maxiters, xy_bounds=xy_bounds, progress_bar=progress_bar,
+            shared_pixels=shared_pixels, fit_sky=fit_sky,
+            noise=(read_noise, gain) if likelihood == "poisson" else None,
+            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
+        fit = _fast.collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
@@ -619,7 +464,7 @@ class PSFPhotometry(_LatestResultMixin):
         self.finder = finder
         self.grouper = grouper
         self.fitter = fitter
-        if fitter is not None and not _accepts_maxiter(fitter):
+        if fitter is not None and not _photinit.accepts_maxiter(fitter):
             from astropy.utils.exceptions import AstropyUserWarning
 
             warnings.warn("'maxiters' will be ignored because it is not accepted by the input "
@@ -628,7 +473,7 @@ class PSFPhotometry(_LatestResultMixin):
         if int(maxiters) != maxiters:
             raise ValueError("fitter_maxiters must be a strictly-positive integer")
         self.fitter_maxiters = int(maxiters)
-        self.xy_bounds = _validate_xy_bounds(xy_bounds)
+        self.xy_bounds = _photinit.validate_xy_bounds(xy_bounds)
         if aperture_radius is not None:
             positive_real("aperture_radius", aperture_radius)
         self.aperture_radius = aperture_radius
@@ -721,62 +566,6 @@ class PSFPhotometry(_LatestResultMixin):
     def init_params(self):
         """The initial parameters of the latest call."""
         return self._latest("init_params")
-
-
-def _validate_xy_bounds(xy_bounds):
-    if xy_bounds is None:
-        return None
-    vals = np.atleast_1d(np.asarray(xy_bounds, dtype=object))
-    if vals.ndim != 1 or vals.size not in (1, 2):
-        raise ValueError("xy_bounds must be a scalar or a pair (bx, by)")
-    if vals.size == 1:
-        vals = np.array([vals[0], vals[0]], dtype=object)
-    out = []
-    for v in vals:
-        if v is None:
-            out.append(None)
-            continue
-        out.append(positive_real("xy_bounds", v))
-    if out[0] is None and out[1] is None:
-        return None
-    return tuple(out)
-
-
-def _accepts_maxiter(fitter):
-    """Whether ``fitter(...)`` names a ``maxiter`` argument (photutils' test)."""
-    import inspect
-
-    try:
-        return "maxiter" in inspect.signature(fitter.__call__).parameters
-    except (TypeError, ValueError):
-        return True
-
-
-def _check_fitted_errors(error, table, todo, fit_shape):
-    """Raise if a fitted pixel has a zero/negative/NaN error (NaN from the input check).
-
-    Such errors elsewhere in the image are ignored, as photutils does: only the pixels of the
-    fit stamps are used. Counts per stamp come from an integral image (no loop over sources).
-    """
-    bad = np.isnan(error)
-    if not bad.any():
-        return error
-    from crowdphot.core.batched import stamp_origin
-
-    ny, nx = error.shape
-    integral = np.zeros((ny + 1, nx + 1))
-    integral[1:, 1:] = bad.cumsum(axis=0).cumsum(axis=1)
-    x = np.asarray(table["x_init"], dtype=float)[todo]
-    y = np.asarray(table["y_init"], dtype=float)[todo]
-    xlo, ylo = stamp_origin(x, y, fit_shape)
-    x0, x1 = np.clip(xlo, 0, nx), np.clip(xlo + fit_shape[1], 0, nx)
-    y0, y1 = np.clip(ylo, 0, ny), np.clip(ylo + fit_shape[0], 0, ny)
-    n_bad = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    if np.any(n_bad > 0):
-        raise ValueError("Error array contains non-positive or non-finite values in the fit "
-                         f"stamps of {int(np.count_nonzero(n_bad > 0))} source(s); such errors "
-                         "are allowed only outside the fitted pixels (or mask those pixels)")
-    return np.where(bad, 1.0, error)  # never used by the fit
 
 
 def _document_flags():
