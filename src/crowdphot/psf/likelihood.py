@@ -12,18 +12,12 @@ Snyder, Hammoud & White (1993, JOSA A 10, 1014). Both have the score equation
     sum_i (d_i - mu_i) / V(mu_i) * d mu_i / d theta = 0,
 
 the quasi-likelihood estimating equation with variance function ``V`` (Wedderburn 1974;
-McCullagh & Nelder 1989, ch. 9). It is solved by iteratively reweighted least squares: each
-outer iteration freezes the weights ``1 / V(mu(theta_k))`` at the current model, solves the
-weighted least-squares problem with the batched engine (:func:`crowdphot.core.fit.fit_psf`,
-warm-started, any group size), and stops when no parameter of a group moves by more than
-``tol`` standard errors. Once the engine has solved an isolated source, its later reweighted
-solves are replaced by their Gauss-Newton step (exact to second order in a step that is
-< ``tol`` at the end), which is much cheaper than an engine call. Steps are relaxed with an
-Aitken estimate of the iteration's contraction and halved when they would lower the group's
-likelihood (the GLM safeguard), which makes the low-count cycles of plain reweighting converge;
-groups that still do not settle are reported ``converged=False`` (flag bit 8).
-A fixed point of this iteration *is* a root of the score equation
-(the weights are evaluated at the solution), so the result is the maximum-likelihood estimate,
+McCullagh & Nelder 1989, ch. 9). It is solved inside the batched engine
+(:func:`crowdphot.core.fit.fit_psf` with ``noise``, any group size): every Levenberg-Marquardt
+evaluation refreshes the weights ``1 / V(mu)`` from the current model, the cost is half the
+deviance, so each step is a damped Fisher-scoring step and steps are accepted when they raise
+the likelihood (see :mod:`crowdphot.core.fit.lm`). At convergence the weights are those of the
+solution, so the result is a root of the score equation -- the maximum-likelihood estimate,
 not the biased data-weighted least squares (weights from ``sqrt(data)`` correlate with the
 noise and pull faint fluxes low). Note that maximising a Gaussian likelihood with the variance
 ``V(mu)`` (with its ``log V`` term) would be a different, inconsistent estimator for Poisson
@@ -32,8 +26,8 @@ data; it is not what this module does.
 Errors are the inverse Fisher information at the solution (absolute, never scaled by the
 reduced chi-square): the observed information (minus the log-likelihood Hessian) for isolated
 sources, which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978), and
-the expected information ``(D^T V^-1 D)^-1`` of the engine's last reweighted solve for groups
-(and where the observed one is not positive definite). The reduced chi-square is Pearson's
+the expected information ``(D^T V^-1 D)^-1`` at the solution for groups (and where the
+observed one is not positive definite). The reduced chi-square is Pearson's
 statistic and should be near 1 for a correct PSF. The flux of an isolated faint star is biased
 high by ``O(1 / S/N**2)`` when its position is free (the fit centres on the noise); the
 first-order (Cox & Snell 1968) bias is subtracted by default.
@@ -46,26 +40,14 @@ import numbers
 import numpy as np
 
 from crowdphot.core.batched import stamp_origin
-from crowdphot.core.crlb import bounds_from_fisher, fisher_information, pixel_variance
+from crowdphot.core.crlb import bounds_from_fisher, fisher_information
 from crowdphot.core.validate import as_pair
-from crowdphot.psf._irls import (
-    _background_with_sky,
-    _GaussNewton,
-    _GroupLikelihood,
-    _halve_steps,
-    _inner_tolerances,
-    _merge,
-    _refine_isolated,
-    _Renderer,
-    _stamp_background,
-    _StampSet,
-)
+from crowdphot.psf._mlrefine import refine_isolated, stamp_values
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
            "engine_for", "fit_psf_likelihood", "flux_crlb_column"]
 
 LIKELIHOODS = ("gaussian", "poisson")
-_PARAMS = ("x", "y", "flux")
 
 
 # -- option checks -------------------------------------------------------------------------
@@ -128,44 +110,10 @@ def _per_source(name, value, n, dtype=float):
     return arr.astype(dtype)
 
 
-def _split_dict(name, value, n, kind):
-    """Per-source arrays of a ``fixed`` / ``bounds`` dict so that it can be subset."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise TypeError(f"{name} must be a dict keyed by 'x', 'y', 'flux' or None")
-    unknown = set(value) - set(_PARAMS)
-    if unknown:
-        raise ValueError(f"{name} has unknown key(s) {sorted(unknown)}; use 'x', 'y', 'flux'")
-    out = {}
-    for key, val in value.items():
-        if kind == "fixed":
-            arr = np.asarray(val)
-            if arr.dtype != bool:
-                raise TypeError(f"fixed[{key!r}] must be a bool or a bool array")
-            out[key] = _per_source(f"fixed[{key!r}]", arr, n, bool)
-        else:
-            if not isinstance(val, (tuple, list)) or len(val) != 2:
-                raise ValueError(f"bounds[{key!r}] must be a pair (lo, hi)")
-            lo = -np.inf if val[0] is None else val[0]
-            hi = np.inf if val[1] is None else val[1]
-            out[key] = (_per_source(f"bounds[{key!r}]", lo, n),
-                        _per_source(f"bounds[{key!r}]", hi, n))
-    return out
-
-
-def _subset(d, sel, kind):
-    if d is None:
-        return None
-    if kind == "fixed":
-        return {k: v[sel] for k, v in d.items()}
-    return {k: (lo[sel], hi[sel]) for k, (lo, hi) in d.items()}
-
-
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
                        gain=1.0, sky=None, group_id=None, error=None, mask=None,
-                       local_bkg=None, fixed=None, bounds=None, maxiters=100, tol=1e-3,
-                       max_outer=15, bias_correction=True, **engine_options):
+                       local_bkg=None, fixed=None, bounds=None, maxiters=100,
+                       bias_correction=True, **engine_options):
     """Maximum-likelihood PSF fits of many sources (Poisson + read noise; see module doc).
 
     Same arguments and result as :func:`crowdphot.core.fit.fit_psf` (fit stamps on the initial
@@ -179,7 +127,7 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     psf_model : BatchedPSFMixin
         The PSF.
     x_init, y_init, flux_init : array_like of shape (n,)
-        Initial parameters (the iteration starts its weights from this model).
+        Initial parameters.
     fit_shape : int or (fy, fx)
         Odd fit stamp shape.
     read_noise : float
@@ -187,33 +135,28 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     gain : float, optional
         Electrons per ADU (> 0).
     sky : float or array_like of shape (ny, nx), optional
-        Background map in ADU: subtracted from the data and part of the expectation.
+        Sky (background) map in ADU: subtracted from the data and part of the expectation,
+        on top of ``local_bkg``.
     group_id, mask, local_bkg, fixed, bounds, maxiters
         As :func:`crowdphot.core.fit.fit_psf`; ``local_bkg`` (per source, over its stamp) is
         part of the expectation as well.
     error : None
         Not used (the variances come from the model); must be None.
-    tol : float, optional
-        A group has converged when no free parameter of its members moved by more than
-        ``tol`` of its standard error in the last outer iteration.
-    max_outer : int, optional
-        Maximum reweighting iterations; groups still moving are reported ``converged=False``.
     bias_correction : bool, optional
         Subtract the first-order (Cox & Snell 1968) bias of the maximum-likelihood estimate
         from isolated sources (groups of one), see :func:`crowdphot.core.crlb.cox_snell_bias`:
         the estimate of a faint star's flux is biased high by ``O(1 / S/N**2)`` when its
         position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50). Default True.
     **engine_options
-        Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``dense_max``...).
+        Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``fit_sky``,
+        ``xtol``...).
 
     Returns
     -------
     FitResult
         Errors and ``cov`` are the inverse Fisher information at the solution (absolute;
         observed information for isolated sources, expected for groups);
-        ``chi2``/``reduced_chi2`` are Pearson's statistic; ``niter`` sums the engine's
-        iterations over the outer iterations; ``converged`` requires both the engine's and the
-        reweighting's convergence.
+        ``chi2``/``reduced_chi2`` are Pearson's statistic.
 
     Examples
     --------
@@ -227,6 +170,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     >>> bool(abs(res.flux[0] - 5000.0) < 4 * res.flux_err[0]), bool(res.converged[0])
     (True, True)
     """
+    import dataclasses
+
     from crowdphot.core.fit import fit_psf
 
     if error is not None:
@@ -234,159 +179,52 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
                          "model: read_noise and gain)")
     read_noise = _nonneg_real("read_noise", read_noise)
     gain = _pos_real("gain", gain)
-    tol = _pos_real("tol", tol)
-    if isinstance(max_outer, bool) or not isinstance(max_outer, numbers.Integral) \
-            or max_outer < 1:
-        raise ValueError(f"max_outer must be a positive integer, got {max_outer!r}")
     arr = np.asarray(getattr(data, "value", data), dtype=float)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"data must be a non-empty 2D array, got shape {arr.shape}")
-    x = np.atleast_1d(np.asarray(getattr(x_init, "value", x_init), dtype=float)).copy()
+    x = np.atleast_1d(np.asarray(getattr(x_init, "value", x_init), dtype=float))
     if x.ndim != 1:
         raise ValueError(f"x_init must be 1D, got shape {x.shape}")
     n = len(x)
-    y = _per_source("y_init", y_init, n).copy()
-    flux = _per_source("flux_init", flux_init, n).copy()
+    y = _per_source("y_init", y_init, n)
     fshape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=1, odd=True))
     gid = np.arange(n) if group_id is None else np.asarray(group_id)
     if gid.dtype.kind not in "iu" or gid.shape != (n,):
         raise ValueError(f"group_id must be integers of shape ({n},)")
     bkg = np.zeros(n) if local_bkg is None else _per_source("local_bkg", local_bkg, n)
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
-    fixed_d = _split_dict("fixed", fixed, n, "fixed")
-    bounds_d = _split_dict("bounds", bounds, n, "bounds")
-    background = np.zeros(arr.shape)
-    if sky is not None:
-        skyv = np.asarray(getattr(sky, "value", sky), dtype=float)
-        if skyv.ndim not in (0, 2) or (skyv.ndim == 2 and skyv.shape != arr.shape):
-            raise ValueError(f"sky must be a scalar or an image of shape {arr.shape}")
-        if not np.all(np.isfinite(skyv)):
-            raise ValueError("sky contains NaN or inf values")
-        background = background + skyv
-        arr = arr - skyv
-
     finite = np.isfinite(x) & np.isfinite(y)
-    xlo0, ylo0 = stamp_origin(np.where(finite, x, 0.0), np.where(finite, y, 0.0), fshape)
-    _local_part = _stamp_background(arr.shape, bkg, xlo0, ylo0, fshape, finite)
-    background += _local_part
-    # keep every stamp where the initial position put it: warm starts stay inside the pixel
-    # that holds the initial position (the engine places stamps with stamp_origin)
-    x_hi = xlo0 + fshape[1] / 2.0
-    y_hi = ylo0 + fshape[0] / 2.0
-    eps = 1e-7
-    # expectation on every stamp pixel of a star that moved < 2 px, and of its neighbours
-    render_shape = (fshape[0] + 4, fshape[1] + 4)
-
-    fit_sky = bool(engine_options.get("fit_sky", False))
-    theta = np.column_stack([x, y, flux, np.zeros(n)])  # x, y, flux, fitted group sky
-    npar = 4 if fit_sky else 3
-    ll = _GroupLikelihood(arr + (background - _local_part), xlo0, ylo0, fshape, gid, finite,
-                          mask, read_noise, gain)
-    active = np.ones(n, dtype=bool)
-    outer_ok = np.zeros(n, dtype=bool)
-    niter_sum = np.zeros(n, dtype=np.int64)
-    full = None
-    bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
-    renderer = _Renderer(psf_model, x, y, finite, arr.shape, render_shape)
-    expect = renderer.full(theta, bg)
-    _, grp_all = np.unique(gid, return_inverse=True)
-    n_grp = int(grp_all.max()) + 1 if n else 0
-    prev_step = np.full((n, npar), np.nan)  # last reweighting step, in standard errors
-    prev_omega = np.ones(n_grp)
-    ll_old = ll.per_group(expect)
-    tols = {k: engine_options.pop(k) for k in ("xtol", "ftol") if k in engine_options}
-    st = _StampSet(arr, mask, xlo0, ylo0, fshape, finite)
-    gn = _GaussNewton(psf_model, st, arr, bkg, fixed_d, bounds_d, gid, n, npar, gain,
-                      read_noise)
-    use_gn = np.zeros(n, dtype=bool)  # isolated sources near their solution: direct steps
-    for it in range(max_outer):
-        sub = np.flatnonzero(active)
-        new = np.empty((len(sub), npar))
-        sig = np.empty((len(sub), npar))
-        fitted = np.ones(len(sub), dtype=bool)
-        again = np.zeros(len(sub), dtype=bool)  # no valid step this time: not converged
-        on_gn = use_gn[sub]
-        eng = sub[~on_gn]
-        if len(eng):
-            xs = np.clip(theta[eng, 0], x_hi[eng] - 1.0 + eps, x_hi[eng])
-            ys = np.clip(theta[eng, 1], y_hi[eng] - 1.0 + eps, y_hi[eng])
-            xs = np.where(finite[eng], xs, theta[eng, 0])
-            ys = np.where(finite[eng], ys, theta[eng, 1])
-            res = fit_psf(arr, psf_model, xs, ys, theta[eng, 2], fit_shape=fshape,
-                          group_id=gid[eng],
-                          error=np.sqrt(pixel_variance(expect, read_noise, gain)), mask=mask,
-                          local_bkg=bkg[eng], fixed=_subset(fixed_d, eng, "fixed"),
-                          bounds=_subset(bounds_d, eng, "bounds"), maxiters=maxiters,
-                          **_inner_tolerances(it, tols), **engine_options)
-            full = _merge(full, res, eng)
-            niter_sum[eng] += res.niter
-            e_new = np.column_stack([res.x, res.y, res.flux, res.sky])[:, :npar]
-            e_old = theta[eng, :npar]
-            bad = ~(res.fitted[:, None] & np.isfinite(e_new))
-            new[~on_gn] = np.where(bad, e_old, e_new)
-            sig[~on_gn] = np.column_stack([res.x_err, res.y_err, res.flux_err,
-                                           res.sky_err])[:, :npar]
-            fitted[~on_gn] = res.fitted
-            use_gn[eng] = gn.eligible(eng, res, e_new)
-        if on_gn.any():
-            g_src = sub[on_gn]
-            g_new, g_sig, g_ok = gn.step(g_src, theta, expect)
-            new[on_gn], sig[on_gn] = g_new, g_sig
-            niter_sum[g_src] += 1
-            use_gn[g_src] = g_ok
-            again[on_gn] = ~g_ok  # back to the engine next time
-        old = theta[sub, :npar]
-        delta = np.abs(new - old)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            step = np.where(np.isfinite(sig) & (sig > 0), delta / sig,
-                            np.where(delta <= 1e-9 * (np.abs(old) + 1.0), 0.0, np.inf))
-        step = np.where(np.isnan(delta), 0.0, step)  # fixed / unfitted entries
-        src_ok = (~fitted | np.all(step < tol, axis=1)) & ~again
-        # relaxation: theta + omega (T(theta) - theta) with omega = 1 / (1 - lambda) from the
-        # contraction factor lambda of successive steps of each group (Aitken): damps the
-        # oscillating fixed points of low counts, accelerates slow monotone ones
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s_now = np.where(np.isfinite(sig) & (sig > 0), (new - old) / sig, 0.0)
-        s_prev = np.nan_to_num(prev_step[sub])
-        g_sub = grp_all[sub]
-        num = np.bincount(g_sub, np.einsum("ij,ij->i", s_now, s_prev), minlength=n_grp)
-        den = np.bincount(g_sub, np.einsum("ij,ij->i", s_prev, s_prev), minlength=n_grp)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lam = 1.0 + (num / den - 1.0) / prev_omega
-            omega = np.where(den > 0, np.clip(1.0 / (1.0 - np.minimum(lam, 0.5)), 0.2, 2.0),
-                             1.0)
-        cand = theta.copy()
-        cand[sub, :npar] = old + omega[g_sub][:, None] * (new - old)
-        # safeguard (as GLM software does): a step that lowers the likelihood of its group is
-        # halved until it does not
-        expect, cand, ll_old, stuck = _halve_steps(ll, ll_old, theta, cand, expect,
-                                                   background, renderer,
-                                                   (xlo0, ylo0, fshape, finite, fit_sky))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            took = np.where(np.isfinite(sig) & (sig > 0), (cand[sub, :npar] - old) / sig, 0.0)
-            a = np.bincount(g_sub, np.einsum("ij,ij->i", took, s_now), minlength=n_grp)
-            b = np.bincount(g_sub, np.einsum("ij,ij->i", s_now, s_now), minlength=n_grp)
-            prev_omega = np.where(b > 0, np.maximum(a / b, 1e-3), 1.0)
-        prev_step[sub] = s_now
-        theta = cand
-        _, ginv = np.unique(gid[sub], return_inverse=True)
-        grp_ok = np.bincount(ginv, ~src_ok, minlength=ginv.max() + 1) == 0
-        ok = grp_ok[ginv]
-        outer_ok[sub] = ok
-        active[sub] = ~ok
-        # no acceptable step: the same weights would repeat it; stop (reported unconverged)
-        active &= ~stuck
-        if not active.any():
-            break
-    full["niter"] = niter_sum
-    full["converged"] = full["converged"] & outer_ok
-    bg = _background_with_sky(background, theta, xlo0, ylo0, fshape, finite, fit_sky)
-    done_gn = np.flatnonzero(gn.touched)
-    if len(done_gn):
-        gn.finalize(full, done_gn, theta, expect)
-    _refine_isolated(full, psf_model, arr + (background - _local_part), bg, mask, gid, xlo0,
-                     ylo0, fshape, read_noise, gain, fit_sky, bias_correction)
+    xlo, ylo = stamp_origin(np.where(finite, x, 0.0), np.where(finite, y, 0.0), fshape)
+    sky_img = None
+    sky_st = None
+    if sky is not None:
+        sky_img = _sky_image("sky", sky, arr.shape)
+        sky_st = stamp_values(sky_img, xlo, ylo, fshape)[0]
+    res = fit_psf(arr if sky_img is None else arr - sky_img, psf_model, x, y, flux_init,
+                  fit_shape=fshape, group_id=group_id, mask=mask, local_bkg=bkg, fixed=fixed,
+                  bounds=bounds, maxiters=maxiters, noise=(read_noise, gain, sky_st),
+                  **engine_options)
+    full = {f.name: np.array(getattr(res, f.name), copy=True) for f in dataclasses.fields(res)}
+    counts, inside = stamp_values(arr, xlo, ylo, fshape)
+    valid = inside & np.isfinite(counts) & finite[:, None, None]
+    if mask is not None:
+        valid &= ~stamp_values(np.asarray(mask, dtype=float), xlo, ylo, fshape)[0].astype(bool)
+    background = bkg[:, None, None] + (0.0 if sky_st is None else sky_st)
+    refine_isolated(full, psf_model, np.where(valid, counts, 0.0), background, valid, gid,
+                    xlo, ylo, fshape, read_noise, gain,
+                    bool(engine_options.get("fit_sky", False)), bias_correction)
     return type(res)(**full)
+
+
+def _sky_image(name, value, shape):
+    """A sky map argument as a finite (ny, nx) float image (a scalar is broadcast)."""
+    val = np.asarray(getattr(value, "value", value), dtype=float)
+    if val.ndim not in (0, 2) or (val.ndim == 2 and val.shape != tuple(shape)):
+        raise ValueError(f"{name} must be a scalar or an image of shape {tuple(shape)}, got "
+                         f"shape {val.shape}")
+    if not np.all(np.isfinite(val)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return np.broadcast_to(val, shape)
 
 
 # -- Cramér–Rao bounds -----------------------------------------------------------------------

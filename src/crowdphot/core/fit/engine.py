@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from crowdphot.core.fit.lm import Problem, levenberg_marquardt
+from crowdphot.core.fit.lm import PoissonNoise, Problem, levenberg_marquardt, model_weights
 from crowdphot.core.fit.pairs import build_interactions
 from crowdphot.core.fit.params import ParamSet
 from crowdphot.core.fit.solve import inverse_groups, make_layout, scale_blocks, scale_group
@@ -131,7 +131,7 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
              local_bkg=None, fixed=None, lo=None, hi=None, maxiters=100, xtol=1e-6,
              ftol=1e-10, support_shape="auto", dense_max=64, strict_error=False,
              shared_pixels="once", fit_sky=False, neighbors=None, start=None,
-             support_radius=None, covariance=True):
+             support_radius=None, covariance=True, noise=None):
     """Unchecked core of :func:`fit_psf`.
 
     ``fixed`` is an ``(n, 3)`` bool array and ``lo, hi`` are ``(n, 3)`` float arrays (columns
@@ -190,13 +190,24 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
             if repeat.any():
                 weight = np.where(repeat, 0.0, weight)
                 npix_fit = npix_fit - repeat.sum(axis=1)
+        pn = None
+        if noise is not None:  # maximum likelihood: weights from the model (lm.PoissonNoise)
+            extra = np.zeros((n, st.data.shape[1])) if noise[2] is None else \
+                np.asarray(noise[2], dtype=float).reshape(n, -1)
+            if neighbors is not None:
+                extra = extra + np.asarray(neighbors, dtype=float).reshape(n, -1)
+            if local_bkg is not None:
+                extra = extra + np.where(np.isfinite(local_bkg), local_bkg, 0.0)[:, None]
+            pn = PoissonNoise(float(noise[0]), float(noise[1]), extra[idx])
         prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
                        weight=weight, xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
-                       layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params)
+                       layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params,
+                       noise=pn)
         theta, phi, ev, niter, conv, stopped = levenberg_marquardt(
             prob, theta0[idx], maxiters=maxiters, xtol=xtol, ftol=ftol)
         if covariance:
-            cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx], error is None)
+            cov, cov_ok = _covariance(prob, ev, npix_fit, n_free[idx],
+                                      error is None and noise is None)
         else:
             cov = np.full((len(idx), n_all, n_all), np.nan)
             cov_ok = np.zeros(len(idx), dtype=bool)
@@ -213,7 +224,10 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
         conv_all[idx] = conv[grp] & ~stopped
         stopped_all[idx] = stopped
         covok_all[idx] = cov_ok
-        _metrics(res, idx, ev.resid, st, theta[:, 2], n_free[idx], error is not None)
+        if noise is not None:  # chi-square (Pearson's) with the weights at the solution
+            st.weight[idx] = model_weights(prob, ev.resid, st.weight[idx])
+        _metrics(res, idx, ev.resid, st, theta[:, 2], n_free[idx],
+                 error is not None or noise is not None)
 
     absurd = _absurd(res, x, y, fitted, fit_shape, st)
     for name in ("x", "y", "flux", "x_err", "y_err", "flux_err", "qfit", "cfit"):
@@ -386,7 +400,7 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
             error=None, mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
             xtol=1e-6, ftol=1e-10, support_shape="auto", dense_max=64,
             shared_pixels="once", fit_sky=False, neighbors=None, start=None,
-            support_radius=None, covariance=True):
+            support_radius=None, covariance=True, noise=None):
     """Fit PSFs to many sources at once, grouped sources simultaneously.
 
     Parameters
@@ -453,6 +467,14 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
     covariance : bool, optional
         False skips the covariance (errors NaN, ``cov_ok`` False), for repeated fits whose
         errors come from an earlier one (all-star passes).
+    noise : (read_noise, gain, background), optional
+        Fit by maximum likelihood for counts (see :mod:`crowdphot.core.fit.lm`): ``error``
+        must be None; the pixel variances come from the model, ``read_noise`` (electrons)
+        and ``gain`` (electrons / ADU); ``background`` (None or shape (n, fy, fx)) is light
+        already subtracted from ``data`` over each fit stamp besides ``local_bkg`` and
+        ``neighbors`` (a sky map), part of the expectation. The covariance is the inverse
+        Fisher information at the solution (never scaled). Used by
+        :func:`crowdphot.psf.likelihood.fit_psf_likelihood`.
 
     Returns
     -------
@@ -523,7 +545,20 @@ def fit_psf(data, psf_model, x_init, y_init, flux_init, *, fit_shape, group_id=N
                     neighbors=_stamp_array("neighbors", neighbors, (n, *shape)),
                     start=_stamp_array("start", start, (n, 3)),
                     support_radius=_stamp_array("support_radius", support_radius, (n,)),
-                    covariance=bool(covariance))
+                    covariance=bool(covariance), noise=_noise_arg(noise, err, (n, *shape)))
+
+
+def _noise_arg(noise, error, shape):
+    if noise is None:
+        return None
+    if error is not None:
+        raise ValueError("error must be None with noise (the variances come from the model)")
+    if not isinstance(noise, (tuple, list)) or len(noise) != 3:
+        raise TypeError("noise must be a tuple (read_noise, gain, background)")
+    rn, gain = float(noise[0]), float(noise[1])
+    if not (np.isfinite(rn) and rn >= 0 and np.isfinite(gain) and gain > 0):
+        raise ValueError(f"noise needs read_noise >= 0 and gain > 0, got {rn}, {gain}")
+    return rn, gain, _stamp_array("noise background", noise[2], shape)
 
 
 def _stamp_array(name, value, shape):

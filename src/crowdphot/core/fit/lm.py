@@ -17,6 +17,15 @@ constraining it and faint fits run away -- is *stopped* there (all its parameter
 rest of the fit) and reported, so that it can be flagged; and a step counts as negligible when
 every component is below ``xtol`` times that parameter's error (``1 / sqrt((J^T J)_kk)``),
 never relative to the parameter's value (a runaway flux of 1e100 makes any relative test pass).
+
+Maximum likelihood for counts (``Problem.noise``, a :class:`PoissonNoise`): every evaluation
+refreshes the pixel weights from the model, ``1 / V(mu)`` with ``mu = model + background`` and
+``V(mu) = mu / g + (R / g)**2``, and the cost is half the deviance of the shifted-Poisson
+likelihood (Snyder, Hammoud & White 1993) instead of half the chi-square. The gradient
+``J^T V^-1 (d - mu)`` is then the score and ``J^T V^-1 J`` the Fisher information, so each
+step is a damped Fisher-scoring step on the log-likelihood and the Marquardt acceptance test
+compares log-likelihoods: one engine call maximises the likelihood (no outer reweighting
+loop), and the normal matrix at the solution is the expected information there.
 """
 
 from __future__ import annotations
@@ -25,15 +34,67 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crowdphot.core.crlb import VARIANCE_FLOOR_E
 from crowdphot.core.fit.pairs import segment_starts
 from crowdphot.core.fit.params import ParamSet
 from crowdphot.core.fit.solve import scale_blocks, scale_group, solve_groups
 from crowdphot.core.kernels.normal import normal_blocks_add
 
-__all__ = ["Problem", "Evaluation", "evaluate", "levenberg_marquardt", "MAX_SHIFT"]
+__all__ = ["Problem", "Evaluation", "PoissonNoise", "evaluate", "levenberg_marquardt",
+           "model_weights", "MAX_SHIFT"]
 
 #: Largest position change (pixels, per axis) of one Levenberg-Marquardt step.
 MAX_SHIFT = 1.0
+
+
+@dataclass(frozen=True)
+class PoissonNoise:
+    """Model-based pixel variances of a maximum-likelihood fit (the weight-refresh hook).
+
+    Attributes
+    ----------
+    read_noise : float
+        Electrons rms (>= 0).
+    gain : float
+        Electrons per ADU (> 0).
+    background : ndarray of shape (m, npix)
+        Expected light not in the fitted model on every stamp pixel (ADU): local background,
+        sky map, subtracted neighbours. The problem's ``data`` are the counts minus this.
+    """
+
+    read_noise: float
+    gain: float
+    background: np.ndarray
+
+    def subset(self, src):
+        return PoissonNoise(self.read_noise, self.gain, self.background[src])
+
+    def counts(self, values, stamps):
+        """``g * (values + background) + R**2`` (electrons, shifted-Poisson scale)."""
+        return self.gain * (values + self.background[stamps]) + self.read_noise ** 2
+
+    def weights_and_cost(self, data, model, stamps, mask):
+        """Weights ``1 / sqrt(V(mu))`` (times ``mask``) and half the deviance per stamp.
+
+        ``data`` and ``model`` are background-subtracted stamp values of ``stamps``; ``mask``
+        is the problem's weight (0 on dropped or repeated pixels).
+        """
+        g = self.gain
+        mu_e = np.maximum(self.gain * np.maximum(model + self.background[stamps], 0.0)
+                          + self.read_noise ** 2, VARIANCE_FLOOR_E)
+        w = mask * (g / np.sqrt(mu_e))
+        d_e = self.counts(data, stamps)
+        # deviance 2 [d log(d / mu) - (d - mu)] >= 0 (d <= 0: saturated at the floor)
+        d_sat = np.maximum(d_e, VARIANCE_FLOOR_E)
+        dev = d_e * np.log(d_sat / mu_e) - d_sat + mu_e
+        return w, np.where(mask > 0, dev, 0.0).sum(axis=1)
+
+
+def model_weights(prob, resid, mask):
+    """Pixel weights ``mask / sqrt(V(mu))`` at the solution of a maximum-likelihood problem,
+    from the evaluation's raw residuals ``resid`` (m, npix) (``model = data - resid``)."""
+    stamps = np.arange(len(prob.data))
+    return prob.noise.weights_and_cost(prob.data, prob.data - resid, stamps, mask)[0]
 
 
 @dataclass(frozen=True)
@@ -52,6 +113,7 @@ class Problem:
     lo: np.ndarray  # (m, K)
     hi: np.ndarray  # (m, K)
     params: ParamSet = ParamSet()
+    noise: PoissonNoise | None = None  # maximum likelihood: weights refreshed from the model
 
 
 @dataclass
@@ -106,16 +168,22 @@ def evaluate(prob, theta, gmask, phi=None):
     if n_s:  # the sky: a constant over every stamp of the group
         model = model + phi[grp[stamps], 0][:, None]
     raw = prob.data[stamps] - model
-    w = prob.weight[stamps]
-    r = raw * w
-    cost = np.bincount(grp[stamps], 0.5 * np.einsum("ij,ij->i", r, r), minlength=n_groups)
+    if prob.noise is None:
+        w = prob.weight[stamps]
+        r = raw * w
+        half = 0.5 * np.einsum("ij,ij->i", r, r)
+    else:  # weights from the model; cost: half the deviance
+        w, half = prob.noise.weights_and_cost(prob.data[stamps], model, stamps,
+                                              prob.weight[stamps])
+        r = raw * w
+    cost = np.bincount(grp[stamps], half, minlength=n_groups)
 
-    wp = prob.weight[pt]
+    stamp_of_pair = np.cumsum(np.r_[True, pt[1:] != pt[:-1]]) - 1
+    wp = w[stamp_of_pair]
     jac = np.empty((npair, n_k, npix))
     jac[:, 0] = np.reshape(gx, (npair, npix)) * (fx[:, None] * wp)
     jac[:, 1] = np.reshape(gy, (npair, npix)) * (fx[:, None] * wp)
     jac[:, 2] = v * wp
-    stamp_of_pair = np.cumsum(np.r_[True, pt[1:] != pt[:-1]]) - 1
     gp = np.einsum("pkn,pn->pk", jac, r[stamp_of_pair])
     grad = np.zeros((m, n_k))
     for k in range(n_k):
@@ -214,7 +282,8 @@ def restrict(prob, gmask):
     sub = Problem(psf=prob.psf, fit_shape=prob.fit_shape, data=prob.data[src],
                   weight=prob.weight[src], xlo=prob.xlo[src], ylo=prob.ylo[src],
                   inter=sub_inter, layout=sub_lay, free=prob.free[src], lo=prob.lo[src],
-                  hi=prob.hi[src], params=prob.params)
+                  hi=prob.hi[src], params=prob.params,
+                  noise=None if prob.noise is None else prob.noise.subset(src))
     return sub, src, blk
 
 
