@@ -17,6 +17,14 @@ inside a group a member is coupled only to the stamps where its PSF exceeds the 
 two fit boxes), and the rest of its light, on its own group's stamps too, is subtracted as
 neighbours' light (out to 1 % of the noise), so big groups with a 101² PSF stay fast and the
 passes converge to the fully coupled solution. Close pairs can be merged (:func:`find_merges`).
+
+A member whose fit fails (its position leaves its fit stamp, or a value is absurd) is dropped
+from the model and its group refitted without it, as ALLSTAR deletes such stars: its stopped
+model (a flux of -1400 at the edge of its stamp, say) would otherwise be compensated by its
+partners (one 5.6 px away came out 36x too bright with flags 0). The dropped row keeps its
+flags and reports the flux measured at its initial position on the data minus every other
+star; partners that may have absorbed more than their flux error of its light are flagged
+``merged``.
 """
 
 from __future__ import annotations
@@ -51,12 +59,15 @@ NEIGHBOR_NOISE = 0.01
 COUPLING_MARGIN = 1.0
 #: Two stars also merge when closer than this many errors of their separation.
 MERGE_NSIGMA = 2.0
+#: Passes allowed beyond ``max_passes`` to refit groups whose members failed (left their stamp)
+#: in the last pass; a group still waiting after them is flagged no_convergence.
+EXTRA_PASSES = 3
 #: Pairs evaluated per batch (bounds memory).
 _CHUNK = 200_000
 
 
 def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
-                    coupled=None):
+                    coupled=None, targets=None):
     """Light of the stars of *other* groups on each source's fit stamp.
 
     Parameters
@@ -76,6 +87,8 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
         couples star ``s`` to stamp ``t`` only when ``|x_ref[s] - centre[t]|`` and the same
         in y are within ``fit/2 + half[s] + margin``) are included too, so that a reduced
         support loses no light.
+    targets : ndarray of int, optional
+        Only these sources' stamps are computed (the others stay zero).
 
     Returns
     -------
@@ -106,10 +119,13 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
     cy = ylo + (fy - 1) / 2.0
     half = max(fy, fx) / 2.0
     r_max = float(reach[src].max()) + half
-    t_stamp = cKDTree(np.column_stack([cx, cy]))
+    tg = np.arange(n) if targets is None else np.asarray(targets, dtype=np.int64)
+    if len(tg) == 0:
+        return out.reshape(n, fy, fx)
+    t_stamp = cKDTree(np.column_stack([cx[tg], cy[tg]]))
     t_src = cKDTree(np.column_stack([x[src], y[src]]))
     pairs = t_stamp.sparse_distance_matrix(t_src, r_max, p=np.inf, output_type="ndarray")
-    tgt = pairs["i"].astype(np.int64)
+    tgt = tg[pairs["i"].astype(np.int64)]
     j = src[pairs["j"]]
     keep = group[tgt] != group[j]
     if coupled is not None:
@@ -347,8 +363,14 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
                 elif arr.dtype == bool:
                     arr[gone] = False
             fields["reason"][gone] = "merged"
-    for _ in range(max_passes if subtract else min(1, max_passes)):
-        cur = fields["x"], fields["y"], fields["flux"]
+    # failed members (left their stamp, absurd values) are dropped from the model and their
+    # groups refitted without them, so that no partner compensates a runaway model
+    dropped = np.zeros(n, dtype=bool)
+    if subtract:
+        _drop_failed(fields, alive, dropped, forced, gid, hold)
+    limit = max_passes if subtract else min(1, max_passes)
+    while passes < limit or (forced.any() and passes < limit + EXTRA_PASSES):
+        cur = fields["x"], fields["y"], np.where(dropped, np.nan, fields["flux"])
         if subtract:
             new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
                                   coupled=coupled)
@@ -358,16 +380,18 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
         err = np.where(np.isfinite(fields["flux_err"]), fields["flux_err"], 0.0)
         ref = np.where(np.isfinite(cur[2]), np.abs(cur[2]), 0.0)
         thresh = np.maximum(TOL_SIGMA * err, TOL_REL * ref)
-        active = (fields["fitted"] & (change > thresh)) | forced
-        if not active.any():
+        active = (fields["fitted"] & ~dropped & (change > thresh)) | forced
+        sel = np.isin(gid, np.unique(gid[active])) & alive & ~dropped
+        was_forced = bool(forced.any())
+        forced[:] = False
+        if not sel.any():
             break
-        sel = np.isin(gid, np.unique(gid[active])) & alive
         start = np.column_stack([c[sel] for c in cur])
         start[:, hold] = np.nan
         # with absolute errors the covariance depends on the model only, which these passes
         # change by a small fraction of the errors: it is kept from the first fit (groups
-        # changed by a merge get a new one)
-        with_cov = err_img is None or bool(forced.any())
+        # changed by a merge or a dropped member get a new one)
+        with_cov = err_img is None or was_forced
         sub = fit(data, psf_model, x[sel], y[sel], flux[sel], fit_shape=fit_shape,
                   group_id=gid[sel], fixed=fixed, neighbors=new[sel] if subtract else None,
                   start=start, covariance=with_cov,
@@ -382,11 +406,108 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
             else:
                 arr[sel] = val
         used[sel] = new[sel]
-        was_forced = bool(forced.any())
-        forced[:] = False
         passes += 1
+        if subtract:
+            _drop_failed(fields, sel, dropped, forced, gid, hold)
         # stable: this pass moved no star by more than a small fraction of its errors, so the
         # neighbours' light would not change enough to refit anything
-        if subtract and not was_forced and _settled(fields, start, sel, hold):
+        if (subtract and not was_forced and not forced.any()
+                and _settled(fields, start, sel, hold)):
             break
+    if subtract:
+        # a member still coupled to a failure that could not be refitted away is not trusted
+        fields["converged"][forced & alive & ~dropped] = False
+        if dropped.any():
+            merged |= _report_dropped(fit, data, psf_model, x, y, flux, fields, dropped,
+                                      alive, gid, xlo, ylo, fit_shape, reach, hold, kwargs)
     return type(res)(**fields), passes, merged
+
+
+def _drop_failed(fields, among, dropped, forced, gid, hold):
+    """Drop newly failed members from the model and mark their groups for a refit.
+
+    A member whose position left its fit stamp (or whose values were absurd) was stopped with
+    whatever flux it had then, and its group's other members were fitted around that model
+    (a partner 5 px away compensating a flux of -1400 came out 36x too bright, flags 0).
+    ALLSTAR deletes such a star and refits its group; here its row is kept, flagged, and
+    measured at the end (:func:`_report_dropped`).
+    """
+    if hold[:2].all():  # positions fixed: nothing can leave its stamp
+        return
+    with np.errstate(invalid="ignore"):
+        bad = among & fields["fitted"] & ~dropped & (
+            fields["left_stamp"] | fields["absurd"] | ~np.isfinite(fields["flux"])
+            | ~np.isfinite(fields["x"]) | ~np.isfinite(fields["y"]))
+    if not bad.any():
+        return
+    dropped |= bad
+    forced[np.isin(gid, gid[bad])] = True
+
+
+def _report_dropped(fit, data, psf_model, x0, y0, f0, fields, dropped, alive, gid, xlo, ylo,
+                    fit_shape, reach, hold, kwargs):
+    """Values reported for the dropped members, and the partners that absorbed their light.
+
+    A dropped member is measured alone at its initial position (position held, flux fitted)
+    on the data minus every other star's model; its row keeps its flags (left_stamp and
+    no_convergence, or absurd_value with NaN values).
+
+    Returns
+    -------
+    absorbed : ndarray of bool, shape (n,)
+        Members that may have absorbed more than their flux error of a dropped member's light
+        (the dropped star at its initial position and the larger of its initial and
+        measured |flux|, projected on the member's PSF over its stamp): their fluxes are
+        those of a blend, flagged ``merged`` like the pairs merge_separation merges.
+    """
+    d = np.flatnonzero(dropped)
+    n = len(x0)
+    absurd = fields["absurd"][d] & ~fields["left_stamp"][d]
+    left = fields["left_stamp"][d].copy()
+    solo = gid.copy()
+    solo[d] = gid.max() + 1 + np.arange(len(d))
+    mflux = np.where(dropped | ~alive, np.nan, fields["flux"])
+    nb = neighbor_stamps(psf_model, fields["x"], fields["y"], mflux, solo, xlo, ylo, fit_shape,
+                         reach=reach, targets=d)[d]
+    sel = np.zeros(n, dtype=bool)
+    sel[d] = True
+    kw = {k: (_take(v, sel, n) if k in _PER_SOURCE else v) for k, v in kwargs.items()
+          if k != "support_radius"}
+    sub = fit(data, psf_model, x0[d], y0[d], f0[d], fit_shape=fit_shape,
+              group_id=np.arange(len(d)), fixed={"x": True, "y": True, "flux": bool(hold[2])},
+              neighbors=nb, **kw)
+    for name, arr in fields.items():
+        val = getattr(sub, name)
+        if name == "niter":
+            arr[d] += val
+        else:
+            arr[d] = val
+    fields["left_stamp"][d] = left
+    fields["converged"][d] = False
+    fields["absurd"][d] = absurd
+    bad = d[absurd]
+    for name in ("x", "y", "flux", "x_err", "y_err", "flux_err", "qfit", "cfit"):
+        fields[name][bad] = np.nan
+    fields["cov"][bad] = np.nan
+    fields["cov_ok"][bad] = False
+    # light of the dropped stars on their partners' stamps, projected on the partners' PSFs
+    est = np.zeros(n)
+    with np.errstate(invalid="ignore"):
+        est[d] = np.fmax(np.abs(f0[d]), np.abs(sub.flux))
+    est[d] = np.where(np.isfinite(est[d]), est[d], 0.0)
+    part = np.flatnonzero(np.isin(gid, gid[d]) & alive & ~dropped & fields["fitted"])
+    absorbed = np.zeros(n, dtype=bool)
+    if len(part) == 0:
+        return absorbed
+    light = np.where(dropped, est, np.nan)
+    xs, ys = np.where(dropped, x0, fields["x"]), np.where(dropped, y0, fields["y"])
+    a = neighbor_stamps(psf_model, xs, ys, light, solo, xlo, ylo, fit_shape, reach=reach,
+                        targets=part)[part].reshape(len(part), -1)
+    own = np.asarray(psf_model._stamps(fields["x"][part], fields["y"][part], xlo[part],
+                                       ylo[part], fit_shape)).reshape(len(part), -1)
+    own = np.where(np.isfinite(own), own, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        took = np.abs((a * own).sum(axis=1) / (own * own).sum(axis=1))
+        err = fields["flux_err"][part]
+        absorbed[part] = took > np.where(np.isfinite(err), err, 0.0)
+    return absorbed
