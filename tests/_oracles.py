@@ -452,3 +452,41 @@ def spline_stamps(coeffs, tx, sx, ty, sy, ox, oy, orx, ory, x0, y0, xlo, ylo, gi
                                   0.0)
             out[2, sl] = np.where(ok, _taps(vy, taps, wx[sl]), 0.0)
     return (out[0], out[1], out[2]) if grad else out[0]
+
+
+def close_pairs(x, y, r, *, x2=None, y2=None, metric="euclidean"):
+    """All pairs within ``r`` by the full distance matrix (see ``core.kernels.pairs``)."""
+    self_pairs = x2 is None
+    xb, yb = (x, y) if self_pairs else (x2, y2)
+    dx = x[:, None] - xb[None, :]
+    dy = y[:, None] - yb[None, :]
+    if metric == "euclidean":
+        d = np.sqrt(dx * dx + dy * dy)
+    else:
+        d = np.maximum(np.abs(dx), np.abs(dy))
+    close = d <= r
+    if self_pairs:
+        close = np.triu(close, 1)
+    i, j = np.nonzero(close)
+    return i.astype(np.int64), j.astype(np.int64)
+
+
+def fof_labels(x, y, r):
+    """Friends-of-friends ids by first appearance: scipy k-d tree pairs, the exact test, and
+    scipy's connected components (the grouper's implementation before the compiled kernel)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    pairs = cKDTree(np.column_stack((x, y))).query_pairs(r * (1 + 1e-9) + 1e-300,
+                                                         output_type="ndarray")
+    i, j = (pairs[:, 0], pairs[:, 1]) if pairs.size else (np.zeros(0, int), np.zeros(0, int))
+    dx, dy = x[i] - x[j], y[i] - y[j]
+    keep = np.sqrt(dx * dx + dy * dy) <= r
+    graph = coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(n, n))
+    n_labels, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(n_labels, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, n_labels + 1)
+    return rank[labels]

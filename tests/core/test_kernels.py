@@ -12,7 +12,7 @@ import pytest
 import _oracles as O
 from crowdphot.core import jit
 from crowdphot.core.jit import native
-from crowdphot.core.kernels import detect, greedy, normal, overlap, scatter
+from crowdphot.core.kernels import detect, greedy, normal, overlap, pairs, scatter
 from crowdphot.core.kernels.spline import SplineStack
 
 
@@ -73,6 +73,95 @@ def test_greedy_keep_equals_rounds_oracle(rng):
 
 
 # -- normal-matrix blocks ----------------------------------------------------------------------
+# -- pairs: fixed-radius neighbours and friends-of-friends ---------------------------------
+def _point_sets(rng):
+    """Random, rounded (ties at the radius), duplicated, clustered and far-flung points."""
+    for k in range(48):
+        n = int(rng.integers(2, 160))
+        scale = (1.0, 30.0, 1e3, 1e7)[k % 4]
+        x = np.round(rng.uniform(-scale, scale, n), int(rng.integers(0, 3)))
+        y = np.round(rng.uniform(0, scale, n), int(rng.integers(0, 3)))
+        if k % 3 == 0:  # exact duplicates
+            x[: n // 3], y[: n // 3] = x[0], y[0]
+        if k % 8 == 5:  # one point very far away: huge span, tiny radius
+            x[-1] = 1e12
+        r = float(rng.choice([0.0, 0.5, 1.0, 2.0, 5.0, scale / 15]))
+        yield x, y, r
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "chebyshev"])
+def test_close_pairs_equal_brute_force(rng, metric):
+    for x, y, r in _point_sets(rng):
+        got = pairs.close_pairs(x, y, r, metric=metric)
+        want = O.close_pairs(x, y, r, metric=metric)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == np.int64
+        m = int(rng.integers(0, 40))
+        x2, y2 = rng.uniform(x.min() - r - 1, x.max() + r + 1, m), rng.uniform(-2, 40, m)
+        got = pairs.close_pairs(x, y, r, x2=x2, y2=y2, metric=metric)
+        want = O.close_pairs(x, y, r, x2=x2, y2=y2, metric=metric)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_close_pairs_keep_ties_at_exactly_the_radius():
+    # 3-4-5 triangles: the distance 5 is exact; 5 + 1 ulp is out
+    x = np.array([0.0, 3.0, 10.0, 13.0, 20.0, 20.0])
+    y = np.array([0.0, 4.0, 0.0, np.nextafter(4.0, 5.0), 0.0, 5.0])
+    i, j = pairs.close_pairs(x, y, 5.0)
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 1), (4, 5)]
+    i, j = pairs.close_pairs(x, y, 5.0, x2=np.array([25.0]), y2=np.array([5.0]),
+                             metric="chebyshev")
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(4, 0), (5, 0)]
+
+
+def test_fof_labels_equal_scipy_components(rng):
+    for x, y, r in _point_sets(rng):
+        np.testing.assert_array_equal(pairs.fof_labels(x, y, r), O.fof_labels(x, y, r))
+    # dense chains on a lattice: many ties, few large groups
+    x = rng.integers(0, 40, 1200).astype(float)
+    y = rng.integers(0, 40, 1200).astype(float)
+    for r in (1.0, np.sqrt(2.0), 0.0):
+        np.testing.assert_array_equal(pairs.fof_labels(x, y, r), O.fof_labels(x, y, r))
+
+
+def test_pairs_small_and_empty_inputs():
+    e = np.zeros(0)
+    for a in pairs.close_pairs(e, e, 1.0) + pairs.close_pairs(e, e, 1.0, x2=[1.0], y2=[2.0]):
+        assert a.dtype == np.int64 and a.size == 0
+    assert pairs.fof_labels(e, e, 1.0).size == 0
+    one = np.array([3.0])
+    np.testing.assert_array_equal(pairs.fof_labels(one, one, 1.0), [1])
+    assert pairs.close_pairs(one, one, 1.0)[0].size == 0
+    np.testing.assert_array_equal(pairs.fof_labels([0.0, 0.0, 9.0], [1.0, 1.0, 1.0], 0.0),
+                                  [1, 1, 2])
+    # numbering by first appearance, whatever the order of the cells
+    np.testing.assert_array_equal(pairs.fof_labels([90.0, 0.0, 50.0, 1.0], [0.0] * 4, 2.0),
+                                  [1, 2, 3, 2])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_pairs_reject_non_finite_input(bad):
+    ok = np.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        pairs.close_pairs(np.array([0.0, bad]), ok, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        pairs.close_pairs(ok, ok, 1.0, x2=ok, y2=np.array([bad, 0.0]))
+    with pytest.raises(ValueError, match="finite"):
+        pairs.fof_labels(ok, np.array([bad, 0.0]), 1.0)
+    with pytest.raises(ValueError, match="radius"):
+        pairs.fof_labels(ok, ok, bad)
+    with pytest.raises(ValueError, match="radius"):
+        pairs.close_pairs(ok, ok, -1.0)
+    with pytest.raises(ValueError, match="one length"):
+        native.close_pairs(ok, ok[:1], ok, ok, 1.0, 2, 0)
+    with pytest.raises(ValueError, match="one label per point"):
+        native.fof_labels(ok, ok, 1.0, np.zeros(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        native.fof_labels(ok, ok, 1.0, np.zeros(2))
+
+
 def test_normal_blocks_equal_explicit_products(rng):
     counts = np.array([1, 3, 2, 4])
     starts = np.r_[0, np.cumsum(counts)[:-1]]

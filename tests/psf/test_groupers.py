@@ -221,10 +221,13 @@ def test_source_groups_plot_draws_one_circle_per_source():
     assert len(ax2.collections) == 1
 
 
-def test_relabel_fallback_for_unordered_labels():
-    from crowdphot.psf.groupers import _first_appearance_labels
-
-    labels = np.array([2, 0, 2, 1, 0, 3])
-    np.testing.assert_array_equal(_first_appearance_labels(labels, 4), [1, 2, 1, 3, 2, 4])
-    ordered = np.array([0, 1, 0, 2, 1])
-    np.testing.assert_array_equal(_first_appearance_labels(ordered, 3), [1, 2, 1, 3, 2])
+def test_parity_wide_spread_duplicates_and_clusters(rng):
+    # clusters far apart (the kernel's cells adapt to the span), exact duplicates, ties
+    centres = rng.uniform(-1e6, 1e6, (12, 2))
+    pts = centres[rng.integers(0, 12, 600)] + rng.integers(-20, 21, (600, 2))
+    pts[:40] = pts[0]
+    x, y = pts[:, 0].astype(float), pts[:, 1].astype(float)
+    for sep in (1.0, 3.0, 5.0):
+        ours = SourceGrouper(sep)(x, y)
+        np.testing.assert_array_equal(ours, photutils_groups(x, y, sep))
+        np.testing.assert_array_equal(ours, union_find_groups(x, y, sep))

@@ -14,7 +14,6 @@ import numpy as np
 from astropy.modeling import Model
 from astropy.table import QTable, Table
 from astropy.utils.exceptions import AstropyUserWarning
-from scipy.spatial import KDTree
 
 from crowdphot.core.batched import BatchedPSFMixin
 from crowdphot.core.kernels.greedy import greedy_keep
@@ -47,6 +46,8 @@ def _separate(xy, min_separation):
     """Drop points within ``min_separation`` (inclusive) of an earlier kept point (greedy)."""
     if min_separation <= 0 or len(xy) < 2:
         return xy
+    from scipy.spatial import KDTree  # random coordinates only, not when rendering
+
     pairs = KDTree(xy).query_pairs(min_separation, output_type="ndarray")
     if len(pairs) == 0:
         return xy

@@ -3,9 +3,9 @@
 Two sources belong to the same group when they are separated by at most ``min_separation``
 pixels, either directly or through a chain of such neighbours (single-linkage / friends-of-
 friends clustering). This is exactly the partition that photutils obtains from
-``scipy.cluster.hierarchy.fclusterdata(..., criterion='distance')``, but computed from a k-d tree
-neighbour search and a sparse connected-components pass, so time and memory grow linearly with
-the number of sources instead of quadratically.
+``scipy.cluster.hierarchy.fclusterdata(..., criterion='distance')``, but computed by a compiled
+cell-grid neighbour search and a union-find pass (:func:`crowdphot.core.kernels.pairs.fof_labels`),
+so time and memory grow with the number of sources and neighbour pairs instead of quadratically.
 
 Group ids are 1-based and numbered in order of first appearance in the input (the first source
 is in group 1, the first source not in group 1 starts group 2, ...), which is photutils 3's
@@ -15,20 +15,11 @@ numbering.
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
+from crowdphot.core.kernels.pairs import fof_labels
 from crowdphot.core.validate import deprecated_positional, positive_real
 
 __all__ = ["SourceGrouper", "SourceGroups", "group_sources"]
-
-# The k-d tree and the exact distance test below may round a boundary distance differently;
-# searching a hair wider and then applying the exact test keeps ties at d == min_separation
-# identical to photutils (which compares sqrt(dx**2 + dy**2) <= min_separation).
-_SEARCH_INFLATION = 1.0 + 1e-9
-
-
 
 
 def _check_xy(x, y):
@@ -52,19 +43,6 @@ def _check_xy(x, y):
     return xa, ya
 
 
-def _first_appearance_labels(labels, n_labels):
-    """Renumber 0-based component labels 1..k in order of first appearance."""
-    # scipy's connected_components already visits nodes in index order, which yields exactly
-    # this numbering; the O(n) check guards against a future change of that internal order.
-    running_max = np.maximum.accumulate(labels)
-    if labels[0] == 0 and np.all(np.diff(running_max) <= 1):
-        return labels.astype(np.int64) + 1
-    _, first = np.unique(labels, return_index=True)
-    rank = np.empty(n_labels, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(1, n_labels + 1)
-    return rank[labels]
-
-
 def group_sources(x, y, min_separation):
     """Unchecked friends-of-friends grouping (see `SourceGrouper`).
 
@@ -85,24 +63,9 @@ def group_sources(x, y, min_separation):
     >>> group_sources(np.array([0.0, 3.0, 50.0]), np.array([0.0, 4.0, 0.0]), 5.0)
     array([1, 1, 2])
     """
-    n = x.size
-    if n == 1:
-        return np.ones(1, dtype=np.int64)
-    tree = cKDTree(np.column_stack((x, y)), balanced_tree=False, compact_nodes=False)
-    pairs = tree.query_pairs(min_separation * _SEARCH_INFLATION, output_type="ndarray")
-    if pairs.size:
-        i, j = pairs[:, 0], pairs[:, 1]
-        dx = x[i] - x[j]
-        dy = y[i] - y[j]
-        keep = np.sqrt(dx * dx + dy * dy) <= min_separation
-        i, j = i[keep], j[keep]
-    else:
-        i = j = np.empty(0, dtype=np.intp)
-    if i.size == 0:
-        return np.arange(1, n + 1, dtype=np.int64)
-    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n, n)).tocsr()
-    n_labels, labels = connected_components(graph, directed=False)
-    return _first_appearance_labels(labels, n_labels)
+    # The kernel's exact test is photutils' rule, sqrt(dx**2 + dy**2) <= min_separation, in
+    # float64: ties at the linking length are grouped as photutils groups them.
+    return fof_labels(x, y, min_separation)
 
 
 class SourceGroups:
@@ -260,8 +223,8 @@ class SourceGrouper:
 
     Notes
     -----
-    A k-d tree finds the neighbour pairs and a sparse connected-components pass joins them:
-    O(n log n) time and O(n + pairs) memory, where photutils' hierarchical clustering needs the
+    A compiled cell-grid search finds the neighbour pairs and a union-find pass joins them:
+    O(n log n + pairs) time and O(n) memory, where photutils' hierarchical clustering needs the
     full n(n-1)/2 distance matrix.
 
     Examples

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
+
+from crowdphot.core.kernels.pairs import close_pairs
 
 __all__ = ["Interactions", "build_interactions", "segment_products", "segment_starts"]
 
@@ -73,7 +74,7 @@ def _pairs_all(gstart, gsize):
     return s, t
 
 
-def _pairs_kdtree(x, y, xlo, ylo, group, fit_shape, support_shape, margin):
+def _pairs_near(x, y, xlo, ylo, group, fit_shape, support_shape, margin):
     fy, fx = fit_shape
     cx = xlo + (fx - 1) / 2.0
     cy = ylo + (fy - 1) / 2.0
@@ -87,11 +88,8 @@ def _pairs_kdtree(x, y, xlo, ylo, group, fit_shape, support_shape, margin):
         ry = fy / 2.0 + support_shape[0] / 2.0 + margin
         r_max = max(rx, ry)
         rx, ry = np.full(len(x), rx), np.full(len(x), ry)
-    tree_t = cKDTree(np.column_stack([cx, cy]))
-    tree_s = cKDTree(np.column_stack([x, y]))
-    hits = tree_t.sparse_distance_matrix(tree_s, r_max, p=np.inf, output_type="ndarray")
-    t = hits["i"].astype(np.int64)
-    s = hits["j"].astype(np.int64)
+    # candidates: stamp centre t and source s within r_max in both axes (Chebyshev distance)
+    t, s = close_pairs(cx, cy, r_max, x2=x, y2=y, metric="chebyshev")
     keep = ((group[t] == group[s]) & (np.abs(x[s] - cx[t]) <= rx[s])
             & (np.abs(y[s] - cy[t]) <= ry[s]) & (s != t))
     m = len(x)
@@ -143,7 +141,7 @@ def build_interactions(x, y, xlo, ylo, group, fit_shape, *, support_shape=None, 
     elif support_shape is None:
         ps, pt = _pairs_all(gstart, gsize)
     else:
-        ps, pt = _pairs_kdtree(x, y, xlo, ylo, group, fit_shape, support_shape, margin)
+        ps, pt = _pairs_near(x, y, xlo, ylo, group, fit_shape, support_shape, margin)
     tstart = segment_starts(pt)
     tcount = np.diff(np.r_[tstart, len(pt)])
     q1, q2 = segment_products(tstart, tcount)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 
 __all__ = ["assemble_sparse", "solve_sparse", "solve_pcg", "inverse_diag_blocks_sparse"]
 
@@ -39,6 +38,8 @@ def assemble_sparse(blocks, pos1, pos2, n_src, *, fmt="csc"):
 
 
 def _factor(mat):
+    from scipy.sparse.linalg import splu  # large groups only: not loaded by small-group fits
+
     try:
         # symmetric positive definite (damped normal matrix): no pivoting, symmetric ordering
         return splu(mat, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,

@@ -59,5 +59,7 @@ PyObject *ck_range_stats(PyObject *self, PyObject *args);
 PyObject *ck_range_mad(PyObject *self, PyObject *args);
 PyObject *ck_sparse_rows(PyObject *self, PyObject *args);
 PyObject *ck_range_biweight(PyObject *self, PyObject *args);
+PyObject *ck_close_pairs(PyObject *self, PyObject *args);
+PyObject *ck_fof_labels(PyObject *self, PyObject *args);
 
 #endif

@@ -163,6 +163,8 @@ static PyMethodDef ck_methods[] = {
     {"range_mad", ck_range_mad, METH_VARARGS, "Median absolute deviation of row ranges."},
     {"sparse_rows", ck_sparse_rows, METH_VARARGS, "CSR rows times a dense matrix, clipped."},
     {"range_biweight", ck_range_biweight, METH_VARARGS, "Biweight location/scale of ranges."},
+    {"close_pairs", ck_close_pairs, METH_VARARGS, "Point pairs within a radius (cell grid)."},
+    {"fof_labels", ck_fof_labels, METH_VARARGS, "Friends-of-friends group labels."},
     {NULL, NULL, 0, NULL},
 };
 
