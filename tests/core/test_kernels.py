@@ -407,33 +407,39 @@ def test_band_solve_rejects_a_singular_matrix():
 
 
 # -- cold start ----------------------------------------------------------------------------------
-def test_photometry_path_loads_no_jit_plotting_or_interpolate():
+def test_photometry_path_loads_no_jit_plotting_interpolate_or_graph_modules(tmp_path):
     """A fresh process importing the notebook's classes and running a small grouped fit with a
     residual image loads neither numba (nothing is compiled at run time), matplotlib,
-    scipy.interpolate nor scipy.ndimage."""
+    scipy.interpolate, scipy.ndimage, nor the k-d tree / sparse-graph / dense linear algebra
+    modules of scipy (neighbours and groups are compiled kernels; splu is for large groups)."""
     import subprocess
     import sys
 
+    from crowdphot.psf import CircularGaussianPRF, make_psf_model_image
+
+    data, _ = make_psf_model_image((60, 60), CircularGaussianPRF(fwhm=2.5), 6,
+                                   flux=(500, 1000), min_separation=8, seed=1)
+    np.save(tmp_path / "data.npy", data)
     code = """
 import sys
 import numpy as np
 from crowdphot.detection import IRAFStarFinder
 from crowdphot.psf import CircularGaussianPRF, GriddedPSFModel, PSFPhotometry, SourceGrouper
 assert 'numba' not in sys.modules, 'numba imported at import time'
-from crowdphot.psf import make_psf_model_image
+data = np.load(sys.argv[1])
 psf = CircularGaussianPRF(fwhm=2.5)
-data, _ = make_psf_model_image((60, 60), psf, 6, flux=(500, 1000), min_separation=8, seed=1)
 phot = PSFPhotometry(psf, (5, 5), finder=IRAFStarFinder(threshold=5.0, fwhm=2.5),
                      grouper=SourceGrouper(10), aperture_radius=3)
 res = phot(data + 0.01)
 phot.make_residual_image(data)
 assert len(res) == 6, len(res)
-bad = [m for m in ('numba', 'matplotlib', 'scipy.interpolate', 'scipy.ndimage')
+bad = [m for m in ('numba', 'matplotlib', 'scipy.interpolate', 'scipy.ndimage', 'scipy.spatial',
+                   'scipy.sparse.csgraph', 'scipy.sparse.linalg', 'scipy.linalg')
        if m in sys.modules]
 assert not bad, bad
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data.npy")],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
