@@ -377,6 +377,34 @@ def test_cli_poisson_run(tmp_path):
     np.testing.assert_allclose(t["flux_err"][ok], t["flux_crlb"][ok], rtol=0.1)
 
 
+def test_cli_poisson_keeps_the_subtracted_sky_in_the_expectation(tmp_path):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from crowdphot.cli import main
+
+    img = str(tmp_path / "sim.fits")
+    assert main(["simulate", img, "--n-sources", "12", "--shape", "160", "160",
+                 "--min-separation", "12", "--no-progress", "--seed", "3"]) == 0
+    with fits.open(img) as hdul:
+        hdul["SCI"].data = hdul["SCI"].data + 40.0  # a sky of 40 DN (gain 1)
+        hdul["ERR"].data = np.sqrt(hdul["ERR"].data ** 2 + 40.0)
+        hdul.writeto(str(tmp_path / "sky.fits"))
+    cats = {}
+    for name in ("sim", "sky"):
+        out = str(tmp_path / f"{name}.ecsv")
+        assert main(["phot", str(tmp_path / f"{name}.fits"), "-o", out, "--likelihood",
+                     "poisson", "--read-noise", "0.5", "--crlb", "--no-progress"]) == 0
+        cats[name] = Table.read(out)
+    a, b = cats["sim"], cats["sky"]
+    assert b.meta["sky"] == "map" and abs(b.meta["sky_median"] - 40.0) < 0.5
+    assert len(a) == len(b)
+    # the sky map (subtracted before finding) is in every pixel's expectation: wider bounds
+    # and errors than on the sky-free image, the errors at the bound
+    assert np.all(np.asarray(b["flux_crlb"]) > 1.02 * np.asarray(a["flux_crlb"]))
+    np.testing.assert_allclose(b["flux_err"], b["flux_crlb"], rtol=0.1)
+
+
 def test_summary_figure():
     pytest.importorskip("matplotlib")
     from crowdphot.viz.likelihood import plot_likelihood_summary
@@ -387,3 +415,70 @@ def test_summary_figure():
     fig = plot_likelihood_summary(rows, title="t")
     assert len(fig.axes) == 3
     assert len(fig.axes[0].lines) >= 2
+
+
+def _sloped_sky(shape):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return 6.0 + 0.08 * xx + 0.05 * yy
+
+
+def test_photometry_sky_map_enters_the_expectation():
+    # a sloped sky in the data: PSFPhotometry(sky=map) subtracts it and puts it into every
+    # pixel's expectation, exactly as the driver's own sky map; a constant map is local_bkg
+    rng = np.random.default_rng(12)
+    n = 8
+    g = (np.arange(n) + 0.5) * 16
+    gx, gy = np.meshgrid(g, g)
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, n * n)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, n * n)
+    f = np.full(n * n, 1500.0)
+    sky = _sloped_sky((128, 128))
+    data = rng.poisson(render_image(sky.shape, PSF, x, y, f, model_shape=15) + sky) \
+        + rng.normal(0, RN, sky.shape)
+    init = QTable({"x": x, "y": y, "flux": f})
+    phot = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN, crlb=True)
+    tbl = phot(data, init_params=init, sky=sky)
+    direct = fit_psf_likelihood(data, PSF, x, y, f, fit_shape=7, read_noise=RN, sky=sky)
+    np.testing.assert_allclose(tbl["flux_fit"], direct.flux, rtol=1e-9)
+    np.testing.assert_allclose(tbl["flux_err"], direct.flux_err, rtol=1e-9)
+    xf, yf = np.asarray(tbl["x_fit"]), np.asarray(tbl["y_fit"])
+    crlb = cramer_rao_bound(PSF, np.asarray(tbl["flux_fit"]), xf, yf,
+                            sky=sky[np.round(yf).astype(int), np.round(xf).astype(int)],
+                            read_noise=RN, fit_shape=7)
+    # the bound at the fit with the local sky level (the map is nearly flat over a stamp)
+    np.testing.assert_allclose(tbl["flux_crlb"], crlb["flux_crlb"], rtol=0.01)
+    assert abs(np.std((tbl["flux_fit"] - f) / tbl["flux_err"]) - 1) < 3 / np.sqrt(2 * n * n)
+    # without the map in the expectation the variances are too small: errors shrink
+    sub = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)(data - sky,
+                                                                    init_params=init)
+    assert np.all(sub["flux_err"] < 0.99 * tbl["flux_err"])
+    const = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)
+    a = const(data, init_params=QTable({"x": x, "y": y, "flux": f,
+                                        "local_bkg": np.full(x.size, 9.0)}))
+    b = const(data, init_params=init, sky=9.0)
+    np.testing.assert_allclose(b["flux_fit"], a["flux_fit"], rtol=1e-9)
+    # the Gaussian mode just subtracts it
+    err = np.sqrt(np.maximum(data, 1.0))
+    c = PSFPhotometry(PSF, 7)(data, error=err, init_params=init, sky=sky)
+    d = PSFPhotometry(PSF, 7)(data - sky, error=err, init_params=init)
+    np.testing.assert_array_equal(np.asarray(c["flux_fit"]), np.asarray(d["flux_fit"]))
+    with pytest.raises(ValueError, match="sky"):
+        phot(data, init_params=init, sky=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="sky"):
+        phot(data, init_params=init, sky=np.full(data.shape, np.nan))
+
+
+def test_iterative_sky_map():
+    data, init = _table_scene()
+    finder = DAOStarFinder(threshold=50.0, fwhm=2.5)
+    it = IterativePSFPhotometry(PSF, 7, finder, aperture_radius=3, likelihood="poisson",
+                                read_noise=RN, mode="all", maxiters=2,
+                                grouper=SourceGrouper(5.0))
+    one = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN, grouper=SourceGrouper(5.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = it(data, init_params=init[["x", "y", "flux"]], sky=SKY)
+        ref = one(data, init_params=init[["x", "y", "flux"]], sky=SKY)
+    # the same stars (no new detection on a clean residual), the same fit
+    assert len(tbl) == len(ref)
+    np.testing.assert_allclose(tbl["flux_fit"], ref["flux_fit"], rtol=1e-6)

@@ -172,8 +172,12 @@ def _finder(args, image):
     return cls(threshold=threshold, fwhm=args.fwhm), threshold
 
 
-def _photometry(args, image, psf, finder, init):
-    """Run the requested mode; returns ``(table, phot object or None)``."""
+def _photometry(args, image, psf, finder, init, sky=None):
+    """Run the requested mode; returns ``(table, phot object or None)``.
+
+    ``sky``: the map already subtracted from ``image.data`` (``--sky``); the Poisson
+    likelihood puts it back into every pixel's expectation.
+    """
     from crowdphot import (
         IterativePSFPhotometry,
         LocalBackground,
@@ -195,6 +199,9 @@ def _photometry(args, image, psf, finder, init):
     common.update(noise_options(args, image))
     # the Poisson likelihood takes its variances from the model, not from the ERR plane
     error = None if common.get("likelihood") == "poisson" else image.error
+    data, sky_kw = image.data, {}
+    if common.get("likelihood") == "poisson" and sky is not None and data is not None:
+        data, sky_kw = data + sky, {"sky": sky}  # counts with their sky, and the sky map
     fit_shape = (args.fit_shape, args.fit_shape)
     if init is not None:
         # forced photometry: positions are held fixed, only fluxes are fitted
@@ -220,9 +227,9 @@ def _photometry(args, image, psf, finder, init):
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
                                       mode=args.mode, **common)
-        return phot(image.data, mask=image.mask, error=error), phot
+        return phot(data, mask=image.mask, error=error, **sky_kw), phot
     phot = PSFPhotometry(psf, fit_shape, finder=finder, **common)
-    return phot(image.data, mask=image.mask, error=error, init_params=init), phot
+    return phot(data, mask=image.mask, error=error, init_params=init, **sky_kw), phot
 
 
 def _model_image(psf, table, shape, phot, progress_bar):
@@ -310,7 +317,7 @@ def run_phot(args):
     with warnings.catch_warnings():
         # "no sources were found" is this command's own one-line error below
         warnings.filterwarnings("ignore", message="(?i)no sources were found")
-        table, phot = _photometry(args, image, psf, finder, init)
+        table, phot = _photometry(args, image, psf, finder, init, sky)
     if (init is None and not args.tile and image.data is not None
             and image.saturated is not None):
         from crowdphot.cli.saturated import add_saturated_stars

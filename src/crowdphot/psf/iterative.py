@@ -10,6 +10,7 @@ from astropy.table import vstack
 
 from crowdphot.core.validate import positive_real
 from crowdphot.psf._inputs import _table_from_finder, coerce_inputs
+from crowdphot.psf.likelihood import sky_map
 from crowdphot.psf.photometry import (
     PSFPhotometry,
     PSFPhotometryResult,
@@ -132,17 +133,21 @@ class IterativePSFPhotometry(_LatestResultMixin):
                          (*PSFPhotometry._ATTRS, "maxiters", "mode", "sub_shape"))
         return f"{type(self).__name__}({args})"
 
-    def run(self, data, *, mask=None, error=None, init_params=None):
+    def run(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Stateless call: ``(combined PSFPhotometryResult or None, per-iteration results)``."""
         data, mask, error, unit = coerce_inputs(data, mask, error)
+        sky_q = 0.0 if sky is None else sky_map(sky, data.shape, unit)  # in the data
         if unit is not None:
             import astropy.units as u
 
             data_q = u.Quantity(data, unit)
             error_q = None if error is None else u.Quantity(error, unit)
+            sky_q = u.Quantity(sky_q, unit)
         else:
             data_q, error_q = data, error
-        first = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init_params)
+        sky = None if sky is None else sky_q
+        first = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init_params,
+                                  sky=sky)
         if first is None:
             return None, []
         per_iter = [first]
@@ -156,7 +161,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
             residual = current.make_residual_image(residual, psf_shape=self.sub_shape)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "no sources found" is the normal end
-                found = self._psfphot.finder(residual, mask=mask)
+                found = self._psfphot.finder(residual - sky_q, mask=mask)
             if found is None or len(found) == 0:
                 break
             new = _table_from_finder(found)
@@ -172,21 +177,23 @@ class IterativePSFPhotometry(_LatestResultMixin):
                     valid &= ~weak
                 prev = _init_from(current.results[valid], init_cols)
                 new["id"] = np.arange(len(new)) + len(prev) + 1
-                new = self._with_aperture_flux(residual, mask, new, unit)
+                new = self._with_aperture_flux(residual - sky_q, mask, new, unit)
                 for name in init_cols[4:]:  # extra free parameters start at the model value
                     alias = name[: -len("_init")]
                     new[name] = float(getattr(self._psfphot.psf_model, alias).value)
                 init = vstack([prev, new[init_cols]])
                 detected = np.concatenate([np.asarray(table["iter_detected"])[valid],
                                            np.full(len(new), it)])
-                current = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init)
+                current = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init,
+                                            sky=sky)
                 if current is None:
                     break
                 table = current.results.copy(copy_data=False)
                 table["iter_detected"] = detected
                 residual = data_q
             else:
-                current = self._psfphot.run(residual, mask=mask, error=error_q, init_params=new)
+                current = self._psfphot.run(residual, mask=mask, error=error_q, init_params=new,
+                                            sky=sky)
                 if current is None:
                     break
                 new_tbl = current.results.copy(copy_data=False)
@@ -234,14 +241,17 @@ class IterativePSFPhotometry(_LatestResultMixin):
         table["flux_init"] = flux
         return table
 
-    def __call__(self, data, *, mask=None, error=None, init_params=None):
+    def __call__(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Run the iterative photometry; returns the combined results table (or None).
+
+        ``sky``: as for :class:`PSFPhotometry` (a sky map contained in ``data``).
 
         Output columns are photutils 3's; among them:
 
 <flags column>
         """
-        combined, per_iter = self.run(data, mask=mask, error=error, init_params=init_params)
+        combined, per_iter = self.run(data, mask=mask, error=error, init_params=init_params,
+                                      sky=sky)
         self._last.result = combined
         self._last.fit_results = per_iter
         return None if combined is None else combined.results

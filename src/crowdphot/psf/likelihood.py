@@ -111,8 +111,8 @@ def _per_source(name, value, n, dtype=float):
 
 
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
-                       gain=1.0, sky=None, group_id=None, error=None, mask=None,
-                       local_bkg=None, fixed=None, bounds=None, maxiters=100,
+                       gain=1.0, sky=None, background=None, group_id=None, error=None,
+                       mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
                        bias_correction=True, **engine_options):
     """Maximum-likelihood PSF fits of many sources (Poisson + read noise; see module doc).
 
@@ -135,8 +135,11 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     gain : float, optional
         Electrons per ADU (> 0).
     sky : float or array_like of shape (ny, nx), optional
-        Sky (background) map in ADU: subtracted from the data and part of the expectation,
-        on top of ``local_bkg``.
+        Sky (background) map in ADU contained in ``data``: subtracted from the data and part
+        of the expectation, on top of ``local_bkg``.
+    background : array_like of shape (ny, nx), optional
+        Sky map already subtracted from ``data`` (e.g. by :class:`crowdphot.PSFPhotometry`'s
+        ``sky``): part of the expectation only.
     group_id, mask, local_bkg, fixed, bounds, maxiters
         As :func:`crowdphot.core.fit.fit_psf`; ``local_bkg`` (per source, over its stamp) is
         part of the expectation as well.
@@ -200,12 +203,18 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     if sky is not None:
         sky_img = _sky_image("sky", sky, arr.shape)
         sky_st = stamp_values(sky_img, xlo, ylo, fshape)[0]
-    res = fit_psf(arr if sky_img is None else arr - sky_img, psf_model, x, y, flux_init,
+        arr = arr - sky_img
+    if background is not None:  # already subtracted: the expectation only
+        bg_st = stamp_values(_sky_image("background", background, arr.shape), xlo, ylo,
+                             fshape)[0]
+        sky_st = bg_st if sky_st is None else sky_st + bg_st
+    res = fit_psf(arr, psf_model, x, y, flux_init,
                   fit_shape=fshape, group_id=group_id, mask=mask, local_bkg=bkg, fixed=fixed,
                   bounds=bounds, maxiters=maxiters, noise=(read_noise, gain, sky_st),
                   **engine_options)
     full = {f.name: np.array(getattr(res, f.name), copy=True) for f in dataclasses.fields(res)}
-    counts, inside = stamp_values(arr, xlo, ylo, fshape)
+    counts, inside = stamp_values(arr, xlo, ylo, fshape)  # sky maps removed
+    counts = counts + (0.0 if sky_st is None else sky_st)
     valid = inside & np.isfinite(counts) & finite[:, None, None]
     if mask is not None:
         valid &= ~stamp_values(np.asarray(mask, dtype=float), xlo, ylo, fshape)[0].astype(bool)
@@ -214,6 +223,29 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
                     xlo, ylo, fshape, read_noise, gain,
                     bool(engine_options.get("fit_sky", False)), bias_correction)
     return type(res)(**full)
+
+
+def sky_map(sky, shape, unit=None):
+    """Check the photometry classes' ``sky`` argument: a finite (ny, nx) float image in the
+    data's unit (a scalar is broadcast; a Quantity is converted to ``unit``).
+
+    Examples
+    --------
+    >>> sky_map(10.0, (2, 3)).shape
+    (2, 3)
+    """
+    if hasattr(sky, "unit") and hasattr(sky, "to_value"):
+        if unit is None:
+            raise ValueError("sky has a unit but data has none")
+        try:
+            sky = sky.to_value(unit)
+        except Exception as exc:  # astropy UnitConversionError
+            raise ValueError(f"sky must have units compatible with data ({unit})") from exc
+    try:
+        arr = np.asarray(sky, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError("sky must be a number or a numeric image") from exc
+    return np.array(_sky_image("sky", arr, shape))
 
 
 def _sky_image(name, value, shape):
@@ -314,8 +346,10 @@ def cramer_rao_bound(psf_model, flux, x, y, *, sky, read_noise, gain=1.0, fit_sh
 
 
 def flux_crlb_column(shape, psf_model, x_fit, y_fit, flux_fit, x_init, y_init, local_bkg, *,
-                     fit_shape, read_noise, gain, mask=None):
+                     fit_shape, read_noise, gain, mask=None, sky=None):
     """Per-source flux Cramér–Rao bound at the fitted parameters (unchecked helper).
+
+    ``sky`` (ny, nx), optional: a sky map added to ``local_bkg`` as the stamps' background.
 
     The bound of the source as if isolated, on its fit stamp (placed on the initial position,
     trimmed at the image edges, masked pixels dropped), with its ``local_bkg`` as the sky.
@@ -344,20 +378,24 @@ def flux_crlb_column(shape, psf_model, x_fit, y_fit, flux_fit, x_init, y_init, l
     if mask is not None:
         valid &= ~np.asarray(mask)[np.clip(rows, 0, ny - 1)[:, :, None],
                                    np.clip(cols, 0, nx - 1)[:, None, :]]
+    sky_px = np.broadcast_to(bkg[idx, None, None], valid.shape)
+    if sky is not None:
+        sky_px = sky_px + stamp_values(np.asarray(sky, dtype=float), xlo, ylo, fit_shape)[0]
     for start in range(0, len(idx), 100_000):
         part = slice(start, start + 100_000)
         fisher = fisher_information(psf_model, vals[0][idx[part]], vals[1][idx[part]],
                                     vals[2][idx[part]], fit_shape,
-                                    sky=bkg[idx[part], None, None], read_noise=read_noise,
+                                    sky=sky_px[part], read_noise=read_noise,
                                     gain=gain, xlo=xlo[part], ylo=ylo[part], valid=valid[part])
         out[idx[part]] = bounds_from_fisher(fisher)[0][:, 2]
     return out
 
 
-def engine_for(read_noise, gain):
+def engine_for(read_noise, gain, background=None):
     """A drop-in for :func:`crowdphot.core.fit.fit_psf` that fits by maximum likelihood.
 
-    The photometry shells call the returned function exactly as the engine (``error`` None).
+    The photometry shells call the returned function exactly as the engine (``error`` None)
+    on data from which the sky map ``background`` (if any) was subtracted.
 
     Examples
     --------
@@ -367,10 +405,14 @@ def engine_for(read_noise, gain):
     """
     import functools
 
-    return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain)
+    if background is None:
+        return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain)
+    return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain,
+                             background=background)
 
 
-def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain, unit=None):
+def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain, unit=None,
+                    sky=None):
     """Add ``flux_crlb`` (see :func:`flux_crlb_column`) to a photometry results table in place.
 
     The column goes right after ``flux_err``; it carries the data unit when there is one.
@@ -382,7 +424,7 @@ def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain
     col = flux_crlb_column(shape, psf_model, plain("x_fit"), plain("y_fit"), plain("flux_fit"),
                            plain("x_init"), plain("y_init"), plain("local_bkg"),
                            fit_shape=tuple(fit_shape), read_noise=read_noise, gain=gain,
-                           mask=mask)
+                           mask=mask, sky=sky)
     if unit is not None:
         col = col * unit
     results.add_column(col, name="flux_crlb", index=results.colnames.index("flux_err") + 1)

@@ -19,7 +19,7 @@ from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_e
 from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
-from crowdphot.psf.likelihood import check_noise_options
+from crowdphot.psf.likelihood import check_noise_options, sky_map
 from crowdphot.utils._deprecation import renamed_argument
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
@@ -145,7 +145,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        group_warning_threshold=25, progress_bar=False, meta=None,
                        shared_pixels="once", fit_sky=False, likelihood="gaussian",
                        read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False,
-                       merge_separation=None):
+                       merge_separation=None, sky=None):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -174,6 +174,9 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     data, mask, error, unit = _photinit.coerce_inputs(data, mask, error)
     data, mask, error = check_data_mask_error(data, mask, error, stacklevel=4,
                                               defer_error=True)
+    if sky is not None:  # a sky map in the data: removed here, in the Poisson expectation
+        sky = sky_map(sky, data.shape, unit)
+        data = data - sky
     main_params = _photinit.model_main_params(psf_model)
     if all(psf_model.fixed[p] for p in psf_model.param_names):
         # photutils fails here inside scipy with this message
@@ -206,7 +209,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             data, mask, error, table, todo, psf_model=psf_model, fit_shape=fit_shape,
             maxiters=fitter_maxiters, xy_bounds=xy_bounds, progress_bar=progress_bar,
             shared_pixels=shared_pixels, fit_sky=fit_sky,
-            noise=(read_noise, gain) if likelihood == "poisson" else None,
+            noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
             subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
         fit = _fast.collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         if passes is not None:
@@ -251,7 +254,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     if crlb:
         from crowdphot.psf.likelihood import add_crlb_column
 
-        add_crlb_column(results, psf_model, data.shape, mask, fit_shape, read_noise, gain, unit)
+        add_crlb_column(results, psf_model, data.shape, mask, fit_shape, read_noise, gain, unit,
+                        sky=sky)
     n_bad = int(np.count_nonzero((fit.reason == "") & ~fit.converged))
     if n_bad:
         from crowdphot.utils.exceptions import FitConvergenceWarning
@@ -402,8 +406,8 @@ class PSFPhotometry(_LatestResultMixin):
     likelihood : {'gaussian', 'poisson'}
         crowdphot extension. 'gaussian' (default): weighted least squares with ``error``, as
         photutils. 'poisson': maximum likelihood for counts (data in ADU including the sky,
-        expectation = model + ``local_bkg``, variance = expectation / gain +
-        (read_noise / gain)**2), see :mod:`crowdphot.psf.likelihood`; ``error`` is not used,
+        expectation = model + ``local_bkg`` + the call's ``sky``, variance = expectation /
+        gain + (read_noise / gain)**2), see :mod:`crowdphot.psf.likelihood`; ``error`` is not used,
         the errors come from the Fisher information (observed information for isolated
         sources) and isolated sources are corrected for the first-order bias of the
         maximum-likelihood estimate (Cox & Snell; +2.6 % of the flux at S/N 5.6, 0.3 % at
@@ -524,7 +528,7 @@ class PSFPhotometry(_LatestResultMixin):
             meta.update(likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain)
         return meta
 
-    def run(self, data, *, mask=None, error=None, init_params=None):
+    def run(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Stateless call: returns a :class:`PSFPhotometryResult` (or None)."""
         return run_psf_photometry(
             data, self.psf_model, self.fit_shape, mask=mask, error=error,
@@ -536,16 +540,20 @@ class PSFPhotometry(_LatestResultMixin):
             shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
             likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
             crlb=self.crlb, subtract_neighbors=self.subtract_neighbors,
-            merge_separation=self.merge_separation)
+            merge_separation=self.merge_separation, sky=sky)
 
-    def __call__(self, data, *, mask=None, error=None, init_params=None):
+    def __call__(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Run the photometry and return the results QTable (None when nothing to fit).
+
+        ``sky`` (crowdphot extension): a sky (background) map or level contained in ``data``
+        (same unit), subtracted before finding and fitting; with ``likelihood='poisson'`` it
+        is part of every pixel's expectation (the variance) and of ``flux_crlb``.
 
         Output columns are photutils 3's; among them:
 
 <flags column>
         """
-        result = self.run(data, mask=mask, error=error, init_params=init_params)
+        result = self.run(data, mask=mask, error=error, init_params=init_params, sky=sky)
         self._last.result = result
         return None if result is None else result.results
 
