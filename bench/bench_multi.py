@@ -68,7 +68,7 @@ def scene(shape, psf_a, seed=0):
         w = _wcs(shape, *rng.uniform(-3, 3, 2), rng.uniform(-1.5, 1.5))
         psf, flux, filt = (psf_a, flux_a, "A") if k < 4 else (psf_b, flux_b, "B")
         x, y = w.all_world2pix(ra, dec, 0)
-        img = render_image(shape, psf, np.asarray(x), np.asarray(y), flux, model_shape=(25, 25))
+        img = render_image(shape, psf, np.asarray(x), np.asarray(y), flux)  # full support
         err = np.sqrt(25.0 + np.clip(img, 0, None))
         exps.append(Exposure(img + rng.normal(size=shape) * err, err, None, w, psf, filt))
     ra_i = ra + rng.normal(0, 0.03, ra.size) / 3600 / np.cos(np.deg2rad(DEC0))

@@ -1,9 +1,14 @@
 """``crowdphot phot a.fits b.fits ...``: one joint fit of several exposures in sky coordinates.
 
-Each file brings its own pixels, ERR, DQ, WCS and PSF (``--psf`` for all files, else the
-built-in grid from each header); the filter is the header's FILTER keyword (else the file
-name). Sources come from ``--init`` (ra/dec, or x/y in the first file) or from detection on the
-first file. The catalog has ``ra``, ``dec``, ``ra_err``, ``dec_err``, ``flux_<FILTER>``,
+Each file brings its own pixels, ERR, DQ, WCS and PSF; the filter is the header's FILTER
+keyword (else the file name). PSFs: ``--psf FILE`` for all files, ``--psf
+FILTER=FILE[,FILTER=FILE...]`` per filter (an item without ``FILTER=`` is the default for the
+other filters), else the built-in grid from each header. Sources come from ``--init`` (ra/dec,
+or x/y in the first file) or from detection on the combined signal-to-noise stack of all
+files (``--threshold`` is then in units of the stack's noise, default 5). ``--residual
+R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically). All-star
+passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first file's pixels.
+The catalog has ``ra``, ``dec``, ``ra_err``, ``dec_err``, ``flux_<FILTER>``,
 ``flux_err_<FILTER>``, ``n_exposures`` and ``flags`` (see :func:`crowdphot.fit_exposures`).
 """
 
@@ -17,11 +22,11 @@ import numpy as np
 from crowdphot.cli.errors import CLIError
 from crowdphot.cli.psfload import load_psf
 
-__all__ = ["run_phot_multi"]
+__all__ = ["run_phot_multi", "psf_specs"]
 
 # single-image options a joint run does not support yet (name, value when unused)
-_UNSUPPORTED = (("tile", None), ("residual", None), ("plots", None), ("regions", None),
-                ("refine_psf", False))
+_UNSUPPORTED = (("tile", None), ("plots", None), ("regions", None), ("refine_psf", False),
+                ("iterative", None))
 
 
 def _read(path, args):
@@ -38,11 +43,40 @@ def _read(path, args):
     return image
 
 
-def _psf(args, image):
+def psf_specs(value):
+    """``--psf`` as ``{filter: spec}`` plus a default (key None).
+
+    Examples
+    --------
+    >>> psf_specs("F150W=a.fits,F200W=b.fits")
+    {'F150W': 'a.fits', 'F200W': 'b.fits'}
+    >>> psf_specs("psf.fits"), psf_specs(None)
+    ({None: 'psf.fits'}, {None: None})
+    """
+    if value is None:
+        return {None: None}
+    if Path(str(value)).is_file():
+        return {None: str(value)}
+    out = {}
+    for item in str(value).split(","):
+        item = item.strip()
+        name, sep, spec = item.partition("=")
+        if sep and name and all(c.isalnum() or c in "_-" for c in name):
+            if not spec:
+                raise CLIError(f"--psf {item!r}: give FILTER=FILE")
+            out[name] = spec
+        elif item:
+            if None in out:
+                raise CLIError(f"--psf {value!r}: more than one PSF without FILTER=")
+            out[None] = item
+    return out
+
+
+def _psf(specs, args, image, filt):
     from crowdphot.cli.checks import image_pixel_scale
     from crowdphot.cli.psfchoice import check_psf_matches_image, resolve_psf_spec
 
-    spec = resolve_psf_spec(args.psf, image)
+    spec = resolve_psf_spec(specs.get(filt, specs.get(None)), image)
     psf = load_psf(spec, detector_id=args.psf_detector,
                    oversampling=getattr(args, "psf_oversampling", None),
                    image_scale=image_pixel_scale(image), progress_bar=False)
@@ -67,16 +101,21 @@ def _catalog(args, first):
                 return Table({"ra": ra, "dec": dec})
         raise CLIError(f"{p}: the --init catalog needs ra/dec (or x/y in the first image) "
                        "columns")
-    from crowdphot.cli.phot import _finder
+    return None  # detection on the combined stack (fit_exposures)
 
-    finder, threshold = _finder(args, first)
-    found = finder(first.data, mask=first.mask)
-    if found is None or len(found) == 0:
-        raise CLIError(f"{first.path}: no stars found (threshold {threshold:.4g}); "
-                       "try a lower --threshold")
-    ra, dec = first.wcs.all_pix2world(np.asarray(found["x_centroid"], dtype=float),
-                                      np.asarray(found["y_centroid"], dtype=float), 0)
-    return Table({"ra": ra, "dec": dec})
+
+def _write_residuals(args, paths, images, exps, table):
+    from crowdphot.cli.phot import _residual_header
+    from crowdphot.io.fits import write_fits_image
+    from crowdphot.pipeline.multi_sky import residual_images
+
+    base = Path(args.residual)
+    written = []
+    for p, image, res in zip(paths, images, residual_images(exps, table), strict=True):
+        out = base.with_name(f"{base.stem}_{Path(p).stem}{base.suffix or '.fits'}")
+        write_fits_image(res, out, header=_residual_header(image))
+        written.append(str(out))
+    return written
 
 
 def run_phot_multi(args, paths):
@@ -104,12 +143,17 @@ def run_phot_multi(args, paths):
         if getattr(args, name, unused) not in (unused, None, False):
             raise CLIError(f"--{name.replace('_', '-')} is not supported with several images "
                            "yet")
+    if args.residual and not str(args.residual).lower().endswith((".fits", ".fit")):
+        raise CLIError(f"--residual must be a .fits file name, got {args.residual}")
+    specs = psf_specs(args.psf)
     images = [_read(p, args) for p in paths]
+    units = {}
     exps = []
     for p, image in zip(paths, images, strict=True):
-        filt = image.keyword("FILTER") or Path(p).stem
+        filt = str(image.keyword("FILTER") or Path(p).stem)
         data = image.data
         err = image.error
+        units[p] = image.unit
         if image.unit:
             try:
                 unit = u.Unit(image.unit)
@@ -117,15 +161,32 @@ def run_phot_multi(args, paths):
                 raise CLIError(f"{p}: BUNIT {image.unit!r} is not a unit astropy reads") from None
             data = data * unit
             err = None if err is None else err * unit
-        exps.append(Exposure(data, err, image.mask, image.wcs, _psf(args, image), str(filt),
-                             name=str(p)))
+        exps.append(Exposure(data, err, image.mask, image.wcs, _psf(specs, args, image, filt),
+                             filt, name=str(p)))
+    unknown = sorted(k for k in specs if k is not None and k not in {e.filter_name for e in exps})
+    if unknown:
+        raise CLIError(f"--psf names filter(s) {', '.join(unknown)} that no file has (files' "
+                       f"filters: {', '.join(sorted({e.filter_name for e in exps}))})")
+    if len({e.unit for e in exps}) > 1:
+        raise CLIError("the files have different units (BUNIT): "
+                       + ", ".join(f"{p}: {units[p] or 'none'}" for p in paths))
     if len({e.error is None for e in exps}) > 1:
         raise CLIError("some files have an ERR extension and others not; give --err-ext none "
                        "to fit all with unit weights")
     cat = _catalog(args, images[0])
-    table = fit_exposures(exps, cat, fit_shape=(args.fit_shape, args.fit_shape))
+    sep = None
+    if args.group_radius:
+        sep = float(args.group_radius) * exps[0].pixel_scale()
+    table = fit_exposures(exps, cat, fit_shape=(args.fit_shape, args.fit_shape),
+                          group_separation=sep,
+                          subtract_neighbors=not getattr(args, "no_subtract_neighbors", False),
+                          detect_threshold=args.threshold if args.threshold else 5.0)
     write_table(table, args.output)
     filters = sorted({e.filter_name for e in exps})
+    extra = ""
+    if args.residual:
+        extra = "; residuals: " + ", ".join(_write_residuals(args, paths, images, exps, table))
     print(f"{len(table)} sources fitted jointly in {len(exps)} exposures "
-          f"({', '.join(filters)}) in {time.perf_counter() - t0:.2f} s; wrote {args.output}")
+          f"({', '.join(filters)}) in {time.perf_counter() - t0:.2f} s; wrote {args.output}"
+          f"{extra}")
     return 0

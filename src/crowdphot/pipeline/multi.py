@@ -5,39 +5,51 @@ exposure brings its own pixels, errors, mask, WCS (anything ``astropy.wcs.WCS.al
 evaluates, TAN-SIP included) and PSF model (the batched contract of
 :mod:`crowdphot.core.batched`).
 
-Method (Gauss-Newton over all sources at once)
-----------------------------------------------
-* Positions are parametrised as offsets ``(xi, eta)`` in arcsec on one gnomonic tangent plane
-  centred on the catalog; ``xi`` points east and ``eta`` north.
-* Per exposure and iteration: the positions are projected with the exposure's WCS, the local
-  2x2 Jacobian ``d(x, y)/d(xi, eta)`` comes from central differences of ``all_pix2world``
-  (exact, non-iterative), and unit PSF stamps with their pixel gradients come from
-  ``psf_model._stamps_grad``. Stamps are ``fit_shape`` boxes placed once, at the initial
-  position (:func:`crowdphot.core.batched.stamp_origin`), as the single-image fitter does; a
-  stamp pixel off the detector, masked, non-finite or with a non-positive error carries no
-  weight, so a star that falls off an exposure simply gets no constraint from it.
-* The model of an exposure is the sum of all stamps (all-star neighbour subtraction); the
-  chain rule gives a sparse Jacobian in ``(xi, eta, flux_filter)`` whose normal matrix is
-  accumulated over exposures. Sources are grouped on the tangent plane with
-  :class:`crowdphot.psf.SourceGrouper`; cross terms are kept inside groups and each group's
-  dense normal system is solved (batched over groups of equal size).
-* Position steps are shortened to move a star by at most one pixel in any exposure; a group
-  has converged when its step, measured with its normal matrix (i.e. in units of its errors),
-  is below ``tol``. Errors come from the inverse normal matrix: absolute when error arrays are
-  given, scaled by the reduced chi-square otherwise.
+Method (the batched engine with tied source copies)
+---------------------------------------------------
+* Positions are ``(xi, eta)`` in arcsec on one gnomonic tangent plane centred on the catalog
+  (``xi`` east, ``eta`` north); fluxes are one per filter.
+* Every source has a *copy* in each exposure whose ``fit_shape`` stamp, placed once on the
+  initial position (as the single-image fitter does), keeps a valid pixel: a pixel off the
+  detector, masked, non-finite or with a non-positive error carries no weight, so a star that
+  falls off an exposure simply gets no constraint from it.
+* The copies are fitted by the general engine (:mod:`crowdphot.core.fit.tied`): their
+  ``(x, y)`` come from the exact WCS (``all_world2pix``) of the shared ``(xi, eta)``, the
+  chain rule uses each copy's WCS Jacobian ``d(x, y)/d(xi, eta)`` (central differences of the
+  non-iterative ``all_pix2world``, re-linearised at the start of every pass), and the flux of
+  a copy is its filter's flux. Sources are grouped on the tangent plane with
+  :class:`crowdphot.psf.SourceGrouper`; a group's members (all their copies) are fitted
+  simultaneously with Levenberg-Marquardt, all groups at once.
+* All-star passes (``subtract_neighbors``): the light of every source outside a group is
+  subtracted from its copies' stamps (:func:`crowdphot.psf.allstar.neighbor_stamps` on a
+  virtual mosaic of the exposures, each source's reach set by where its PSF falls below 1 %
+  of the exposure's noise) and the groups whose neighbours changed are refitted.
+* Errors come from the inverse normal matrix of the shared parameters: absolute when error
+  arrays are given, scaled by each group's reduced chi-square otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.sparse as sp
 from astropy import units as u
 from astropy.table import QTable
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from crowdphot.core.batched import stamp_origin
+from crowdphot.core.fit.params import TiedParams
+from crowdphot.core.fit.tied import build_tied, solve_tied
+from crowdphot.pipeline.multi_sky import detect_on_stack
+from crowdphot.psf.allstar import (
+    MAX_PASSES,
+    NEIGHBOR_NOISE,
+    TOL_REL,
+    TOL_SETTLED,
+    TOL_SIGMA,
+    flux_reach,
+    model_reach,
+    neighbor_stamps,
+)
 from crowdphot.psf.groupers import SourceGrouper
 
 __all__ = ["Exposure", "fit_exposures", "MULTI_FLAGS"]
@@ -49,7 +61,8 @@ MULTI_FLAGS = {
     1: "no valid pixel in any exposure (position and fluxes NaN)",
     2: "no valid pixel in some filter (that flux NaN)",
     4: "fit did not converge within maxiters",
-    8: "singular normal matrix (errors NaN)",
+    8: "covariance unavailable (singular normal matrix or no degrees of freedom; errors NaN)",
+    16: "position reached the edge of a fit stamp and was held there",
 }
 
 
@@ -241,223 +254,185 @@ def _check_catalog(catalog, filters, unit):
     return ra, dec, flux, ids
 
 
-# -- one exposure's contribution ------------------------------------------------------------
-class _Frame:
-    """Fixed pixel geometry of one exposure.
+# -- the tied fit ---------------------------------------------------------------------------
+class _Sky:
+    """Copies of the sources in the exposures and the map from shared parameters to them.
 
-    The fitted pixels are the union of the valid pixels of every source's ``fit_shape`` stamp
-    (each counted once); each source's model is evaluated on its larger ``model_shape`` stamp,
-    so a neighbour's light reaches the pixels of every stamp it overlaps.
+    Shared parameters of a source: ``(xi, eta)`` in arcsec on the tangent plane, then one flux
+    per filter. ``theta`` projects them through each exposure's exact WCS; ``tie`` holds the
+    local Jacobian (re-linearised at the start of every pass).
     """
 
-    def __init__(self, exp, x, y, fit_shape, model_shape):
-        self.exp = exp
-        img_ny, img_nx = exp.data.shape
-        self.npix_img = img_ny * img_nx
-        flat = exp.data.ravel()
-        pix, inside = self._stamp_pixels(x, y, fit_shape, exp.data.shape)
-        good = inside & np.isfinite(flat[pix])
-        if exp.mask is not None:
-            good &= ~exp.mask.ravel()[pix]
-        if exp.error is not None:
-            err = exp.error.ravel()[pix]
-            good &= np.isfinite(err) & (err > 0)
-        self.has_pix = good.any(axis=(1, 2))
-        used = np.zeros(self.npix_img, dtype=bool)
-        used[pix[good]] = True
-        if exp.error is not None:
-            err = exp.error.ravel()
-            w = np.where(used, 1.0 / np.where(used, err, 1.0), 0.0)
-        else:
-            w = used.astype(float)
-        self.sqrtw_img = w
-        self.data_img = np.where(used, flat, 0.0)
-        self.npix = int(used.sum())
-        self.xlo, self.ylo = stamp_origin(x, y, model_shape)
-        self.pix, self.inside = self._stamp_pixels(x, y, model_shape, exp.data.shape)
+    def __init__(self, exps, fidx, basis, nf, frame, star):
+        self.exps, self.fidx, self.basis, self.nf = exps, fidx, basis, nf
+        self.frame, self.star = frame, star
+        self.fcol = 2 + np.asarray(fidx)[frame]
+        self.by_frame = [np.flatnonzero(frame == f) for f in range(len(exps))]
 
-    @staticmethod
-    def _stamp_pixels(x, y, shape, img_shape):
-        ny, nx = shape
-        img_ny, img_nx = img_shape
-        xlo, ylo = stamp_origin(x, y, shape)
-        ix = xlo[:, None] + np.arange(nx)
-        iy = ylo[:, None] + np.arange(ny)
-        inside = ((iy >= 0) & (iy < img_ny))[:, :, None] & ((ix >= 0) & (ix < img_nx))[:, None, :]
-        pix = (np.clip(iy, 0, img_ny - 1)[:, :, None] * img_nx
-               + np.clip(ix, 0, img_nx - 1)[:, None, :])
-        return pix, inside
-
-
-def _accumulate(frames, fidx, basis, xi, eta, flux, shape, nsrc, npar):
-    """Normal matrix (sparse), gradient, chi2 and pixel count at the current parameters.
-
-    ``shape`` is the model stamp shape.
-    """
-    normal = sp.csr_matrix((nsrc * npar, nsrc * npar))
-    grad = np.zeros(nsrc * npar)
-    chi2 = 0.0
-    npix = 0
-    geo = []  # (sources, d(x, y)/d(xi, eta)) per exposure, for the step clamp
-    m = shape[0] * shape[1]
-    for fr, f in zip(frames, fidx, strict=True):
-        sel = np.flatnonzero(fr.has_pix)
-        k = len(sel)
-        x, y, a = _project(fr.exp, basis, xi[sel], eta[sel])
-        p, px, py = fr.exp.psf_model._stamps_grad(x, y, fr.xlo[sel], fr.ylo[sel], shape)
-        inside = fr.inside[sel]
-        fl = flux[sel, f][:, None, None]
-        pix = fr.pix[sel]
-        model = np.bincount(pix.ravel(), weights=(fl * p * inside).ravel(),
-                            minlength=fr.npix_img)
-        rimg = (fr.data_img - model) * fr.sqrtw_img
-        chi2 += float(np.sum(rimg ** 2))
-        npix += fr.npix
-        sw = fr.sqrtw_img[pix] * inside
-        resid = rimg[pix] * inside
-        dxi = fl * (px * a[:, 0, 0, None, None] + py * a[:, 1, 0, None, None]) * sw
-        deta = fl * (px * a[:, 0, 1, None, None] + py * a[:, 1, 1, None, None]) * sw
-        dfl = p * sw
-        # only pixels that are fitted (non-zero weight) enter the Jacobian
-        star, jpix = np.nonzero(sw.reshape(k, m))
-        rows = np.repeat(pix.reshape(k, m)[star, jpix], 3)
-        base = sel[star] * npar
-        cols = np.stack([base, base + 1, base + 2 + f], axis=1).ravel()
-        vals = np.stack([dxi.reshape(k, m)[star, jpix], deta.reshape(k, m)[star, jpix],
-                         dfl.reshape(k, m)[star, jpix]], axis=1).ravel()
-        jac = sp.csr_matrix((vals, (rows, cols)), shape=(fr.npix_img, nsrc * npar))
-        normal = normal + (jac.T @ jac).tocsr()
-        grad += np.bincount(cols, weights=vals * np.repeat(resid.reshape(k, m)[star, jpix], 3),
-                            minlength=nsrc * npar)
-        geo.append((sel, a))
-    return normal, grad, chi2, npix, geo
-
-
-# -- grouped dense solves -------------------------------------------------------------------
-class _Groups:
-    """Layout of groups by size: source -> (size class, slot, rank)."""
-
-    def __init__(self, group_id, npar):
-        _, gidx, counts = np.unique(group_id, return_inverse=True, return_counts=True)
-        self.size = counts[gidx]
-        order = np.argsort(gidx, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        rank = np.empty(len(gidx), dtype=np.int64)
-        rank[order] = np.arange(len(gidx)) - starts[gidx[order]]
-        self.rank = rank
-        self.gidx = gidx
-        slot = np.empty(len(counts), dtype=np.int64)
-        self.classes = {}
-        for s in np.unique(counts):
-            gs = np.flatnonzero(counts == s)
-            slot[gs] = np.arange(len(gs))
-            self.classes[int(s)] = len(gs)
-        self.slot = slot[gidx]
-        self.npar = npar
-
-    def blocks(self, normal, grad):
-        """Dense per-group normal matrices and gradients, one array pair per group size."""
-        npar = self.npar
-        coo = normal.tocoo()
-        sr, sc = coo.row // npar, coo.col // npar
-        keep = self.gidx[sr] == self.gidx[sc]
-        out = {}
-        for s, ng in self.classes.items():
-            b = np.zeros((ng, s * npar, s * npar))
-            sub = keep & (self.size[sr] == s)
-            b[self.slot[sr[sub]], self.rank[sr[sub]] * npar + coo.row[sub] % npar,
-              self.rank[sc[sub]] * npar + coo.col[sub] % npar] = coo.data[sub]
-            src = np.flatnonzero(self.size == s)
-            g = np.zeros((ng, s * npar))
-            k = np.arange(npar)
-            g[self.slot[src][:, None], self.rank[src][:, None] * npar + k] = \
-                grad.reshape(-1, npar)[src]
-            out[s] = (b, g, src)
+    def theta(self, p):
+        out = np.empty((len(self.frame), 3))
+        for f, sel in enumerate(self.by_frame):
+            if len(sel) == 0:
+                continue
+            ra, dec = _from_plane(self.basis, p[self.star[sel], 0], p[self.star[sel], 1])
+            x, y = self.exps[f].wcs.all_world2pix(ra, dec, 0, tolerance=1e-12, maxiter=100,
+                                                  quiet=True)
+            out[sel, 0], out[sel, 1] = x, y
+        out[:, 2] = p[self.star, self.fcol]
         return out
 
-    def scatter(self, s, src, arr):
-        """Per-source rows ``(len(src), npar, ...)`` of a per-group array ``(ng, s*npar, ...)``."""
-        npar = self.npar
-        idx = self.rank[src][:, None] * npar + np.arange(npar)
-        return arr[self.slot[src][:, None], idx]
+    def tie(self, p, n):
+        m = len(self.frame)
+        mat = np.zeros((m, 3, 2 + self.nf))
+        for f, sel in enumerate(self.by_frame):
+            if len(sel):
+                _, _, a = _project(self.exps[f], self.basis, p[self.star[sel], 0],
+                                   p[self.star[sel], 1])
+                mat[sel, :2, :2] = a
+        mat[np.arange(m), 2, self.fcol] = 1.0
+        names = ("xi", "eta") + tuple(f"flux{k}" for k in range(self.nf))
+        return TiedParams(self.star, mat, np.zeros((m, 3)), n, names)
 
 
-def _solve_blocks(b, g):
-    """Steps and inverses of the group systems; unconstrained parameters stay fixed."""
-    free = np.einsum("gii->gi", b) > 0
-    bb = b * free[:, :, None] * free[:, None, :]
-    ar = np.arange(b.shape[1])
-    bb[:, ar, ar] += ~free
-    gg = g * free
-    singular = np.zeros(len(b), dtype=bool)
-    try:
-        inv = np.linalg.inv(bb)
-    except np.linalg.LinAlgError:
-        inv = np.linalg.pinv(bb)
-        singular = ~np.all(np.isclose(np.einsum("gij,gjk->gik", bb, inv),
-                                      np.eye(bb.shape[1]), atol=1e-6), axis=(1, 2))
-    step = np.einsum("gij,gj->gi", inv, gg)
-    q = np.einsum("gi,gij,gj->g", step, bb, step)
-    inv = np.where(free[:, :, None] & free[:, None, :], inv, np.nan)
-    return step, inv, q, free, singular
+def _neighbor_light(tp, theta, reach, only=None):
+    """Light of the copies outside each copy's group on its stamp (virtual mosaic); ``only``
+    (bool, per copy) restricts the light to those copies."""
+    flux = theta[:, 2] if only is None else np.where(only, theta[:, 2], 0.0)
+    return neighbor_stamps(tp.psf, theta[:, 0] + tp.xoff, theta[:, 1], flux,
+                           tp.prob.layout.group, tp.prob.xlo, tp.prob.ylo, tp.prob.fit_shape,
+                           reach=reach).reshape(len(theta), -1)
 
 
-def _default_model_shape(exps, fit_shape, group_separation):
-    """``fit_shape`` grown by the group linking length (in the finest pixels) on each side,
-    capped at the largest PSF extent; odd."""
-    scale = min(e.pixel_scale() for e in exps)
-    grow = int(np.ceil(group_separation / scale))
-    out = []
-    for axis, n in enumerate(fit_shape):
-        ext = 0
-        for e in exps:
-            try:
-                ext = max(ext, e.psf_model.default_stamp_shape[axis])
-            except (AttributeError, ValueError):
-                ext = max(ext, n + 2 * grow)
-        m = max(n, min(n + 2 * grow, ext))
-        out.append(m + 1 - m % 2)
-    return tuple(out)
+def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, max_passes):
+    """All-star passes: refit the groups whose neighbours' light changed, until none does.
+
+    The neighbours' light is updated incrementally: only the copies of sources that moved are
+    re-evaluated (their new light minus their old). A group is refitted when the light on
+    one of its copies' stamps changed by more than ``TOL_SIGMA`` of that copy's flux error
+    (summed absolute change over the stamp) and by more than ``TOL_REL`` of its flux.
+    """
+    lay = tp.prob.layout
+    cgrp = lay.group
+    n_groups = lay.n_groups
+    theta = res.theta
+    reach = _reach(tp, exps, theta, floors)
+    neighbors = _neighbor_light(tp, theta, reach)
+    change = np.abs(neighbors).sum(axis=1)
+    p = res.p
+    ferr = None
+    passes = 0
+    for it in range(max_passes):
+        if ferr is None:
+            refit = np.ones(n_groups, dtype=bool)
+        else:
+            big = (change > TOL_SIGMA * ferr) & (change > TOL_REL * np.abs(theta[:, 2]))
+            refit = np.bincount(cgrp, big, minlength=n_groups) > 0
+        if not refit.any():
+            break
+        last = it == max_passes - 1
+        new = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
+                         neighbors=neighbors, groups=refit, maxiters=maxiters, xtol=tol,
+                         scale_by_chi2=no_err)
+        passes += 1
+        rs = refit[tp.layout.group]
+        new = replace(new, converged=np.where(rs, new.converged, res.converged),
+                      niter=res.niter + new.niter, stopped=new.stopped | res.stopped)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            err = np.sqrt(np.abs(np.einsum("nkk->nk", new.cov)))
+            moved_s = (np.abs(new.p - p) > TOL_SETTLED * err).any(axis=1)
+        ferr = err[tp.star, sky.fcol]
+        ferr = np.where(np.isfinite(ferr), ferr, 0.0)
+        res, p = new, new.p
+        if last or not moved_s.any():
+            break
+        moved = moved_s[tp.star]
+        old_t, theta = theta, res.theta
+        old_reach, reach = reach, _reach(tp, exps, theta, floors)
+        if moved.mean() > 0.4:  # most moved: one full evaluation is cheaper than two
+            new_nb = _neighbor_light(tp, theta, reach)
+            delta = new_nb - neighbors
+            neighbors = new_nb
+        else:
+            delta = (_neighbor_light(tp, theta, reach, moved)
+                     - _neighbor_light(tp, old_t, old_reach, moved))
+            neighbors = neighbors + delta
+        change = np.abs(delta).sum(axis=1)
+    return res, passes
+
+
+def _reach(tp, exps, theta, floors):
+    """Per-copy model half-width: where the PSF falls below 1 % of the exposure's noise."""
+    reach = np.empty(len(theta))
+    for f, e in enumerate(exps):
+        sel = np.flatnonzero(tp.frame == f)
+        if len(sel):
+            reach[sel] = (flux_reach(e.psf_model, theta[sel, 2], floors[f])
+                          if floors[f] > 0 else model_reach(e.psf_model))
+    return reach
+
+
+def _parse_shape(name, value, at_least=1):
+    shp = (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
+    if len(shp) != 2 or min(shp) < at_least or not (shp[0] % 2 and shp[1] % 2):
+        raise ValueError(f"{name} must be odd and >= {at_least}, got {value!r}")
+    return shp
 
 
 # -- public API -----------------------------------------------------------------------------
-def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
-                  group_separation=None, maxiters=50, tol=1e-4):
+def fit_exposures(exposures, catalog=None, *, fit_shape=(5, 5), model_shape=None,
+                  group_separation=None, subtract_neighbors=True, maxiters=100, tol=1e-6,
+                  max_passes=MAX_PASSES, detect_threshold=5.0):
     """Fit one sky position and one flux per filter to every source over many exposures.
 
     Parameters
     ----------
     exposures : sequence of Exposure or of tuples (data, error, mask, wcs, psf_model, filter_name)
         The images; each needs a celestial WCS. Units of ``data`` (if Quantity) must agree.
-    catalog : astropy.table.Table, shape (n,)
+    catalog : astropy.table.Table, shape (n,), optional
         Columns ``ra`` and ``dec`` (degrees, Quantity or float); optional initial fluxes
-        ``flux_<FILTER>`` or ``flux`` (all filters); optional ``id``.
+        ``flux_<FILTER>`` or ``flux`` (all filters); optional ``id``. None: sources are found
+        on the combined signal-to-noise stack of all exposures
+        (:func:`crowdphot.pipeline.multi_sky.detect_on_stack`).
     fit_shape : int or (ny, nx), optional
-        Odd stamp shape fitted around each source in every exposure (the fitted pixels of an
-        exposure are the union of its stamps).
+        Odd stamp shape fitted around each source's initial position in every exposure (a
+        pixel in the stamps of two members of a group counts once).
     model_shape : int or (ny, nx), optional
-        Odd stamp shape on which each source's model is evaluated (its light outside is
-        neglected, also on neighbours' fit stamps); default ``fit_shape`` grown on each side by
-        ``group_separation`` in the finest exposure's pixels (so a model covers the fit stamps
-        of its whole group, as photutils evaluates a group), capped at the PSF's extent
-        (``psf_model.default_stamp_shape``). PSFs with strong wings beyond it (JWST) leave
-        neighbours' wing light unmodelled: give a larger ``model_shape`` for them.
+        Extent of a source's model for coupling the members of a group (default: the PSF's
+        support, ``psf_model.default_stamp_shape``, the largest over exposures).
     group_separation : float, optional
         Sources closer than this many arcsec on the sky are fitted jointly (connected
         components). Default: the diagonal of ``fit_shape`` in the coarsest exposure's pixels.
-        0 fits every source alone (neighbours still subtracted).
+        0 fits every source alone.
+    subtract_neighbors : bool, optional
+        All-star passes (DAOPHOT ALLSTAR / ALLFRAME): after the grouped fit, every copy's stamp
+        sees the data minus the light of all sources of other groups (evaluated out to where
+        each source's PSF falls below 1 % of the exposure's median error, the PSF's whole
+        support without errors) and all groups are refitted, until no source moves by more
+        than 0.5 % of its errors or ``max_passes``.
     maxiters : int, optional
-        Maximum number of Gauss-Newton iterations.
+        Maximum Levenberg-Marquardt iterations per pass.
     tol : float, optional
-        Convergence threshold on each group's step in units of its errors.
+        A group has converged when every step is below ``tol`` times the parameter's error.
+    max_passes : int, optional
+        Most all-star passes after the first fit.
+    detect_threshold : float, optional
+        Detection threshold in units of the stack's noise (``catalog=None`` only).
 
     Returns
     -------
     table : astropy.table.QTable, length n
         ``id``, ``ra``, ``dec`` (deg), ``ra_err`` (error of ``ra * cos(dec)``) and ``dec_err``
         (arcsec), ``flux_<FILTER>``, ``flux_err_<FILTER>`` per filter (data unit),
-        ``n_exposures`` (exposures giving the source pixels), ``iterations``, ``flags``
-        (bits in `MULTI_FLAGS`).
+        ``n_exposures`` (exposures giving the source pixels), ``iterations``, ``passes``,
+        ``flags`` (bits in `MULTI_FLAGS`).
+
+    Notes
+    -----
+    The fit runs in the batched engine (:mod:`crowdphot.core.fit.tied`): one copy of each
+    source per exposure it falls on (its own stamp, weights and PSF), copies tied by the chain
+    rule to the shared ``(xi, eta)`` on a tangent plane through the exact WCS (TAN-SIP and
+    anything ``astropy.wcs.WCS`` evaluates) and to one flux per filter. With one exposure it
+    is the single-image grouped fit of :class:`crowdphot.PSFPhotometry`.
 
     Examples
     --------
@@ -476,21 +451,22 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
     100.0
     """
     exps = _check_exposures(exposures)
-    ny, nx = (int(fit_shape), int(fit_shape)) if np.ndim(fit_shape) == 0 else \
-        tuple(int(v) for v in fit_shape)
-    if ny < 1 or nx < 1 or ny % 2 == 0 or nx % 2 == 0:
-        raise ValueError(f"fit_shape must be odd and positive, got {fit_shape!r}")
-    shape = (ny, nx)
-    if int(maxiters) != maxiters or maxiters < 1:
+    shape = _parse_shape("fit_shape", fit_shape)
+    ny, nx = shape
+    if isinstance(maxiters, bool) or int(maxiters) != maxiters or maxiters < 1:
         raise ValueError(f"maxiters must be a positive integer, got {maxiters!r}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
+    if int(max_passes) != max_passes or max_passes < 0:
+        raise ValueError(f"max_passes must be an integer >= 0, got {max_passes!r}")
+    support = None if model_shape is None else _parse_shape("model_shape", model_shape, ny)
     filters = list(dict.fromkeys(e.filter_name for e in exps))
     fidx = [filters.index(e.filter_name) for e in exps]
     unit = exps[0].unit
-    ra0, dec0, flux, ids = _check_catalog(catalog, filters, unit)
+    if catalog is None:
+        catalog = detect_on_stack(exps, threshold=detect_threshold)
+    ra0, dec0, flux0, ids = _check_catalog(catalog, filters, unit)
     nsrc, nf = len(ra0), len(filters)
-    npar = 2 + nf
 
     a, d = np.deg2rad(ra0), np.deg2rad(dec0)
     vc = np.array([np.sum(np.cos(d) * np.cos(a)), np.sum(np.cos(d) * np.sin(a)),
@@ -503,74 +479,70 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
         group_separation = float(np.hypot(ny, nx)) * max(e.pixel_scale() for e in exps)
     if not (np.isfinite(group_separation) and group_separation >= 0):
         raise ValueError(f"group_separation must be >= 0 arcsec, got {group_separation!r}")
-    if model_shape is None:
-        model_shape = _default_model_shape(exps, shape, group_separation)
-    mshape = (int(model_shape), int(model_shape)) if np.ndim(model_shape) == 0 else \
-        tuple(int(v) for v in model_shape)
-    if (len(mshape) != 2 or mshape[0] < ny or mshape[1] < nx
-            or not (mshape[0] % 2 and mshape[1] % 2)):
-        raise ValueError(f"model_shape must be odd and at least fit_shape, got {model_shape!r}")
-    frames = []
-    for e in exps:
-        x, y, _ = _project(e, basis, xi, eta)
-        fr = _Frame(e, x, y, shape, mshape)
-        if not fr.has_pix.any():
-            raise ValueError(f"{e.name} overlaps none of the catalog sources (check its WCS)")
-        frames.append(fr)
-    n_exp = np.sum([fr.has_pix for fr in frames], axis=0)
-    filt_pix = np.zeros((nsrc, nf), dtype=bool)
-    for fr, f in zip(frames, fidx, strict=True):
-        filt_pix[:, f] |= fr.has_pix
-
     if group_separation == 0 or nsrc == 1:
         gid = np.arange(nsrc)
     else:
         gid = SourceGrouper(min_separation=group_separation)(xi, eta)
-    groups = _Groups(gid, npar)
 
-    flux = np.where(np.isfinite(flux), flux, 0.0)
-    converged = np.zeros(nsrc, dtype=bool)
-    niter = np.zeros(nsrc, dtype=np.int64)
-    for it in range(maxiters + 1):
-        normal, grad, chi2, npix, geo = _accumulate(frames, fidx, basis, xi, eta, flux, mshape,
-                                                    nsrc, npar)
-        blocks = groups.blocks(normal, grad)
-        if it == maxiters or converged.all():
-            break
-        step = np.zeros((nsrc, npar))
-        qsrc = np.zeros(nsrc)
-        for s, (b, g, src) in blocks.items():
-            st, _, q, _, _ = _solve_blocks(b, g)
-            step[src] = groups.scatter(s, src, st)
-            qsrc[src] = q[groups.slot[src]]
-        # at most one pixel of motion in any exposure
-        move = np.zeros(nsrc)
-        for sel, jac in geo:
-            dpix = np.einsum("nij,nj->ni", jac, step[sel, :2])
-            move[sel] = np.maximum(move[sel], np.hypot(dpix[:, 0], dpix[:, 1]))
-        clamp = move > 1.0
-        step[clamp, :2] /= move[clamp, None]
-        active = ~converged
-        xi = xi + step[:, 0] * active
-        eta = eta + step[:, 1] * active
-        flux = flux + step[:, 2:] * active[:, None]
-        niter += active
-        gclamp = np.bincount(groups.gidx, weights=clamp, minlength=groups.gidx.max() + 1) > 0
-        converged = converged | ((np.sqrt(qsrc) < tol) & ~gclamp[groups.gidx])
+    # candidate copies: every (exposure, source) whose stamp may overlap the exposure
+    cx, cy, cf, cs = [], [], [], []
+    for f, e in enumerate(exps):
+        x, y, _ = _project(e, basis, xi, eta)
+        img_ny, img_nx = e.data.shape
+        near = (np.isfinite(x) & np.isfinite(y) & (x > -nx) & (x < img_nx + nx)
+                & (y > -ny) & (y < img_ny + ny))
+        sel = np.flatnonzero(near)
+        cx.append(x[sel]), cy.append(y[sel]), cf.append(np.full(len(sel), f)), cs.append(sel)
+    frames = [(e.data, e.error, e.mask, e.psf_model) for e in exps]
+    tp = build_tied(frames, np.concatenate(cx), np.concatenate(cy), np.concatenate(cf),
+                    np.concatenate(cs), gid, shape, support_shape=support)
+    for f, e in enumerate(exps):
+        if not np.any(tp.frame == f):
+            raise ValueError(f"{e.name} overlaps none of the catalog sources (check its WCS)")
+    src = tp.sources
+    n = len(src)
+    sky = _Sky(exps, fidx, basis, nf, tp.frame, tp.star)
+    n_exp = np.bincount(src[tp.star], minlength=nsrc)
+    filt_pix = np.zeros((nsrc, nf), dtype=bool)
+    filt_pix[src[tp.star], np.asarray(fidx)[tp.frame]] = True
 
-    cov = np.full((nsrc, npar, npar), np.nan)
-    singular = np.zeros(nsrc, dtype=bool)
-    for s, (b, g, src) in blocks.items():
-        _, inv, _, _, sing = _solve_blocks(b, g)
-        rows = groups.scatter(s, src, inv)  # (len(src), npar, s*npar)
-        cols = groups.rank[src][:, None] * npar + np.arange(npar)
-        cov[src] = np.take_along_axis(rows, cols[:, None, :], axis=2)
-        singular[src] = sing[groups.slot[src]]
-    if exps[0].error is None:
-        nfree = int(np.sum(filt_pix) + 2 * np.sum(n_exp > 0))
-        cov *= chi2 / max(npix - nfree, 1)
+    p = np.zeros((n, 2 + nf))
+    p[:, 0], p[:, 1] = xi[src], eta[src]
+    p[:, 2:] = np.where(np.isfinite(flux0[src]), flux0[src], 0.0)
+    free = np.ones((n, 2 + nf), dtype=bool)
+    free[:, 2:] = filt_pix[src]
+    no_err = exps[0].error is None
+    floors = [0.0 if e.error is None else NEIGHBOR_NOISE * float(np.nanmedian(e.error))
+              for e in exps]
+    subtract = bool(subtract_neighbors) and max_passes > 0
+    res = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
+                     maxiters=int(maxiters), xtol=float(tol), scale_by_chi2=no_err,
+                     covariance=not subtract)
+    passes = 0
+    if subtract:
+        res, passes = _allstar_passes(tp, sky, exps, res, n, free, floors, no_err,
+                                      int(maxiters), float(tol), int(max_passes))
+        p = res.p
+    else:  # one more solve with the Jacobian at the solution
+        p = res.p
+        res = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
+                         maxiters=int(maxiters), xtol=float(tol), scale_by_chi2=no_err)
+        p = res.p
+    return _table(exps, filters, unit, basis, ids, src, res, p, n_exp, filt_pix, passes)
 
-    ra, dec = _from_plane(basis, xi, eta)
+
+def _table(exps, filters, unit, basis, ids, src, res, p, n_exp, filt_pix, passes):
+    nsrc = len(ids)
+    nf = len(filters)
+    xi = np.full(nsrc, np.nan)
+    eta = np.full(nsrc, np.nan)
+    xi[src], eta[src] = p[:, 0], p[:, 1]
+    flux = np.full((nsrc, nf), np.nan)
+    flux[src] = p[:, 2:]
+    cov = np.full((nsrc, 2 + nf, 2 + nf), np.nan)
+    cov[src] = res.cov
+    ra, dec = np.full(nsrc, np.nan), np.full(nsrc, np.nan)
+    ra[src], dec[src] = _from_plane(basis, p[:, 0], p[:, 1])
     # local Jacobian d(ra cos dec, dec)/d(xi, eta) in arcsec per arcsec
     h = 0.01
     r1, d1 = _from_plane(basis, xi + h, eta)
@@ -587,26 +559,36 @@ def fit_exposures(exposures, catalog, *, fit_shape=(5, 5), model_shape=None,
     csky = np.einsum("nij,njk,nlk->nil", jsky, cov[:, :2, :2], jsky)
 
     nopix = n_exp == 0
+    fitted = ~nopix
+    conv = np.zeros(nsrc, dtype=bool)
+    conv[src] = res.converged
+    stopped = np.zeros(nsrc, dtype=bool)
+    stopped[src] = res.stopped
+    cov_ok = np.zeros(nsrc, dtype=bool)
+    cov_ok[src] = res.cov_ok
+    niter = np.zeros(nsrc, dtype=np.int64)
+    niter[src] = res.niter
     flags = np.zeros(nsrc, dtype=np.int64)
     flags[nopix] |= 1
-    flags[(~filt_pix).any(axis=1) & ~nopix] |= 2
-    flags[~converged & ~nopix] |= 4
-    flags[singular & ~nopix] |= 8
-    ra[nopix] = np.nan
-    dec[nopix] = np.nan
+    flags[(~filt_pix).any(axis=1) & fitted] |= 2
+    flags[~conv & fitted] |= 4
+    flags[~cov_ok & fitted] |= 8
+    flags[stopped] |= 16
     funit = unit if unit is not None else u.dimensionless_unscaled
     tab = QTable()
     tab["id"] = ids
     tab["ra"] = ra * u.deg
     tab["dec"] = dec * u.deg
-    tab["ra_err"] = np.sqrt(csky[:, 0, 0]) * u.arcsec
-    tab["dec_err"] = np.sqrt(csky[:, 1, 1]) * u.arcsec
-    for k, f in enumerate(filters):
-        fl = np.where(filt_pix[:, k], flux[:, k], np.nan)
-        fe = np.sqrt(cov[:, 2 + k, 2 + k])
-        tab[f"flux_{f}"] = fl * funit if unit is not None else fl
-        tab[f"flux_err_{f}"] = fe * funit if unit is not None else fe
+    with np.errstate(invalid="ignore"):
+        tab["ra_err"] = np.sqrt(csky[:, 0, 0]) * u.arcsec
+        tab["dec_err"] = np.sqrt(csky[:, 1, 1]) * u.arcsec
+        for k, f in enumerate(filters):
+            fl = np.where(filt_pix[:, k], flux[:, k], np.nan)
+            fe = np.sqrt(cov[:, 2 + k, 2 + k])
+            tab[f"flux_{f}"] = fl * funit if unit is not None else fl
+            tab[f"flux_err_{f}"] = fe * funit if unit is not None else fe
     tab["n_exposures"] = n_exp
     tab["iterations"] = niter
+    tab["passes"] = np.full(nsrc, passes, dtype=np.int64)
     tab["flags"] = flags
     return tab

@@ -15,13 +15,23 @@ parameters: block sizes follow from a :class:`ParamSet`.
 
 A parameter tied across sources of *different* groups would couple those groups; the engine
 expresses such a tie by fitting them as one group with a group parameter.
+
+* **Tied source copies** (:class:`TiedParams`): ``m`` *copies* of ``n`` sources (e.g. one per
+  exposure of a joint fit of many exposures, each copy with its own stamp, PSF and pixel
+  grid), whose per-source parameters are functions of one shared parameter vector per source,
+  ``theta[c] = offset[c] + matrix[c] @ p[star[c]]`` (linearised around the current point):
+  e.g. a shared sky offset ``(xi, eta)`` mapped through each exposure's WCS Jacobian, and one
+  flux per filter. The engine evaluates the copies as ordinary sources and solves for ``p``
+  with the chain rule (:mod:`crowdphot.core.fit.tied`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ParamSet", "SOURCE_PARAMS", "GROUP_PARAMS"]
+import numpy as np
+
+__all__ = ["ParamSet", "SOURCE_PARAMS", "GROUP_PARAMS", "TiedParams"]
 
 #: Per-source parameters the engine knows how to differentiate (PSF position and flux).
 SOURCE_PARAMS = ("x", "y", "flux")
@@ -73,3 +83,78 @@ class ParamSet:
     def names(self):
         """All parameter names, per-source first (the order of the covariance blocks)."""
         return tuple(self.source) + tuple(self.group)
+
+
+@dataclass(frozen=True)
+class TiedParams:
+    """Per-source parameters of ``m`` source copies tied to ``n`` shared parameter vectors.
+
+    ``theta[c] = offset[c] + matrix[c] @ p[star[c]]`` for copy ``c`` (the chain rule of a
+    linearised map; a caller with an exact non-linear map gives exact positions through its own
+    ``theta`` and uses ``matrix`` as the local Jacobian).
+
+    Parameters
+    ----------
+    star : ndarray of int64, shape (m,)
+        Shared parameter vector (source) of each copy, in ``0..n-1``.
+    matrix : ndarray of shape (m, K, P)
+        ``d theta[c] / d p[star[c]]`` (``K`` per-source parameters of a copy, ``P`` shared).
+    offset : ndarray of shape (m, K)
+        ``theta`` at ``p = 0``.
+    n_star : int
+        Number of shared parameter vectors ``n``.
+    names : tuple of str, length P
+        Names of the shared parameters.
+
+    Examples
+    --------
+    >>> m = np.zeros((2, 3, 3)); m[:, 0, 0] = m[:, 1, 1] = m[:, 2, 2] = 1.0
+    >>> t = TiedParams(np.array([0, 0]), m, np.array([[1.0, 2.0, 0.0], [11.0, 2.0, 0.0]]), 1,
+    ...                ("u", "v", "flux"))
+    >>> t.theta(np.array([[0.5, 0.0, 10.0]])).tolist()
+    [[1.5, 2.0, 10.0], [11.5, 2.0, 10.0]]
+    >>> t.reduce_vector(np.ones((2, 3))).tolist()
+    [[2.0, 2.0, 2.0]]
+    """
+
+    star: np.ndarray
+    matrix: np.ndarray
+    offset: np.ndarray
+    n_star: int
+    names: tuple
+
+    @property
+    def n_shared(self):
+        """Number of shared parameters per source ``P``."""
+        return self.matrix.shape[2]
+
+    def theta(self, p):
+        """Per-copy parameters ``(m, K)`` of the shared parameters ``p`` of shape (n, P)."""
+        return self.offset + np.einsum("ckp,cp->ck", self.matrix, p[self.star])
+
+    def reduce_vector(self, g):
+        """``sum over copies of matrix[c]^T g[c]`` per source: (m, K) -> (n, P)."""
+        v = np.einsum("ckp,ck->cp", self.matrix, g)
+        return np.stack([np.bincount(self.star, v[:, j], minlength=self.n_star)
+                         for j in range(v.shape[1])], axis=1)
+
+    def block_map(self, bs1, bs2):
+        """Source blocks of the copy blocks ``(bs1, bs2)``.
+
+        Returns ``(sb1, sb2, index)``: the row and column source of every distinct source
+        block (sorted) and the source block of every copy block.
+        """
+        key = self.star[bs1].astype(np.int64) * self.n_star + self.star[bs2]
+        keys, index = np.unique(key, return_inverse=True)
+        return keys // self.n_star, keys % self.n_star, index.astype(np.int64)
+
+    def reduce_blocks(self, blocks, bs1, bs2, index, n_blocks):
+        """``sum matrix[c1]^T B matrix[c2]`` of copy blocks ``(NB, K, K)`` into source blocks
+        ``(n_blocks, P, P)`` (``index`` from :meth:`block_map`)."""
+        t = np.einsum("bki,bkl,blj->bij", self.matrix[bs1], blocks, self.matrix[bs2],
+                      optimize=True)
+        p = t.shape[1]
+        flat = t.reshape(len(t), p * p)
+        out = np.stack([np.bincount(index, flat[:, j], minlength=n_blocks)
+                        for j in range(p * p)], axis=1)
+        return out.reshape(n_blocks, p, p)
