@@ -229,21 +229,25 @@ def _derivatives(psf, x, y, flux, shape, xlo, ylo, gain, fit_sky, h=1e-5):
     u, ux, uy = (flat(a) for a in psf._stamps_grad(x, y, xlo, ylo, shape))
     _, uxp, uyp = (flat(a) for a in psf._stamps_grad(x + h, y, xlo, ylo, shape))
     _, _, uyq = (flat(a) for a in psf._stamps_grad(x, y + h, xlo, ylo, shape))
-    uxx = (uxp - ux) / h
-    uxy = (uyp - uy) / h
-    uyy = (uyq - uy) / h
     p = 4 if fit_sky else 3
     g = float(gain)
     f = g * flux[:, None]
-    d1 = np.zeros((n, p, u.shape[1]))
-    d1[:, 0], d1[:, 1], d1[:, 2] = f * ux, f * uy, g * u
+    fh = f / h
+    d1 = np.empty((n, p, u.shape[1]))
+    np.multiply(f, ux, out=d1[:, 0])
+    np.multiply(f, uy, out=d1[:, 1])
+    np.multiply(g, u, out=d1[:, 2])
     if fit_sky:
         d1[:, 3] = g
     d2 = np.zeros((n, p, p, u.shape[1]))
-    d2[:, 0, 0], d2[:, 1, 1] = f * uxx, f * uyy
-    d2[:, 0, 1] = d2[:, 1, 0] = f * uxy
-    d2[:, 0, 2] = d2[:, 2, 0] = g * ux
-    d2[:, 1, 2] = d2[:, 2, 1] = g * uy
+    for (r, t), (hi, lo) in (((0, 0), (uxp, ux)), ((1, 1), (uyq, uy)), ((0, 1), (uyp, uy))):
+        np.subtract(hi, lo, out=d2[:, r, t])
+        d2[:, r, t] *= fh
+    d2[:, 1, 0] = d2[:, 0, 1]
+    np.multiply(g, ux, out=d2[:, 0, 2])
+    np.multiply(g, uy, out=d2[:, 1, 2])
+    d2[:, 2, 0] = d2[:, 0, 2]
+    d2[:, 2, 1] = d2[:, 1, 2]
     return u, d1, d2
 
 
@@ -304,16 +308,18 @@ def _cox_snell(der, m, valid, free=None):
     if valid is not None:
         w = np.where(np.asarray(valid).reshape(n, -1), w, 0.0)
     p = d1.shape[1]
+    if free is not None and free.all():
+        free = None  # nothing fixed: no masking passes over the derivatives
     if free is not None:
         d1 = np.where(free[:, :, None], d1, 0.0)
         d2 = np.where((free[:, :, None] & free[:, None, :])[..., None], d2, 0.0)
-    d1t = d1.transpose(0, 2, 1)
-    fisher = (d1 * w[:, None, :]) @ d1t
+    d1w = (d1 * w[:, None, :]).transpose(0, 2, 1)  # (n, npix, p)
+    fisher = d1 @ d1w
     if free is not None:
         fisher = np.where(free[:, :, None] & free[:, None, :], fisher, np.eye(p)[None])
     _, kinv = bounds_from_fisher(fisher)
     # c[r, t, u] = sum_k w m_rt m_u (batched matrix products: no 4-index einsum loops)
-    c = ((d2 * w[:, None, None, :]).reshape(n, p * p, -1) @ d1t).reshape(n, p, p, p)
+    c = (d2.reshape(n, p * p, -1) @ d1w).reshape(n, p, p, p)
     a = 0.5 * (c - c.transpose(0, 1, 3, 2) - np.einsum("ntur->nrtu", c))
     t = (a.reshape(n, p, p * p) @ kinv.reshape(n, p * p, 1))[:, :, 0]
     return (kinv @ t[:, :, None])[:, :, 0]

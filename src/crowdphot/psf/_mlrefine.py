@@ -76,3 +76,102 @@ def refine_isolated(full, psf, counts, background, valid, gid, xlo, ylo, fshape,
             b = np.where(fr, np.nan_to_num(b), 0.0)
             for k, name in enumerate(names):
                 full[name][sel] = full[name][sel] - b[:, k]
+
+
+#: Groups up to this many members (and union boxes up to ``_BOX_FACTOR`` fit stamps a side)
+#: get the observed information; larger ones keep the expected information of the engine.
+_GROUP_MAX = 6
+_BOX_FACTOR = 3
+
+
+def paint_stamps(shape, values, xlo, ylo, fit_shape, order):
+    """Image holding ``values[i]`` over stamp ``i``'s pixels; where stamps overlap the first
+    of ``order`` wins (the engine's owner of a shared pixel). Elsewhere 0."""
+    ny, nx = shape
+    fy, fx = fit_shape
+    out = np.zeros(shape)
+    idx = np.asarray(order)[::-1]  # later assignments win: the first in ``order`` last
+    rows = ylo[idx, None, None] + np.arange(fy)[None, :, None]
+    cols = xlo[idx, None, None] + np.arange(fx)[None, None, :]
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    vals = np.broadcast_to(values[idx, None, None], inside.shape)
+    r = np.broadcast_to(rows, inside.shape)[inside]
+    c = np.broadcast_to(cols, inside.shape)[inside]
+    out[r, c] = vals[inside]
+    return out
+
+
+def refine_groups(full, psf, counts, background, usable, gid, xlo, ylo, fshape, read_noise,
+                  gain):
+    """Observed-information covariance of the members of small groups (in place).
+
+    ``counts`` (ny, nx) are the data, sky included; ``background`` (ny, nx) the expectation
+    without the stars; ``usable`` (ny, nx) the pixels that may enter a fit. The information
+    is that of the group's likelihood over the union of its members' fit stamps (a pixel
+    once): ``J = sum d' m_r m_t / m**2 - (d' / m - 1) m_rt`` over all members' parameters,
+    ``m_rt`` being non-zero only within a member. Members of groups whose matrix is not
+    positive definite keep the expected information.
+    """
+    _, inv, cnt = np.unique(gid, return_inverse=True, return_counts=True)
+    vals = np.column_stack([full["x"], full["y"], full["flux"]])
+    ok_src = full["fitted"] & np.all(np.isfinite(vals), axis=1) & full["cov_ok"]
+    bad_grp = np.bincount(inv, ~ok_src, minlength=len(cnt)) > 0
+    fy, fx = fshape
+    ny, nx = counts.shape
+    order = np.argsort(inv, kind="stable")
+    starts = np.r_[0, np.cumsum(cnt)[:-1]]
+    for k in range(2, _GROUP_MAX + 1):
+        groups = np.flatnonzero((cnt == k) & ~bad_grp)
+        if not len(groups):
+            continue
+        mem = order[starts[groups][:, None] + np.arange(k)]  # (G, k) member indices
+        bx0, by0 = xlo[mem].min(axis=1), ylo[mem].min(axis=1)
+        bw = xlo[mem].max(axis=1) + fx - bx0
+        bh = ylo[mem].max(axis=1) + fy - by0
+        small = (bw <= _BOX_FACTOR * fx) & (bh <= _BOX_FACTOR * fy)
+        mem, bx0, by0 = mem[small], bx0[small], by0[small]
+        if not len(mem):
+            continue
+        box = (int(bh[small].max()), int(bw[small].max()))
+        g_n = len(mem)
+        rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
+        cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
+        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+        rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+        union = np.zeros(inside.shape, dtype=bool)
+        for j in range(k):
+            dy = (ylo[mem[:, j]] - by0)[:, None, None]
+            dx = (xlo[mem[:, j]] - bx0)[:, None, None]
+            union |= ((rows - by0[:, None, None] >= dy) & (rows - by0[:, None, None] < dy + fy)
+                      & (cols - bx0[:, None, None] >= dx)
+                      & (cols - bx0[:, None, None] < dx + fx))
+        valid = (union & inside & usable[rc, cc]).reshape(g_n, -1)
+        flat = mem.reshape(-1)
+        der = _derivatives(psf, vals[flat, 0], vals[flat, 1], vals[flat, 2], box,
+                           np.repeat(bx0, k), np.repeat(by0, k), gain, False)
+        u, d1, d2 = der
+        npix = u.shape[1]
+        mu = background[rc, cc].reshape(g_n, -1) + (vals[flat, 2, None] * u).reshape(
+            g_n, k, npix).sum(axis=1)
+        m = _counts(np.zeros((g_n, npix)), np.zeros(g_n), mu, read_noise, gain)
+        dp = float(gain) * counts[rc, cc].reshape(g_n, -1) + float(read_noise) ** 2
+        a = np.where(valid, dp / m**2, 0.0)
+        b = np.where(valid, dp / m - 1.0, 0.0)
+        big = d1.reshape(g_n, 3 * k, npix)
+        info = (big * a[:, None, :]) @ big.transpose(0, 2, 1)
+        curv = (d2.reshape(g_n, k, 9, npix) @ b[:, None, :, None]).reshape(g_n, k, 3, 3)
+        for j in range(k):
+            info[:, 3 * j:3 * j + 3, 3 * j:3 * j + 3] -= curv[:, j]
+        free = np.isfinite(np.einsum("nii->ni", full["cov"][flat][:, :3, :3])).reshape(g_n,
+                                                                                      3 * k)
+        both = free[:, :, None] & free[:, None, :]
+        info = np.where(both, info, np.eye(3 * k)[None])
+        sig, cov = bounds_from_fisher(info)
+        ok = np.all(np.isfinite(sig), axis=1)
+        cov = np.where(both, cov, np.nan)
+        for j in range(k):
+            src = mem[ok, j]
+            blk = cov[ok, 3 * j:3 * j + 3, 3 * j:3 * j + 3]
+            full["cov"][src, :3, :3] = blk
+            for q, name in enumerate(("x", "y", "flux")):
+                full[f"{name}_err"][src] = np.sqrt(blk[:, q, q])

@@ -42,7 +42,7 @@ import numpy as np
 from crowdphot.core.batched import stamp_origin
 from crowdphot.core.crlb import bounds_from_fisher, fisher_information
 from crowdphot.core.validate import as_pair
-from crowdphot.psf._mlrefine import refine_isolated, stamp_values
+from crowdphot.psf._mlrefine import paint_stamps, refine_groups, refine_isolated, stamp_values
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
            "engine_for", "fit_psf_likelihood", "flux_crlb_column"]
@@ -158,7 +158,9 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     -------
     FitResult
         Errors and ``cov`` are the inverse Fisher information at the solution (absolute;
-        observed information for isolated sources, expected for groups);
+        the observed information, minus the log-likelihood's Hessian, for isolated sources
+        and groups of up to 6 members; the expected information for larger groups, with a
+        fitted sky, or where the observed one is not positive definite);
         ``chi2``/``reduced_chi2`` are Pearson's statistic.
 
     Examples
@@ -198,21 +200,20 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
     finite = np.isfinite(x) & np.isfinite(y)
     xlo, ylo = stamp_origin(np.where(finite, x, 0.0), np.where(finite, y, 0.0), fshape)
-    sky_img = None
-    sky_st = None
+    sky_img = None  # all sky maps, removed from ``arr`` before the fit
     if sky is not None:
         sky_img = _sky_image("sky", sky, arr.shape)
-        sky_st = stamp_values(sky_img, xlo, ylo, fshape)[0]
         arr = arr - sky_img
     if background is not None:  # already subtracted: the expectation only
-        bg_st = stamp_values(_sky_image("background", background, arr.shape), xlo, ylo,
-                             fshape)[0]
-        sky_st = bg_st if sky_st is None else sky_st + bg_st
+        bg_img = _sky_image("background", background, arr.shape)
+        sky_img = bg_img if sky_img is None else sky_img + bg_img
+    sky_st = None if sky_img is None else stamp_values(sky_img, xlo, ylo, fshape)[0]
     res = fit_psf(arr, psf_model, x, y, flux_init,
                   fit_shape=fshape, group_id=group_id, mask=mask, local_bkg=bkg, fixed=fixed,
                   bounds=bounds, maxiters=maxiters, noise=(read_noise, gain, sky_st),
                   **engine_options)
     full = {f.name: np.array(getattr(res, f.name), copy=True) for f in dataclasses.fields(res)}
+    fit_sky = bool(engine_options.get("fit_sky", False))
     counts, inside = stamp_values(arr, xlo, ylo, fshape)  # sky maps removed
     counts = counts + (0.0 if sky_st is None else sky_st)
     valid = inside & np.isfinite(counts) & finite[:, None, None]
@@ -220,8 +221,20 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         valid &= ~stamp_values(np.asarray(mask, dtype=float), xlo, ylo, fshape)[0].astype(bool)
     background = bkg[:, None, None] + (0.0 if sky_st is None else sky_st)
     refine_isolated(full, psf_model, np.where(valid, counts, 0.0), background, valid, gid,
-                    xlo, ylo, fshape, read_noise, gain,
-                    bool(engine_options.get("fit_sky", False)), bias_correction)
+                    xlo, ylo, fshape, read_noise, gain, fit_sky, bias_correction)
+    # small groups: observed information of the group likelihood (the union of the members'
+    # stamps, a pixel once, as the engine counts it); not with a fitted sky, subtracted
+    # neighbours or photutils' pixel counting, which keep the expected information
+    if (not fit_sky and engine_options.get("neighbors") is None
+            and engine_options.get("shared_pixels", "once") == "once"):
+        usable = np.isfinite(arr)
+        if mask is not None:
+            usable &= ~np.asarray(mask, dtype=bool)
+        bg_img = paint_stamps(arr.shape, bkg, xlo, ylo, fshape, np.argsort(gid, kind="stable"))
+        if sky_img is not None:
+            bg_img = bg_img + sky_img
+        refine_groups(full, psf_model, arr if sky_img is None else arr + sky_img, bg_img,
+                      usable, gid, xlo, ylo, fshape, read_noise, gain)
     return type(res)(**full)
 
 

@@ -198,7 +198,7 @@ def _fit_psf(data, psf_model, x, y, flux, fit_shape, *, group_id=None, error=Non
                 extra = extra + np.asarray(neighbors, dtype=float).reshape(n, -1)
             if local_bkg is not None:
                 extra = extra + np.where(np.isfinite(local_bkg), local_bkg, 0.0)[:, None]
-            pn = PoissonNoise(float(noise[0]), float(noise[1]), extra[idx])
+            pn = PoissonNoise.build(noise[0], noise[1], extra[idx], st.data[idx])
         prob = Problem(psf=psf_model, fit_shape=fit_shape, data=st.data[idx],
                        weight=weight, xlo=st.xlo[idx], ylo=st.ylo[idx], inter=inter,
                        layout=lay, free=~fixed[idx], lo=lo[idx], hi=hi[idx], params=params,

@@ -65,36 +65,50 @@ class PoissonNoise:
     read_noise: float
     gain: float
     background: np.ndarray
+    counts: np.ndarray  # (m, npix) data in shifted electrons, g * (data + background) + R**2
+    const: np.ndarray  # (m, npix) the deviance's data-only part, d log(d_sat) - d_sat
+
+    @classmethod
+    def build(cls, read_noise, gain, background, data):
+        """From the background-subtracted stamp ``data`` (m, npix) and ``background``."""
+        d_e = gain * (data + background) + read_noise ** 2
+        d_sat = np.maximum(d_e, VARIANCE_FLOOR_E)  # d <= 0: saturated at the floor
+        return cls(float(read_noise), float(gain), background, d_e,
+                   d_e * np.log(d_sat) - d_sat)
 
     def subset(self, src):
-        return PoissonNoise(self.read_noise, self.gain, self.background[src])
+        return PoissonNoise(self.read_noise, self.gain, self.background[src], self.counts[src],
+                            self.const[src])
 
-    def counts(self, values, stamps):
-        """``g * (values + background) + R**2`` (electrons, shifted-Poisson scale)."""
-        return self.gain * (values + self.background[stamps]) + self.read_noise ** 2
-
-    def weights_and_cost(self, data, model, stamps, mask):
+    def weights_and_cost(self, model, stamps, mask):
         """Weights ``1 / sqrt(V(mu))`` (times ``mask``) and half the deviance per stamp.
 
-        ``data`` and ``model`` are background-subtracted stamp values of ``stamps``; ``mask``
-        is the problem's weight (0 on dropped or repeated pixels).
+        ``model`` (background-subtracted) holds the stamps ``stamps``; ``mask`` is the
+        problem's weight there (1, or 0 on dropped or repeated pixels). Half the deviance
+        ``d log(d / mu) - (d - mu) >= 0`` (shifted electrons) is half the chi-square for
+        large counts.
         """
-        g = self.gain
-        mu_e = np.maximum(self.gain * np.maximum(model + self.background[stamps], 0.0)
-                          + self.read_noise ** 2, VARIANCE_FLOOR_E)
-        w = mask * (g / np.sqrt(mu_e))
-        d_e = self.counts(data, stamps)
-        # deviance 2 [d log(d / mu) - (d - mu)] >= 0 (d <= 0: saturated at the floor)
-        d_sat = np.maximum(d_e, VARIANCE_FLOOR_E)
-        dev = d_e * np.log(d_sat / mu_e) - d_sat + mu_e
-        return w, np.where(mask > 0, dev, 0.0).sum(axis=1)
+        mu_e = model + self.background[stamps]
+        np.maximum(mu_e, 0.0, out=mu_e)
+        mu_e *= self.gain
+        mu_e += self.read_noise ** 2
+        np.maximum(mu_e, VARIANCE_FLOOR_E, out=mu_e)
+        w = np.sqrt(mu_e)
+        np.divide(self.gain, w, out=w)
+        w *= mask
+        dev = np.log(mu_e)
+        dev *= self.counts[stamps]
+        np.subtract(self.const[stamps], dev, out=dev)
+        dev += mu_e
+        dev *= mask
+        return w, dev.sum(axis=1)
 
 
 def model_weights(prob, resid, mask):
     """Pixel weights ``mask / sqrt(V(mu))`` at the solution of a maximum-likelihood problem,
     from the evaluation's raw residuals ``resid`` (m, npix) (``model = data - resid``)."""
     stamps = np.arange(len(prob.data))
-    return prob.noise.weights_and_cost(prob.data, prob.data - resid, stamps, mask)[0]
+    return prob.noise.weights_and_cost(prob.data - resid, stamps, mask)[0]
 
 
 @dataclass(frozen=True)
@@ -173,8 +187,7 @@ def evaluate(prob, theta, gmask, phi=None):
         r = raw * w
         half = 0.5 * np.einsum("ij,ij->i", r, r)
     else:  # weights from the model; cost: half the deviance
-        w, half = prob.noise.weights_and_cost(prob.data[stamps], model, stamps,
-                                              prob.weight[stamps])
+        w, half = prob.noise.weights_and_cost(model, stamps, prob.weight[stamps])
         r = raw * w
     cost = np.bincount(grp[stamps], half, minlength=n_groups)
 
