@@ -131,10 +131,11 @@ def test_iterative_photometry_is_followed_around_each_star(mode):
 
 
 def test_dask_workers_give_the_same_table(field):
-    """Batches on two Dask workers: the same table as in process (noise included)."""
+    """Tiles on two Dask workers: the same table as the same tiles in process (noise
+    included)."""
     distributed = pytest.importorskip("distributed")
     data, _, err = field
-    kw = dict(error=err, seed=21, gain=0.5)
+    kw = dict(error=err, seed=21, gain=0.5, tile_shape=(70, 90))
     here = artificial_star_test(data, _phot(), 60, (30, 3000), **kw).table
     # threads, not processes: a process cluster's start-up can time out on a loaded machine;
     # what a process would receive must pickle, checked directly
@@ -159,6 +160,83 @@ def test_dask_workers_give_the_same_table(field):
         np.testing.assert_array_equal(np.asarray(here[name]), np.asarray(there[name]))
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         artificial_star_test(data, _phot(), 5, (30, 3000), workers=0)
+
+
+def test_tiles_equal_the_untiled_run(field):
+    """Each tile task sees only its core + margin of the pixels, yet measures every artificial
+    star as the untiled run does (to rounding); photon noise is drawn per star, so it too is
+    the same."""
+    data, _, err = field
+    phot = _phot(local_bkg=(6, 9))
+    kw = dict(error=err, seed=4, gain=0.5)
+    whole = artificial_star_test(data, phot, 300, (30, 3000), **kw)
+    tiled = artificial_star_test(data, phot, 300, (30, 3000), tile_shape=50, **kw)
+    assert whole.meta["n_boxes"] == 1 and tiled.meta["n_boxes"] == 16
+    a, b = whole.table, tiled.table
+    for name in ("x_in", "y_in", "flux_in", "batch"):
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+    np.testing.assert_array_equal(np.isnan(a["x_out"]), np.isnan(b["x_out"]))
+    for name in ("x_out", "y_out", "flux_out", "flux_err"):
+        np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-9,
+                                   atol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(np.asarray(a["flags"]), np.asarray(b["flags"]))
+    np.testing.assert_array_equal(np.asarray(a["recovered"]), np.asarray(b["recovered"]))
+    assert np.count_nonzero(a["recovered"]) > 60
+    # same seed and tiling: the identical table
+    again = artificial_star_test(data, phot, 300, (30, 3000), tile_shape=50, **kw).table
+    for name in b.colnames:
+        np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(b[name]))
+
+
+def test_a_tile_task_needs_only_its_box():
+    """The task of one tile, given a source holding only its box, gives what it gives with the
+    whole image at hand (what a Dask worker receives is that box)."""
+    from crowdphot.pipeline.ast import _box_margin, _check_phot, _fitter_phot, _geometry, _jobs
+    from crowdphot.pipeline.ast_local import _box_task
+    from crowdphot.pipeline.tiles import _ArrayPlanes
+
+    data, _, err = _field(300, 500, seed=1)
+    base, plan = _check_phot(_phot())
+    geom = _geometry(base, plan, 3.5)
+    margin = _box_margin(base, geom, 3.5)
+    x, y, f = draw_artificial_stars(data.shape, 400, (30, 3000), seed=2)
+    jobs = _jobs(data.shape, 100, margin, x, y, f, assign_batches(x, y, 30.0), None)
+    source = _ArrayPlanes(data, None, err)
+    settings = dict(geom=geom, search_radius=3.5, gain=None, select=None, remote=False)
+    conf = (base, _fitter_phot(base), plan)
+    box, stars, idx = jobs[4]  # the middle tile: margins on every side
+    y0, y1, x0, x1 = box
+    assert (y1 - y0, x1 - x0) == (100 + 2 * margin, 100 + 2 * margin) < data.shape
+    full = _box_task(source, box, stars, conf, settings)
+    alone = _box_task(source.sub(box), box, stars, conf, settings)
+    np.testing.assert_array_equal(full[0], alone[0])
+    np.testing.assert_array_equal(full[1], alone[1])
+    assert np.isfinite(full[0][:, 0]).sum() > 10
+
+
+@pytest.mark.parametrize("finder", [IRAFStarFinder(5 * SIGMA, FWHM),
+                                    DAOStarFinder(5 * SIGMA, FWHM, exclude_border=True)])
+def test_cutout_detection_equals_the_whole_image(finder, monkeypatch):
+    """Detection on a mosaic of cut-outs (strips for cut-outs clipped by an edge, single calls
+    in corners) finds exactly the whole image's detections near the artificial stars: none
+    fires on a cut-out's edge, none is lost at the image's edge."""
+    import crowdphot.pipeline.ast_local as local
+
+    data, _, _ = _field(150, 200, seed=7)
+    # stars everywhere: inside, on every edge and in every corner
+    xs = np.array([75.0, 30.2, 120.7, 0.4, 149.0, 60.3, 88.8, 1.2, 148.6, 2.0, 147.9])
+    ys = np.array([75.0, 40.6, 110.1, 70.2, 80.5, 0.3, 149.2, 1.1, 1.6, 148.3, 147.7])
+    phot = PSFPhotometry(PSF, (5, 5), finder=finder, aperture_radius=3)
+    image = data + render_image(data.shape, PSF, xs, ys, np.full(xs.size, 800.0))
+    found = {}
+    for mode in ("cutout", "whole"):
+        monkeypatch.setattr(local, "DETECTION", mode)
+        counter = {"cutout": 0, "whole": 0}
+        found[mode] = local._detect_near(phot, image, None, xs, ys, 20.0, 15.0, counter)
+        assert counter[mode] == 1
+    assert len(found["whole"][0]) > 2 * len(xs)
+    np.testing.assert_allclose(found["cutout"][0], found["whole"][0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(found["cutout"][1], found["whole"][1], rtol=0, atol=1e-9)
 
 
 def test_batches_do_not_crowd_and_are_greedy():
@@ -223,7 +301,7 @@ def test_select_rule_is_applied_to_each_batch(field):
     data, _, err = field
     calls = []
 
-    def reject_faint(image, error, table):
+    def reject_faint(image, error, mask, table):
         calls.append(len(table))
         return np.asarray(table["flux_fit"]) > 1000
 
@@ -410,8 +488,17 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     assert main([str(a) for a in argv]) == 0
     t2 = QTable.read(out2)
     np.testing.assert_array_equal(np.asarray(t["x_out"]), np.asarray(t2["x_out"]))
+    # tiles: the same table to the tolerance of the CLI's all-star passes (they stop on a
+    # criterion over all the stars fitted together, which a tile changes)
+    argv[argv.index(out2)] = root / "ast_tiles.ecsv"
+    assert main([str(a) for a in argv + ["--tile", 40]]) == 0
+    t3 = QTable.read(root / "ast_tiles.ecsv")
+    np.testing.assert_allclose(np.asarray(t3["x_out"]), np.asarray(t["x_out"]), atol=2e-3)
+    dflux = np.abs(np.asarray(t3["flux_out"] - t["flux_out"]) / np.asarray(t["flux_err"]))
+    assert np.nanmax(dflux) < 0.3
+    assert np.count_nonzero(t3["recovered"] != t["recovered"]) <= 1
     # phot's iterative mode is followed
-    argv[argv.index(out2)] = root / "ast_iter.ecsv"
+    argv[argv.index(root / "ast_tiles.ecsv")] = root / "ast_iter.ecsv"
     argv[argv.index("--n") + 1] = 20
     assert main([str(a) for a in argv + ["--iterative", 2]]) == 0
     assert len(QTable.read(root / "ast_iter.ecsv")) == 20
@@ -421,7 +508,8 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     (["--n", "0", "--flux", "20", "5000"], "--n must be positive"),
     (["--n", "10", "--flux", "5000", "20"], "--flux LO must be below HI"),
     (["--n", "10", "--flux", "0.01", "0.1"], "below the image noise"),
-    (["--n", "10", "--flux", "20", "5000", "--tile", "64"], "--tile is not supported"),
+    (["--n", "10", "--flux", "20", "5000", "--residual", "r.fits"], "--residual is not supported"),
+    (["--n", "10", "--flux", "20", "5000", "--workers", "2"], "--workers/--scheduler need --tile"),
     (["--n", "10", "--flux", "20", "5000", "--match-flux", "0"], "--match-flux must be positive"),
     (["--n", "10", "--flux", "20", "5000", "--photon-noise"], "--photon-noise needs the gain"),
 ])

@@ -3,10 +3,11 @@
 One photometry run of the image (exactly as ``phot`` would do it), then ``--n`` artificial stars
 (uniform on the image, log-uniform in flux between ``--flux LO HI``) injected with the image's
 PSF in non-crowding batches and measured incrementally by the same pipeline
-(:func:`crowdphot.pipeline.ast.artificial_star_test`). The image is prepared as ``phot``
-prepares it (PSF chosen for the image, sky map subtracted) and the artificial stars are added to
-the sky-subtracted image. Writes one row per artificial star to ``-o`` and the completeness /
-bias / scatter table against magnitude to ``--summary``.
+(:func:`crowdphot.pipeline.ast.artificial_star_test`); with ``--tile`` (and ``--workers`` or
+``--scheduler`` for Dask) the artificial stars are measured tile by tile. The image is
+prepared as ``phot`` prepares it (PSF chosen for the image, sky map subtracted) and the
+artificial stars are added to the sky-subtracted image. Writes one row per artificial star
+to ``-o`` and the completeness / bias / scatter table against magnitude to ``--summary``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ __all__ = ["add_ast_parser", "run_ast"]
 
 #: phot options that make no sense for artificial stars (forced photometry, image products).
 _UNSUPPORTED = {"init": "--init", "residual": "--residual", "regions": "--regions",
-                "tile": "--tile", "sky_out": "--sky-out"}
+                "sky_out": "--sky-out"}
 
 
 def add_ast_parser(sub, add_phot):
@@ -169,7 +170,10 @@ def run_ast(args):
     gain = _photon_gain(args, image) if args.photon_noise else None
     finder, threshold = _finder(args, image)
     t_phot = time.perf_counter()
-    catalog, phot = _photometry(args, image, psf, finder, None)
+    # the photometry object configures the artificial stars' measurement, so the run itself is
+    # untiled (tiles give the same catalog); --tile tiles the artificial stars
+    catalog, phot = _photometry(argparse.Namespace(**{**vars(args), "tile": None}), image,
+                                psf, finder, None)
     t_phot = time.perf_counter() - t_phot
     if catalog is None or len(catalog) == 0:
         catalog = None  # an empty field is a valid AST target (completeness of a blank sky)
@@ -178,7 +182,7 @@ def run_ast(args):
         seed=args.seed, match_radius=args.match_radius, match_flux=args.match_flux,
         gain=gain, border=args.border, min_separation=args.min_separation,
         catalog=catalog if catalog is not None else _empty_catalog(),
-        client=_scheduler_client(args), workers=args.workers,
+        client=_scheduler_client(args), workers=args.workers, tile_shape=args.tile,
         select=_min_snr_rule(args, image, psf, sky_info),
         progress_bar=not args.no_progress)
     table = result.table
@@ -225,9 +229,8 @@ def _min_snr_rule(args, image, psf, sky_info):
 
     sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)
     shape = (args.fit_shape, args.fit_shape)
-    mask = image.mask
 
-    def select(data, error, table):
+    def select(data, error, mask, table):
         table = table.copy()
         table["_row"] = np.arange(len(table))
         kept, _ = drop_insignificant(table, data, psf, shape, error=error, mask=mask,

@@ -5,10 +5,11 @@ magnitude), rendered with the image's own PSF model by crowdphot's renderer and 
 image in *batches* whose members are far enough apart not to crowd each other (greedy graph
 colouring of the stars closer than ``spacing``). Each batch is measured by the same pipeline as
 the photometry run it is compared with -- the ``phot`` object's finder, grouper, local
-background, fit shape and fit options -- but incrementally:
+background, fit shape and fit options -- but incrementally (:mod:`crowdphot.pipeline.ast_local`):
 
-* the finder runs on the image with the batch added (it is a local operation, so every
-  detection away from an artificial star is the original run's);
+* the image's own detections are found once; for each batch only the detections within reach of
+  an artificial star are found anew, on cut-outs around the batch's stars packed into one mosaic
+  (or on the whole image when that is smaller), so every other detection is the original run's;
 * only the detections within reach of an artificial star are fitted, together with every
   member of their groups when ``phot`` has a grouper; all the image's other stars stay in the
   data exactly as they were in the original run, so the crowding an artificial star sees is the
@@ -20,6 +21,13 @@ For ``IterativePSFPhotometry`` the first iteration is exact in the same way (eve
 model reaches the artificial star's neighbourhood is refitted); later iterations search the
 residual of that neighbourhood only, so their groups are closed within it (nearly always the
 same as a full re-run; tested statistically).
+
+Large images are cut into tiles (``tile_shape``; by default with Dask): one task per tile gets
+only the tile's core plus a margin of the image, error and mask and measures the artificial
+stars whose positions fall in the core, batch after batch, so memory per task scales with the
+tile. Photon noise (``gain``) is drawn per artificial star, so neither tiling nor the order of
+tasks changes it.
+
 An artificial star's measurement is the fitted star nearest its input position (within
 ``search_radius``); it is *recovered* when that star lies within ``match_radius`` pixels and its
 flux within a fraction ``match_flux`` of the input, the rule used to score the field's own stars
@@ -30,8 +38,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from contextlib import contextmanager
 
 import numpy as np
 from astropy.table import QTable
@@ -39,6 +45,7 @@ from scipy.spatial import cKDTree
 
 from crowdphot.core.render import render_image
 from crowdphot.core.validate import positive_real
+from crowdphot.pipeline.ast_local import _box_task, _quiet_empty
 from crowdphot.pipeline.ast_summary import _values, ast_summary
 
 __all__ = [
@@ -348,195 +355,74 @@ def _fitter_phot(base):
     return fitter
 
 
-@contextmanager
-def _quiet_empty():
-    """Silence 'no sources found' warnings: an empty neighbourhood is a normal outcome."""
-    from crowdphot.utils.exceptions import NoDetectionsWarning
+#: Default tile core size when the batches run on Dask (pixels).
+DASK_TILE = 1024
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=NoDetectionsWarning)
-        warnings.filterwarnings("ignore", message="no sources were found")
-        yield
+#: Grouping links followed beyond an artificial star's zone inside a tile's margin.
+_LINKS = 4
 
 
-def _detect(phot, image, mask):
-    with _quiet_empty():
-        found = phot.finder(image, mask=mask)
-    if found is None or len(found) == 0:
-        return np.empty(0), np.empty(0)
-    for xname, yname in (("x_centroid", "y_centroid"), ("xcentroid", "ycentroid"),
-                         ("x", "y")):
-        if xname in found.colnames:
-            return _values(found[xname]), _values(found[yname])
-    raise ValueError("the finder's table has no xcentroid/ycentroid columns")
+def _geometry(base, plan, search):
+    """The reaches of one artificial star (pixels): its stamp, the finder's dependency depth,
+    the radius within which detections can change, and the extra reach of iterations."""
+    from crowdphot.core.batched import BatchedPSFMixin
+    from crowdphot.core.render import model_stamp_shape
+    from crowdphot.pipeline.tiles import _detect_margin
+
+    model = base.psf_model
+    stamp = (tuple(int(v) for v in model.default_stamp_shape)
+             if isinstance(model, BatchedPSFMixin) else model_stamp_shape(model))
+    depth = float(_detect_margin(base.finder))
+    light = 0.5 * math.hypot(*stamp) + 1.0
+    # iterations: a star whose subtracted model reaches an artificial star's search zone
+    # (or the finder's reach around it) is refitted too
+    sub = stamp if plan is None or plan["sub_shape"] is None else plan["sub_shape"]
+    iter_reach = 0.0 if plan is None else 0.5 * math.hypot(*sub) + _finder_reach(base.finder)
+    return {"stamp": stamp, "depth": depth, "change": light + depth, "iter_reach": iter_reach}
 
 
-def _near(x, y, xin, yin, radius):
-    """Boolean mask of the points within ``radius`` of any of ``(xin, yin)``."""
-    sel = np.zeros(len(x), dtype=bool)
-    if len(x) == 0:
-        return sel
-    tree = cKDTree(np.column_stack([x, y]))
-    for idx in tree.query_ball_point(np.column_stack([xin, yin]), radius):
-        sel[idx] = True
-    return sel
+def _box_margin(base, geom, search):
+    """Pixels around a tile core that give its artificial stars the pixels an untiled run
+    gives them: their detection cut-outs, and the fit stamps and detections of the stars up to
+    ``_LINKS`` grouping links beyond their zone."""
+    from crowdphot.pipeline.tiles import _fit_margin
+
+    zone = search + 1.0 + geom["iter_reach"]
+    link = float(getattr(base.grouper, "min_separation", 0.0) or 0.0)
+    fit = _fit_margin(base.fit_shape, base.local_bkg_estimator, base.aperture_radius)
+    need = max(geom["change"] + geom["depth"], zone + geom["depth"],
+               zone + _LINKS * link + max(fit, geom["depth"]))
+    return int(math.ceil(need)) + 2
 
 
-def _fit(fitter, image, mask, err, init):
-    with warnings.catch_warnings():
-        # per-batch convergence notes would repeat once per batch; the flags column has them
-        warnings.filterwarnings("ignore", message=".*may not have converged")
-        return fitter.run(image, mask=mask, error=err, init_params=init)
+def _jobs(shape, tile_shape, margin, xin, yin, fin, batch, entropy):
+    """``(box, stars, index)`` per box holding artificial stars (one box without tiles)."""
+    from crowdphot.pipeline.tiles import Tile, tile_grid, tile_index
 
+    def stars(idx):
+        return {"x": xin[idx], "y": yin[idx], "flux": fin[idx], "batch": batch[idx],
+                "noise": None if entropy is None else [(entropy, int(i)) for i in idx]}
 
-def _grouped_init(base, x, y):
-    init = QTable()
-    if base.grouper is not None and len(x):
-        init["group_id"] = np.asarray(base.grouper(x, y))
-    init["x_init"] = x
-    init["y_init"] = y
-    return init
-
-
-def _later_iterations(base, fitter, plan, image, mask, err, first, xin, yin, zone):
-    """IterativePSFPhotometry's iterations 2.. around the artificial stars: find in the local
-    residual within ``zone`` of each artificial star, fit ('new': on the residual; 'all': all
-    local stars jointly on the image). Returns the result tables whose rows are final."""
-    tables = [first.results]
-    current, residual = first, image
-    for _ in range(2, plan["maxiters"] + 1):
-        residual = current.make_residual_image(residual, psf_shape=plan["sub_shape"])
-        xr, yr = _detect(base, residual, mask)
-        keep = _near(xr, yr, xin, yin, zone)
-        if not np.any(keep):
-            break
-        xr, yr = xr[keep], yr[keep]
-        if plan["mode"] == "new":
-            nxt = _fit(fitter, residual, mask, err, _grouped_init(base, xr, yr))
-            if nxt is None:
-                break
-            tables.append(nxt.results)
-        else:
-            from crowdphot.aperture.core import CircularAperture
-
-            prev = current.results_to_init_params()
-            flux, _ = CircularAperture(np.column_stack([xr, yr]),
-                                       r=base.aperture_radius).do_photometry(residual, mask=mask)
-            x = np.concatenate([_values(prev["x_init"]), xr])
-            y = np.concatenate([_values(prev["y_init"]), yr])
-            init = _grouped_init(base, x, y)
-            init["flux_init"] = np.concatenate([_values(prev["flux_init"]), _values(flux)])
-            nxt = _fit(fitter, image, mask, err, init)
-            if nxt is None:
-                break
-            tables = [nxt.results]
-            residual = image
-        current = nxt
-    return tables
-
-
-def _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, *, search_radius,
-                   reach, gain, rng, select=None):
-    """Fitted (x, y, flux, flux_err, flags) of the star nearest each artificial star."""
-    n = len(xin)
-    out = np.full((n, 4), np.nan)
-    flags = np.zeros(n, dtype=np.int64)
-    added = render_image(data.shape, base.psf_model, xin, yin, fin)
-    err = error
-    if gain is not None:
-        # the artificial stars' own photon noise (and its share of the error map)
-        noisy = rng.poisson(np.clip(added * gain, 0, None)) / gain
-        if err is not None:
-            err = np.sqrt(err**2 + np.clip(added, 0, None) / gain)
-        added = noisy
-    image = data + added
-    xd, yd = _detect(base, image, mask)
-    zone = search_radius + 1.0
-    # iterations find stars in the residual near the artificial star: every star whose model
-    # stamp reaches that zone must be refitted first
-    sel = _near(xd, yd, xin, yin, zone if plan is None else zone + reach)
-    if not np.any(sel):
-        return out, flags
-    init = QTable()
-    if base.grouper is not None:
-        # every member of the selected detections' groups, grouped as the full run groups them
-        gid = np.asarray(base.grouper(xd, yd))
-        sel |= np.isin(gid, np.unique(gid[sel]))
-        init["group_id"] = gid[sel]
-    init["x_init"] = xd[sel]
-    init["y_init"] = yd[sel]
-    result = _fit(fitter, image, mask, err, init)
-    if result is None:
-        return out, flags
-    # later iterations keep what they find within the same reach: a star found there can hide
-    # (finder's minimum separation) or blend with one near the artificial star
-    tables = [result.results] if plan is None else _later_iterations(
-        base, fitter, plan, image, mask, err, result, xin, yin, zone + reach)
-    cols = ("x_fit", "y_fit", "flux_fit", "flux_err")
-    vals = {c: np.concatenate([_values(t[c]) if c in t.colnames else np.full(len(t), np.nan)
-                               for t in tables]) for c in cols}
-    fl = np.concatenate([np.asarray(t["flags"]) if "flags" in t.colnames
-                         else np.zeros(len(t), dtype=np.int64) for t in tables])
-    xf, yf = vals["x_fit"], vals["y_fit"]
-    ok = np.isfinite(xf) & np.isfinite(yf)
-    if select is not None and np.any(ok):
-        # the run's own clean-up rule (e.g. the CLI's --min-snr) on the batch's fitted stars
-        fitted = QTable({c: v for c, v in vals.items()})
-        fitted["flags"] = fl
-        ok &= np.asarray(select(image, err, fitted), dtype=bool)
-    if not np.any(ok):
-        return out, flags
-    rows = np.flatnonzero(ok)
-    dist, j = cKDTree(np.column_stack([xf[ok], yf[ok]])).query(
-        np.column_stack([xin, yin]), distance_upper_bound=search_radius)
-    hit = np.isfinite(dist)
-    r = rows[j[hit]]
-    out[hit, 0] = xf[r]
-    out[hit, 1] = yf[r]
-    out[hit, 2] = vals["flux_fit"][r]
-    out[hit, 3] = vals["flux_err"][r]
-    flags[hit] = fl[r]
-    return out, flags
-
-
-def _batch_task(base, fitter, plan, data, mask, error, xin, yin, fin, noise_seed, settings):
-    """One batch, in this process or on a Dask worker."""
-    from crowdphot.pipeline.tiles import _limit_threads
-
-    _limit_threads()
-    rng = None if noise_seed is None else np.random.default_rng(noise_seed)
-    return _measure_batch(base, fitter, plan, data, mask, error, xin, yin, fin, rng=rng,
-                          **settings)
-
-
-def _on_dask(client, base, fitter, plan, data, mask, error, xin, yin, fin, batches,
-             noise_seeds, settings):
-    """Yield ``(batch, result)`` as batches finish on the cluster."""
-    from dask.distributed import as_completed
-
-    shared = [None if v is None else client.scatter(v, broadcast=True, hash=False)
-              for v in (data, mask, error)]
-    conf = client.scatter((base, fitter, plan), broadcast=True, hash=False)
-    futures = {}
-    for b, idx in enumerate(batches):
-        fut = client.submit(_remote_batch, conf, *shared, xin[idx], yin[idx], fin[idx],
-                            noise_seeds[b], settings, pure=False)
-        futures[fut] = b
-    for fut in as_completed(futures):
-        yield futures[fut], fut.result()
-
-
-def _remote_batch(conf, data, mask, error, xin, yin, fin, noise_seed, settings):
-    base, fitter, plan = conf
-    return _batch_task(base, fitter, plan, data, mask, error, xin, yin, fin, noise_seed,
-                       settings)
+    if tile_shape is None:
+        idx = np.arange(len(xin))
+        return [(Tile(0, shape[0], 0, shape[1]).box(0, shape), stars(idx), idx)]
+    tiles = tile_grid(shape, tile_shape)
+    owner = tile_index(xin, yin, shape, tile_shape)
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(len(tiles) + 1))
+    jobs = []
+    for t, tile in enumerate(tiles):
+        idx = order[bounds[t]:bounds[t + 1]]
+        if idx.size:
+            jobs.append((tile.box(margin, shape), stars(idx), idx))
+    return jobs
 
 
 def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=None, seed=None,
                          match_radius=0.5, match_flux=0.1, search_radius=None, gain=None,
                          border=0.0, min_separation=0.0, avoid=None, spacing=None,
-                         catalog=None, client=None, workers=None, select=None,
-                         progress_bar=False):
+                         catalog=None, client=None, workers=None, tile_shape=None,
+                         select=None, progress_bar=False):
     """Inject artificial stars into ``data`` and measure them with ``phot``'s pipeline.
 
     Parameters
@@ -582,15 +468,30 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     catalog : QTable, optional
         The original run's catalog, if already computed (else ``phot`` is run once).
     select : callable, optional
-        ``select(image, error, table) -> bool array``: a clean-up rule of the run being
+        ``select(image, error, mask, table) -> bool array``: a clean-up rule of the run being
         characterised, applied to each batch's fitted stars (``x_fit, y_fit, flux_fit,
-        flux_err, flags``) on the image with the batch added; rejected stars cannot be an
-        artificial star's measurement (``crowdphot ast`` passes ``--min-snr`` this way).
+        flux_err, flags``) on the image (or tile box: ``image``, ``error``, ``mask`` and the
+        table's positions are all in the box's pixels) with the batch added; rejected stars
+        cannot be an artificial star's measurement (``crowdphot ast`` passes ``--min-snr``
+        this way).
     client : dask.distributed.Client, optional
-        Measure the batches on this Dask cluster (the image is sent to each worker once).
+        Measure the artificial stars on this Dask cluster, one task per tile.
     workers : int, optional
-        Start a local Dask cluster of this many single-threaded worker processes for the
-        batches (closed afterwards). Results do not depend on where batches run.
+        Start a local Dask cluster of this many single-threaded worker processes (closed
+        afterwards).
+    tile_shape : int or (ty, tx), optional
+        Measure the artificial stars tile by tile: each task gets only its tile core plus a
+        margin (``meta['box_margin']``: the stars' detection cut-outs and the fit stamps of
+        their groups up to four grouping links out) of the image, error and mask, so a
+        worker's memory scales with the tile, not the image. Default: the whole image in one
+        task in process, ``DASK_TILE`` (1024) with Dask. The table depends on the seed and
+        the tiling only, never on where tasks run; two tilings agree except for an artificial
+        star whose group reaches more than four links beyond its search zone into another
+        tile (then the group is cut at the margin), or to rounding (1e-12 px) from detections
+        found at other mosaic offsets. With ``phot.subtract_neighbors`` (the CLI's ALLSTAR
+        mode) the neighbours subtracted and the passes' stopping rule involve all the stars
+        fitted together, which a tile changes: tilings then agree to about 1e-3 px and
+        0.15 sigma in flux.
     progress_bar : bool, optional
         Show a tqdm bar over batches.
 
@@ -627,6 +528,10 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     if workers is not None and (isinstance(workers, bool) or not isinstance(
             workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if tile_shape is not None:
+        from crowdphot.core.validate import as_pair
+
+        tile_shape = tuple(int(v) for v in as_pair("tile_shape", tile_shape, lower_bound=0))
     data, mask, error, _unit = coerce_inputs(data, mask, error)
     data = np.asarray(data, dtype=float)
     if data.ndim != 2:
@@ -666,56 +571,39 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
         avoid = (_values(catalog["x_fit"]), _values(catalog["y_fit"]))
     xin, yin, fin = draw_artificial_stars(data.shape, n, (lo, hi), seed=rng, border=border,
                                           avoid=avoid, min_separation=min_separation)
-    from crowdphot.core.batched import BatchedPSFMixin
-    from crowdphot.core.render import model_stamp_shape
-
-    model = base.psf_model
-    stamp = (tuple(model.default_stamp_shape) if isinstance(model, BatchedPSFMixin)
-             else model_stamp_shape(model))
-    # iterations: a star whose subtracted model reaches an artificial star's search zone
-    # (or the finder's reach around it) is refitted too
-    sub = stamp if plan is None or plan["sub_shape"] is None else plan["sub_shape"]
-    reach = 0.0 if plan is None else 0.5 * math.hypot(*sub) + _finder_reach(base.finder)
-    gap = _spacing(base, stamp, search + 1.0 + reach) if spacing is None else float(
-        positive_real("spacing", spacing))
+    geom = _geometry(base, plan, search)
+    gap = _spacing(base, geom["stamp"], search + 1.0 + geom["iter_reach"]) if spacing is None \
+        else float(positive_real("spacing", spacing))
     batch = assign_batches(xin, yin, gap)
     n_batches = int(batch.max()) + 1
-    fitter = _fitter_phot(base)
-    out = np.full((n, 4), np.nan)
-    flags = np.zeros(n, dtype=np.int64)
-    # one noise stream per batch: the same numbers wherever and in whatever order batches run
-    noise_seeds = (np.random.SeedSequence(int(rng.integers(2**63))).spawn(n_batches)
-                   if gain is not None else [None] * n_batches)
-    order = np.argsort(batch, kind="stable")
-    bounds = np.searchsorted(batch[order], np.arange(n_batches + 1))
-    batches = [order[bounds[b]:bounds[b + 1]] for b in range(n_batches)]
-    settings = dict(search_radius=search, reach=reach, gain=gain, select=select)
-    progress = None
-    if progress_bar:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=n, desc="Artificial stars", unit="star")
-    from crowdphot.pipeline.tiles import _close_client, _open_client
+    # one noise stream per star: the same numbers wherever and in whatever order it is measured
+    entropy = int(rng.integers(2**63)) if gain is not None else None
+    settings = dict(geom=geom, search_radius=search, gain=gain, select=select)
+    from crowdphot.pipeline.tiles import _ArrayPlanes, _close_client, _open_client, _Runner
 
     dask_client, owned = _open_client(client, workers, None)
+    if tile_shape is None and dask_client is not None:
+        tile_shape = DASK_TILE
+    margin = _box_margin(base, geom, search)
+    jobs = _jobs(data.shape, tile_shape, margin, xin, yin, fin, batch, entropy)
+    out = np.full((n, 4), np.nan)
+    flags = np.zeros(n, dtype=np.int64)
+    counter = {"cutout": 0, "whole": 0}
+    settings["remote"] = dask_client is not None
     try:
-        if dask_client is None:
-            done = ((b, _batch_task(base, fitter, plan, data, mask, error, xin[idx], yin[idx],
-                                    fin[idx], noise_seeds[b], settings))
-                    for b, idx in enumerate(batches))
-        else:
-            done = _on_dask(dask_client, base, fitter, plan, data, mask, error, xin, yin, fin,
-                            batches, noise_seeds, settings)
-        for b, (o, f) in done:
-            out[batches[b]] = o
-            flags[batches[b]] = f
-            if progress is not None:
-                progress.update(len(batches[b]))
+        runner = _Runner(dask_client, _ArrayPlanes(data, mask, error))
+        conf = runner.share((base, _fitter_phot(base), plan))
+        results = runner.map(_box_task, [box for box, _, _ in jobs],
+                             [(box, stars, conf, settings) for box, stars, _ in jobs],
+                             progress=progress_bar, desc="Artificial stars (boxes)")
     finally:
-        if progress is not None:
-            progress.close()
         if owned:
             _close_client(dask_client)
+    for (_, _, idx), (o, f, c) in zip(jobs, results, strict=True):
+        out[idx] = o
+        flags[idx] = f
+        for k in counter:
+            counter[k] += c[k]
     t_ast = time.perf_counter() - t1
 
     dist = np.hypot(out[:, 0] - xin, out[:, 1] - yin)
@@ -731,6 +619,7 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     meta = {"n_stars": n, "flux_range": (lo, hi), "seed": seed, "match_radius": match_radius,
             "match_flux": match_flux, "search_radius": search, "gain": gain,
             "spacing": gap, "n_batches": n_batches, "noise_sigma": sigma,
-            "t_phot": t_phot, "t_ast": t_ast}
+            "tile_shape": tile_shape, "n_boxes": len(jobs), "box_margin": margin,
+            "finder_calls": counter, "t_phot": t_phot, "t_ast": t_ast}
     table.meta.update({k: v for k, v in meta.items() if not k.startswith("t_")})
     return ASTResult(table, catalog, meta)
