@@ -101,6 +101,8 @@ _EXPORTS = {
     "completeness_map": "crowdphot.pipeline.ast_summary",
     "Exposure": "crowdphot.pipeline.multi",
     "fit_exposures": "crowdphot.pipeline.multi",
+    "detect_on_stack": "crowdphot.pipeline.multi_sky",
+    "residual_images": "crowdphot.pipeline.multi_sky",
     # empirical PSFs
     "EPSFStar": "crowdphot.psf.epsf_stars",
     "EPSFStars": "crowdphot.psf.epsf_stars",

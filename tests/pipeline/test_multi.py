@@ -159,6 +159,8 @@ def test_bad_inputs(six_exposures):
     with pytest.raises(ValueError, match=r"exposures\[1\] overlaps none"):
         fit_exposures([(e.data, e.error, None, e.wcs, e.psf_model, "A"),
                        (e.data, e.error, None, far, e.psf_model, "A")], cat)
+    with pytest.raises(ValueError, match=r"exposures\[2\] does not overlap any other"):
+        fit_exposures([e, exps[1], (e.data, e.error, None, far, e.psf_model, "A")])
     with pytest.raises(ValueError, match="different data units"):
         fit_exposures([(e.data * u.Jy, None, None, e.wcs, e.psf_model, "A"),
                        (e.data * u.MJy / u.sr, None, None, e.wcs, e.psf_model, "A")], cat)
@@ -275,53 +277,73 @@ def test_mask_units_and_filter_without_pixels(six_exposures):
     np.testing.assert_allclose(t["flux_C"][ok], t["flux_A"][ok], rtol=1e-6)
 
 
-def test_cli_phot_several_files(tmp_path, capsys):
-    from astropy.io import fits
+def _match(t, ra, dec, radius_arcsec):
+    """Index of the nearest row of ``t`` to every true star and its distance (arcsec)."""
+    from scipy.spatial import cKDTree
 
-    from crowdphot.cli.app import main
+    cosd = np.cos(np.deg2rad(DEC0))
+    tr = np.column_stack([t["ra"].to_value(u.deg) * cosd, t["dec"].to_value(u.deg)]) * 3600
+    dist, idx = cKDTree(tr).query(np.column_stack([ra * cosd, dec]) * 3600)
+    return idx, dist
 
-    rng = np.random.default_rng(3)
-    shape = (70, 70)
-    ra, dec, flux = make_sky(rng, 5, 11.0)
-    psf = CircularGaussianPRF(fwhm=2.5)
-    # the PSF as an oversampled image file, as STPSF writes single PSFs
-    n = 31 * 4 + 1
-    off = (np.arange(n) - (n - 1) / 2) / 4
-    xx, yy = np.meshgrid(off, off)
-    phdu = fits.PrimaryHDU(psf(xx, yy))
-    phdu.header["OVERSAMP"] = 4
-    phdu.writeto(tmp_path / "psf.fits")
-    paths = []
-    for k, filt in enumerate(("F150W", "F150W", "F200W")):
+
+def test_detection_on_combined_stack(six_exposures):
+    exps, cat, ra, dec, fluxes = six_exposures
+    t = fit_exposures(exps)  # no catalog: DAOFIND on the S/N stack of all six
+    idx, dist = _match(t, ra, dec, 0.1)
+    assert np.mean(dist < 0.05) > 0.97  # found and fitted to the truth
+    assert len(t) <= len(ra) * 1.03  # few spurious detections
+    ok = (dist < 0.05) & (t["flags"][idx] == 0)
+    pull = (t["flux_A"][idx][ok] - fluxes["A"][ok]) / t["flux_err_A"][idx][ok]
+    assert abs(np.mean(pull)) < 4 / np.sqrt(ok.sum()) and 0.8 < np.std(pull) < 1.2
+
+
+def test_residual_images_are_noise(six_exposures):
+    from crowdphot.pipeline.multi_sky import residual_images
+
+    exps, cat, ra, dec, fluxes = six_exposures
+    t = fit_exposures(exps, cat)
+    for e, r in zip(exps, residual_images(exps, t), strict=True):
+        x, y = e.wcs.all_world2pix(ra, dec, 0)
+        near = np.zeros(e.data.shape, dtype=bool)
+        for dx in range(-2, 3):
+            for dy in range(-2, 3):
+                ix, iy = np.round(x).astype(int) + dx, np.round(y).astype(int) + dy
+                inside = (ix >= 0) & (ix < e.data.shape[1]) & (iy >= 0) & (iy < e.data.shape[0])
+                near[iy[inside], ix[inside]] = True
+        chi2 = np.mean((r[near] / e.error[near]) ** 2)
+        # 3 + 1 fitted parameters per star over ~6 exposures x 25 pixels: chi2/pixel ~ 0.97
+        assert 0.9 < chi2 < 1.1
+        raw = np.mean((e.data[near] / e.error[near]) ** 2)
+        assert raw > 50
+
+
+def test_all_star_passes_remove_neighbour_light():
+    # wide PSF, stars 7 px apart fitted alone (group_separation=0): the grouped fit sees its
+    # neighbours' wings on its stamp and is biased; all-star passes subtract them
+    rng = np.random.default_rng(21)
+    shape = (100, 100)
+    ra, dec, flux = make_sky(rng, 11, 7.0, jitter_px=0.5)
+    psf = CircularGaussianPRF(fwhm=3.5)
+    exps = []
+    for _ in range(3):
         w = make_wcs(shape, dx=rng.uniform(-2, 2), dy=rng.uniform(-2, 2),
                      rot_deg=rng.uniform(-1, 1))
-        e = make_exposure(rng, shape, w, psf, ra, dec, flux, filt)
-        hdr = w.to_header()
-        hdr["BUNIT"] = "MJy/sr"
-        prim = fits.PrimaryHDU()
-        prim.header["FILTER"] = filt
-        fits.HDUList([prim, fits.ImageHDU(e.data, hdr, name="SCI"),
-                      fits.ImageHDU(e.error, name="ERR")]).writeto(tmp_path / f"e{k}.fits")
-        paths.append(str(tmp_path / f"e{k}.fits"))
-    Table({"ra": ra + 2e-6, "dec": dec - 2e-6}).write(tmp_path / "init.ecsv")
-    out = tmp_path / "cat.ecsv"
-    code = main(["phot", *paths, "--psf", str(tmp_path / "psf.fits"), "--init",
-                 str(tmp_path / "init.ecsv"), "-o", str(out), "--sky", "none"])
-    assert code == 0, capsys.readouterr().err
-    from astropy.table import QTable
-
-    t = QTable.read(out)
-    for col in ("ra", "dec", "ra_err", "dec_err", "flux_F150W", "flux_err_F150W",
-                "flux_F200W", "n_exposures", "flags"):
-        assert col in t.colnames
-    assert t["ra_err"].unit == u.arcsec and t["flux_F200W"].unit == u.MJy / u.sr
-    ok = t["flags"] == 0
-    assert ok.mean() > 0.9
-    pull = (t["flux_F150W"].value[ok] - flux[ok]) / t["flux_err_F150W"].value[ok]
-    assert np.all(np.abs(pull) < 5)
-    # a file without a celestial WCS: one clear line
-    fits.PrimaryHDU(np.zeros(shape)).writeto(tmp_path / "nowcs.fits")
-    code = main(["phot", paths[0], str(tmp_path / "nowcs.fits"), "--psf",
-                 str(tmp_path / "psf.fits"), "-o", str(out), "--sky", "none"])
-    err = capsys.readouterr().err
-    assert code == 2 and "nowcs.fits" in err and "celestial" in err
+        x, y = w.all_world2pix(ra, dec, 0)
+        img = render_image(shape, psf, np.asarray(x), np.asarray(y), flux,
+                           model_shape=(31, 31))
+        err = np.sqrt(25.0 + np.clip(img, 0, None))
+        exps.append(Exposure(img + rng.normal(size=shape) * err, err, None, w, psf, "A"))
+    cat = Table({"ra": ra, "dec": dec})
+    grouped = fit_exposures(exps, cat, group_separation=0, subtract_neighbors=False)
+    allstar = fit_exposures(exps, cat, group_separation=0)
+    assert allstar["passes"][0] >= 1
+    pulls = {}
+    for name, t in (("grouped", grouped), ("allstar", allstar)):
+        ok = t["flags"] == 0
+        assert ok.mean() > 0.95
+        pulls[name] = (t["flux_A"][ok] - flux[ok]) / t["flux_err_A"][ok]
+    n = len(pulls["allstar"])
+    assert np.mean(pulls["grouped"]) > 1.0
+    assert abs(np.mean(pulls["allstar"])) < 4 / np.sqrt(n)
+    assert 0.85 < np.std(pulls["allstar"]) < 1.15

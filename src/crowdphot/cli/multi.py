@@ -147,10 +147,15 @@ def run_phot_multi(args, paths):
         raise CLIError(f"--residual must be a .fits file name, got {args.residual}")
     specs = psf_specs(args.psf)
     images = [_read(p, args) for p in paths]
+    names = [str(image.keyword("FILTER") or Path(p).stem) for p, image in zip(paths, images,
+                                                                              strict=True)]
+    unknown = sorted(k for k in specs if k is not None and k not in names)
+    if unknown:
+        raise CLIError(f"--psf names filter(s) {', '.join(unknown)} that no file has (files' "
+                       f"filters: {', '.join(sorted(set(names)))})")
     units = {}
     exps = []
-    for p, image in zip(paths, images, strict=True):
-        filt = str(image.keyword("FILTER") or Path(p).stem)
+    for p, image, filt in zip(paths, images, names, strict=True):
         data = image.data
         err = image.error
         units[p] = image.unit
@@ -163,10 +168,6 @@ def run_phot_multi(args, paths):
             err = None if err is None else err * unit
         exps.append(Exposure(data, err, image.mask, image.wcs, _psf(specs, args, image, filt),
                              filt, name=str(p)))
-    unknown = sorted(k for k in specs if k is not None and k not in {e.filter_name for e in exps})
-    if unknown:
-        raise CLIError(f"--psf names filter(s) {', '.join(unknown)} that no file has (files' "
-                       f"filters: {', '.join(sorted({e.filter_name for e in exps}))})")
     if len({e.unit for e in exps}) > 1:
         raise CLIError("the files have different units (BUNIT): "
                        + ", ".join(f"{p}: {units[p] or 'none'}" for p in paths))

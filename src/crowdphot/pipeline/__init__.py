@@ -10,6 +10,8 @@ _EXPORTS = {
     "completeness_map": "crowdphot.pipeline.ast_summary",
     "Exposure": "crowdphot.pipeline.multi",
     "fit_exposures": "crowdphot.pipeline.multi",
+    "detect_on_stack": "crowdphot.pipeline.multi_sky",
+    "residual_images": "crowdphot.pipeline.multi_sky",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

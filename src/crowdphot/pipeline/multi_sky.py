@@ -109,10 +109,27 @@ def detect_on_stack(exposures, *, threshold=5.0, fwhm=None):
         ra, dec = e.wcs.celestial.all_pix2world(cx, cy, 0)
         x, y = ref_wcs.all_world2pix(ra, dec, 0, quiet=True)
         xs.append(x), ys.append(y)
+    boxes = np.array([[x.min(), x.max(), y.min(), y.max()] for x, y in zip(xs, ys, strict=True)])
+    names = [e.name or f"exposures[{k}]" for k, e in enumerate(exposures)]
+    if len(exposures) > 1:
+        for k in range(len(exposures)):
+            other = np.delete(boxes, k, axis=0)
+            hit = ((other[:, 0] < boxes[k, 1]) & (other[:, 1] > boxes[k, 0])
+                   & (other[:, 2] < boxes[k, 3]) & (other[:, 3] > boxes[k, 2]))
+            if hit.any():
+                continue
+            if len(exposures) == 2:
+                raise ValueError(f"{names[0]} and {names[1]} do not overlap on the sky (check "
+                                 "their WCS)")
+            raise ValueError(f"{names[k]} does not overlap any other exposure on the sky "
+                             "(check its WCS)")
     xs, ys = np.concatenate(xs), np.concatenate(ys)
     x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
-    nx = min(int(np.ceil(xs.max())) - x0 + 1, MAX_STACK_SIDE)
-    ny = min(int(np.ceil(ys.max())) - y0 + 1, MAX_STACK_SIDE)
+    nx = int(np.ceil(xs.max())) - x0 + 1
+    ny = int(np.ceil(ys.max())) - y0 + 1
+    if max(nx, ny) > MAX_STACK_SIDE:
+        raise ValueError(f"the exposures span {ny} x {nx} pixels of the first one, more than "
+                         f"{MAX_STACK_SIDE} per side for a detection stack; give a catalog")
     total = np.zeros((ny, nx))
     count = np.zeros((ny, nx))
     for e in exposures:
