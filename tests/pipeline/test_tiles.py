@@ -12,6 +12,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.modeling.fitting import TRFLSQFitter
 from astropy.nddata import NDData
 from astropy.table import QTable
 
@@ -293,6 +294,82 @@ def test_nonconvergence_warned_once_for_the_whole_catalog(crowded):
 
 
 # ----------------------------------------------------------------------------------------------
+# all-star fitting across seams
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wide_wings():
+    """A gridded PSF with wide wings: neighbours' light crosses seams (all-star matters)."""
+    from crowdphot.datasets import jwst_like_psf_grid
+
+    psf = jwst_like_psf_grid()
+    data, truth = cp.make_psf_model_image((256, 256), psf, 150, flux=(500, 50000),
+                                          min_separation=8, seed=0)
+    data = data + np.random.default_rng(1).normal(0, 1.0, data.shape)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"]})
+    err = np.full(data.shape, 1.0)
+    kw = dict(grouper=cp.SourceGrouper(10), group_warning_threshold=10**9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = cp.PSFPhotometry(psf, 5, subtract_neighbors=True, **kw)(
+            data, error=err, init_params=init)
+    return psf, data, err, init, kw, whole
+
+
+@pytest.mark.parametrize("rounds", [0, None])
+def test_tiled_all_star_equals_whole_image(wide_wings, rounds, monkeypatch):
+    """Other tasks' stars are subtracted in later rounds: seams do not bias the fluxes."""
+    import crowdphot.pipeline._halo as halo
+
+    psf, data, err, init, kw, whole = wide_wings
+    if rounds is not None:
+        monkeypatch.setattr(halo, "HALO_ROUNDS", rounds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiled = photometry_tiled(data, psf, 5, error=err, init_params=init, tile_shape=128,
+                                 subtract_neighbors=True, **kw)
+    np.testing.assert_array_equal(np.asarray(tiled["id"]), np.asarray(whole["id"]))
+    pull = (_val(tiled["flux_fit"]) - _val(whole["flux_fit"])) / _val(whole["flux_err"])
+    if rounds == 0:  # first round only: stars at seams miss their neighbours' wings
+        assert np.nanmax(np.abs(pull)) > 5
+    else:  # within a small fraction of the errors (the passes stop at a tolerance)
+        assert np.nanmax(np.abs(pull)) < 0.05
+        np.testing.assert_allclose(_val(tiled["x_fit"]), _val(whole["x_fit"]), atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(tiled["flags"]), np.asarray(whole["flags"]))
+
+
+def test_tiled_merge_separation_equals_whole_image(crowded):
+    """Doubled detections (0.4 px apart) merge in tiles exactly as in the whole image."""
+    model, data, error, truth = crowded
+    x, y = _val(truth["x_0"]), _val(truth["y_0"])
+    init = QTable({"x": np.r_[x, x[::10] + 0.4], "y": np.r_[y, y[::10]]})
+    kw = _config(merge_separation=0.5 * FWHM, subtract_neighbors=True, finder=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = cp.PSFPhotometry(model, 5, **kw)(data, error=error, init_params=init)
+        tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE,
+                                 init_params=init, **kw)
+    assert whole.meta["n_merged"] >= len(x[::10]) // 2
+    assert tiled.meta["n_merged"] == whole.meta["n_merged"]
+    fw, ft = np.asarray(whole["flags"]), np.asarray(tiled["flags"])
+    merged = (fw & 16384) > 0
+    np.testing.assert_array_equal((ft & 16384) > 0, merged)
+    np.testing.assert_array_equal(ft[~merged], fw[~merged])
+    pull = (_val(tiled["flux_fit"]) - _val(whole["flux_fit"])) / _val(whole["flux_err"])
+    assert np.nanmax(np.abs(pull[~merged])) < 0.05
+    # a doubled detection splits its flux about evenly, so which row keeps the merged star
+    # may differ; the merged star itself agrees
+    n = len(x)
+    pair = np.r_[np.arange(n), np.arange(0, n, 10)]
+    for tab in (whole, tiled):
+        f = np.where(merged, np.nan_to_num(_val(tab["flux_fit"])), 0.0)
+        tab["pair_flux"] = np.bincount(pair, f, minlength=n)[pair]
+    err = np.fmax(np.nan_to_num(_val(whole["flux_err"])),
+                  np.nan_to_num(_val(tiled["flux_err"])))[merged]
+    diff = np.abs(_val(tiled["pair_flux"]) - _val(whole["pair_flux"]))[merged]
+    assert np.all(diff <= 0.3 * np.bincount(pair[merged], err, minlength=n)[pair[merged]])
+
+
+# ----------------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,exc,match", [
@@ -309,6 +386,12 @@ def test_nonconvergence_warned_once_for_the_whole_catalog(crowded):
      "xycoords is not supported"),
     (dict(finder=cp.DAOStarFinder(np.ones((32, 32)), 2.0)), ValueError,
      "per-pixel threshold image is not supported"),
+    (dict(subtract_neighbors="yes"), TypeError, "subtract_neighbors must be True or False"),
+    (dict(merge_separation=-1.0), ValueError, "merge_separation"),
+    (dict(subtract_neighbors=True, likelihood="poisson", read_noise=1.0), ValueError,
+     "subtract_neighbors=True and merge_separation are not available with likelihood"),
+    (dict(merge_separation=1.0, fitter=TRFLSQFitter()), ValueError,
+     "merge_separation need the batched engine"),
 ])
 def test_argument_errors(kwargs, exc, match):
     base = dict(finder=cp.DAOStarFinder(10, 2.0), aperture_radius=3, tile_shape=16)

@@ -46,6 +46,7 @@ import numpy as np
 from astropy.table import QTable, vstack
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair
+from crowdphot.pipeline._halo import allstar_rounds
 
 __all__ = ["Tile", "photometry_tiled", "tile_grid", "tile_index"]
 
@@ -236,12 +237,18 @@ def _detect_task(source, tile, box, finder, unit):
     return np.column_stack([x[keep], y[keep], flux[keep]])
 
 
-def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs):
+def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
     from crowdphot.psf.photometry import run_psf_photometry
 
     _limit_threads()
     y0, y1, x0, x1 = box
     data, error, mask = source.cut(y0, y1, x0, x1)
+    if halo is not None and len(halo):
+        # all-star across seams: other tasks' stars that reach this box, subtracted
+        from crowdphot.core.render import render_image
+
+        data = data - render_image(data.shape, _shift_model(psf_model, x0, y0),
+                                   halo[:, 0] - x0, halo[:, 1] - y0, halo[:, 2])
     init = init.copy()
     init["x_init"] -= x0
     init["y_init"] -= y0
@@ -402,7 +409,8 @@ def photometry_tiled(data, psf_model, fit_shape, *, finder=None, mask=None, erro
                      xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                      group_warning_threshold=25, progress_bar=False, tile_shape=2048,
                      margin=None, client=None, workers=None, scheduler=None,
-                     likelihood="gaussian", read_noise=None, gain=1.0, crlb=False):
+                     likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
+                     subtract_neighbors=False, merge_separation=None):
     """PSF photometry of a large image in tiles, in this process or on a Dask cluster.
 
     Same result as ``PSFPhotometry(psf_model, fit_shape, finder=..., ...)(data, ...)`` on the
@@ -439,6 +447,14 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         (it takes precedence over ``workers``).
     likelihood, read_noise, gain, crlb
         As for :class:`crowdphot.PSFPhotometry` (maximum-likelihood fits and ``flux_crlb``).
+    subtract_neighbors, merge_separation
+        As for :class:`crowdphot.PSFPhotometry` (all-star fitting, merging of unresolvable
+        pairs; neither with ``likelihood='poisson'`` or a ``fitter``). All-star fitting runs
+        the tile fits twice: each task first fits its groups with the stars of its own box
+        subtracted, then again with the stars of the other tasks that reach its box
+        (their first-round values) subtracted from its pixels too, so that neighbours across
+        seams are modelled as in a whole-image run (equal to it within a small fraction of
+        the errors, not to rounding: the all-star passes stop at a tolerance).
 
     Without ``client``, ``workers`` or ``scheduler`` the tiles run one after another in this
     process (bounded memory, no parallelism).
@@ -476,8 +492,17 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                            aperture_radius=aperture_radius,
                            local_bkg_estimator=local_bkg_estimator,
                            group_warning_threshold=group_warning_threshold,
-                           likelihood=likelihood, read_noise=read_noise, gain=gain, crlb=crlb)
+                           likelihood=likelihood, read_noise=read_noise, gain=gain, crlb=crlb,
+                           subtract_neighbors=subtract_neighbors,
+                           merge_separation=merge_separation)
     fit_shape = config.fit_shape
+    allstar = config.subtract_neighbors or config.merge_separation is not None
+    if allstar and config.likelihood == "poisson":
+        raise ValueError("subtract_neighbors=True and merge_separation are not available with "
+                         "likelihood='poisson'")
+    if allstar and fitter is not None:
+        raise ValueError("subtract_neighbors=True and merge_separation need the batched "
+                         "engine (fitter=None)")
     if init_params is None and finder is None:
         raise ValueError("finder must be given when init_params is not input")
     if workers is not None and (isinstance(workers, bool) or not isinstance(
@@ -517,11 +542,16 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                       local_bkg_estimator=local_bkg_estimator, group_warning_threshold=10**9,
                       progress_bar=False, meta=config._meta(),
                       likelihood=config.likelihood, read_noise=config.read_noise,
-                      gain=config.gain, crlb=config.crlb)
+                      gain=config.gain, crlb=config.crlb,
+                      subtract_neighbors=config.subtract_neighbors,
+                      merge_separation=config.merge_separation)
         shared_psf = runner.share(psf_model)
         outs = runner.map(_fit_task, [box for box, _ in jobs],
                           [(box, sub, shared_psf, fit_shape, unit, kwargs) for box, sub in jobs],
                           progress=progress_bar, desc="Fit tiles")
+        if config.subtract_neighbors and len(jobs) > 1:
+            outs = allstar_rounds(runner, _fit_task, jobs, outs, shared_psf, psf_model,
+                                  fit_shape, unit, kwargs, progress_bar)
     finally:
         if owned:
             _close_client(client)
@@ -701,6 +731,13 @@ def _merge(outs, shape, tiles, tile_shape, fit_margin, det_margin):
     flags = (flags & ~np.int64(PSF_FLAGS.OUTSIDE_BOUNDS)) | np.where(
         outside, PSF_FLAGS.OUTSIDE_BOUNDS, 0)
     table["flags"] = flags
+    if "n_merged" in meta:  # per-tile counts in the tables' meta: the catalog's instead
+        with np.errstate(invalid="ignore"):
+            gone = ((flags & PSF_FLAGS.MERGED) > 0) & ~np.isfinite(
+                np.asarray(getattr(table["flux_fit"], "value", table["flux_fit"]), dtype=float))
+        table.meta["n_merged"] = int(np.count_nonzero(gone))
+    if "allstar_passes" in meta:
+        table.meta["allstar_passes"] = max(int(t.meta.get("allstar_passes", 0)) for t in tables)
     table.meta.update({"tile_shape": tuple(int(v) for v in tile_shape),
                        "n_tiles": len(tiles), "detect_margin": det_margin,
                        "fit_margin": fit_margin})

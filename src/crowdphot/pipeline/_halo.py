@@ -1,0 +1,127 @@
+"""All-star fitting in tiles: later rounds with other tasks' stars subtracted.
+
+The first round of :func:`crowdphot.pipeline.tiles.photometry_tiled` fits each task's groups
+with all-star passes over the stars of that task only; stars owned by other tasks whose light
+reaches its box (across a seam) are missing from its model. Later rounds refit each task with
+those stars (their latest values) rendered and subtracted from its pixels, starting from the
+first round's initial fluxes and local backgrounds (computed on the untouched pixels, as a
+whole-image run computes them), until the neighbours stop changing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["allstar_rounds", "HALO_ROUNDS", "HALO_TOL"]
+
+
+def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shape, unit,
+                   kwargs, progress):
+    """Later rounds of an all-star tiled fit: tasks again, other tasks' stars subtracted.
+
+    A round refits every task that some other task's star reaches (box grown by the model's
+    support) with those stars' latest values subtracted from its pixels; rounds repeat, for
+    the tasks whose neighbours changed by more than :data:`HALO_TOL` of their errors,
+    at most :data:`HALO_ROUNDS` times (the change shrinks by the wings' fraction per round).
+
+    Parameters
+    ----------
+    runner : crowdphot.pipeline.tiles._Runner
+    fit_task : callable
+        :func:`crowdphot.pipeline.tiles._fit_task` (its last argument takes the neighbours
+        ``(m, 3)``: x, y, flux in image pixels).
+    shared_psf, psf_model, fit_shape, unit, kwargs, progress
+        As the first round's.
+    jobs : list of (box, QTable)
+        As ``crowdphot.pipeline.tiles._fit_jobs`` (the first round's tasks).
+    outs : list of (QTable or None, messages)
+        The first round's results, one per job.
+
+    Returns
+    -------
+    outs : list
+        The last results of each job.
+    """
+    from crowdphot.psf.allstar import model_reach
+
+    reach = model_reach(psf_model) + max(fit_shape) / 2.0 + 1.0
+    outs = list(outs)
+    used = [None] * len(jobs)  # (ids, values) of the neighbours each job last subtracted
+    for _ in range(HALO_ROUNDS):
+        stars, owner = _halo_stars(outs)
+        if stars is None:
+            break
+        todo, args = [], []
+        for j, ((box, sub), (table, _)) in enumerate(zip(jobs, outs, strict=True)):
+            if table is None:
+                continue
+            by0, by1, bx0, bx1 = box
+            sx, sy = stars[:, 1], stars[:, 2]
+            near = (owner != j) & (sx > bx0 - 0.5 - reach) & (sx < bx1 - 0.5 + reach) & (
+                sy > by0 - 0.5 - reach) & (sy < by1 - 0.5 + reach)
+            if not near.any() or not _halo_changed(used[j], stars[near]):
+                continue
+            # the first round's starting values (computed on the untouched pixels, as a
+            # whole-image run computes them), so that only the neighbours' light differs
+            init = sub.copy()
+            first = {int(i): k for k, i in enumerate(np.asarray(table["id"]))}
+            rows = np.array([first[int(i)] for i in np.asarray(init["id"])])
+            for name in ("flux_init", "local_bkg"):
+                init[name] = _plain(table[name])[rows]
+            todo.append(j)
+            used[j] = stars[near]
+            args.append((box, init, shared_psf, fit_shape, unit, kwargs, stars[near, 1:4]))
+        if not todo:
+            break
+        again = runner.map(fit_task, [a[0] for a in args], args, progress=progress,
+                           desc="Fit tiles (neighbours)")
+        for j, out in zip(todo, again, strict=True):
+            outs[j] = out
+    return outs
+
+
+#: All-star tiled fits: rounds after the first (each refits the tasks whose neighbours from
+#: other tasks changed) ...
+HALO_ROUNDS = 2
+#: ... by more than this fraction of a neighbour's errors (x, y, flux).
+HALO_TOL = 0.02
+
+
+def _halo_stars(outs):
+    """``(stars (m, 7): id, x, y, flux, x_err, y_err, flux_err; owner (m,))``: fitted stars."""
+    from crowdphot.psf.flags import PSF_FLAGS
+
+    failed = np.int64(PSF_FLAGS.LEFT_STAMP | PSF_FLAGS.ABSURD_VALUE)
+    stars, owner = [], []
+    for j, (table, _) in enumerate(outs):
+        if table is None:
+            continue
+        x, y, f = (_plain(table[c]) for c in ("x_fit", "y_fit", "flux_fit"))
+        errs = [_plain(table[c]) if c in table.colnames else np.full(len(x), np.nan)
+                for c in ("x_err", "y_err", "flux_err")]
+        ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (f != 0) & (
+            (np.asarray(table["flags"]) & failed) == 0)  # failed stars are in no one's model
+        stars.append(np.column_stack([np.asarray(table["id"], dtype=float), x, y, f,
+                                      *errs])[ok])
+        owner.append(np.full(int(ok.sum()), j))
+    if not stars:
+        return None, None
+    return np.concatenate(stars), np.concatenate(owner)
+
+
+def _halo_changed(old, new):
+    """Whether a job's neighbours (rows of :func:`_halo_stars`) changed enough for a refit."""
+    if old is None:
+        return True
+    if len(old) != len(new) or np.any(old[:, 0] != new[:, 0]):
+        return True
+    for k in (1, 2, 3):  # x, y, flux against their errors (columns 4, 5, 6)
+        err = np.where(np.isfinite(new[:, k + 3]), new[:, k + 3], 0.0)
+        floor = 1e-6 * np.abs(new[:, 3]) if k == 3 else 1e-5
+        if np.any(np.abs(new[:, k] - old[:, k]) > np.maximum(HALO_TOL * err, floor)):
+            return True
+    return False
+
+
+def _plain(col):
+    return np.asarray(getattr(col, "value", col), dtype=float)
