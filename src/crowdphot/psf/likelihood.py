@@ -25,12 +25,20 @@ data; it is not what this module does.
 
 Errors are the inverse Fisher information at the solution (absolute, never scaled by the
 reduced chi-square): the observed information (minus the log-likelihood Hessian) for isolated
-sources, which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978), and
-the expected information ``(D^T V^-1 D)^-1`` at the solution for groups (and where the
-observed one is not positive definite). The reduced chi-square is Pearson's
-statistic and should be near 1 for a correct PSF. The flux of an isolated faint star is biased
-high by ``O(1 / S/N**2)`` when its position is free (the fit centres on the noise); the
-first-order (Cox & Snell 1968) bias is subtracted by default.
+sources and groups of up to 6 members (the group likelihood over the union of their stamps),
+which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978), and the
+expected information ``(D^T V^-1 D)^-1`` at the solution for larger groups, with a fitted sky,
+where the observed one is not positive definite, and above S/N 100 (where the two agree to
+~1 %). The reduced chi-square is Pearson's statistic and should be near 1 for a correct PSF.
+The flux of an isolated faint star is biased high by ``O(1 / S/N**2)`` when its position is
+free (the fit centres on the noise); the first-order (Cox & Snell 1968) bias is subtracted by
+default (below S/N 100; above it is < 0.01 sigma).
+
+Limits (see bench/RESULTS.md): below S/N ~10 the position estimate has heavier tails than the
+Cramér–Rao bound describes (x scatter 1.06 x the bound at S/N 5.6, robust scatter 0.98; the
+fits are the exact likelihood maxima, and no unbiased estimator reaches the bound in this
+threshold regime), and pairs closer than ~0.8 FWHM with a faint member (S/N < 10) are barely
+resolved: their likelihood is far from quadratic and the Fisher errors are too small there.
 """
 
 from __future__ import annotations
@@ -149,7 +157,8 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         Subtract the first-order (Cox & Snell 1968) bias of the maximum-likelihood estimate
         from isolated sources (groups of one), see :func:`crowdphot.core.crlb.cox_snell_bias`:
         the estimate of a faint star's flux is biased high by ``O(1 / S/N**2)`` when its
-        position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50). Default True.
+        position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50; not applied above
+        S/N 100, where it is < 0.01 sigma). Default True.
     **engine_options
         Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``fit_sky``,
         ``xtol``...).
@@ -220,12 +229,16 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     if mask is not None:
         valid &= ~stamp_values(np.asarray(mask, dtype=float), xlo, ylo, fshape)[0].astype(bool)
     background = bkg[:, None, None] + (0.0 if sky_st is None else sky_st)
+    if engine_options.get("neighbors") is not None:  # subtracted light of other groups
+        background = background + np.asarray(engine_options["neighbors"],
+                                             dtype=float).reshape(n, *fshape)
     refine_isolated(full, psf_model, np.where(valid, counts, 0.0), background, valid, gid,
                     xlo, ylo, fshape, read_noise, gain, fit_sky, bias_correction)
     # small groups: observed information of the group likelihood (the union of the members'
     # stamps, a pixel once, as the engine counts it); not with a fitted sky, subtracted
     # neighbours or photutils' pixel counting, which keep the expected information
-    if (not fit_sky and engine_options.get("neighbors") is None
+    _, cnt = np.unique(gid, return_counts=True)
+    if (not fit_sky and engine_options.get("neighbors") is None and np.any(cnt > 1)
             and engine_options.get("shared_pixels", "once") == "once"):
         usable = np.isfinite(arr)
         if mask is not None:

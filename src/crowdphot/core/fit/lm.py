@@ -88,7 +88,13 @@ class PoissonNoise:
         ``d log(d / mu) - (d - mu) >= 0`` (shifted electrons) is half the chi-square for
         large counts.
         """
-        mu_e = model + self.background[stamps]
+        # ``stamps`` are sorted and unique: all of them means the identity (no gathers)
+        every = len(stamps) == len(self.background)
+
+        def rows(arr):
+            return arr if every else arr[stamps]
+
+        mu_e = model + rows(self.background)
         np.maximum(mu_e, 0.0, out=mu_e)
         mu_e *= self.gain
         mu_e += self.read_noise ** 2
@@ -97,8 +103,8 @@ class PoissonNoise:
         np.divide(self.gain, w, out=w)
         w *= mask
         dev = np.log(mu_e)
-        dev *= self.counts[stamps]
-        np.subtract(self.const[stamps], dev, out=dev)
+        dev *= rows(self.counts)
+        np.subtract(rows(self.const), dev, out=dev)
         dev += mu_e
         dev *= mask
         return w, dev.sum(axis=1)
