@@ -209,6 +209,13 @@ def _photometry(args, image, psf, finder, init, sky=None):
         psf.x_0.fixed = True
         psf.y_0.fixed = True
         finder = None
+    # DAOPHOT ALLSTAR: neighbours outside each group are subtracted (not with the Poisson
+    # likelihood)
+    if not getattr(args, "no_subtract_neighbors", False) and \
+            common.get("likelihood", "gaussian") != "poisson":
+        common["subtract_neighbors"] = True
+        if not getattr(args, "no_merge", False):  # ALLSTAR's merge of unresolvable pairs
+            common["merge_separation"] = 0.37 * args.fwhm
     if args.tile:
         from crowdphot.pipeline.tiles import photometry_tiled
 
@@ -217,13 +224,6 @@ def _photometry(args, image, psf, finder, init, sky=None):
                                  init_params=init, tile_shape=args.tile,
                                  workers=args.workers, scheduler=args.scheduler, **common)
         return table, None
-    # DAOPHOT ALLSTAR: neighbours outside each group are subtracted (not in tiles, nor with
-    # the Poisson likelihood)
-    if not getattr(args, "no_subtract_neighbors", False) and \
-            common.get("likelihood", "gaussian") != "poisson":
-        common["subtract_neighbors"] = True
-        if not getattr(args, "no_merge", False):  # ALLSTAR's merge of unresolvable pairs
-            common["merge_separation"] = 0.37 * args.fwhm
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
                                       mode=args.mode, **common)

@@ -450,10 +450,11 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     subtract_neighbors, merge_separation
         As for :class:`crowdphot.PSFPhotometry` (all-star fitting, merging of unresolvable
         pairs; neither with ``likelihood='poisson'`` or a ``fitter``). All-star fitting runs
-        the tile fits twice: each task first fits its groups with the stars of its own box
-        subtracted, then again with the stars of the other tasks that reach its box
-        (their first-round values) subtracted from its pixels too, so that neighbours across
-        seams are modelled as in a whole-image run (equal to it within a small fraction of
+        the tile fits up to three times: each task first fits its groups with the stars of
+        its own box subtracted, then again with the stars of the other tasks that reach its
+        box (their latest values) subtracted from its pixels too
+        (:mod:`crowdphot.pipeline._halo`), so that neighbours across seams are modelled as
+        in a whole-image run (equal to it within a small fraction of
         the errors, not to rounding: the all-star passes stop at a tolerance).
 
     Without ``client``, ``workers`` or ``scheduler`` the tiles run one after another in this
