@@ -150,3 +150,29 @@ def test_combine_flags_errors():
         combine_flags(partial=np.array([1, 0]))
     with pytest.raises(ValueError):
         combine_flags(partial=np.ones(3, bool), outside=np.ones(2, bool))
+
+
+def test_photutils_registry_and_decoding():
+    """compat='photutils': photutils' twelve flags, higher bits ignored as photutils does."""
+    reg = PSF_FLAGS.photutils
+    assert reg.bit_values == list(PHOTUTILS_FLAGS.bit_values)
+    assert reg.names == list(PHOTUTILS_FLAGS.names)
+    assert reg.all_bits == 4095 and reg.photutils is reg
+    assert PSF_FLAGS.bit_values[:12] == reg.bit_values and len(PSF_FLAGS.bit_values) == 15
+    for value in (0, 8, 4104, 2**16 - 1, 2**15 + 136):
+        assert decode_psf_flags(value, compat="photutils") == photutils_decode(value)
+        assert (decode_psf_flags(value, compat="photutils", return_bit_values=True)
+                == photutils_decode(value, return_bit_values=True))
+    assert decode_psf_flags([4104, 8], compat="photutils") == [["no_convergence"]] * 2
+    assert "left_stamp" in decode_psf_flags(4104)
+    with pytest.raises(ValueError, match="compat must be None or 'photutils'"):
+        decode_psf_flags(8, compat="crowdphot")
+
+
+def test_lookup_errors_in_photutils_words():
+    with pytest.raises(KeyError, match="No flag with bit value 999"):
+        PSF_FLAGS.get_definition(999)
+    with pytest.raises(KeyError, match="No flag with name 'invalid'"):
+        PSF_FLAGS.get_definition("invalid")
+    with pytest.raises(TypeError, match="identifier must be int"):
+        PSF_FLAGS.get_definition(3.14)

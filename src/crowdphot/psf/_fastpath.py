@@ -41,11 +41,12 @@ def _bounds_for(psf_model, name, init, xy_bound):
     return lo, hi
 
 
-def use_fast_path(psf_model, fitter, main_params):
-    """Whether the batched engine can fit this model (built-in, only x_0/y_0/flux free)."""
+def use_fast_path(psf_model, fitter, main_params, fit_shape=(3, 3)):
+    """Whether the batched engine can fit this model (built-in, only x_0/y_0/flux free) on
+    stamps of ``fit_shape`` (>= 3 x 3; smaller ones exist only with ``compat='photutils'``)."""
     from crowdphot.core.batched import BatchedPSFMixin
 
-    if fitter is not None or not isinstance(psf_model, BatchedPSFMixin):
+    if fitter is not None or not isinstance(psf_model, BatchedPSFMixin) or min(fit_shape) < 3:
         return False
     if tuple(main_params) != ("x_0", "y_0", "flux"):
         return False
@@ -201,3 +202,45 @@ def check_fitted_errors(error, table, todo, fit_shape):
                          f"stamps of {int(np.count_nonzero(n_bad > 0))} source(s); such errors "
                          "are allowed only outside the fitted pixels (or mask those pixels)")
     return np.where(bad, 1.0, error)  # never used by the fit
+
+
+def refit_as_photutils(fit, data, mask, error, table, todo, *, psf_model, main_params,
+                       fit_shape, maxiters, xy_bounds):
+    """``compat='photutils'``: refit, as photutils does, the groups the engine stopped.
+
+    A group with a member whose position reached its stamp's edge (``left_stamp``) or whose
+    values were absurd (reported NaN) is refitted by :func:`crowdphot.psf._generic.fit_generic`
+    (stamps joined, astropy's ``TRFLSQFitter``: photutils' default fitter) and its members'
+    rows of ``fit`` are replaced in place; both markers are cleared there. Returns ``fit``.
+    """
+    from crowdphot.psf._generic import fit_generic
+
+    failed = (fit.left_stamp | fit.absurd) & (fit.reason == "")
+    if not failed.any():
+        return fit
+    gid = np.asarray(table["group_id"])
+    rows = np.flatnonzero(np.isin(gid, np.unique(gid[failed])) & todo)
+    sub = table[rows]
+    sub_reason = np.full(len(rows), "", dtype=object)
+    refit, infos = fit_generic(data, mask, error, sub, sub_reason, psf_model=psf_model,
+                               main_params=main_params, aliases=["x", "y", "flux"],
+                               fit_shape=fit_shape, fitter=None, maxiters=maxiters,
+                               xy_bounds=xy_bounds)
+    for k in ("x", "y", "flux"):
+        fit.values[k][rows] = refit.values[k]
+        fit.errors[k][rows] = refit.errors[k]
+    for name in ("qfit", "cfit", "reduced_chi2", "converged", "cov_ok", "near_bound"):
+        getattr(fit, name)[rows] = getattr(refit, name)
+    fit.reason[rows] = np.where(sub_reason == "", fit.reason[rows], sub_reason)
+    fit.left_stamp[rows] = False
+    fit.absurd[rows] = False
+    # the generic covariance is over the free parameters in the model's order; the engine's
+    # is (x, y, flux)
+    engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
+    order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
+    fit.cov[rows] = np.nan
+    for r, info in zip(rows, infos, strict=True):
+        block = info.get("param_cov")
+        if block is not None:
+            fit.cov[r][np.ix_(order, order)] = block
+    return fit

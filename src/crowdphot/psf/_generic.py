@@ -42,7 +42,7 @@ def _stamp_pixels(x, y, fit_shape, shape, mask):
 
 
 def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, aliases, fit_shape,
-                fitter, maxiters, xy_bounds, progress_bar=False):
+                fitter, maxiters, xy_bounds, progress_bar=False, compat=None):
     """Fit every group with an astropy fitter; returns ``(SourceFit, FitInfo-like list)``.
 
     Parameters
@@ -52,6 +52,10 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
         Initial parameters (``id, group_id, local_bkg, <alias>_init``...).
     reason : ndarray of object (n,)
         Pre-fit invalidity reasons ('' = fit it); updated in place.
+    compat : {None, 'photutils'}
+        'photutils': qfit, cfit and reduced_chi2 stay NaN when the fitter's ``fit_info``
+        holds no residual array (``fun`` or ``fvec``), as photutils; by default they are
+        computed from the fitted model for any fitter.
     """
     from astropy.modeling.fitting import TRFLSQFitter
 
@@ -130,6 +134,8 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
         subs = [fitted] if len(stamps) == 1 else [fitted[k] for k in range(len(stamps))]
         model_all = fitted(xx, yy)
         resid = zz - model_all
+        # photutils reads the residuals from the fitter: none, no metrics
+        metrics = compat != "photutils" or "fun" in info or "fvec" in info
         start = 0
         for k, (i, sx, sy, cen) in enumerate(stamps):
             sub = subs[k]
@@ -149,12 +155,12 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
             converged[i] = ok
             r = resid[start:start + sx.size]
             flux = vals["flux"][i]
-            if flux != 0:
+            if metrics and flux != 0:
                 qfit[i] = np.abs(r).sum() / flux
                 if cen >= 0:
                     # photutils: centre pixel of (data - model), over the flux
                     cfit[i] = r[cen] / flux
-            if error is not None:
+            if error is not None and metrics:
                 # as photutils: inf (not a warning) when pixels == free parameters
                 with np.errstate(divide="ignore", invalid="ignore"):
                     rchi2[i] = np.sum((r / error[sy, sx]) ** 2) / np.float64(sx.size - nfree)

@@ -14,7 +14,7 @@ import numpy as np
 from astropy.nddata import NDData, StdDevUncertainty
 from astropy.table import QTable, Table
 
-from crowdphot.core.validate import CrowdphotWarning, positive_real
+from crowdphot.core.validate import CrowdphotWarning, as_pair, positive_real
 
 __all__ = [
     "VALID_INIT_COLNAMES",
@@ -333,3 +333,20 @@ def accepts_maxiter(fitter):
         return "maxiter" in inspect.signature(fitter.__call__).parameters
     except (TypeError, ValueError):
         return True
+
+
+def check_fit_shape(fit_shape, compat=None):
+    """``fit_shape`` as an ``(ny, nx)`` tuple of odd ints: >= 3, or >= 1 with 'photutils'.
+
+    With ``compat='photutils'`` photutils' rule, order and words: odd first, then >= 1 (a
+    1-pixel stamp flags its sources too_few_pixels). By default a stamp must be at least
+    3 x 3, the fewest pixels that can constrain x, y and flux.
+    """
+    if compat != "photutils":
+        return tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2, odd=True))
+    pair = as_pair("fit_shape", fit_shape)
+    if np.any(pair % 2 == 0):
+        raise ValueError("fit_shape must have an odd value for both axes")
+    if np.any(pair < 1):
+        raise ValueError("fit_shape must be >= 1")
+    return tuple(int(v) for v in pair)

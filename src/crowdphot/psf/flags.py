@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crowdphot.core.validate import deprecated_positional
+from crowdphot.psf._compat import check_compat
 
 __all__ = ["FlagDefinition", "PSF_FLAGS", "NEAR_BOUND_TOL", "combine_flags", "decode_flags",
            "decode_psf_flags", "near_xy_bound", "psf_flags"]
@@ -158,8 +159,9 @@ class _FlagRegistry:
     128
     """
 
-    def __init__(self, definitions):
+    def __init__(self, definitions, photutils=None):
         self._definitions = tuple(definitions)
+        self._photutils = self if photutils is None else photutils
         self._by_bit = {d.bit_value: d for d in self._definitions}
         self._by_name = {d.name: d for d in self._definitions}
         for d in self._definitions:
@@ -194,6 +196,15 @@ class _FlagRegistry:
         """int: OR of every defined bit."""
         return sum(self.bit_values)
 
+    @property
+    def photutils(self):
+        """The registry of photutils 3's twelve flags (bits 1-2048) only.
+
+        What ``compat='photutils'`` uses: ``PSF_FLAGS.photutils.bit_values`` are photutils'
+        bit values and ``PSF_FLAGS.photutils.all_bits == 4095``.
+        """
+        return self._photutils
+
     def get_definition(self, identifier):
         """`FlagDefinition` for a bit value (int) or a name (str, aliases accepted).
 
@@ -207,13 +218,13 @@ class _FlagRegistry:
         if isinstance(identifier, str):
             name = _ALIASES.get(identifier, identifier)
             if name not in self._by_name:
-                raise KeyError(f"no flag named {identifier!r}; known: {self.names}")
+                raise KeyError(f"No flag with name {identifier!r}; known: {self.names}")
             return self._by_name[name]
         if isinstance(identifier, numbers.Integral) and not isinstance(identifier, bool):
             if int(identifier) not in self._by_bit:
-                raise KeyError(f"no flag with bit value {identifier!r}")
+                raise KeyError(f"No flag with bit value {identifier!r}")
             return self._by_bit[int(identifier)]
-        raise TypeError(f"identifier must be an int (bit value) or str (name), got {identifier!r}")
+        raise TypeError(f"identifier must be int (bit value) or str (name), got {identifier!r}")
 
     def get_name(self, bit_value):
         """Name of the flag with ``bit_value``."""
@@ -232,8 +243,11 @@ class _FlagRegistry:
         return self.get_definition(bit_value).detailed_description
 
 
-#: The registry of PSF photometry flags.
-PSF_FLAGS = _FlagRegistry(_DEFINITIONS)
+#: Flags photutils 3 defines (bits 1-2048); the others are crowdphot extensions.
+_N_PHOTUTILS = 12
+
+#: The registry of PSF photometry flags (``PSF_FLAGS.photutils``: photutils' twelve only).
+PSF_FLAGS = _FlagRegistry(_DEFINITIONS, _FlagRegistry(_DEFINITIONS[:_N_PHOTUTILS]))
 
 
 def combine_flags(**conditions):
@@ -279,10 +293,10 @@ def combine_flags(**conditions):
     return flags
 
 
-def _decode_value(value, return_bit_values):
+def _decode_value(value, return_bit_values, registry=PSF_FLAGS):
     return [
         (d.bit_value if return_bit_values else d.name)
-        for d in PSF_FLAGS.all_flags
+        for d in registry.all_flags
         if value & d.bit_value
     ]
 
@@ -296,7 +310,7 @@ def _check_flag_scalar(value):
 
 
 @deprecated_positional("return_bit_values")
-def decode_psf_flags(flags, *, return_bit_values=False):
+def decode_psf_flags(flags, *, return_bit_values=False, compat=None):
     """Names (or bit values) of the flags set in each value of ``flags``.
 
     Parameters
@@ -305,6 +319,9 @@ def decode_psf_flags(flags, *, return_bit_values=False):
         One flag value or a flag column (any shape; arrays are decoded in flattened order).
     return_bit_values : bool, optional
         Return the bit values (ints) instead of the names.
+    compat : {None, 'photutils'}, optional
+        'photutils': decode photutils 3's twelve flags only (bits 1-2048; higher bits are
+        ignored, as photutils ignores unknown bits). Default None: every crowdphot flag.
 
     Returns
     -------
@@ -342,12 +359,15 @@ def decode_psf_flags(flags, *, return_bit_values=False):
     [[], ['no_convergence'], ['no_convergence', 'fully_masked']]
     >>> decode_psf_flags(136, return_bit_values=True)
     [8, 128]
+    >>> decode_psf_flags(4104, compat='photutils')
+    ['no_convergence']
     """
+    registry = PSF_FLAGS.photutils if check_compat(compat) == "photutils" else PSF_FLAGS
     if np.isscalar(flags):
-        return _decode_value(_check_flag_scalar(flags), return_bit_values)
+        return _decode_value(_check_flag_scalar(flags), return_bit_values, registry)
     arr = np.asarray(getattr(flags, "value", flags))
     if arr.ndim == 0:
-        return _decode_value(_check_flag_scalar(arr.item()), return_bit_values)
+        return _decode_value(_check_flag_scalar(arr.item()), return_bit_values, registry)
     arr = arr.ravel()
     if arr.size == 0:
         return []
@@ -358,7 +378,7 @@ def decode_psf_flags(flags, *, return_bit_values=False):
         raise ValueError("Flag value must be a non-negative integer")
     # A flag column holds few distinct values: decode each once, then copy per row.
     uniq, inverse = np.unique(arr, return_inverse=True)
-    table = [_decode_value(int(v), return_bit_values) for v in uniq]
+    table = [_decode_value(int(v), return_bit_values, registry) for v in uniq]
     return [list(table[k]) for k in inverse.tolist()]
 
 

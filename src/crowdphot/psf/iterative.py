@@ -57,7 +57,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
         local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
         fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
         crlb, subtract_neighbors (all-star fitting in every iteration) and
-        merge_separation, as for PSFPhotometry (likelihood='poisson' needs mode='all').
+        merge_separation, compat, as for PSFPhotometry (likelihood='poisson' needs
+        mode='all'; ``compat='photutils'``: photutils' behaviour, see PSFPhotometry).
     drop_significance : float, optional
         crowdphot extension (DAOPHOT ALLSTAR). Sources whose fitted ``flux / flux_err`` is
         below this are dropped: in mode 'all' they do not start the next iteration's refit,
@@ -83,9 +84,10 @@ class IterativePSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, finder, *, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, maxiters=3, mode="new",
                  aperture_radius=None, local_bkg_estimator=None, group_warning_threshold=25,
-                 sub_shape=None, progress_bar=False, shared_pixels="once", fit_sky=False,
+                 sub_shape=None, progress_bar=False, shared_pixels=None, fit_sky=False,
                  likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
-                 subtract_neighbors=False, merge_separation=None, drop_significance=None):
+                 subtract_neighbors=False, merge_separation=None, drop_significance=None,
+                 compat=None):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -108,7 +110,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
             group_warning_threshold=group_warning_threshold, progress_bar=progress_bar,
             shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
             read_noise=read_noise, gain=gain, crlb=crlb,
-            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
+            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation,
+            compat=compat)
         if drop_significance is not None:
             drop_significance = positive_real("drop_significance", drop_significance)
         self.drop_significance = drop_significance

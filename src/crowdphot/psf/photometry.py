@@ -15,9 +15,10 @@ import warnings
 import numpy as np
 from astropy.table import QTable
 
-from crowdphot.core.validate import CrowdphotWarning, as_pair, check_data_mask_error, positive_real
+from crowdphot.core.validate import CrowdphotWarning, check_data_mask_error, positive_real
 from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
+from crowdphot.psf._compat import check_compat, check_compat_options
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.likelihood import check_noise_options, sky_map
 from crowdphot.utils._deprecation import renamed_argument
@@ -143,9 +144,9 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        finder=None, grouper=None, fitter=None, fitter_maxiters=100,
                        xy_bounds=None, aperture_radius=None, local_bkg_estimator=None,
                        group_warning_threshold=25, progress_bar=False, meta=None,
-                       shared_pixels="once", fit_sky=False, likelihood="gaussian",
+                       shared_pixels=None, fit_sky=False, likelihood="gaussian",
                        read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False,
-                       merge_separation=None, sky=None):
+                       merge_separation=None, compat=None, sky=None):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -167,6 +168,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     (20.3, 1000.0)
     """
     likelihood, read_noise, gain, crlb = check_noise_options(likelihood, read_noise, gain, crlb)
+    compat, shared_pixels = check_compat_options(
+        compat, shared_pixels=shared_pixels, fit_sky=fit_sky,
+        subtract_neighbors=subtract_neighbors, merge_separation=merge_separation,
+        likelihood=likelihood, crlb=crlb)
     if likelihood == "poisson" and error is not None:
         warnings.warn("error is ignored with likelihood='poisson' (the pixel variances come "
                       "from the model, read_noise and gain)", CrowdphotWarning, stacklevel=3)
@@ -204,7 +209,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     if (subtract_neighbors or merge_separation is not None) and likelihood == "poisson":
         raise ValueError("subtract_neighbors=True and merge_separation are not available with "
                          "likelihood='poisson'")
-    if _fast.use_fast_path(psf_model, fitter, main_params):
+    if _fast.use_fast_path(psf_model, fitter, main_params, fit_shape):
         pieces, passes = _fast.fit_fast(
             data, mask, error, table, todo, psf_model=psf_model, fit_shape=fit_shape,
             maxiters=fitter_maxiters, xy_bounds=xy_bounds, progress_bar=progress_bar,
@@ -212,6 +217,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
             subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
         fit = _fast.collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
+        if compat == "photutils":
+            _fast.refit_as_photutils(fit, data, mask, error, table, todo, psf_model=psf_model,
+                                     main_params=main_params, fit_shape=fit_shape,
+                                     maxiters=fitter_maxiters, xy_bounds=xy_bounds)
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
@@ -240,7 +249,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                                     main_params=main_params, aliases=aliases,
                                     fit_shape=fit_shape, fitter=fitter,
                                     maxiters=fitter_maxiters, xy_bounds=xy_bounds,
-                                    progress_bar=progress_bar)
+                                    progress_bar=progress_bar, compat=compat)
     gid = np.asarray(table["group_id"])
     _, inverse, counts = np.unique(gid, return_inverse=True, return_counts=True)
     fit.group_size = counts[inverse]
@@ -370,7 +379,8 @@ class PSFPhotometry(_LatestResultMixin):
         Model with ``flux``, ``x_0``, ``y_0`` parameters. Fix ``x_0``/``y_0`` for forced
         photometry; parameter ``bounds`` are honoured.
     fit_shape : int or (ny, nx)
-        Odd stamp shape (>= 3) fitted around each source's initial position.
+        Odd stamp shape (>= 3; >= 1 with ``compat='photutils'``) fitted around each source's
+        initial position.
     finder : callable, optional
         ``finder(data, mask=...)`` returning a table with x/y columns.
     grouper : callable, optional
@@ -392,11 +402,12 @@ class PSFPhotometry(_LatestResultMixin):
         Warn when a group has more sources than this.
     progress_bar : bool
         Show a tqdm progress bar.
-    shared_pixels : {'once', 'photutils'}
+    shared_pixels : {'once', 'photutils'}, optional
         crowdphot extension. How a pixel inside the fit stamps of two members of one group is
         counted (batched engine): 'once' (default) weights it once, which keeps the errors of
-        blends closer than the stamp size honest; 'photutils' counts it once per stamp, as
-        photutils 3.0 does (identical results whenever stamps do not overlap).
+        blends closer than the stamp size honest; 'photutils' (the default with
+        ``compat='photutils'``) counts it once per stamp, as photutils 3.0 does (identical
+        results whenever stamps do not overlap).
     fit_sky : bool
         crowdphot extension (DAOPHOT ALLSTAR's sky). Fit one constant sky per group jointly
         with its members, on top of any ``local_bkg`` (batched engine only). The results
@@ -438,6 +449,14 @@ class PSFPhotometry(_LatestResultMixin):
         refitted: the absorbing row carries the result, the absorbed row is NaN, both are
         flagged ``merged`` (16384); ``results.meta['n_merged']`` counts the absorbed rows.
         Default None: no merging (photutils).
+    compat : {None, 'photutils'}, optional
+        'photutils': photutils 3.0's behaviour where crowdphot deliberately differs: only
+        photutils' flag bits (1-2048); groups that crowdphot's engine stops (a position
+        reaching its stamp's edge, an absurd value reported as NaN) refitted and reported as
+        photutils fits them (astropy's TRFLSQFitter on the joined stamps); shared stamp
+        pixels counted per stamp; ``fit_shape`` down to 1; qfit, cfit and reduced_chi2 NaN
+        for fitters without residuals. The crowdphot extensions above are then refused.
+        Default None: crowdphot's honest behaviour (docs/compat.md lists the differences).
 
     Examples
     --------
@@ -456,12 +475,12 @@ class PSFPhotometry(_LatestResultMixin):
     def __init__(self, psf_model, fit_shape, *, finder=None, grouper=None, fitter=None,
                  fitter_maxiters=100, xy_bounds=None, aperture_radius=None,
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
-                 shared_pixels="once", fit_sky=False, likelihood="gaussian", read_noise=None,
-                 gain=1.0, crlb=False, subtract_neighbors=False, merge_separation=None):
+                 shared_pixels=None, fit_sky=False, likelihood="gaussian", read_noise=None,
+                 gain=1.0, crlb=False, subtract_neighbors=False, merge_separation=None,
+                 compat=None):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
-        self.fit_shape = tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2,
-                                                        odd=True))
+        self.fit_shape = _photinit.check_fit_shape(fit_shape, check_compat(compat))
         for name, obj in (("finder", finder), ("grouper", grouper), ("fitter", fitter)):
             if obj is not None and not callable(obj):
                 raise TypeError(f"'{name}' must be a callable object")
@@ -481,14 +500,14 @@ class PSFPhotometry(_LatestResultMixin):
         if aperture_radius is not None:
             positive_real("aperture_radius", aperture_radius)
         self.aperture_radius = aperture_radius
-        if local_bkg_estimator is not None and not callable(local_bkg_estimator):
-            raise TypeError("local_bkg_estimator must be a LocalBackground (callable)")
+        if local_bkg_estimator is not None:
+            from crowdphot.background.core import LocalBackground
+
+            if not isinstance(local_bkg_estimator, LocalBackground):  # photutils' rule
+                raise TypeError("local_bkg_estimator must be a LocalBackground instance")
         self.local_bkg_estimator = local_bkg_estimator
         self.group_warning_threshold = group_warning_threshold
         self.progress_bar = bool(progress_bar)
-        if shared_pixels not in ("once", "photutils"):
-            raise ValueError(f"shared_pixels must be 'once' or 'photutils', got {shared_pixels!r}")
-        self.shared_pixels = shared_pixels
         if not isinstance(fit_sky, (bool, np.bool_)):
             raise TypeError(f"fit_sky must be True or False, got {fit_sky!r}")
         self.fit_sky = bool(fit_sky)
@@ -501,6 +520,10 @@ class PSFPhotometry(_LatestResultMixin):
         self.merge_separation = merge_separation
         self.likelihood, self.read_noise, self.gain, self.crlb = check_noise_options(
             likelihood, read_noise, gain, crlb)
+        self.compat, self.shared_pixels = check_compat_options(
+            compat, shared_pixels=shared_pixels, fit_sky=self.fit_sky,
+            subtract_neighbors=self.subtract_neighbors, merge_separation=merge_separation,
+            likelihood=self.likelihood, crlb=self.crlb)
         self._last = threading.local()
 
     _ATTRS = ("psf_model", "fit_shape", "finder", "grouper", "fitter", "fitter_maxiters",
@@ -518,6 +541,8 @@ class PSFPhotometry(_LatestResultMixin):
             v = getattr(self, a)
             meta[a] = repr(v) if a in ("psf_model", "finder", "grouper", "fitter",
                                        "local_bkg_estimator") and v is not None else v
+        if self.compat is not None:
+            meta["compat"] = self.compat
         if self.fit_sky:
             meta["fit_sky"] = True
         if self.subtract_neighbors:
@@ -540,7 +565,7 @@ class PSFPhotometry(_LatestResultMixin):
             shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
             likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
             crlb=self.crlb, subtract_neighbors=self.subtract_neighbors,
-            merge_separation=self.merge_separation, sky=sky)
+            merge_separation=self.merge_separation, compat=self.compat, sky=sky)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Run the photometry and return the results QTable (None when nothing to fit).
