@@ -55,6 +55,11 @@ from crowdphot.psf.groupers import SourceGrouper
 __all__ = ["Exposure", "fit_exposures", "MULTI_FLAGS"]
 
 _ARCSEC_PER_RAD = 180.0 * 3600.0 / np.pi
+#: The fit iterates on each exposure's WCS linearised at its start and is repeated from its
+#: solution (at most ``MAX_RELINEARISE`` times) while the linearised positions there differ
+#: from the exact ``all_world2pix`` ones by more than this many pixels (distorted WCS).
+POSITION_TOL = 1e-8
+MAX_RELINEARISE = 4
 
 #: Flag bits of the ``flags`` column of :func:`fit_exposures`.
 MULTI_FLAGS = {
@@ -181,7 +186,8 @@ def _project(exp, basis, xi, eta):
     ra, dec = _from_plane(basis, xi, eta)
     x, y = exp.wcs.all_world2pix(ra, dec, 0, tolerance=1e-12, maxiter=100, quiet=True)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    h = 0.01  # pixels; all_pix2world is exact, so central differences are accurate
+    h = 0.5  # pixels: all_pix2world is exact, central differences are exact for quadratic
+    # distortions, and a wide step keeps the rounding of degrees (1e-14 deg) small
     cols = []
     for dx, dy in ((h, 0.0), (-h, 0.0), (0.0, h), (0.0, -h)):
         r, d = exp.wcs.all_pix2world(x + dx, y + dy, 0)
@@ -259,8 +265,9 @@ class _Sky:
     """Copies of the sources in the exposures and the map from shared parameters to them.
 
     Shared parameters of a source: ``(xi, eta)`` in arcsec on the tangent plane, then one flux
-    per filter. ``theta`` projects them through each exposure's exact WCS; ``tie`` holds the
-    local Jacobian (re-linearised at the start of every pass).
+    per filter. ``theta`` projects them through each exposure's exact WCS; ``tie`` is the WCS
+    linearised at a point (the fit iterates on it and is repeated from its solution until the
+    linearised positions there agree with the exact ones, :func:`_solve_exact`).
     """
 
     def __init__(self, exps, fidx, basis, nf, frame, star):
@@ -282,16 +289,20 @@ class _Sky:
         return out
 
     def tie(self, p, n):
+        """The WCS linearised at ``p``: ``theta = offset + matrix @ p`` exact at ``p``."""
         m = len(self.frame)
         mat = np.zeros((m, 3, 2 + self.nf))
+        off = np.zeros((m, 3))
         for f, sel in enumerate(self.by_frame):
             if len(sel):
-                _, _, a = _project(self.exps[f], self.basis, p[self.star[sel], 0],
-                                   p[self.star[sel], 1])
+                ps = p[self.star[sel]]
+                x, y, a = _project(self.exps[f], self.basis, ps[:, 0], ps[:, 1])
                 mat[sel, :2, :2] = a
+                off[sel, 0] = x - np.einsum("cj,cj->c", a[:, 0], ps[:, :2])
+                off[sel, 1] = y - np.einsum("cj,cj->c", a[:, 1], ps[:, :2])
         mat[np.arange(m), 2, self.fcol] = 1.0
         names = ("xi", "eta") + tuple(f"flux{k}" for k in range(self.nf))
-        return TiedParams(self.star, mat, np.zeros((m, 3)), n, names)
+        return TiedParams(self.star, mat, off, n, names)
 
 
 def _neighbor_light(tp, theta, reach, only=None):
@@ -301,6 +312,34 @@ def _neighbor_light(tp, theta, reach, only=None):
     return neighbor_stamps(tp.psf, theta[:, 0] + tp.xoff, theta[:, 1], flux,
                            tp.prob.layout.group, tp.prob.xlo, tp.prob.ylo, tp.prob.fit_shape,
                            reach=reach).reshape(len(theta), -1)
+
+
+def _solve_exact(tp, sky, p, n, **kwargs):
+    """:func:`solve_tied` on the WCS linearised at ``p``, repeated from its solution until the
+    linearised positions there equal the exact ones (to ``POSITION_TOL`` pixels)."""
+    for _ in range(MAX_RELINEARISE):
+        res = solve_tied(tp, sky.tie(p, n), p, **kwargs)
+        exact = sky.theta(res.p)
+        p = res.p
+        if not np.nanmax(np.abs(exact[:, :2] - res.theta[:, :2]), initial=0.0) > POSITION_TOL:
+            break
+        kwargs["groups"] = None
+    return replace(res, theta=exact)
+
+
+def _initial_flux(tp, sky, p, n, nf):
+    """Flux per source and filter from the copies' stamps at the start positions: the
+    weighted least-squares scale of the unit PSF, pooled over the filter's copies."""
+    theta = sky.theta(p)
+    v = np.asarray(tp.psf._stamps(theta[:, 0] + tp.xoff, theta[:, 1], tp.prob.xlo,
+                                  tp.prob.ylo, tp.prob.fit_shape)).reshape(len(theta), -1)
+    w2 = tp.prob.weight ** 2
+    key = tp.star * nf + (sky.fcol - 2)
+    num = np.bincount(key, np.einsum("ij,ij,ij->i", w2, tp.data0, v), minlength=n * nf)
+    den = np.bincount(key, np.einsum("ij,ij,ij->i", w2, v, v), minlength=n * nf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return np.where(np.isfinite(flux), flux, 0.0).reshape(n, nf)
 
 
 def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, max_passes):
@@ -330,9 +369,8 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
         if not refit.any():
             break
         last = it == max_passes - 1
-        new = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
-                         neighbors=neighbors, groups=refit, maxiters=maxiters, xtol=tol,
-                         scale_by_chi2=no_err)
+        new = _solve_exact(tp, sky, p, n, free=free, neighbors=neighbors, groups=refit,
+                           maxiters=maxiters, xtol=tol, scale_by_chi2=no_err)
         passes += 1
         rs = refit[tp.layout.group]
         new = replace(new, converged=np.where(rs, new.converged, res.converged),
@@ -508,25 +546,20 @@ def fit_exposures(exposures, catalog=None, *, fit_shape=(5, 5), model_shape=None
 
     p = np.zeros((n, 2 + nf))
     p[:, 0], p[:, 1] = xi[src], eta[src]
-    p[:, 2:] = np.where(np.isfinite(flux0[src]), flux0[src], 0.0)
     free = np.ones((n, 2 + nf), dtype=bool)
     free[:, 2:] = filt_pix[src]
+    p[:, 2:] = np.where(np.isfinite(flux0[src]), flux0[src], _initial_flux(tp, sky, p, n, nf))
     no_err = exps[0].error is None
     floors = [0.0 if e.error is None else NEIGHBOR_NOISE * float(np.nanmedian(e.error))
               for e in exps]
     subtract = bool(subtract_neighbors) and max_passes > 0
-    res = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
-                     maxiters=int(maxiters), xtol=float(tol), scale_by_chi2=no_err,
-                     covariance=not subtract)
+    res = _solve_exact(tp, sky, p, n, free=free, maxiters=int(maxiters), xtol=float(tol),
+                       scale_by_chi2=no_err, covariance=not subtract)
+    p = res.p
     passes = 0
     if subtract:
         res, passes = _allstar_passes(tp, sky, exps, res, n, free, floors, no_err,
                                       int(maxiters), float(tol), int(max_passes))
-        p = res.p
-    else:  # one more solve with the Jacobian at the solution
-        p = res.p
-        res = solve_tied(tp, sky.tie(p, n), p, theta_fn=sky.theta, free=free,
-                         maxiters=int(maxiters), xtol=float(tol), scale_by_chi2=no_err)
         p = res.p
     return _table(exps, filters, unit, basis, ids, src, res, p, n_exp, filt_pix, passes)
 

@@ -153,8 +153,10 @@ class TiedParams:
         ``(n_blocks, P, P)`` (``index`` from :meth:`block_map`)."""
         t = np.einsum("bki,bkl,blj->bij", self.matrix[bs1], blocks, self.matrix[bs2],
                       optimize=True)
-        p = t.shape[1]
-        flat = t.reshape(len(t), p * p)
-        out = np.stack([np.bincount(index, flat[:, j], minlength=n_blocks)
-                        for j in range(p * p)], axis=1)
-        return out.reshape(n_blocks, p, p)
+        out = np.zeros((n_blocks,) + t.shape[1:])
+        if len(t):
+            order = np.argsort(index, kind="stable")
+            idx = index[order]
+            first = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+            out[idx[first]] = np.add.reduceat(t[order], first, axis=0)
+        return out
