@@ -406,6 +406,15 @@ def test_band_solve_rejects_a_singular_matrix():
         native.band_solve(np.zeros((3, 3)), np.zeros((1, 3, 2)))
 
 
+def test_band_solve_same_with_any_threads(rng, threads):
+    # the stack's images are solved in parallel: each one alone gives the same coefficients
+    images = rng.normal(size=(5, 23, 17))
+    stack = SplineStack(images).coeffs
+    jit.set_num_threads(1)
+    for k in range(5):
+        np.testing.assert_array_equal(stack[k], SplineStack(images[k:k + 1]).coeffs[0])
+
+
 # -- cold start ----------------------------------------------------------------------------------
 def test_photometry_path_loads_no_jit_plotting_interpolate_or_graph_modules(tmp_path):
     """A fresh process importing the notebook's classes and running a small grouped fit with a

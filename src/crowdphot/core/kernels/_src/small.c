@@ -183,9 +183,47 @@ done:
     return ret;
 }
 
+typedef struct {
+    const double *lu;
+    double *x;
+    Py_ssize_t n, inner, lower, upper;
+} band_ctx;
+
+/* forward and backward substitution of the factored band for x[lo..hi) */
+static void band_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const band_ctx *c = ctx;
+    const double *lu = c->lu;
+    Py_ssize_t n = c->n, inner = c->inner, lower = c->lower, upper = c->upper;
+    for (Py_ssize_t q = lo; q < hi; q++) {
+        double *xo = c->x + q * n * inner;
+        for (Py_ssize_t k = 0; k < n; k++) { /* forward: L y = x */
+            double *xk = xo + k * inner;
+            for (Py_ssize_t r = k + 1; r < n && r <= k + lower; r++) {
+                double f = lu[r * n + k];
+                if (f == 0.0) continue;
+                double *xr = xo + r * inner;
+                for (Py_ssize_t i = 0; i < inner; i++) xr[i] -= f * xk[i];
+            }
+        }
+        for (Py_ssize_t k = n - 1; k >= 0; k--) { /* backward: U x = y */
+            double *xk = xo + k * inner;
+            Py_ssize_t end = k + upper + 1 < n ? k + upper + 1 : n;
+            for (Py_ssize_t c2 = k + 1; c2 < end; c2++) {
+                double u = lu[k * n + c2];
+                const double *xc = xo + c2 * inner;
+                for (Py_ssize_t i = 0; i < inner; i++) xk[i] -= u * xc[i];
+            }
+            double d = lu[k * n + k];
+            for (Py_ssize_t i = 0; i < inner; i++) xk[i] /= d;
+        }
+    }
+}
+
 /* band_solve(a[n, n], x[outer, n, inner]): solve a @ x[o] = x[o] in place for every o, along
- * the middle axis. `a` is banded and totally positive (a B-spline collocation matrix), so
- * Gaussian elimination without pivoting is stable (de Boor); only the band is used. */
+ * the middle axis (the o in parallel). `a` is banded and totally positive (a B-spline
+ * collocation matrix), so Gaussian elimination without pivoting is stable (de Boor); only the
+ * band is used. */
 PyObject *ck_band_solve(PyObject *self, PyObject *args)
 {
     PyObject *o[2];
@@ -223,31 +261,9 @@ PyObject *ck_band_solve(PyObject *self, PyObject *args)
             for (Py_ssize_t c = k + 1; c < end; c++) lu[r * n + c] -= f * lu[k * n + c];
         }
     }
-    double *x = CK_D(b[1]);
+    band_ctx c = {lu, CK_D(b[1]), n, inner, lower, upper};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t q = 0; q < outer; q++) {
-        double *xo = x + q * n * inner;
-        for (Py_ssize_t k = 0; k < n; k++) { /* forward: L y = x */
-            double *xk = xo + k * inner;
-            for (Py_ssize_t r = k + 1; r < n && r <= k + lower; r++) {
-                double f = lu[r * n + k];
-                if (f == 0.0) continue;
-                double *xr = xo + r * inner;
-                for (Py_ssize_t i = 0; i < inner; i++) xr[i] -= f * xk[i];
-            }
-        }
-        for (Py_ssize_t k = n - 1; k >= 0; k--) { /* backward: U x = y */
-            double *xk = xo + k * inner;
-            Py_ssize_t end = k + upper + 1 < n ? k + upper + 1 : n;
-            for (Py_ssize_t c = k + 1; c < end; c++) {
-                double u = lu[k * n + c];
-                const double *xc = xo + c * inner;
-                for (Py_ssize_t i = 0; i < inner; i++) xk[i] -= u * xc[i];
-            }
-            double d = lu[k * n + k];
-            for (Py_ssize_t i = 0; i < inner; i++) xk[i] /= d;
-        }
-    }
+    ck_parallel_for(outer, 1, band_range, &c);
     Py_END_ALLOW_THREADS
     ret = Py_NewRef(Py_None);
 done:
