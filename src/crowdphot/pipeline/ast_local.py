@@ -14,8 +14,9 @@ core plus a margin) batch after batch:
   cut-out, or padding) cannot change it and the finder cannot fire on a cut-out edge. The
   cut-outs are packed side by side into one mosaic image per batch (one finder call); cut-outs
   clipped by an image edge go into strips aligned on that edge (or their own call in a corner),
-  so the finder sees the image edge where the whole-image run sees it. When the cut-outs would
-  hold more pixels than the box, the batch is detected on the whole box instead (same result).
+  so the finder sees the image edge where the whole-image run sees it. Unless the cut-outs hold
+  far fewer pixels than the box (sparse batches), the batch is detected on the whole box instead
+  (same result).
 * **Fit.** The detections within reach of an artificial star -- with every member of their
   groups when ``phot`` has a grouper -- are fitted on the box with the batch added; all other
   stars stay in the data as they are.
@@ -38,9 +39,13 @@ from crowdphot.pipeline.ast_summary import _values
 
 __all__: list[str] = []
 
-#: How batches are detected: "auto" (cut-outs when they hold fewer pixels than the box),
-#: "cutout" or "whole" (for benchmarks and tests; the result is the same).
+#: How batches are detected: "auto" (cut-outs when they hold under ``CUTOUT_FRACTION`` of the
+#: box's pixels), "cutout" or "whole" (for benchmarks and tests; the result is the same).
 DETECTION = "auto"
+
+#: Cut-outs cost more per pixel than one whole-image pass (gather, packing, strips); measured
+#: break-even near 0.3-0.4 of the image (bench/bench_ast.py).
+CUTOUT_FRACTION = 0.25
 
 
 @contextmanager
@@ -117,17 +122,16 @@ def _grid_mosaic(image, mask, iy, ix, half):
     size = 2 * half + 1
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
-    off = np.arange(-half, half + 1)
-    yy = (iy[:, None] + off)[:, :, None]
-    xx = (ix[:, None] + off)[:, None, :]
 
-    def tile(a, fill):
-        stamps = np.full((rows * cols, size, size), fill, dtype=a.dtype)
-        stamps[:n] = a[yy, xx]
+    def tile(a):
+        # every cut-out is a window of the image: copy whole rows of windows, not pixels
+        windows = np.lib.stride_tricks.sliding_window_view(a, (size, size))
+        stamps = np.zeros((rows * cols, size, size), dtype=a.dtype)
+        stamps[:n] = windows[iy - half, ix - half]
         return stamps.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(
             rows * size, cols * size)
 
-    return tile(image, 0.0), None if mask is None else tile(mask, False), cols
+    return tile(image), None if mask is None else tile(mask), cols
 
 
 def _cutout_detections(phot, image, mask, xc, yc, half):
@@ -182,13 +186,13 @@ def _cutout_detections(phot, image, mask, xc, yc, half):
 def _detect_near(phot, image, mask, xc, yc, radius, depth, counter=None):
     """The finder's detections on ``image`` that lie within ``radius`` of an ``(xc, yc)``,
     found on cut-outs of half-size ``radius + depth`` (or on the whole image when the cut-outs
-    would be larger); same result either way for a local finder. Sorted by (y, x)."""
+    would not be much smaller); same result either way for a local finder. Sorted by (y, x)."""
     half = int(math.ceil(radius + depth)) + 1
     n = len(xc)
     if n == 0:
         return np.empty(0), np.empty(0)
-    cheaper = n * (2 * half + 1) ** 2 < image.size if DETECTION == "auto" else (
-        DETECTION == "cutout")
+    cheaper = n * (2 * half + 1) ** 2 < CUTOUT_FRACTION * image.size if DETECTION == "auto" \
+        else DETECTION == "cutout"
     if cheaper and _finder_is_local(phot.finder):
         xd, yd, k = _cutout_detections(phot, image, mask, xc, yc, half)
         # a detection within reach of two stars is found in both cut-outs: it is kept from
