@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import row  # noqa: E402
+from common import BENCH_DIR, row  # noqa: E402
 
 FWHM = 4.0
 FIT_SHAPE = 7
@@ -172,6 +172,185 @@ def run(quick=False, full=False):
     return rows
 
 
+def flux_bias(truth, table, edges):
+    """Median ``flux_fit / flux_true - 1`` (%) per magnitude bin and its standard error.
+
+    Over the true stars matched within 0.5 px (one-to-one, nearest first; no flux cut, so
+    the bias is not clipped by the recovery criterion) whose fit is finite and unflagged.
+    """
+    from crowdphot import match_xy
+
+    x, y, f = (np.asarray(table[c], dtype=float) for c in ("x_fit", "y_fit", "flux_fit"))
+    good = np.isfinite(x) & np.isfinite(y) & np.isfinite(f) & (np.asarray(table["flags"]) == 0)
+    idx = np.flatnonzero(good)
+    ti, fi = match_xy(truth["x"], truth["y"], x[good], y[good], separation=0.5)
+    rel = 100.0 * (f[idx[fi]] / truth["flux"][ti] - 1.0)
+    mag = -2.5 * np.log10(truth["flux"][ti] / FLUX[1])
+    which = np.digitize(mag, edges) - 1
+    med, err = np.full(len(edges) - 1, np.nan), np.full(len(edges) - 1, np.nan)
+    for b in range(len(edges) - 1):
+        r = rel[which == b]
+        if len(r) > 10:
+            med[b] = np.median(r)
+            # standard error of a median: 1.2533 sigma / sqrt(n), sigma from the MAD
+            err[b] = 1.2533 * 1.4826 * np.median(np.abs(r - med[b])) / np.sqrt(len(r))
+    return med, err
+
+
+def _pooled_bias(truths, tables, edges):
+    """:func:`flux_bias` over several fields at once."""
+    from astropy.table import QTable, vstack
+
+    parts, offset = [], 0.0
+    big = {"x": [], "y": [], "flux": []}
+    for t, tab in zip(truths, tables, strict=True):
+        # fields side by side (shifted far apart in x) so one matching covers them all
+        big["x"].append(t["x"] + offset)
+        big["y"].append(t["y"])
+        big["flux"].append(t["flux"])
+        part = QTable({c: np.asarray(tab[c], dtype=float) for c in ("x_fit", "y_fit",
+                                                                     "flux_fit")})
+        part["x_fit"] += offset
+        part["flags"] = np.asarray(tab["flags"])
+        parts.append(part)
+        offset += 1e5
+    return flux_bias({k: np.concatenate(v) for k, v in big.items()}, vstack(parts), edges)
+
+
+def _photutils_cached(data, size, mode):
+    """photutils' table for the scene (cached in bench/_cache: minutes per run)."""
+    from astropy.table import QTable
+
+    from common import CACHE_DIR
+
+    path = CACHE_DIR / f"crowding_photutils_{mode}_{size}.ecsv"
+    if path.exists():
+        tab = QTable.read(path)
+        return tab, float(tab.meta["seconds"])
+    t0 = time.perf_counter()
+    tab = _run_photutils(data, mode)
+    dt = time.perf_counter() - t0
+    keep = tab[["x_fit", "y_fit", "flux_fit", "flux_err", "flags", "group_size"]]
+    keep.meta = {"seconds": dt}
+    CACHE_DIR.mkdir(exist_ok=True)
+    keep.write(path, overwrite=True)
+    return keep, dt
+
+
+def _run_allstar(data):
+    """crowdphot's iterative 'all' mode with all-star fitting (DAOPHOT ALLSTAR)."""
+    import crowdphot as cp
+
+    phot = cp.IterativePSFPhotometry(
+        cp.CircularGaussianPRF(fwhm=FWHM), FIT_SHAPE, cp.DAOStarFinder(5 * NOISE, FWHM),
+        grouper=cp.SourceGrouper(3 * FWHM), aperture_radius=APERTURE, maxiters=MAXITERS,
+        mode="all", group_warning_threshold=10**9, subtract_neighbors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return phot(data, error=np.full(data.shape, NOISE))
+
+
+def figure(size=2048, path=None, bias_fields=8):
+    """Completeness and flux bias against magnitude, photutils vs crowdphot, as a PNG.
+
+    photutils ('new' and 'all') and crowdphot ('new', 'all' and 'all' with all-star fitting)
+    on the same ``size``² field (10,000 stars at 2048²); photutils' tables are cached in
+    ``bench/_cache``. The all-star flux bias is also pooled over ``bias_fields`` fields
+    (seeds 3, 4, ...), whose faint bins have the stars to measure 0.1 %. Returns
+    ``(rows, lines)``: timing rows and the printed table.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    edges = np.arange(0.0, 5.01, 0.5)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    data, truth = crowded_scene(size)
+    n_true = len(truth["x"])
+    _run_crowdphot(data[:128, :128])  # warm-up
+    runs, times = {}, {}
+    for mode in ("new", "all"):
+        runs[f"photutils {mode}"], times[f"photutils {mode}"] = _photutils_cached(data, size,
+                                                                                  mode)
+    for name, fn in (("crowdphot new", lambda: _run_crowdphot(data, "new")),
+                     ("crowdphot all", lambda: _run_crowdphot(data, "all")),
+                     ("crowdphot all, all-star", lambda: _run_allstar(data))):
+        t0 = time.perf_counter()
+        runs[name] = fn()
+        times[name] = time.perf_counter() - t0
+    comp, bias = {}, {}
+    for name, tab in runs.items():
+        comp[name] = completeness(truth, recovered(truth, tab), edges)[1]
+        bias[name] = flux_bias(truth, tab, edges)
+    # the bias of the faint bins needs more stars than one field has: more fields (seeds)
+    pooled_t, pooled_tab = [truth], [runs["crowdphot all, all-star"]]
+    for seed in range(4, 3 + bias_fields):
+        d, t = crowded_scene(size, seed=seed)
+        pooled_t.append(t)
+        pooled_tab.append(_run_allstar(d))
+    many = f"crowdphot all-star, {len(pooled_t)} fields"
+    bias[many] = _pooled_bias(pooled_t, pooled_tab, edges)
+    n_bin = completeness(truth, np.zeros(n_true, dtype=bool), edges)[0]
+    lines = [f"Crowded field {size}x{size}, {n_true} stars: completeness (0.5 px, 10 %) and "
+             "median flux bias (%, +- its standard error; matched within 0.5 px, flags 0)"]
+    names = list(runs)
+    lines.append(f"{'mag bin':>11} {'n':>5} " + " ".join(f"{n:>26}" for n in names))
+    for b in range(len(edges) - 1):
+        cells = " ".join(f"{comp[n][b]:6.3f} {bias[n][0][b]:+7.3f}+-{bias[n][1][b]:5.3f}"
+                         .rjust(26) for n in names)
+        lines.append(f"{edges[b]:5.1f}-{edges[b + 1]:<5.1f} {n_bin[b]:>5d} {cells}")
+    lines.append(f"{many}: bias (%) per bin " + ", ".join(
+        f"{m:+.3f}+-{e:.3f}" for m, e in zip(*bias[many], strict=True)))
+    lines.append("seconds: " + ", ".join(f"{n} {times[n]:.1f}" for n in names))
+    for mode, cname in (("new", "crowdphot new"), ("all", "crowdphot all"),
+                        ("all", "crowdphot all, all-star")):
+        worse = [f"{edges[b]:.1f}" for b in range(len(edges) - 1)
+                 if comp[cname][b] < comp[f"photutils {mode}"][b]]
+        lines.append(f"{cname} vs photutils {mode}: completeness >= in every bin: "
+                     f"{'yes' if not worse else 'NO, bins ' + ', '.join(worse)}; bias range "
+                     f"{np.nanmin(bias[cname][0]):+.3f} .. {np.nanmax(bias[cname][0]):+.3f} %")
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.5, 8), sharex=True)
+    styles = {"photutils new": ("C0", "--", "o"), "photutils all": ("C0", "-", "o"),
+              "crowdphot new": ("C1", "--", "s"), "crowdphot all": ("C1", "-", "s"),
+              "crowdphot all, all-star": ("C3", "-", "D")}
+    for k, name in enumerate(names):
+        c, ls, m = styles[name]
+        ax1.plot(centres, comp[name], color=c, ls=ls, marker=m, ms=4, label=name)
+        med, err = bias[name]
+        ax2.errorbar(centres + 0.03 * (k - 2), med, yerr=err, color=c, ls=ls, marker=m, ms=4,
+                     capsize=2, label=name)
+    med, err = bias[many]
+    ax2.errorbar(centres + 0.09, med, yerr=err, color="k", marker="*", ms=7, capsize=2,
+                 label=many)
+    ax2.axhspan(-0.2, 0.2, color="0.9", zorder=0, label="+-0.2 %")
+    ax2.axhline(0, color="0.5", lw=0.8)
+    ax1.set_ylabel("completeness (0.5 px, 10 % flux)")
+    ax2.set_ylabel("median flux bias (%)")
+    ax2.set_xlabel("magnitude below the brightest (flux 20000 .. 200; noise 2, FWHM 4)")
+    ax1.set_title(f"Crowded field {size}x{size}, {n_true} stars, IterativePSFPhotometry x3")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = BENCH_DIR / "crowding.png" if path is None else path
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines.append(f"figure: {path}")
+    rows = [row(f"crowding {size}x{size} {name}", times["photutils " + (
+        "new" if name.endswith("new") else "all")], times[name], f"see {Path(path).name}")
+        for name in names if name.startswith("crowdphot")]
+    return rows, lines
+
+
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv, full="--full" in sys.argv):
-        print(r)
+    if "--figure" in sys.argv:
+        size = 512 if "--quick" in sys.argv else 2048
+        out, text = figure(size, bias_fields=8 if size == 2048 else 2,
+                           path=None if size == 2048 else BENCH_DIR / "_cache" /
+                           "crowding_quick.png")
+        print("\n".join(text))
+        for r in out:
+            print(r)
+    else:
+        for r in run(quick="--quick" in sys.argv, full="--full" in sys.argv):
+            print(r)
