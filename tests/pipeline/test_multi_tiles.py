@@ -1,0 +1,82 @@
+"""Joint multi-exposure fits in sky tiles (crowdphot.pipeline.multi_tiles)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.table import Table
+from test_multi import DEC0, make_exposure, make_sky, make_wcs
+
+from crowdphot import CircularGaussianPRF
+from crowdphot.pipeline.multi import fit_exposures
+from crowdphot.pipeline.multi_tiles import fit_exposures_tiled
+
+
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(31)
+    shape = (120, 120)
+    ra, dec, flux = make_sky(rng, 11, 9.0)
+    psfs = {"A": CircularGaussianPRF(fwhm=2.4), "B": CircularGaussianPRF(fwhm=3.0)}
+    exps = []
+    for filt in "AAB":
+        w = make_wcs(shape, dx=rng.uniform(-3, 3), dy=rng.uniform(-3, 3),
+                     rot_deg=rng.uniform(-1.5, 1.5))
+        exps.append(make_exposure(rng, shape, w, psfs[filt], ra, dec,
+                                  flux * (0.6 if filt == "B" else 1.0), filt))
+    ra_i = ra + rng.normal(0, 0.03, ra.size) / 3600 / np.cos(np.deg2rad(DEC0))
+    dec_i = dec + rng.normal(0, 0.03, ra.size) / 3600
+    return exps, Table({"ra": ra_i, "dec": dec_i})
+
+
+def _compare(tiled, whole):
+    assert np.all(tiled["flags"] == whole["flags"])
+    ok = whole["flags"] == 0
+    assert ok.mean() > 0.9
+    cosd = np.cos(np.deg2rad(DEC0))
+    for col, err, scale in (("ra", "ra_err", 3600 * cosd), ("dec", "dec_err", 3600)):
+        d = (tiled[col].to_value(u.deg) - whole[col].to_value(u.deg)) * scale
+        assert np.max(np.abs(d[ok]) / whole[err].to_value(u.arcsec)[ok]) < 1e-3
+    for f in "AB":
+        d = np.abs(tiled[f"flux_{f}"] - whole[f"flux_{f}"]) / whole[f"flux_err_{f}"]
+        assert np.max(d[ok]) < 1e-3
+        np.testing.assert_allclose(tiled[f"flux_err_{f}"][ok], whole[f"flux_err_{f}"][ok],
+                                   rtol=1e-3)
+
+
+def test_tiles_equal_the_whole_field(field):
+    exps, cat = field
+    whole = fit_exposures(exps, cat)
+    tiled = fit_exposures_tiled(exps, cat, tile_size=3.5)
+    assert len(np.unique(tiled["tile"])) >= 9
+    assert np.all(tiled["n_exposures"] == whole["n_exposures"])
+    _compare(tiled, whole)
+
+
+def test_tiles_on_dask(field):
+    distributed = pytest.importorskip("dask.distributed")
+    exps, cat = field
+    whole = fit_exposures(exps, cat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cluster start-up chatter is not under test
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+    try:
+        tiled = fit_exposures_tiled(exps, cat, tile_size=6.0, client=client)
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.close()
+            cluster.close()
+    assert len(np.unique(tiled["tile"])) >= 4
+    _compare(tiled, whole)
+
+
+def test_tiles_bad_arguments(field):
+    exps, cat = field
+    with pytest.raises(ValueError, match="tile_size"):
+        fit_exposures_tiled(exps, cat, tile_size=0)
+    with pytest.raises(ValueError, match="margin"):
+        fit_exposures_tiled(exps, cat, tile_size=5.0, margin=-1)
