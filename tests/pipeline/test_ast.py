@@ -91,6 +91,34 @@ def test_incremental_measurement_equals_a_full_rerun(field, grouper, local_bkg):
     assert n_checked > 60  # most bright-enough stars are found
 
 
+def test_allstar_neighbour_subtraction_is_followed(field):
+    """With ALLSTAR's neighbour subtraction (the CLI's default) the neighbours outside the
+    refitted neighbourhood are not subtracted and the passes stop on the refitted stars only:
+    the measurement still matches a full re-run to well within its errors."""
+    data, _, err = field
+    phot = PSFPhotometry(PSF, (5, 5), finder=IRAFStarFinder(5 * SIGMA, FWHM), aperture_radius=3,
+                         grouper=SourceGrouper(5), subtract_neighbors=True)
+    res = artificial_star_test(data, phot, 200, (30, 3000), error=err, seed=3)
+    t = res.table
+    dx, dflux, n = [], [], 0
+    for b in range(res.meta["n_batches"]):
+        s = t[t["batch"] == b]
+        image = data + render_image(data.shape, PSF, s["x_in"], s["y_in"], s["flux_in"])
+        full = phot(image, error=err)
+        d, j = cKDTree(np.column_stack([full["x_fit"], full["y_fit"]])).query(
+            np.column_stack([s["x_in"], s["y_in"]]), distance_upper_bound=res.meta["search_radius"])
+        hit = np.isfinite(d)
+        np.testing.assert_array_equal(hit, np.isfinite(s["x_out"]))
+        jj = j[hit]
+        dx.append(np.abs(np.asarray(s["x_out"])[hit] - np.asarray(full["x_fit"])[jj]))
+        dflux.append(np.abs(np.asarray(s["flux_out"])[hit] - np.asarray(full["flux_fit"])[jj])
+                     / np.asarray(full["flux_err"])[jj])
+        n += int(hit.sum())
+    assert n > 60
+    assert np.max(np.concatenate(dx)) < 2e-3  # measured 3e-4 px
+    assert np.max(np.concatenate(dflux)) < 0.05  # measured 0.008 sigma
+
+
 @pytest.mark.parametrize("mode", ["new", "all"])
 def test_iterative_photometry_is_followed_around_each_star(mode):
     """IterativePSFPhotometry: local iterations give a full re-run's result (mode 'new': every

@@ -20,7 +20,9 @@ image with the batch added (tested), at the cost of fitting a few stars per arti
 For ``IterativePSFPhotometry`` the first iteration is exact in the same way (every star whose
 model reaches the artificial star's neighbourhood is refitted); later iterations search the
 residual of that neighbourhood only, so their groups are closed within it (nearly always the
-same as a full re-run; tested statistically).
+same as a full re-run; tested statistically). With ALLSTAR's ``subtract_neighbors`` the
+neighbours outside the refitted neighbourhood are not subtracted and the passes stop on the
+refitted stars alone (measured: within 3e-4 px and 0.01 sigma in flux of a full re-run).
 
 Large images are cut into tiles (``tile_shape``; by default with Dask): one task per tile gets
 only the tile's core plus a margin of the image, error and mask and measures the artificial
