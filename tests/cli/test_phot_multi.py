@@ -122,6 +122,16 @@ def test_cli_psf_per_filter_stack_detection_residuals(tmp_path, capsys):
         err = fits.getdata(paths[k], "ERR")
         assert res.shape == (70, 70) and 0.8 < np.std(res / err) < 1.2
         assert f"res_e{k}.fits" in printed
+    # in sky tiles of 30 pixels: the same catalog
+    out2 = tmp_path / "tiled.ecsv"
+    code = main(["phot", *paths, "--psf", spec, "-o", str(out2), "--sky", "none", "--tile",
+                 "30"])
+    assert code == 0, capsys.readouterr().err
+    t2 = QTable.read(out2)
+    assert len(np.unique(t2["tile"])) >= 4
+    for f in fwhms:
+        d = np.abs(t2[f"flux_{f}"] - t[f"flux_{f}"]) / t[f"flux_err_{f}"]
+        assert np.max(d) < 1e-3
     # a filter the files do not have
     code = main(["phot", *paths, "--psf", "F444W=" + str(tmp_path / "a.fits"), "-o", str(out),
                  "--sky", "none"])

@@ -347,3 +347,35 @@ def test_all_star_passes_remove_neighbour_light():
     assert np.mean(pulls["grouped"]) > 1.0
     assert abs(np.mean(pulls["allstar"])) < 4 / np.sqrt(n)
     assert 0.85 < np.std(pulls["allstar"]) < 1.15
+
+
+@pytest.mark.parametrize("with_error,sip", [(False, False), (True, True)])
+def test_one_exposure_equals_single_image_fit_no_error_and_sip(with_error, sip):
+    # without errors both scale the covariance by each group's chi2 / dof; with a SIP
+    # distortion the fit iterates on the linearised WCS and is re-linearised at its solution
+    rng = np.random.default_rng(12)
+    shape = (90, 90)
+    ra, dec, flux = make_pairs(rng, 5, 15.0)
+    psf = CircularGaussianPRF(fwhm=2.5)
+    wcs = make_wcs(shape, dx=0.3, dy=0.2, rot_deg=0.7)
+    if sip:
+        wcs = add_sip(wcs, shape, amp=2e-4)
+    exp = make_exposure(rng, shape, wcs, psf, ra, dec, flux, "F1")
+    if not with_error:
+        exp = Exposure(exp.data, None, None, wcs, psf, "F1")
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    x0 = x + rng.uniform(-0.3, 0.3, x.size)
+    y0 = y + rng.uniform(-0.3, 0.3, x.size)
+    ra_i, dec_i = wcs.all_pix2world(x0, y0, 0)
+    joint = fit_exposures([exp], Table({"ra": ra_i, "dec": dec_i}), group_separation=0.6,
+                          subtract_neighbors=False, tol=1e-8)
+    phot = PSFPhotometry(psf, (5, 5), grouper=SourceGrouper(min_separation=6.0),
+                         aperture_radius=3, fitter_maxiters=200)
+    single = phot(exp.data, error=exp.error, init_params=Table({"x": x0, "y": y0}))
+    xj, yj = wcs.all_world2pix(np.asarray(joint["ra"].to_value(u.deg)),
+                               np.asarray(joint["dec"].to_value(u.deg)), 0, tolerance=1e-12)
+    assert np.all(joint["flags"] == 0)
+    np.testing.assert_allclose(xj, single["x_fit"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(yj, single["y_fit"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
+    np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-4)

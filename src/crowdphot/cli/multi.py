@@ -8,6 +8,9 @@ or x/y in the first file) or from detection on the combined signal-to-noise stac
 files (``--threshold`` is then in units of the stack's noise, default 5). ``--residual
 R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically). All-star
 passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first file's pixels.
+``--tile N`` fits in sky tiles of N pixels of the first file
+(:func:`crowdphot.pipeline.multi_tiles.fit_exposures_tiled`; ``--workers`` for local Dask
+workers).
 The catalog has ``ra``, ``dec``, ``ra_err``, ``dec_err``, ``flux_<FILTER>``,
 ``flux_err_<FILTER>``, ``n_exposures`` and ``flags`` (see :func:`crowdphot.fit_exposures`).
 """
@@ -25,8 +28,7 @@ from crowdphot.cli.psfload import load_psf
 __all__ = ["run_phot_multi", "psf_specs"]
 
 # single-image options a joint run does not support yet (name, value when unused)
-_UNSUPPORTED = (("tile", None), ("plots", None), ("regions", None), ("refine_psf", False),
-                ("iterative", None))
+_UNSUPPORTED = (("plots", None), ("regions", None), ("refine_psf", False), ("iterative", None))
 
 
 def _read(path, args):
@@ -137,6 +139,7 @@ def run_phot_multi(args, paths):
 
     from crowdphot.io.fits import write_table
     from crowdphot.pipeline.multi import Exposure, fit_exposures
+    from crowdphot.pipeline.multi_sky import detect_on_stack
 
     t0 = time.perf_counter()
     for name, unused in _UNSUPPORTED:
@@ -178,10 +181,17 @@ def run_phot_multi(args, paths):
     sep = None
     if args.group_radius:
         sep = float(args.group_radius) * exps[0].pixel_scale()
-    table = fit_exposures(exps, cat, fit_shape=(args.fit_shape, args.fit_shape),
-                          group_separation=sep,
-                          subtract_neighbors=not getattr(args, "no_subtract_neighbors", False),
-                          detect_threshold=args.threshold if args.threshold else 5.0)
+    opts = {"fit_shape": (args.fit_shape, args.fit_shape), "group_separation": sep,
+            "subtract_neighbors": not getattr(args, "no_subtract_neighbors", False)}
+    if cat is None:
+        cat = detect_on_stack(exps, threshold=args.threshold if args.threshold else 5.0)
+    if args.tile:
+        from crowdphot.pipeline.multi_tiles import fit_exposures_tiled
+
+        table = fit_exposures_tiled(exps, cat, tile_size=args.tile * exps[0].pixel_scale(),
+                                    workers=args.workers, **opts)
+    else:
+        table = fit_exposures(exps, cat, **opts)
     write_table(table, args.output)
     filters = sorted({e.filter_name for e in exps})
     extra = ""
