@@ -234,6 +234,26 @@ def test_tiled_with_init_params_and_mask(crowded):
     np.testing.assert_array_equal(np.asarray(tiled["id"]), np.arange(1, len(init) + 1))
 
 
+def test_tiled_bad_errors_matter_only_on_fitted_pixels(crowded, whole):
+    """As PSFPhotometry (photutils' rule): zero/NaN errors off every fit stamp are ignored,
+    one on a fitted pixel raises."""
+    model, data, error, _ = crowded
+    near = np.zeros(SHAPE, dtype=bool)  # every pixel within 3 px of a start: covers the stamps
+    for x, y in zip(np.round(_val(whole["x_init"])).astype(int),
+                    np.round(_val(whole["y_init"])).astype(int), strict=True):
+        near[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4] = True
+    bad = error.copy()
+    bad[~near] = 0.0
+    bad[~near & (np.arange(SHAPE[1]) % 2 == 0)] = np.nan
+    assert np.count_nonzero(~near) > 1000
+    tiled = photometry_tiled(data, model, 5, error=bad, tile_shape=TILE, **_config())
+    assert_same_catalog(tiled, whole)
+    y, x = int(round(_val(whole["y_init"])[0])), int(round(_val(whole["x_init"])[0]))
+    bad[y, x] = 0.0
+    with pytest.raises(ValueError, match="Error array contains non-positive or non-finite"):
+        photometry_tiled(data, model, 5, error=bad, tile_shape=TILE, **_config())
+
+
 def test_tiled_gridded_psf_uses_absolute_positions():
     """A position-dependent PSF must be evaluated at image, not cut, coordinates."""
     yy, xx = np.mgrid[:41, :41]

@@ -574,7 +574,8 @@ def _make_source(data, mask, error, coerce_inputs):
     from crowdphot.core.validate import check_data_mask_error
 
     data, mask, error, unit = coerce_inputs(data, mask, error)
-    arr, mask, error = check_data_mask_error(data, mask, error, stacklevel=4)
+    # bad errors (0, NaN) only matter on fitted pixels: each tile's fit checks its stamps
+    arr, mask, error = check_data_mask_error(data, mask, error, stacklevel=4, defer_error=True)
     return _ArrayPlanes(arr, mask, error), unit
 
 
