@@ -9,6 +9,11 @@ there is no Python loop per source or per group.
 
 The engine returns raw diagnostics (``reason``, ``converged``, ``cov_ok``, ``bound_distance``,
 ``left_stamp``, ``absurd``); :mod:`crowdphot.psf.flags` turns them into flag bits.
+
+Parameters tied across sources (one star seen in many exposures, ALLFRAME-style) run on the
+same machinery: :mod:`crowdphot.core.fit.tied` evaluates the *copies* of each source (one per
+exposure, own stamp, PSF and WCS Jacobian) with this engine's batched evaluation and solves for
+the shared parameters (:class:`crowdphot.core.fit.params.TiedParams`) by the chain rule.
 """
 
 from __future__ import annotations
