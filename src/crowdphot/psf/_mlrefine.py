@@ -146,46 +146,59 @@ def refine_groups(full, psf, counts, background, usable, gid, xlo, ylo, fshape, 
         mem, bx0, by0 = mem[small], bx0[small], by0[small]
         if not len(mem):
             continue
-        box = (int(bh[small].max()), int(bw[small].max()))
-        g_n = len(mem)
-        rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
-        cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
-        inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-        rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-        union = np.zeros(inside.shape, dtype=bool)
-        for j in range(k):
-            dy = (ylo[mem[:, j]] - by0)[:, None, None]
-            dx = (xlo[mem[:, j]] - bx0)[:, None, None]
-            union |= ((rows - by0[:, None, None] >= dy) & (rows - by0[:, None, None] < dy + fy)
-                      & (cols - bx0[:, None, None] >= dx)
-                      & (cols - bx0[:, None, None] < dx + fx))
-        valid = (union & inside & usable[rc, cc]).reshape(g_n, -1)
-        flat = mem.reshape(-1)
-        der = _derivatives(psf, vals[flat, 0], vals[flat, 1], vals[flat, 2], box,
-                           np.repeat(bx0, k), np.repeat(by0, k), gain, False)
-        u, d1, d2 = der
-        npix = u.shape[1]
-        mu = background[rc, cc].reshape(g_n, -1) + (vals[flat, 2, None] * u).reshape(
-            g_n, k, npix).sum(axis=1)
-        m = _counts(np.zeros((g_n, npix)), np.zeros(g_n), mu, read_noise, gain)
-        dp = float(gain) * counts[rc, cc].reshape(g_n, -1) + float(read_noise) ** 2
-        a = np.where(valid, dp / m**2, 0.0)
-        b = np.where(valid, dp / m - 1.0, 0.0)
-        big = d1.reshape(g_n, 3 * k, npix)
-        info = (big * a[:, None, :]) @ big.transpose(0, 2, 1)
-        curv = (d2.reshape(g_n, k, 9, npix) @ b[:, None, :, None]).reshape(g_n, k, 3, 3)
-        for j in range(k):
-            info[:, 3 * j:3 * j + 3, 3 * j:3 * j + 3] -= curv[:, j]
-        free = np.isfinite(np.einsum("nii->ni", full["cov"][flat][:, :3, :3])).reshape(g_n,
-                                                                                      3 * k)
-        both = free[:, :, None] & free[:, None, :]
-        info = np.where(both, info, np.eye(3 * k)[None])
-        sig, cov = bounds_from_fisher(info)
-        ok = np.all(np.isfinite(sig), axis=1)
-        cov = np.where(both, cov, np.nan)
-        for j in range(k):
-            src = mem[ok, j]
-            blk = cov[ok, 3 * j:3 * j + 3, 3 * j:3 * j + 3]
-            full["cov"][src, :3, :3] = blk
-            for q, name in enumerate(("x", "y", "flux")):
-                full[f"{name}_err"][src] = np.sqrt(blk[:, q, q])
+        shapes = bh[small] * 1000 + bw[small]  # batches of one box shape: no padding
+        for key in np.unique(shapes):
+            one = shapes == key
+            _refine_batch(full, psf, counts, background, usable, vals, xlo, ylo, fshape,
+                          read_noise, gain, mem[one], bx0[one], by0[one],
+                          (int(key // 1000), int(key % 1000)))
+
+
+def _refine_batch(full, psf, counts, background, usable, vals, xlo, ylo, fshape, read_noise,
+                  gain, mem, bx0, by0, box):
+    """:func:`refine_groups` for groups of one size ``k`` and one union box shape."""
+    fy, fx = fshape
+    ny, nx = counts.shape
+    k = mem.shape[1]
+    g_n = len(mem)
+    rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
+    cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+    union = np.zeros(inside.shape, dtype=bool)
+    for j in range(k):
+        dy = (ylo[mem[:, j]] - by0)[:, None, None]
+        dx = (xlo[mem[:, j]] - bx0)[:, None, None]
+        union |= ((rows - by0[:, None, None] >= dy) & (rows - by0[:, None, None] < dy + fy)
+                  & (cols - bx0[:, None, None] >= dx)
+                  & (cols - bx0[:, None, None] < dx + fx))
+    valid = (union & inside & usable[rc, cc]).reshape(g_n, -1)
+    flat = mem.reshape(-1)
+    der = _derivatives(psf, vals[flat, 0], vals[flat, 1], vals[flat, 2], box,
+                       np.repeat(bx0, k), np.repeat(by0, k), gain, False)
+    u, d1, d2 = der
+    npix = u.shape[1]
+    mu = background[rc, cc].reshape(g_n, -1) + (vals[flat, 2, None] * u).reshape(
+        g_n, k, npix).sum(axis=1)
+    m = _counts(np.zeros((g_n, npix)), np.zeros(g_n), mu, read_noise, gain)
+    dp = float(gain) * counts[rc, cc].reshape(g_n, -1) + float(read_noise) ** 2
+    a = np.where(valid, dp / m**2, 0.0)
+    b = np.where(valid, dp / m - 1.0, 0.0)
+    big = d1.reshape(g_n, 3 * k, npix)
+    info = (big * a[:, None, :]) @ big.transpose(0, 2, 1)
+    curv = (d2.reshape(g_n, k, 9, npix) @ b[:, None, :, None]).reshape(g_n, k, 3, 3)
+    for j in range(k):
+        info[:, 3 * j:3 * j + 3, 3 * j:3 * j + 3] -= curv[:, j]
+    free = np.isfinite(np.einsum("nii->ni", full["cov"][flat][:, :3, :3])).reshape(g_n,
+                                                                                  3 * k)
+    both = free[:, :, None] & free[:, None, :]
+    info = np.where(both, info, np.eye(3 * k)[None])
+    sig, cov = bounds_from_fisher(info)
+    ok = np.all(np.isfinite(sig), axis=1)
+    cov = np.where(both, cov, np.nan)
+    for j in range(k):
+        src = mem[ok, j]
+        blk = cov[ok, 3 * j:3 * j + 3, 3 * j:3 * j + 3]
+        full["cov"][src, :3, :3] = blk
+        for q, name in enumerate(("x", "y", "flux")):
+            full[f"{name}_err"][src] = np.sqrt(blk[:, q, q])

@@ -34,11 +34,11 @@ The flux of an isolated faint star is biased high by ``O(1 / S/N**2)`` when its 
 free (the fit centres on the noise); the first-order (Cox & Snell 1968) bias is subtracted by
 default (below S/N 100; above it is < 0.01 sigma).
 
-Limits (see bench/RESULTS.md): below S/N ~10 the position estimate has heavier tails than the
-Cramér–Rao bound describes (x scatter 1.06 x the bound at S/N 5.6, robust scatter 0.98; the
-fits are the exact likelihood maxima, and no unbiased estimator reaches the bound in this
-threshold regime), and pairs closer than ~0.8 FWHM with a faint member (S/N < 10) are barely
-resolved: their likelihood is far from quadratic and the Fisher errors are too small there.
+Limits (see bench/RESULTS.md): the bound is asymptotic. Below S/N ~10 the maximum-likelihood
+position has heavier tails than the bound describes (x scatter 1.06 x the bound at S/N 5.6,
+robust scatter 0.98; the fits are the exact likelihood maxima), and pairs closer than ~0.8 FWHM
+with a faint member (S/N < 10) are barely resolved: their likelihood is far from quadratic and
+the Fisher errors are too small there (pull widths ~1.5).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def plot_likelihood_summary(rows, *, title=None):
         One dict per (likelihood, flux level) with keys ``likelihood`` ('gaussian' or
         'poisson'), ``snr`` (flux / flux CRLB, the x axis), ``bias`` and ``bias_se`` (median
         relative flux bias and its standard error, in %), ``sd_flux``, ``sd_x`` (scatter /
-        CRLB) and ``pull_flux`` (std of (fit - true) / error).
+        CRLB) and ``pull_flux`` (std of (fit - true) / error); ``pull_x`` is drawn when
+        every row has it.
     title : str, optional
 
     Returns
@@ -51,7 +52,10 @@ def plot_likelihood_summary(rows, *, title=None):
         axes[1].plot(snr, [r["sd_x"] for r in sel], color=color, marker=marker, ls="--",
                      mfc="none", label=f"{lik}: x")
         axes[2].plot(snr, [r["pull_flux"] for r in sel], color=color, marker=marker,
-                     label=lik)
+                     label=f"{lik}: flux")
+        if all("pull_x" in r for r in sel):
+            axes[2].plot(snr, [r["pull_x"] for r in sel], color=color, marker=marker,
+                         ls="--", mfc="none", label=f"{lik}: x")
     axes[0].axhline(0.0, color="k", lw=0.8)
     axes[0].set_ylabel("median flux bias (%)")
     axes[0].legend(fontsize=7)
@@ -60,7 +64,7 @@ def plot_likelihood_summary(rows, *, title=None):
     axes[1].set_ylabel("scatter / Cramér–Rao bound")
     axes[1].legend(fontsize=7)
     axes[2].axhspan(0.95, 1.05, color="0.9")
-    axes[2].set_ylabel("std of (fit − true) / flux_err")
+    axes[2].set_ylabel("pull width: std of (fit − true) / error")
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log")
