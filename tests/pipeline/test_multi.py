@@ -379,3 +379,23 @@ def test_one_exposure_equals_single_image_fit_no_error_and_sip(with_error, sip):
     np.testing.assert_allclose(yj, single["y_fit"], atol=1e-6, rtol=0)
     np.testing.assert_allclose(joint["flux_F1"], single["flux_fit"], rtol=1e-6)
     np.testing.assert_allclose(joint["flux_err_F1"], single["flux_err"], rtol=1e-4)
+
+
+def test_flux_per_exposure(six_exposures):
+    exps, cat, ra, dec, fluxes = six_exposures
+    shared = fit_exposures(exps, cat)
+    t = fit_exposures(exps, cat, flux_per="exposure")
+    names = [f"flux_{f}_{k}" for k, f in enumerate("AAAABB")]
+    assert all(n in t.colnames for n in names) and "flux_A" not in t.colnames
+    ok = (t["flags"] == 0) & (shared["flags"] == 0)
+    assert ok.mean() > 0.9
+    for k, f in enumerate("AAAABB"):
+        pull = (t[names[k]][ok] - fluxes[f][ok]) / t[f"flux_err_{f}_{k}"][ok]
+        assert abs(np.mean(pull)) < 4 / np.sqrt(ok.sum()) and 0.85 < np.std(pull) < 1.15
+    # four free A fluxes instead of one: each about twice the shared error
+    ratio = np.median(t["flux_err_A_0"][ok] / shared["flux_err_A"][ok])
+    assert 1.7 < ratio < 2.3
+    # the position is still shared: errors grow little
+    assert np.median(t["ra_err"][ok] / shared["ra_err"][ok]) < 1.1
+    with pytest.raises(ValueError, match="flux_per"):
+        fit_exposures(exps, cat, flux_per="star")

@@ -78,5 +78,7 @@ def test_tiles_bad_arguments(field):
     exps, cat = field
     with pytest.raises(ValueError, match="tile_size"):
         fit_exposures_tiled(exps, cat, tile_size=0)
+    with pytest.raises(ValueError, match="flux_per"):
+        fit_exposures_tiled(exps, cat, tile_size=5.0, flux_per="exposure")
     with pytest.raises(ValueError, match="margin"):
         fit_exposures_tiled(exps, cat, tile_size=5.0, margin=-1)

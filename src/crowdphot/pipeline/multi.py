@@ -419,7 +419,8 @@ def _parse_shape(name, value, at_least=1):
 # -- public API -----------------------------------------------------------------------------
 def fit_exposures(exposures, catalog=None, *, fit_shape=(5, 5), model_shape=None,
                   group_separation=None, subtract_neighbors=True, maxiters=100, tol=1e-6,
-                  max_passes=MAX_PASSES, detect_threshold=5.0, _skip_empty=False):
+                  max_passes=MAX_PASSES, detect_threshold=5.0, flux_per="filter",
+                  _skip_empty=False):
     """Fit one sky position and one flux per filter to every source over many exposures.
 
     Parameters
@@ -455,6 +456,10 @@ def fit_exposures(exposures, catalog=None, *, fit_shape=(5, 5), model_shape=None
         Most all-star passes after the first fit.
     detect_threshold : float, optional
         Detection threshold in units of the stack's noise (``catalog=None`` only).
+    flux_per : {'filter', 'exposure'}, optional
+        One flux per filter shared by its exposures (default), or one flux per exposure
+        (columns ``flux_<FILTER>_<k>`` for exposure ``k`` of the input order; the position is
+        still shared), e.g. for variable sources.
 
     Returns
     -------
@@ -498,8 +503,14 @@ def fit_exposures(exposures, catalog=None, *, fit_shape=(5, 5), model_shape=None
     if int(max_passes) != max_passes or max_passes < 0:
         raise ValueError(f"max_passes must be an integer >= 0, got {max_passes!r}")
     support = None if model_shape is None else _parse_shape("model_shape", model_shape, ny)
-    filters = list(dict.fromkeys(e.filter_name for e in exps))
-    fidx = [filters.index(e.filter_name) for e in exps]
+    if flux_per == "filter":
+        filters = list(dict.fromkeys(e.filter_name for e in exps))
+    elif flux_per == "exposure":
+        filters = [f"{e.filter_name}_{k}" for k, e in enumerate(exps)]
+    else:
+        raise ValueError(f"flux_per must be 'filter' or 'exposure', got {flux_per!r}")
+    fidx = (list(range(len(exps))) if flux_per == "exposure"
+            else [filters.index(e.filter_name) for e in exps])
     unit = exps[0].unit
     if catalog is None:
         catalog = detect_on_stack(exps, threshold=detect_threshold)

@@ -117,6 +117,8 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
     ([100.0, 200.0], [1, 0])
     """
     exps = _check_exposures(exposures)
+    if kwargs.get("flux_per", "filter") != "filter":
+        raise ValueError("fit_exposures_tiled fits one flux per filter (flux_per='filter')")
     shape = _parse_shape("fit_shape", fit_shape)
     if not (np.isfinite(tile_size) and tile_size > 0):
         raise ValueError(f"tile_size must be > 0 arcsec, got {tile_size!r}")
