@@ -82,6 +82,7 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
     bkg = np.asarray(table["local_bkg"], dtype=float)
     gid = np.asarray(table["group_id"])
     groups = [np.flatnonzero(gid == g) for g in np.unique(gid)]
+    pool = []
     if progress_bar:
         from tqdm.auto import tqdm
 
@@ -103,8 +104,13 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
         if not stamps:
             continue
         models = []
-        for i, _, _, _ in stamps:
-            m = psf_model.copy()
+        for k, (i, _, _, _) in enumerate(stamps):
+            # astropy fitters fit a copy of the model they are given, so a pool of scratch
+            # members (one per group slot, reused by every group) replaces a deep copy of the
+            # model per source -- the main cost of this path for compound models
+            if k == len(pool):
+                pool.append(psf_model.copy())
+            m = pool[k]
             for a in aliases:
                 setattr(m, alias_to_param[a], init[a][i])
             for a, b in zip(("x", "y"), xy_bounds or (None, None), strict=True):
@@ -131,16 +137,18 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
         status = info.get("status", info.get("ierr"))
         ok = status is None or status in (1, 2, 3, 4)
         nfree = len(free)
-        subs = [fitted] if len(stamps) == 1 else [fitted[k] for k in range(len(stamps))]
+        # the group model's parameters are its members' in order (also when each member is
+        # itself a compound model, e.g. from make_psf_model, where fitted[k] is a leaf)
+        own = np.asarray(fitted.parameters, dtype=float).reshape(len(stamps), -1)
+        index = {a: list(psf_model.param_names).index(alias_to_param[a]) for a in aliases}
         model_all = fitted(xx, yy)
         resid = zz - model_all
         # photutils reads the residuals from the fitter: none, no metrics
         metrics = compat != "photutils" or "fun" in info or "fvec" in info
         start = 0
         for k, (i, sx, sy, cen) in enumerate(stamps):
-            sub = subs[k]
             for a in aliases:
-                vals[a][i] = getattr(sub, alias_to_param[a]).value
+                vals[a][i] = own[k, index[a]]
             if cov is not None:
                 block = cov[k * nfree:(k + 1) * nfree, k * nfree:(k + 1) * nfree]
                 e = np.sqrt(np.diag(block))
