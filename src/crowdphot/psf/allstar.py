@@ -67,7 +67,7 @@ _CHUNK = 200_000
 
 
 def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
-                    coupled=None, targets=None):
+                    coupled=None, targets=None, pairs_out=None):
     """Light of the stars of *other* groups on each source's fit stamp.
 
     Parameters
@@ -89,6 +89,9 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
         support loses no light.
     targets : ndarray of int, optional
         Only these sources' stamps are computed (the others stay zero).
+    pairs_out : list, optional
+        Receives ``(stamp, star, weight)`` arrays of the pairs evaluated, ``weight`` the
+        star's summed ``|PSF|`` over the stamp (per unit flux).
 
     Returns
     -------
@@ -138,14 +141,20 @@ def neighbor_stamps(psf_model, x, y, flux, group, xlo, ylo, fit_shape, *, reach,
     keep = (np.abs(x[j] - cx[tgt]) <= reach[j] + fx / 2.0) & (
         np.abs(y[j] - cy[tgt]) <= reach[j] + fy / 2.0)
     tgt, j = tgt[keep], j[keep]
+    weight = np.zeros(len(tgt)) if pairs_out is not None else None
     for a in range(0, len(tgt), _CHUNK):
         t, s = tgt[a:a + _CHUNK], j[a:a + _CHUNK]
         vals = np.asarray(psf_model._stamps(x[s], y[s], xlo[t], ylo[t], (fy, fx)))
-        vals = np.where(np.isfinite(vals), vals, 0.0).reshape(len(s), -1) * flux[s][:, None]
+        vals = np.where(np.isfinite(vals), vals, 0.0).reshape(len(s), -1)
+        if weight is not None:
+            weight[a:a + _CHUNK] = np.abs(vals).sum(axis=1)
+        vals = vals * flux[s][:, None]
         order = np.argsort(t, kind="stable")
         t, vals = t[order], vals[order]
         first = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
         out[t[first]] += np.add.reduceat(vals, first, axis=0)
+    if pairs_out is not None:
+        pairs_out.append((tgt, j, weight))
     return out.reshape(n, fy, fx)
 
 
@@ -369,17 +378,21 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
     if subtract:
         _drop_failed(fields, alive, dropped, forced, gid, hold)
     limit = max_passes if subtract else min(1, max_passes)
+    light = pairs = prev = acc = None
     while passes < limit or (forced.any() and passes < limit + EXTRA_PASSES):
         cur = fields["x"], fields["y"], np.where(dropped, np.nan, fields["flux"])
-        if subtract:
-            new = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
-                                  coupled=coupled)
-        else:
-            new = used
-        change = np.abs(new - used).sum(axis=(1, 2))
         err = np.where(np.isfinite(fields["flux_err"]), fields["flux_err"], 0.0)
         ref = np.where(np.isfinite(cur[2]), np.abs(cur[2]), 0.0)
         thresh = np.maximum(TOL_SIGMA * err, TOL_REL * ref)
+        if subtract:
+            light, acc, pairs = _update_light(psf_model, cur, prev, light, acc, pairs, used,
+                                              thresh, fields["fitted"] & ~dropped, forced,
+                                              gid, xlo, ylo, fit_shape, reach, coupled)
+            prev = tuple(np.array(c) for c in cur)
+            new = light
+        else:
+            new = used
+        change = np.abs(new - used).sum(axis=(1, 2))
         active = (fields["fitted"] & ~dropped & (change > thresh)) | forced
         sel = np.isin(gid, np.unique(gid[active])) & alive & ~dropped
         was_forced = bool(forced.any())
@@ -421,6 +434,64 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
             merged |= _report_dropped(fit, data, psf_model, x, y, flux, fields, dropped,
                                       alive, gid, xlo, ylo, fit_shape, reach, hold, kwargs)
     return type(res)(**fields), passes, merged
+
+
+def _update_light(psf_model, cur, prev, light, acc, pairs, used, thresh, live, forced, gid,
+                  xlo, ylo, fit_shape, reach, coupled):
+    """Neighbours' light on every stamp at the current values, re-evaluated where needed.
+
+    The first call evaluates every stamp (and keeps the (stamp, star, weight) pairs). Later
+    calls bound each stamp's change since its last evaluation by the stars' changes since
+    the previous pass (``|dflux| w + |flux| Gamma |dpos| w`` summed over the pairs, ``w`` the
+    star's summed PSF on the stamp, ``Gamma`` the model's largest relative gradient, see
+    :func:`_relative_gradient`) and re-evaluate only the stamps of live sources whose known
+    change plus that bound could exceed their refit threshold (and forced groups'), so that
+    a pass whose stars hardly moved costs no evaluation.
+
+    Returns
+    -------
+    light : ndarray of shape (n, fy, fx)
+        Exact where the bound could matter; elsewhere within ``acc`` of it.
+    acc : ndarray of shape (n,)
+        Bound on each stamp's summed ``|light - exact|``.
+    pairs : (stamp, star, weight) arrays
+    """
+    n = len(cur[0])
+    if light is None:
+        out = []
+        light = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
+                                coupled=coupled, pairs_out=out)
+        return light, np.zeros(n), out[0]
+    tgt, j, w = pairs
+    with np.errstate(invalid="ignore"):
+        f_old, f_new = np.nan_to_num(prev[2]), np.nan_to_num(cur[2])
+        shift = np.nan_to_num(np.hypot(cur[0] - prev[0], cur[1] - prev[1]))
+    d = np.abs(f_new - f_old) + np.abs(f_old) * _relative_gradient(psf_model) * shift
+    acc = acc + np.bincount(tgt, w * d[j], minlength=n)
+    known = np.abs(light - used).sum(axis=(1, 2))
+    need = (live & (known + acc > thresh)) | np.isin(gid, gid[forced])
+    todo = np.flatnonzero(need)
+    if len(todo):
+        light = light.copy()
+        light[todo] = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
+                                      coupled=coupled, targets=todo)[todo]
+        acc[todo] = 0.0
+    return light, acc, pairs
+
+
+def _relative_gradient(psf_model):
+    """Twice the largest ``(|dP/dx| + |dP/dy|) / |P|`` of the model where ``|P|`` exceeds
+    1e-6 of its peak (per pixel of position change)."""
+    size = 2 * int(np.ceil(min(model_reach(psf_model), 40.0))) + 1
+    c = float(size // 2)
+    h = 1e-3
+    st = [np.asarray(psf_model.psf_stamps([c + dx], [c + dy], (size, size), xlo=[0],
+                                          ylo=[0])[0])
+          for dx, dy in ((0, 0), (h, 0), (0, h))]
+    p = np.abs(st[0])
+    ok = np.isfinite(p) & (p > 1e-6 * np.nanmax(p))
+    grad = (np.abs(st[1] - st[0]) + np.abs(st[2] - st[0])) / h
+    return 2.0 * float(np.max(grad[ok] / p[ok])) if ok.any() else 10.0
 
 
 def _drop_failed(fields, among, dropped, forced, gid, hold):
