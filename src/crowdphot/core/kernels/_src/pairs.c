@@ -14,16 +14,17 @@ typedef struct {
     int64_t key, idx;
 } ck_keyidx;
 
-/* B binned in cells, key = cy * ncx + cx. Dense grid (few cells per point): cstart[key] is the
- * start of the cell's run in `order` (counting sort). Otherwise sparse: skey[k] is the key of
- * order[k], sorted, and a row of cells is found by binary search. Within a cell, points are in
- * index order either way. */
+/* B binned in cells, key = cy * ncx + cx. Dense grid (at most 16 cells a point, + 4096):
+ * cstart[key] is the start of the cell's run in `order` (counting sort). Otherwise sparse (a
+ * radius tiny against the spread of the points): skey[k] is the key of order[k], sorted, and a
+ * row of cells is found by binary search. Within a cell, points are in index order either way. */
 typedef struct {
     double x0, y0, cs;
     int64_t ncx, ncy;
     Py_ssize_t nb;
     int dense;
     int64_t *order;  /* (nb,) B indices sorted by (cell key, index) */
+    double *xs, *ys; /* (nb,) B's coordinates in that order (neighbour scans read contiguously) */
     int64_t *cstart; /* dense: (ncx * ncy + 1,) */
     int64_t *skey;   /* sparse: (nb,) */
 } ck_cells;
@@ -54,7 +55,10 @@ static void ck_cells_free(ck_cells *c)
     free(c->order);
     free(c->cstart);
     free(c->skey);
+    free(c->xs);
+    free(c->ys);
     c->order = c->cstart = c->skey = NULL;
+    c->xs = c->ys = NULL;
 }
 
 /* Bin B = (xb, yb) in cells laid over the bounding box of A and B. Returns -1 on no memory. */
@@ -91,11 +95,13 @@ static int ck_cells_build(ck_cells *c, const double *xa, const double *ya, Py_ss
         if (qy >= 0.0 && qy < 0x1p31) c->ncy = (int64_t)qy + 1;
     }
     int64_t ncell = c->ncx * c->ncy;
-    c->dense = ncell <= 4 * (int64_t)nb + 1024;
+    c->dense = ncell <= 16 * (int64_t)nb + 4096; /* at most 128 bytes of cell starts a point */
     size_t nb1 = (size_t)(nb > 0 ? nb : 1);
     c->order = malloc(sizeof(int64_t) * nb1);
+    c->xs = malloc(sizeof(double) * nb1);
+    c->ys = malloc(sizeof(double) * nb1);
     int64_t *key = malloc(sizeof(int64_t) * nb1);
-    if (!c->order || !key) goto nomem;
+    if (!c->order || !c->xs || !c->ys || !key) goto nomem;
     for (Py_ssize_t i = 0; i < nb; i++) {
         int64_t cx = ck_cell_index(xb[i], c->x0, cs, c->ncx);
         int64_t cy = ck_cell_index(yb[i], c->y0, cs, c->ncy);
@@ -110,7 +116,7 @@ static int ck_cells_build(ck_cells *c, const double *xa, const double *ya, Py_ss
         for (int64_t k = ncell; k > 0; k--) c->cstart[k] = c->cstart[k - 1];
         c->cstart[0] = 0;
         free(key);
-        return 0;
+        goto sorted_xy;
     }
     ck_keyidx *ki = malloc(sizeof(ck_keyidx) * nb1);
     c->skey = key;
@@ -125,6 +131,11 @@ static int ck_cells_build(ck_cells *c, const double *xa, const double *ya, Py_ss
         c->skey[i] = ki[i].key;
     }
     free(ki);
+sorted_xy:
+    for (Py_ssize_t k = 0; k < nb; k++) {
+        c->xs[k] = xb[c->order[k]];
+        c->ys[k] = yb[c->order[k]];
+    }
     return 0;
 nomem:
     if (key != c->skey) free(key);
@@ -153,12 +164,12 @@ static void ck_cells_row(const ck_cells *c, int64_t gy, int64_t gx0, int64_t gx1
     *k1 = a;
 }
 
-/* Points b of B (b > a when `upper`) with dist(A[a], B[b]) <= r; metric 2: sqrt(dx*dx + dy*dy),
- * else max(|dx|, |dy|), dx = xa[a] - xb[b]. Writes them to hits (unsorted); returns the count
- * or -1 when out of memory. */
-static Py_ssize_t ck_cells_query(const ck_cells *c, const double *xb, const double *yb,
-                                 double xq, double yq, Py_ssize_t a, int upper, double r,
-                                 int metric, int64_t **hits, Py_ssize_t *cap)
+/* Points b = order[k] of B (b > a when `upper`) with dist(A[a], B[b]) <= r; metric 2:
+ * sqrt(dx*dx + dy*dy), else max(|dx|, |dy|), dx = xa[a] - xb[b]. Writes their sorted positions
+ * k to hits (unsorted); returns the count or -1 when out of memory. */
+static Py_ssize_t ck_cells_query(const ck_cells *c, double xq, double yq, Py_ssize_t a,
+                                 int upper, double r, int metric, int64_t **hits,
+                                 Py_ssize_t *cap)
 {
     int64_t cx = ck_cell_index(xq, c->x0, c->cs, c->ncx);
     int64_t cy = ck_cell_index(yq, c->y0, c->cs, c->ncy);
@@ -169,9 +180,8 @@ static Py_ssize_t ck_cells_query(const ck_cells *c, const double *xb, const doub
         Py_ssize_t k0, k1;
         ck_cells_row(c, gy, gx0, gx1, &k0, &k1);
         for (Py_ssize_t k = k0; k < k1; k++) {
-            int64_t b = c->order[k];
-            if (upper && b <= a) continue;
-            double dx = xq - xb[b], dy = yq - yb[b];
+            if (upper && c->order[k] <= a) continue;
+            double dx = xq - c->xs[k], dy = yq - c->ys[k];
             int hit;
             if (metric == 2) {
                 hit = sqrt(dx * dx + dy * dy) <= r;
@@ -187,10 +197,49 @@ static Py_ssize_t ck_cells_query(const ck_cells *c, const double *xb, const doub
                 *hits = p;
                 *cap = ncap;
             }
-            (*hits)[nh++] = b;
+            (*hits)[nh++] = k;
         }
     }
     return nh;
+}
+
+/* out = indices 0..n-1 of points (x, y) sorted by their cell in `c` (stable). -1: no memory. */
+static int ck_cells_sort_points(const ck_cells *c, const double *x, const double *y,
+                                Py_ssize_t n, int64_t *out)
+{
+    int64_t *key = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    if (!key) return -1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        key[i] = ck_cell_index(y[i], c->y0, c->cs, c->ncy) * c->ncx
+                 + ck_cell_index(x[i], c->x0, c->cs, c->ncx);
+    if (c->dense) { /* counting sort */
+        int64_t ncell = c->ncx * c->ncy;
+        int64_t *start = calloc((size_t)ncell + 1, sizeof(int64_t));
+        if (!start) {
+            free(key);
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) start[key[i] + 1]++;
+        for (int64_t k = 0; k < ncell; k++) start[k + 1] += start[k];
+        for (Py_ssize_t i = 0; i < n; i++) out[start[key[i]]++] = i;
+        free(start);
+        free(key);
+        return 0;
+    }
+    ck_keyidx *ki = malloc(sizeof(ck_keyidx) * (size_t)(n > 0 ? n : 1));
+    if (!ki) {
+        free(key);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ki[i].key = key[i];
+        ki[i].idx = i;
+    }
+    qsort(ki, (size_t)n, sizeof(ck_keyidx), ck_cmp_keyidx);
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = ki[i].idx;
+    free(ki);
+    free(key);
+    return 0;
 }
 
 static int ck_all_finite(const double *v, Py_ssize_t n)
@@ -231,7 +280,8 @@ PyObject *ck_close_pairs(PyObject *self, PyObject *args)
     int metric, upper;
     ck_buf b[4] = {{{0}}};
     ck_cells cells = {0};
-    int64_t *ia = NULL, *ib = NULL, *hits = NULL;
+    int64_t *ia = NULL, *ib = NULL, *hits = NULL, *aorder = NULL, *oa = NULL, *ob = NULL;
+    int64_t *seg = NULL;
     PyObject *ret = NULL, *ba = NULL, *bb = NULL;
     if (!PyArg_ParseTuple(args, "OOOOdii", &o[0], &o[1], &o[2], &o[3], &r, &metric, &upper))
         return NULL;
@@ -245,15 +295,18 @@ PyObject *ck_close_pairs(PyObject *self, PyObject *args)
     Py_ssize_t np_ = 0, cap = 0, hcap = 0;
     int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (ck_cells_build(&cells, xa, ya, na, xb, yb, nb, r)) nomem = 1;
-    for (Py_ssize_t a = 0; a < na && !nomem; a++) {
-        Py_ssize_t nh = ck_cells_query(&cells, xb, yb, xa[a], ya[a], a, upper, r, metric,
-                                       &hits, &hcap);
+    aorder = malloc(sizeof(int64_t) * (size_t)(na > 0 ? na : 1));
+    if (!aorder || ck_cells_build(&cells, xa, ya, na, xb, yb, nb, r)
+        || ck_cells_sort_points(&cells, xa, ya, na, aorder))
+        nomem = 1;
+    /* query the points of A in cell order (memory locality), then sort the pairs by (a, b) */
+    for (Py_ssize_t t = 0; t < na && !nomem; t++) {
+        int64_t a = aorder[t];
+        Py_ssize_t nh = ck_cells_query(&cells, xa[a], ya[a], a, upper, r, metric, &hits, &hcap);
         if (nh < 0) {
             nomem = 1;
             break;
         }
-        if (nh > 1) qsort(hits, (size_t)nh, sizeof(int64_t), ck_cmp_i64);
         if (np_ + nh > cap) {
             Py_ssize_t ncap = cap ? 2 * cap : 256;
             while (ncap < np_ + nh) ncap *= 2;
@@ -269,17 +322,38 @@ PyObject *ck_close_pairs(PyObject *self, PyObject *args)
         }
         for (Py_ssize_t k = 0; k < nh; k++) {
             ia[np_ + k] = a;
-            ib[np_ + k] = hits[k];
+            ib[np_ + k] = cells.order[hits[k]];
         }
         np_ += nh;
+    }
+    if (!nomem) { /* counting sort by a, then each a's few b ascending */
+        seg = calloc((size_t)na + 1, sizeof(int64_t));
+        oa = malloc(sizeof(int64_t) * (size_t)(np_ > 0 ? np_ : 1));
+        ob = malloc(sizeof(int64_t) * (size_t)(np_ > 0 ? np_ : 1));
+        if (!seg || !oa || !ob) nomem = 1;
+    }
+    if (!nomem) {
+        for (Py_ssize_t p = 0; p < np_; p++) seg[ia[p] + 1]++;
+        for (Py_ssize_t a = 0; a < na; a++) seg[a + 1] += seg[a];
+        for (Py_ssize_t p = 0; p < np_; p++) {
+            int64_t q = seg[ia[p]]++;
+            oa[q] = ia[p];
+            ob[q] = ib[p];
+        }
+        Py_ssize_t lo = 0;
+        for (Py_ssize_t a = 0; a < na; a++) { /* seg[a] is now the end of a's run */
+            Py_ssize_t hi = (Py_ssize_t)seg[a];
+            if (hi - lo > 1) qsort(ob + lo, (size_t)(hi - lo), sizeof(int64_t), ck_cmp_i64);
+            lo = hi;
+        }
     }
     Py_END_ALLOW_THREADS
     if (nomem) {
         PyErr_NoMemory();
         goto done;
     }
-    ba = PyByteArray_FromStringAndSize((const char *)ia, (Py_ssize_t)sizeof(int64_t) * np_);
-    bb = ba ? PyByteArray_FromStringAndSize((const char *)ib, (Py_ssize_t)sizeof(int64_t) * np_)
+    ba = PyByteArray_FromStringAndSize((const char *)oa, (Py_ssize_t)sizeof(int64_t) * np_);
+    bb = ba ? PyByteArray_FromStringAndSize((const char *)ob, (Py_ssize_t)sizeof(int64_t) * np_)
             : NULL;
     if (ba && bb) ret = PyTuple_Pack(2, ba, bb);
 done:
@@ -287,6 +361,10 @@ done:
     Py_XDECREF(bb);
     free(ia);
     free(ib);
+    free(oa);
+    free(ob);
+    free(seg);
+    free(aorder);
     free(hits);
     ck_cells_free(&cells);
     ck_release(b, 4);
@@ -311,7 +389,7 @@ PyObject *ck_fof_labels(PyObject *self, PyObject *args)
     double r;
     ck_buf b[3] = {{{0}}};
     ck_cells cells = {0};
-    int64_t *parent = NULL, *label = NULL, *hits = NULL;
+    int64_t *parent = NULL, *label = NULL, *inv = NULL, *hits = NULL;
     PyObject *ret = NULL;
     if (!PyArg_ParseTuple(args, "OOdO", &o[0], &o[1], &r, &o[2])) return NULL;
     if (ck_get(o[0], &b[0], 'd', 0, 1, "x") || ck_get(o[1], &b[1], 'd', 0, 1, "y")
@@ -325,28 +403,33 @@ PyObject *ck_fof_labels(PyObject *self, PyObject *args)
     Py_ssize_t hcap = 0;
     int nomem = 0;
     Py_BEGIN_ALLOW_THREADS
+    /* union-find over the points' positions k in cell order (neighbours are close in memory) */
     parent = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
     label = calloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
-    if (!parent || !label || ck_cells_build(&cells, x, y, n, x, y, n, r)) nomem = 1;
-    for (Py_ssize_t i = 0; i < n && !nomem; i++) parent[i] = i;
-    for (Py_ssize_t k = 0; k < n && !nomem; k++) { /* in cell order, for memory locality */
-        int64_t a = cells.order[k];
-        Py_ssize_t nh = ck_cells_query(&cells, x, y, x[a], y[a], a, 1, r, 2, &hits, &hcap);
+    inv = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    if (!parent || !label || !inv || ck_cells_build(&cells, x, y, n, x, y, n, r)) nomem = 1;
+    for (Py_ssize_t k = 0; k < n && !nomem; k++) {
+        parent[k] = k;
+        inv[cells.order[k]] = k;
+    }
+    for (Py_ssize_t k = 0; k < n && !nomem; k++) {
+        Py_ssize_t nh = ck_cells_query(&cells, cells.xs[k], cells.ys[k], cells.order[k], 1, r, 2,
+                                       &hits, &hcap);
         if (nh < 0) {
             nomem = 1;
             break;
         }
-        for (Py_ssize_t k = 0; k < nh; k++) {
-            int64_t ra = ck_find_root(parent, a), rb = ck_find_root(parent, hits[k]);
+        for (Py_ssize_t h = 0; h < nh; h++) {
+            int64_t ra = ck_find_root(parent, k), rb = ck_find_root(parent, hits[h]);
             if (ra == rb) continue;
             if (ra < rb) parent[rb] = ra;
             else parent[ra] = rb;
         }
     }
-    if (!nomem) {
+    if (!nomem) { /* ids by first appearance in the input order */
         int64_t next = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            int64_t root = ck_find_root(parent, i);
+            int64_t root = ck_find_root(parent, inv[i]);
             if (!label[root]) label[root] = ++next;
             out[i] = label[root];
         }
@@ -360,6 +443,7 @@ PyObject *ck_fof_labels(PyObject *self, PyObject *args)
 done:
     free(parent);
     free(label);
+    free(inv);
     free(hits);
     ck_cells_free(&cells);
     ck_release(b, 3);
