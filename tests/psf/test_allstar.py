@@ -328,3 +328,12 @@ def test_failed_member_not_kept_in_partners_model():
     assert left.any() and np.all(flags[left] & 8)
     np.testing.assert_array_equal(np.asarray(tab["x_fit"])[left], np.asarray(init["x"])[left])
     assert np.all(np.isfinite(f[left]))
+    # partners that absorbed a failed member's light carry the merged bit (no
+    # merge_separation here), and each lies near a failed member of its group
+    absorbed = np.flatnonzero(((flags & 16384) > 0) & ~left)
+    assert len(absorbed) > 0
+    gid = np.asarray(tab["group_id"])
+    xi, yi = np.asarray(init["x"]), np.asarray(init["y"])
+    for k in absorbed:
+        mates = np.flatnonzero(left & (gid == gid[k]))
+        assert len(mates) and np.hypot(xi[mates] - xi[k], yi[mates] - yi[k]).min() < 10
