@@ -9,9 +9,16 @@ from astropy.table import QTable
 from crowdphot.datasets import make_model_image
 from crowdphot.psf import CircularGaussianPRF, PSFPhotometry, SourceGrouper
 from crowdphot.psf.blends import candidate_pairs, psf_fwhm, unresolved_pairs
+from crowdphot.psf.flags import PSF_FLAGS
 from crowdphot.utils.exceptions import FitConvergenceWarning
 
 PSF = CircularGaussianPRF(fwhm=3.0)
+BLEND = PSF_FLAGS.UNRESOLVED_BLEND
+
+
+def _other_flags(r):
+    """The flags column without the blend bit (what the fit alone says)."""
+    return np.asarray(r["flags"]) & ~BLEND
 
 
 def _fit_and_test(img, init, *, error=5.0, grouper=6, **kw):
@@ -28,6 +35,8 @@ def _fit_and_test(img, init, *, error=5.0, grouper=6, **kw):
                          col["flux_err"], x_init=col["x_init"], y_init=col["y_init"],
                          group_id=np.asarray(r["group_id"]), fit_shape=5, error=err,
                          local_bkg=col["local_bkg"], **kw)
+    # PSFPhotometry runs the same test (witness only) and sets the bit on the same rows
+    np.testing.assert_array_equal((np.asarray(r["flags"]) & BLEND) > 0, b.flagged)
     return r, b
 
 
@@ -73,7 +82,7 @@ def test_crowded_field_statistics():
         init = QTable({"x": x + rng.normal(0, .3, n), "y": y + rng.normal(0, .3, n)})
         r, b = _fit_and_test(img, init)
         pull = (np.asarray(r["flux_fit"]) - f) / np.asarray(r["flux_err"])
-        g0 = (np.asarray(r["flags"]) == 0) & np.isfinite(pull)
+        g0 = (_other_flags(r) == 0) & np.isfinite(pull)
         d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
         np.fill_diagonal(d, np.inf)
         well = g0 & (np.abs(pull) < 3) & (d.min(axis=1) >= 3.0)  # >= 1 FWHM from all
@@ -96,7 +105,8 @@ def test_isolated_unresolvable_pair_flagged():
     img, init, t = _pair_image(1.2, 0.8, 290.0, 280.0, 6)
     r, b = _fit_and_test(img, init)
     pull = (np.asarray(r["flux_fit"]) - np.asarray(t["flux"])) / np.asarray(r["flux_err"])
-    assert np.all(np.asarray(r["flags"]) == 0) and np.max(np.abs(pull)) > 4
+    assert np.all(_other_flags(r) == 0) and np.max(np.abs(pull)) > 4
+    assert np.all(np.asarray(r["flags"]) == BLEND)
     assert b.flagged.tolist() == [True, True]
     assert len(b.pairs) == 1 and not b.resolved[0]  # one star is not rejected either
     assert np.all(b.shift[0] > 3)
@@ -108,7 +118,7 @@ def test_isolated_pair_pull_statistics():
     for seed in range(40):
         img, init, t = _pair_image(1.2, 0.8, 290.0, 280.0, seed)
         r, b = _fit_and_test(img, init, one_star=False)
-        ok = np.asarray(r["flags"]) == 0
+        ok = _other_flags(r) == 0
         pull = (np.asarray(r["flux_fit"]) - np.asarray(t["flux"])) / np.asarray(r["flux_err"])
         before.extend(pull[ok])
         kept.extend(pull[ok & ~b.flagged])

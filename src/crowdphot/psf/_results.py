@@ -25,7 +25,8 @@ class SourceFit:
     ``values``/``errors`` map a parameter alias ('x', 'y', 'flux', extra names) to arrays.
     ``cov`` is ``(n, p, p)`` over the free parameters (NaN where unavailable).
     ``left_stamp`` / ``absurd`` (optional): the position left its fit stamp (fit stopped);
-    an absurd value was replaced by NaN.
+    an absurd value was replaced by NaN. ``merged`` / ``blend`` (optional): flag bits 16384
+    and 32768.
     """
 
     values: dict
@@ -46,6 +47,7 @@ class SourceFit:
     left_stamp: np.ndarray | None = None
     absurd: np.ndarray | None = None
     merged: np.ndarray | None = None
+    blend: np.ndarray | None = None
 
 
 def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, meta=None):
@@ -95,6 +97,8 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
         left_stamp=fit.left_stamp, absurd=fit.absurd)
     if fit.merged is not None:  # close pairs merged into one star (all-star fitting)
         cols["flags"][np.asarray(fit.merged, dtype=bool)] |= PSF_FLAGS.MERGED
+    if fit.blend is not None:  # close pairs whose flux split is not pinned down (blends.py)
+        cols["flags"][np.asarray(fit.blend, dtype=bool)] |= PSF_FLAGS.UNRESOLVED_BLEND
     table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
                                    meta=meta or {})
     if unit is not None:

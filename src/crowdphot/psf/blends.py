@@ -61,7 +61,8 @@ from crowdphot.core.fit.stamps import gather_stamps, shared_pixel_mask
 from crowdphot.core.validate import as_pair, check_mask
 
 __all__ = ["ALTERNATIVES", "BlendTest", "MAX_SEPARATION_FWHM", "NEAR_INIT_FWHM", "NSIGMA",
-           "SIGNIFICANCE", "candidate_pairs", "psf_fwhm", "unresolved_pairs"]
+           "SIGNIFICANCE", "candidate_pairs", "catalog_blend_flags", "psf_fwhm",
+           "unresolved_pairs"]
 
 #: Pairs of one group whose fitted separation is below this many FWHM are tested.
 MAX_SEPARATION_FWHM = 1.5
@@ -515,3 +516,66 @@ def unresolved_pairs(data, psf_model, x, y, flux, flux_err, *, x_init, y_init, g
                              one_star=bool(one_star),
                              maxiters=int(maxiters),
                              reach=model_reach(psf_model))
+
+
+def catalog_blend_flags(data, psf_model, table, values, flux_err, fit_shape, *, error=None,
+                        mask=None, sky=None):
+    """``unresolved_blend`` for a photometry catalog: the hook of :class:`PSFPhotometry`.
+
+    Parameters
+    ----------
+    data : ndarray of shape (ny, nx)
+        The fitted data (after any sky map was removed).
+    psf_model : BatchedPSFMixin
+    table : QTable
+        The initial-parameter table (``x_init``, ``y_init``, ``group_id``, ``local_bkg``).
+    values : dict
+        Fitted ``'x'``, ``'y'``, ``'flux'`` arrays of shape (n,) (NaN: not fitted).
+    flux_err : ndarray of shape (n,)
+    fit_shape : (fy, fx)
+    error, mask : ndarray of shape (ny, nx), optional
+        As in the fit.
+    sky : ndarray of shape (n,), optional
+        The fitted group sky (``fit_sky``).
+
+    Returns
+    -------
+    flagged : ndarray of bool, shape (n,)
+        The witness test only (no one-star refits: half the cost); all False when no group
+        has two fitted members or the model has no FWHM (no positive values).
+
+    Examples
+    --------
+    >>> from astropy.table import QTable
+    >>> from crowdphot import CircularGaussianPRF
+    >>> t = QTable({'x_init': [5.0, 30.0], 'y_init': [5.0, 5.0], 'group_id': [1, 2],
+    ...             'local_bkg': [0.0, 0.0]})
+    >>> catalog_blend_flags(np.zeros((10, 40)), CircularGaussianPRF(fwhm=2.0), t,
+    ...                     {'x': t['x_init'], 'y': t['y_init'], 'flux': [1.0, 1.0]},
+    ...                     np.ones(2), (5, 5)).tolist()
+    [False, False]
+    """
+    from crowdphot.core.fit import fit_psf
+    from crowdphot.psf.allstar import model_reach
+
+    x = np.asarray(values["x"], dtype=float)
+    y = np.asarray(values["y"], dtype=float)
+    flux = np.asarray(values["flux"], dtype=float)
+    n = len(x)
+    gid = np.asarray(table["group_id"])
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    _, counts = np.unique(gid[ok], return_counts=True)
+    if not np.any(counts > 1):
+        return np.zeros(n, dtype=bool)
+    try:
+        fwhm = _psf_fwhm(psf_model, float(np.median(x[ok])), float(np.median(y[ok])), 0.1)
+    except ValueError:
+        return np.zeros(n, dtype=bool)
+    col = {k: np.asarray(getattr(table[k], "value", table[k]), dtype=float)
+           for k in ("x_init", "y_init", "local_bkg")}
+    return _unresolved_pairs(
+        fit_psf, data, psf_model, x, y, flux, np.asarray(flux_err, dtype=float),
+        col["x_init"], col["y_init"], gid, tuple(int(v) for v in fit_shape), error=error,
+        mask=mask, local_bkg=col["local_bkg"], sky=sky, fwhm=fwhm,
+        max_separation=MAX_SEPARATION_FWHM, nsigma=NSIGMA, significance=SIGNIFICANCE,
+        maxiters=MAXITERS, reach=model_reach(psf_model), one_star=False).flagged

@@ -21,12 +21,13 @@ bit    name                      set when
 4096   left_stamp                crowdphot: the position left its fit stamp; the fit was stopped
 8192   absurd_value              crowdphot: an absurd fitted value was replaced by NaN
 16384  merged                    crowdphot: merged with a too-close neighbour (merge_separation)
+32768  unresolved_blend          crowdphot: a close pair's flux split is not pinned down
 =====  ========================  ==========================================================
 
-Bits 1-2048 are photutils 3's; 4096, 8192 and 16384 are crowdphot extensions (photutils lets
-runaway fits run on and reports what they reach, and never merges). A fit stopped by
-``left_stamp`` is also flagged ``no_convergence`` (8), as photutils flags the same runaways
-when they hit its iteration limit.
+Bits 1-2048 are photutils 3's; 4096-32768 are crowdphot extensions (photutils lets runaway
+fits run on and reports what they reach, never merges, and does not test blends). A fit
+stopped by ``left_stamp`` is also flagged ``no_convergence`` (8), as photutils flags the same
+runaways when they hit its iteration limit.
 
 Agreement with photutils on bit 8, measured on 400 faint isolated stars (flux 30, noise 5,
 FWHM 3.3, ``fit_shape=5``; ``tests/test_fit_robust.py``): where photutils sets 8 crowdphot
@@ -131,6 +132,14 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
                    "merge_separation, DAOPHOT's rule): the brighter row carries the merged "
                    "star (summed flux, flux-weighted position, refitted), the other row is NaN; "
                    "both carry this bit."),
+    FlagDefinition(32768, "unresolved_blend",
+                   "close pair whose flux split the data do not pin down (crowdphot)",
+                   "A refit of this star and a close group member (within 1.5 FWHM) with both "
+                   "held near their input positions moves this or the other flux by more than "
+                   "2 of its errors at a chi-square cost below the square of that shift: the "
+                   "errors do not cover what the data allow (typically a bright star plus a "
+                   "weak one pushed aside where two similar stars are blended). Both members "
+                   "carry this bit; their summed flux is reliable (crowdphot.psf.blends)."),
 )
 
 # Older and short spellings accepted wherever a flag is looked up by name.
@@ -342,12 +351,15 @@ def decode_psf_flags(flags, *, return_bit_values=False, compat=None):
 
 <flag descriptions>
 
-    Bits 1-2048 are photutils 3's. crowdphot adds three: 4096 ``left_stamp`` (the position
+    Bits 1-2048 are photutils 3's. crowdphot adds four: 4096 ``left_stamp`` (the position
     left its fit stamp during the fit, which was stopped there and is also flagged
     ``no_convergence``) and 8192 ``absurd_value`` (an absurd fitted value -- |flux| above
     1e3 x the image's peak x the fit area, or a position more than 10 fit boxes from its
-    start -- was replaced by NaN); and 16384 ``merged`` (a too-close pair merged into one
-    star, ``merge_separation``).
+    start -- was replaced by NaN); 16384 ``merged`` (a too-close pair merged into one
+    star, ``merge_separation``); and 32768 ``unresolved_blend`` (a close pair whose split of
+    the flux the data do not pin down: a refit held near the input positions moves a flux by
+    more than 2 errors at a chi-square cost below the square of that shift; see
+    :mod:`crowdphot.psf.blends`).
 
     Examples
     --------

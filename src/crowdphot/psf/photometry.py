@@ -20,6 +20,7 @@ from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._compat import check_compat, check_compat_options
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
+from crowdphot.psf.blends import catalog_blend_flags
 from crowdphot.psf.likelihood import check_noise_options, sky_map
 from crowdphot.utils._deprecation import renamed_argument
 
@@ -224,6 +225,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
+        if compat is None and likelihood == "gaussian":  # flag 32768 (crowdphot.psf.blends)
+            fit.blend = catalog_blend_flags(data, psf_model, table, fit.values,
+                                            fit.errors["flux"], fit_shape, error=error,
+                                            mask=mask, sky=fit.sky)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
