@@ -256,11 +256,14 @@ def test_cutout_detection_equals_the_whole_image(finder, monkeypatch):
     ys = np.array([75.0, 40.6, 110.1, 70.2, 80.5, 0.3, 149.2, 1.1, 1.6, 148.3, 147.7])
     phot = PSFPhotometry(PSF, (5, 5), finder=finder, aperture_radius=3)
     image = data + render_image(data.shape, PSF, xs, ys, np.full(xs.size, 800.0))
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[100:110, 0:12] = True  # masked pixels on an edge and inside
+    mask[40:44, 70:80] = True
     found = {}
     for mode in ("cutout", "whole"):
         monkeypatch.setattr(local, "DETECTION", mode)
         counter = {"cutout": 0, "whole": 0}
-        found[mode] = local._detect_near(phot, image, None, xs, ys, 20.0, 15.0, counter)
+        found[mode] = local._detect_near(phot, image, mask, xs, ys, 20.0, 15.0, counter)
         assert counter[mode] == 1
     assert len(found["whole"][0]) > 2 * len(xs)
     np.testing.assert_allclose(found["cutout"][0], found["whole"][0], rtol=0, atol=1e-9)
@@ -455,6 +458,29 @@ def test_bad_input_is_a_one_line_error(field, kwargs, exc, match):
         artificial_star_test(data, _phot(), args["n_stars"], args["flux_range"], error=err,
                              **extra)
     assert "\n" not in str(info.value)
+
+
+def test_finders_that_look_at_the_whole_image(field):
+    """n_brightest ranks every detection of the image: each batch is then detected on the
+    whole image (still equal to a full re-run), and tiles are refused."""
+    data, _, err = field
+    phot = PSFPhotometry(PSF, (5, 5), finder=IRAFStarFinder(5 * SIGMA, FWHM, n_brightest=60),
+                         aperture_radius=3, grouper=SourceGrouper(5))
+    res = artificial_star_test(data, phot, 40, (30, 3000), error=err, seed=3)
+    t = res.table
+    assert res.meta["finder_calls"] == {"cutout": 0, "whole": res.meta["n_batches"]}
+    for b in range(res.meta["n_batches"]):
+        s = t[t["batch"] == b]
+        full = phot(data + render_image(data.shape, PSF, s["x_in"], s["y_in"], s["flux_in"]),
+                    error=err)
+        d, j = cKDTree(np.column_stack([full["x_fit"], full["y_fit"]])).query(
+            np.column_stack([s["x_in"], s["y_in"]]), distance_upper_bound=res.meta["search_radius"])
+        hit = np.isfinite(d)
+        np.testing.assert_array_equal(hit, np.isfinite(s["x_out"]))
+        np.testing.assert_allclose(np.asarray(s["flux_out"])[hit],
+                                   np.asarray(full["flux_fit"])[j[hit]], rtol=1e-9)
+    with pytest.raises(ValueError, match="tiles need a finder"):
+        artificial_star_test(data, phot, 40, (30, 3000), error=err, seed=3, tile_shape=64)
 
 
 def test_phot_objects_it_cannot_use(field):

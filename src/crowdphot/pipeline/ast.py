@@ -47,7 +47,7 @@ from scipy.spatial import cKDTree
 
 from crowdphot.core.render import render_image
 from crowdphot.core.validate import positive_real
-from crowdphot.pipeline.ast_local import _box_task, _quiet_empty
+from crowdphot.pipeline.ast_local import _box_task, _finder_is_local, _quiet_empty
 from crowdphot.pipeline.ast_summary import _values, ast_summary
 
 __all__ = [
@@ -279,7 +279,9 @@ class ASTResult:
     catalog : QTable or None
         The original photometry run of the image.
     meta : dict
-        Settings and timings (``t_phot``, ``t_ast`` seconds, ``n_batches``, ``spacing`` ...).
+        Settings and timings (``t_phot``, ``t_ast`` seconds, ``n_batches``, ``spacing``,
+        ``tile_shape``, ``n_boxes``, ``box_margin``, and ``finder_calls``: how many batch
+        detections ran on cut-outs and on whole boxes ...).
     """
 
     def __init__(self, table, catalog, meta):
@@ -586,6 +588,10 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     dask_client, owned = _open_client(client, workers, None)
     if tile_shape is None and dask_client is not None:
         tile_shape = DASK_TILE
+    if tile_shape is not None and not _finder_is_local(base.finder):
+        raise ValueError("tiles need a finder that only looks near each pixel: a threshold "
+                         "image, n_brightest or xycoords are not supported with tile_shape or "
+                         "Dask")
     margin = _box_margin(base, geom, search)
     jobs = _jobs(data.shape, tile_shape, margin, xin, yin, fin, batch, entropy)
     out = np.full((n, 4), np.nan)

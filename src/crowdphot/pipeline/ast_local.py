@@ -308,9 +308,14 @@ def _measure_batch(base, fitter, plan, data, mask, error, orig, xin, yin, fin, n
                             geom["stamp"])
     # detections: the box's own, except within reach of an artificial star, found anew there
     reach = geom["change"]
-    xn, yn = _detect_near(base, image, mask, xin, yin, reach, geom["depth"], counter)
-    far = ~_near(orig[0], orig[1], xin, yin, reach)
-    xd, yd = _merge_detections(orig[0][far], orig[1][far], xn, yn)
+    if _finder_is_local(base.finder):
+        xn, yn = _detect_near(base, image, mask, xin, yin, reach, geom["depth"], counter)
+        far = ~_near(orig[0], orig[1], xin, yin, reach)
+        xd, yd = _merge_detections(orig[0][far], orig[1][far], xn, yn)
+    else:  # e.g. the n brightest: any detection can change, so the whole image is searched
+        xd, yd = _detect(base, image, mask)
+        xd, yd = _merge_detections(xd, yd, xd[:0], yd[:0])
+        counter["whole"] += 1
     zone = search_radius + 1.0
     # iterations find stars in the residual near the artificial star: every star whose model
     # stamp reaches that zone must be refitted first
