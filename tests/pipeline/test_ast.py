@@ -179,6 +179,9 @@ def test_dask_workers_give_the_same_table(field):
         client = distributed.Client(cluster)
     try:
         there = artificial_star_test(data, _phot(), 60, (30, 3000), client=client, **kw).table
+        # default tiling on Dask: two tiles per worker, at least 1024 px (here: one box)
+        kw.pop("tile_shape")
+        default = artificial_star_test(data, _phot(), 60, (30, 3000), client=client, **kw)
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -186,6 +189,10 @@ def test_dask_workers_give_the_same_table(field):
             cluster.close()
     for name in here.colnames:
         np.testing.assert_array_equal(np.asarray(here[name]), np.asarray(there[name]))
+    assert default.meta["tile_shape"] == (1024, 1024) and default.meta["n_boxes"] == 1
+    untiled = artificial_star_test(data, _phot(), 60, (30, 3000), **kw).table
+    for name in untiled.colnames:
+        np.testing.assert_array_equal(np.asarray(untiled[name]), np.asarray(default.table[name]))
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         artificial_star_test(data, _phot(), 5, (30, 3000), workers=0)
 
