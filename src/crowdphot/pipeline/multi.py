@@ -55,6 +55,9 @@ from crowdphot.psf.groupers import SourceGrouper
 __all__ = ["Exposure", "fit_exposures", "MULTI_FLAGS"]
 
 _ARCSEC_PER_RAD = 180.0 * 3600.0 / np.pi
+#: All-star passes re-evaluate a source's light on its neighbours once its parameters moved by
+#: more than this many errors since the last evaluation.
+LIGHT_SIGMA = 0.05
 #: The fit iterates on each exposure's WCS linearised at its start and is repeated from its
 #: solution (at most ``MAX_RELINEARISE`` times) while the linearised positions there differ
 #: from the exact ``all_world2pix`` ones by more than this many pixels (distorted WCS).
@@ -353,9 +356,10 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
     lay = tp.prob.layout
     cgrp = lay.group
     n_groups = lay.n_groups
-    theta = res.theta
-    reach = _reach(tp, exps, theta, floors)
-    neighbors = _neighbor_light(tp, theta, reach)
+    theta_light = res.theta
+    reach_light = _reach(tp, exps, theta_light, floors)
+    neighbors = _neighbor_light(tp, theta_light, reach_light)
+    p_light = res.p.copy()
     change = np.abs(neighbors).sum(axis=1)
     p = res.p
     ferr = None
@@ -364,7 +368,7 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
         if ferr is None:
             refit = np.ones(n_groups, dtype=bool)
         else:
-            big = (change > TOL_SIGMA * ferr) & (change > TOL_REL * np.abs(theta[:, 2]))
+            big = (change > TOL_SIGMA * ferr) & (change > TOL_REL * np.abs(res.theta[:, 2]))
             refit = np.bincount(cgrp, big, minlength=n_groups) > 0
         if not refit.any():
             break
@@ -383,29 +387,46 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
         res, p = new, new.p
         if last or not moved_s.any():
             break
-        moved = moved_s[tp.star]
-        old_t, theta = theta, res.theta
-        old_reach, reach = reach, _reach(tp, exps, theta, floors)
+        # neighbours' light follows the sources whose parameters moved by more than
+        # LIGHT_SIGMA of their errors since their light was last evaluated (smaller changes
+        # move a neighbour's fit by far less than TOL_SETTLED of its errors)
+        with np.errstate(invalid="ignore"):
+            light_s = (np.abs(p - p_light) > LIGHT_SIGMA * err).any(axis=1)
+        moved = light_s[tp.star]
+        theta = res.theta
         if moved.mean() > 0.4:  # most moved: one full evaluation is cheaper than two
+            reach = _reach(tp, exps, theta, floors)
             new_nb = _neighbor_light(tp, theta, reach)
             delta = new_nb - neighbors
-            neighbors = new_nb
+            neighbors, theta_light, reach_light, p_light = new_nb, theta, reach, p.copy()
         else:
+            reach = reach_light.copy()
+            sel = np.flatnonzero(moved)
+            reach[sel] = _reach_of(tp, exps, theta, floors, sel)
             delta = (_neighbor_light(tp, theta, reach, moved)
-                     - _neighbor_light(tp, old_t, old_reach, moved))
+                     - _neighbor_light(tp, theta_light, reach_light, moved))
             neighbors = neighbors + delta
+            theta_light = np.where(moved[:, None], theta, theta_light)
+            reach_light = reach
+            p_light = np.where(light_s[:, None], p, p_light)
         change = np.abs(delta).sum(axis=1)
     return res, passes
 
 
 def _reach(tp, exps, theta, floors):
     """Per-copy model half-width: where the PSF falls below 1 % of the exposure's noise."""
-    reach = np.empty(len(theta))
+    return _reach_of(tp, exps, theta, floors, np.arange(len(theta)))
+
+
+def _reach_of(tp, exps, theta, floors, idx):
+    """:func:`_reach` of the copies ``idx`` only."""
+    reach = np.empty(len(idx))
     for f, e in enumerate(exps):
-        sel = np.flatnonzero(tp.frame == f)
-        if len(sel):
-            reach[sel] = (flux_reach(e.psf_model, theta[sel, 2], floors[f])
-                          if floors[f] > 0 else model_reach(e.psf_model))
+        k = np.flatnonzero(tp.frame[idx] == f)
+        if len(k):
+            sel = idx[k]
+            reach[k] = (flux_reach(e.psf_model, theta[sel, 2], floors[f])
+                        if floors[f] > 0 else model_reach(e.psf_model))
     return reach
 
 
