@@ -47,7 +47,8 @@ def _add_phot(sub):
     p.add_argument("--psf", default=None,
                    help="STPSF/STDPSF grid or image PSF FITS file, or "
                    "builtin:FILTER[:DETECTOR] (default: the built-in grid of the image's "
-                   "INSTRUME/FILTER/PUPIL/DETECTOR for JWST/NIRCam images; others need a file)")
+                   "INSTRUME/FILTER/PUPIL/DETECTOR for JWST/NIRCam images; others need a file); "
+                   "with several images also FILTER=FILE[,FILTER=FILE...] per filter")
     p.add_argument("--psf-detector", type=int, default=None,
                    help="detector id of a multi-detector STDPSF file")
     p.add_argument("--psf-oversampling", type=int, default=None, metavar="N",
