@@ -337,3 +337,19 @@ def test_failed_member_not_kept_in_partners_model():
     for k in absorbed:
         mates = np.flatnonzero(left & (gid == gid[k]))
         assert len(mates) and np.hypot(xi[mates] - xi[k], yi[mates] - yi[k]).min() < 10
+
+
+def test_no_neighbour_light_at_all():
+    """No other group within reach (one star, far-apart stars) or no fitted star at all (the
+    only one masked): the all-star fit is the grouped fit and makes no pass."""
+    psf = CircularGaussianPRF(fwhm=2.5)
+    for n, masked in ((1, False), (2, False), (1, True)):
+        data, truth = make_psf_model_image((60, 60), psf, n, flux=(900, 1000),
+                                           min_separation=40, seed=4, model_shape=(9, 9))
+        mask = np.full(data.shape, masked)
+        init = _init(truth)
+        a = _fit(PSFPhotometry(psf, (5, 5)), data, init, mask=mask)
+        b = _fit(PSFPhotometry(psf, (5, 5), subtract_neighbors=True), data, init, mask=mask)
+        np.testing.assert_array_equal(np.asarray(a["flux_fit"]), np.asarray(b["flux_fit"]))
+        np.testing.assert_array_equal(np.asarray(a["flags"]), np.asarray(b["flags"]))
+        assert b.meta["allstar_passes"] == 0

@@ -461,7 +461,8 @@ def _update_light(psf_model, cur, prev, light, acc, pairs, used, thresh, live, f
         out = []
         light = neighbor_stamps(psf_model, *cur, gid, xlo, ylo, fit_shape, reach=reach,
                                 coupled=coupled, pairs_out=out)
-        return light, np.zeros(n), out[0]
+        none = np.zeros(0, dtype=np.int64)
+        return light, np.zeros(n), out[0] if out else (none, none, np.zeros(0))
     tgt, j, w = pairs
     with np.errstate(invalid="ignore"):
         f_old, f_new = np.nan_to_num(prev[2]), np.nan_to_num(cur[2])
