@@ -535,3 +535,41 @@ def test_iterative_sky_map():
     # the same stars (no new detection on a clean residual), the same fit
     assert len(tbl) == len(ref)
     np.testing.assert_allclose(tbl["flux_fit"], ref["flux_fit"], rtol=1e-6)
+
+
+def test_poisson_mode_flags_unresolved_blends():
+    # 500 + 250 e- pairs 1.5-2 px apart: the witness test (crowdphot.psf.blends) runs with the
+    # fitted model's variances; flagged members are the ones whose errors are too small
+    data, x, y, f, (xi, yi, fi), gid = _scene(500.0, 16, spacing=20, seed=23,
+                                              pair_sep=(1.5, 2.0))
+    init = QTable({"x": xi, "y": yi, "flux": fi, "local_bkg": np.full(x.size, SKY),
+                   "group_id": gid + 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)(data, init_params=init)
+    flagged = np.asarray(tbl["flags"]) & PSF_FLAGS.UNRESOLVED_BLEND > 0
+    assert 0.01 < np.mean(flagged) < 0.3
+    pull = np.abs((np.asarray(tbl["flux_fit"]) - f) / np.asarray(tbl["flux_err"]))
+    assert np.median(pull[flagged]) > 2 * np.median(pull[~flagged])
+    # isolated stars are never tested
+    data1, init1 = _table_scene()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)(data1,
+                                                                        init_params=init1)
+    assert np.all(np.asarray(one["flags"]) & PSF_FLAGS.UNRESOLVED_BLEND == 0)
+
+
+def test_expected_error_image():
+    from crowdphot.psf.likelihood import expected_error_image
+
+    t = QTable({"x_init": [10.0, 30.0], "y_init": [10.0, 12.0], "group_id": [1, 2],
+                "local_bkg": [5.0, 8.0]})
+    vals = {"x": np.array([10.2, 30.0]), "y": np.array([9.9, 12.0]),
+            "flux": np.array([1000.0, np.nan])}
+    sky = np.full((24, 40), 2.0)
+    err = expected_error_image((24, 40), PSF, t, vals, (7, 7), 3.0, 2.0, sky=sky)
+    mu = render_image((24, 40), PSF, [10.2], [9.9], [1000.0]) + sky
+    mu[7:14, 7:14] += 5.0
+    mu[9:16, 27:34] += 8.0
+    np.testing.assert_allclose(err, np.sqrt(mu / 2.0 + (3.0 / 2.0) ** 2), rtol=1e-12)

@@ -53,7 +53,8 @@ from crowdphot.core.validate import as_pair
 from crowdphot.psf._mlrefine import paint_stamps, refine_groups, refine_isolated, stamp_values
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
-           "engine_for", "fit_psf_likelihood", "flux_crlb_column"]
+           "engine_for", "expected_error_image", "fit_psf_likelihood", "flux_crlb_column",
+           "poisson_blend_flags", "sky_map"]
 
 LIKELIHOODS = ("gaussian", "poisson")
 
@@ -454,3 +455,63 @@ def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain
     if unit is not None:
         col = col * unit
     results.add_column(col, name="flux_crlb", index=results.colnames.index("flux_err") + 1)
+
+
+# -- the unresolved-blend test with the model's variances ---------------------------------------
+def expected_error_image(shape, psf_model, table, values, fit_shape, read_noise, gain, *,
+                         sky=None, group_sky=None):
+    """Pixel errors ``sqrt(V(mu))`` of the fitted expectation (unchecked helper).
+
+    ``mu`` = the fitted stars (``values``: ``'x'``, ``'y'``, ``'flux'`` arrays, NaN for
+    unfitted rows) + each source's ``local_bkg`` (and ``group_sky``, a fitted sky per source)
+    over its fit stamp (placed on ``x_init``, ``y_init`` of ``table``) + the ``sky`` map
+    (ny, nx) removed from the data. These are the Poisson fit's weights at its solution, so a
+    least-squares test with this error image measures the likelihood to second order.
+
+    Returns
+    -------
+    ndarray of shape (ny, nx)
+    """
+    from crowdphot.core.crlb import pixel_variance
+    from crowdphot.core.render import render_image
+
+    def col(name):
+        return np.asarray(getattr(table[name], "value", table[name]), dtype=float)
+
+    x, y, flux = (np.asarray(values[k], dtype=float) for k in ("x", "y", "flux"))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    mu = render_image(tuple(shape), psf_model, x[ok], y[ok], flux[ok])
+    bkg = np.where(np.isfinite(col("local_bkg")), col("local_bkg"), 0.0)
+    if group_sky is not None:
+        bkg = bkg + np.nan_to_num(np.asarray(group_sky, dtype=float))
+    xi, yi = col("x_init"), col("y_init")
+    use = np.isfinite(xi) & np.isfinite(yi)
+    xlo, ylo = stamp_origin(xi[use], yi[use], tuple(fit_shape))
+    gid = np.asarray(table["group_id"])[use]
+    mu += paint_stamps(tuple(shape), bkg[use], xlo, ylo, tuple(fit_shape),
+                       np.argsort(gid, kind="stable"))
+    if sky is not None:
+        mu += sky
+    return np.sqrt(pixel_variance(mu, read_noise, gain))
+
+
+def poisson_blend_flags(data, psf_model, table, values, flux_err, fit_shape, *, read_noise,
+                        gain, mask=None, sky=None, group_sky=None):
+    """``unresolved_blend`` (flag 32768) for ``likelihood='poisson'`` fits (unchecked helper).
+
+    :func:`crowdphot.psf.blends.catalog_blend_flags`' witness test, its least squares weighted
+    with the fitted model's variances (:func:`expected_error_image`): the Poisson
+    log-likelihood to second order around the solution. ``data`` are the fitted counts with
+    the ``sky`` map removed; all False when no group has two fitted members.
+    """
+    from crowdphot.psf.blends import catalog_blend_flags
+
+    x, y, flux = (np.asarray(values[k], dtype=float) for k in ("x", "y", "flux"))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    _, counts = np.unique(np.asarray(table["group_id"])[ok], return_counts=True)
+    if not np.any(counts > 1):
+        return np.zeros(len(x), dtype=bool)
+    err = expected_error_image(np.shape(data), psf_model, table, values, fit_shape,
+                               read_noise, gain, sky=sky, group_sky=group_sky)
+    return catalog_blend_flags(data, psf_model, table, values, flux_err, fit_shape,
+                               error=err, mask=mask, sky=group_sky)

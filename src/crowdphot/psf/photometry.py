@@ -21,7 +21,7 @@ from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._compat import check_compat, check_compat_options
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.blends import catalog_blend_flags
-from crowdphot.psf.likelihood import check_noise_options, sky_map
+from crowdphot.psf.likelihood import check_noise_options, poisson_blend_flags, sky_map
 from crowdphot.utils._deprecation import renamed_argument
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
@@ -229,6 +229,11 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             fit.blend = catalog_blend_flags(data, psf_model, table, fit.values,
                                             fit.errors["flux"], fit_shape, error=error,
                                             mask=mask, sky=fit.sky)
+        elif compat is None:  # the same test weighted with the model's variances
+            fit.blend = poisson_blend_flags(data, psf_model, table, fit.values,
+                                            fit.errors["flux"], fit_shape,
+                                            read_noise=read_noise, gain=gain, mask=mask,
+                                            sky=sky, group_sky=fit.sky)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
