@@ -306,7 +306,8 @@ def test_deterministic_for_a_seed(field):
     data, _, err = field
     phot = _phot()
     a = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=11).table
-    b = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=11).table
+    b = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=11,
+                             progress_bar=True).table
     c = artificial_star_test(data, phot, 60, (30, 3000), error=err, seed=12).table
     for name in a.colnames:
         np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))

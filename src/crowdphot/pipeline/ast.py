@@ -512,7 +512,7 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
         fitted together, which a tile changes: tilings then agree to about 1e-3 px and
         0.15 sigma in flux.
     progress_bar : bool, optional
-        Show a tqdm bar over the tiles' tasks.
+        Show a tqdm bar (over stars in process, over tiles on Dask).
 
     Returns
     -------
@@ -614,13 +614,22 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     flags = np.zeros(n, dtype=np.int64)
     counter = {"cutout": 0, "whole": 0}
     settings["remote"] = dask_client is not None
+    bar = None
+    if progress_bar and dask_client is None:  # in process: a bar over stars, batch by batch
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="Artificial stars", unit="star")
+        settings["progress"] = bar.update
     try:
         runner = _Runner(dask_client, _ArrayPlanes(data, mask, error))
         conf = runner.share((base, _fitter_phot(base), plan))
         results = runner.map(_box_task, [box for box, _, _ in jobs],
                              [(box, stars, conf, settings) for box, stars, _ in jobs],
-                             progress=progress_bar, desc="Artificial stars (boxes)")
+                             progress=progress_bar and dask_client is not None,
+                             desc="Artificial stars (tiles)")
     finally:
+        if bar is not None:
+            bar.close()
         if owned:
             _close_client(dask_client)
     for (_, _, idx), (o, f, c) in zip(jobs, results, strict=True):

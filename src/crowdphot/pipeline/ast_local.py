@@ -414,6 +414,8 @@ def _box_task(source, box, stars, conf, settings):
                               counter=counter, **kw)
         out[idx] = o
         flags[idx] = f
+        if settings.get("progress") is not None:
+            settings["progress"](len(idx))
     out[:, 0] += x0
     out[:, 1] += y0
     return out, flags, counter
