@@ -223,6 +223,23 @@ def test_tiles_equal_the_untiled_run(field):
         np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(b[name]))
 
 
+def test_iterative_tiles_equal_the_untiled_run():
+    """IterativePSFPhotometry (mode 'new') tile by tile: the untiled table, to rounding."""
+    data, _, err = _field(300, 500, seed=1)
+    phot = IterativePSFPhotometry(PSF, (5, 5), IRAFStarFinder(5 * SIGMA, FWHM),
+                                  aperture_radius=3, grouper=SourceGrouper(5), maxiters=3)
+    a = artificial_star_test(data, phot, 150, (10, 10_000), error=err, seed=3).table
+    tiled = artificial_star_test(data, phot, 150, (10, 10_000), error=err, seed=3,
+                                 tile_shape=100)
+    b = tiled.table
+    assert tiled.meta["n_boxes"] == 9
+    for name in ("x_out", "y_out", "flux_out", "flux_err"):
+        np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-9,
+                                   atol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(np.asarray(a["recovered"]), np.asarray(b["recovered"]))
+    assert 30 < np.count_nonzero(a["recovered"]) < 140
+
+
 def test_a_tile_task_needs_only_its_box():
     """The task of one tile, given a source holding only its box, gives what it gives with the
     whole image at hand (what a Dask worker receives is that box)."""
