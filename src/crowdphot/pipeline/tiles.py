@@ -449,13 +449,13 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         As for :class:`crowdphot.PSFPhotometry` (maximum-likelihood fits and ``flux_crlb``).
     subtract_neighbors, merge_separation
         As for :class:`crowdphot.PSFPhotometry` (all-star fitting, merging of unresolvable
-        pairs; neither with ``likelihood='poisson'`` or a ``fitter``). All-star fitting runs
-        the tile fits up to three times: each task first fits its groups with the stars of
-        its own box subtracted, then again with the stars of the other tasks that reach its
-        box (their latest values) subtracted from its pixels too
+        pairs; in tiles neither with ``likelihood='poisson'`` nor with a ``fitter``).
+        All-star fitting runs the tile fits up to three times: each task first fits its
+        groups with the stars of its own box subtracted, then again with the stars of the
+        other tasks that reach its box (their latest values) subtracted from its pixels too
         (:mod:`crowdphot.pipeline._halo`), so that neighbours across seams are modelled as
-        in a whole-image run (equal to it within a small fraction of
-        the errors, not to rounding: the all-star passes stop at a tolerance).
+        in a whole-image run (equal to it within a small fraction of the errors, not to
+        rounding: the all-star passes stop at a tolerance).
 
     Without ``client``, ``workers`` or ``scheduler`` the tiles run one after another in this
     process (bounded memory, no parallelism).
@@ -500,7 +500,8 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     allstar = config.subtract_neighbors or config.merge_separation is not None
     if allstar and config.likelihood == "poisson":
         raise ValueError("subtract_neighbors=True and merge_separation are not available with "
-                         "likelihood='poisson'")
+                         "likelihood='poisson' in tiles (the other tiles' stars would have to "
+                         "enter the expected counts); fit the whole image with PSFPhotometry")
     if allstar and fitter is not None:
         raise ValueError("subtract_neighbors=True and merge_separation need the batched "
                          "engine (fitter=None)")

@@ -207,9 +207,6 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     aliases = ["x", "y", "flux", *extra]
 
     passes = None
-    if (subtract_neighbors or merge_separation is not None) and likelihood == "poisson":
-        raise ValueError("subtract_neighbors=True and merge_separation are not available with "
-                         "likelihood='poisson'")
     if _fast.use_fast_path(psf_model, fitter, main_params, fit_shape):
         pieces, passes = _fast.fit_fast(
             data, mask, error, table, todo, psf_model=psf_model, fit_shape=fit_shape,
@@ -451,7 +448,8 @@ class PSFPhotometry(_LatestResultMixin):
         error (at most two fit boxes) and fainter wings, down to 1 % of the error, come in as
         subtracted neighbours' light, which makes big groups with a large PSF fast; the
         passes reuse the first fit's covariance. Default False: photutils' model (only a
-        group's members are modelled). Batched engine, Gaussian likelihood only.
+        group's members are modelled). Batched engine; with ``likelihood='poisson'`` the
+        neighbours' light is part of every pixel's expected counts (full PSF support).
     merge_separation : float, optional
         crowdphot extension (DAOPHOT ALLSTAR). After the first fit, two members of a group
         closer than this (pixels; ALLSTAR uses ~0.37 FWHM) or than twice the error of their
