@@ -131,7 +131,10 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
                    "Two members of a group were too close to be told apart (PSFPhotometry's "
                    "merge_separation, DAOPHOT's rule): the brighter row carries the merged "
                    "star (summed flux, flux-weighted position, refitted), the other row is NaN; "
-                   "both carry this bit."),
+                   "both carry this bit. With subtract_neighbors it also marks a star that may "
+                   "have absorbed more than its flux error of the light of a group member "
+                   "whose fit failed (left_stamp or absurd_value: dropped from the model and "
+                   "the group refitted without it)."),
     FlagDefinition(32768, "unresolved_blend",
                    "close pair whose flux split the data do not pin down (crowdphot)",
                    "A refit of this star and a close group member (within 1.5 FWHM) with both "
