@@ -82,3 +82,30 @@ def test_tiles_bad_arguments(field):
         fit_exposures_tiled(exps, cat, tile_size=5.0, flux_per="exposure")
     with pytest.raises(ValueError, match="margin"):
         fit_exposures_tiled(exps, cat, tile_size=5.0, margin=-1)
+
+
+def test_tiles_from_files_read_lazily(field, tmp_path):
+    from astropy.io import fits
+
+    from crowdphot.pipeline.multi_tiles import ExposureFile
+
+    exps, cat = field
+    files = []
+    for k, e in enumerate(exps):
+        hdr = e.wcs.to_header()
+        prim = fits.PrimaryHDU()
+        prim.header["FILTER"] = e.filter_name
+        path = tmp_path / f"e{k}.fits"
+        fits.HDUList([prim, fits.ImageHDU(e.data, hdr, name="SCI"),
+                      fits.ImageHDU(e.error, name="ERR")]).writeto(path)
+        files.append(ExposureFile(path, e.psf_model))
+    assert [f.filter_name for f in files] == ["A", "A", "B"]
+    whole = fit_exposures(exps, cat)
+    tiled = fit_exposures_tiled(files, cat, tile_size=3.5)
+    _compare(tiled, whole)
+    with pytest.raises(ValueError, match="give a catalog"):
+        fit_exposures_tiled(files, None, tile_size=3.5)
+    nowcs = tmp_path / "nowcs.fits"
+    fits.PrimaryHDU(np.zeros((10, 10))).writeto(nowcs)
+    with pytest.raises(ValueError, match="nowcs.fits: no celestial WCS"):
+        ExposureFile(nowcs, exps[0].psf_model, "A")

@@ -13,6 +13,7 @@ _EXPORTS = {
     "detect_on_stack": "crowdphot.pipeline.multi_sky",
     "residual_images": "crowdphot.pipeline.multi_sky",
     "fit_exposures_tiled": "crowdphot.pipeline.multi_tiles",
+    "ExposureFile": "crowdphot.pipeline.multi_tiles",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -14,9 +14,12 @@
 
 Tasks are independent and run through the Dask machinery of :mod:`crowdphot.pipeline.tiles`
 (``client``, ``workers`` or ``scheduler``; at most two tasks per worker in flight), so a fit's
-working memory is bounded by a tile's sources and pixel boxes. The exposures themselves are
-still arrays in the driver (cut there and shipped per task): files larger than memory need
-lazily read exposures, which this module does not provide yet.
+working memory is bounded by a tile's sources and pixel boxes. In-memory exposures are cut in
+the driver and each box is shipped with its task; :class:`ExposureFile` exposures are FITS files
+read lazily (memory-mapped, :class:`crowdphot.io.fits.FitsPlanes`): the driver reads headers
+only and every task reads just its boxes, so exposures larger than memory work (the file must be
+visible at the same path on every worker; a catalog is then required, as detection would need
+the whole images).
 """
 
 from __future__ import annotations
@@ -39,12 +42,97 @@ from crowdphot.pipeline.tiles import _close_client, _open_client, _Runner, _shif
 from crowdphot.psf.allstar import model_reach
 from crowdphot.psf.groupers import SourceGrouper
 
-__all__ = ["fit_exposures_tiled"]
+__all__ = ["ExposureFile", "fit_exposures_tiled"]
+
+
+class ExposureFile:
+    """An exposure of a tiled joint fit kept on disk (a FITS file read box by box).
+
+    Parameters
+    ----------
+    path : str or Path
+        FITS image (JWST SCI/ERR/DQ or a single HDU) with a celestial WCS; its pixels must be
+        background subtracted already.
+    psf_model : crowdphot PSF model
+    filter_name : str, optional
+        Default: the header's FILTER keyword.
+    ext, err_ext, dq_ext, dq_bits
+        As :func:`crowdphot.io.fits.read_image`.
+    name : str, optional
+        Label used in messages (default: the path).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from astropy.io import fits
+    >>> from astropy.wcs import WCS
+    >>> from crowdphot import CircularGaussianPRF
+    >>> w = WCS(naxis=2); w.wcs.ctype = ["RA---TAN", "DEC--TAN"]; w.wcs.cdelt = [-2e-5, 2e-5]
+    >>> path = os.path.join(tempfile.mkdtemp(), "e.fits")
+    >>> fits.PrimaryHDU(np.zeros((20, 30)), w.to_header()).writeto(path)
+    >>> e = ExposureFile(path, CircularGaussianPRF(fwhm=2.0), "F1")
+    >>> e.shape, e.filter_name
+    ((20, 30), 'F1')
+    """
+
+    def __init__(self, path, psf_model, filter_name=None, *, ext=None, err_ext="auto",
+                 dq_ext="auto", dq_bits=None, name=None):
+        from crowdphot.io.fits import DEFAULT_DQ_MASK, FitsPlanes
+
+        self.planes = FitsPlanes(path, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                                 dq_bits=DEFAULT_DQ_MASK if dq_bits is None else dq_bits)
+        info = self.planes.header_info()
+        self.name = str(path) if name is None else name
+        if info.wcs is None:
+            why = info.wcs_problem or "no WCS keywords"
+            raise ValueError(f"{self.name}: no celestial WCS ({why}); a joint fit in sky "
+                             "coordinates needs one")
+        self.wcs = info.wcs
+        self.shape = self.planes.shape
+        self.unit = u.Unit(info.unit) if info.unit else None
+        if filter_name is None:
+            filter_name = info.header.get("FILTER", info.primary.get("FILTER")
+                                          if info.primary is not None else None)
+        if not isinstance(filter_name, str) or not filter_name:
+            raise ValueError(f"{self.name}: no filter name (give filter_name; the header has "
+                             "no FILTER keyword)")
+        self.filter_name = filter_name
+        if not hasattr(psf_model, "_stamps_grad"):
+            raise TypeError(f"{self.name}: psf_model must be a crowdphot PSF model")
+        self.psf_model = psf_model
+        self.has_error = self.planes.err_ext is not None
+
+    def pixel_scale(self):
+        """Largest pixel scale in arcsec."""
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        return float(np.max(np.abs(proj_plane_pixel_scales(self.wcs.celestial)))) * 3600.0
+
+
+class _LazyCut:
+    """A box of an :class:`ExposureFile`, read where the task runs."""
+
+    def __init__(self, exp, box):
+        self.planes, self.box = exp.planes, box
+        self.wcs = exp.wcs[box]
+        (y0, _), (x0, _) = ((b.start, b.stop) for b in box)
+        self.psf_model = _shift_model(exp.psf_model, x0, y0)
+        self.filter_name, self.unit, self.name = exp.filter_name, exp.unit, exp.name
+
+    def load(self):
+        (y0, y1), (x0, x1) = ((b.start, b.stop) for b in self.box)
+        data, err, mask = self.planes.cut(y0, y1, x0, x1)
+        unit = self.unit
+        data = data if unit is None else data * unit
+        err = None if err is None else (err if unit is None else err * unit)
+        return Exposure(data, err, mask, self.wcs, self.psf_model, self.filter_name,
+                        name=self.name)
 
 
 def _cut(exp, x, y, pad):
-    """The exposure cut to the pixel box of positions ``x, y`` grown by ``pad`` (or None)."""
-    ny, nx = exp.data.shape
+    """The exposure cut to the pixel box of positions ``x, y`` grown by ``pad`` (or None);
+    an :class:`ExposureFile` gives a box read by the task."""
+    ny, nx = exp.shape if isinstance(exp, ExposureFile) else exp.data.shape
     ok = np.isfinite(x) & np.isfinite(y)
     if not ok.any():
         return None
@@ -55,6 +143,8 @@ def _cut(exp, x, y, pad):
     if x1 - x0 < 1 or y1 - y0 < 1:
         return None
     box = (slice(y0, y1), slice(x0, x1))
+    if isinstance(exp, ExposureFile):
+        return _LazyCut(exp, box)
     unit = exp.unit
     data = exp.data[box] if unit is None else exp.data[box] * unit
     err = None if exp.error is None else (exp.error[box] if unit is None
@@ -64,6 +154,7 @@ def _cut(exp, x, y, pad):
 
 
 def _tile_task(_source, exps, cat, keep, kwargs):
+    exps = [e.load() if isinstance(e, _LazyCut) else e for e in exps]
     table = fit_exposures(exps, cat, _skip_empty=True, **kwargs)
     return table[keep]
 
@@ -75,8 +166,9 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
 
     Parameters
     ----------
-    exposures : sequence of Exposure or tuples
-        As :func:`fit_exposures`.
+    exposures : sequence of Exposure, ExposureFile or tuples
+        As :func:`fit_exposures`; :class:`ExposureFile` exposures stay on disk and each task
+        reads only its boxes.
     catalog : astropy.table.Table, optional
         As :func:`fit_exposures` (None: detection on the combined stack of the whole field).
     tile_size : float
@@ -116,7 +208,7 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
     >>> np.round(t["flux_F1"], 6).tolist(), t["tile"].tolist()
     ([100.0, 200.0], [1, 0])
     """
-    exps = _check_exposures(exposures)
+    exps = _check_tiled_exposures(exposures)
     if kwargs.get("flux_per", "filter") != "filter":
         raise ValueError("fit_exposures_tiled fits one flux per filter (flux_per='filter')")
     shape = _parse_shape("fit_shape", fit_shape)
@@ -130,6 +222,9 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
     if group_separation is None:
         group_separation = float(np.hypot(*shape)) * coarse
     if catalog is None:
+        if any(isinstance(e, ExposureFile) for e in exps):
+            raise ValueError("give a catalog with ExposureFile exposures (detection on the "
+                             "combined stack would read every whole image)")
         catalog = detect_on_stack(exps)
     filters = list(dict.fromkeys(e.filter_name for e in exps))
     ra, dec, _, ids = _check_catalog(catalog, filters, exps[0].unit)
@@ -162,8 +257,8 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         for e in exps:
             x, y = e.wcs.all_world2pix(ra[sel], dec[sel], 0, quiet=True)
             x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-            inside = ((x > -pad) & (x < e.data.shape[1] + pad) & (y > -pad)
-                      & (y < e.data.shape[0] + pad))
+            ny, nx = e.shape if isinstance(e, ExposureFile) else e.data.shape
+            inside = (x > -pad) & (x < nx + pad) & (y > -pad) & (y < ny + pad)
             cut = _cut(e, np.where(inside, x, np.nan), np.where(inside, y, np.nan), pad)
             if cut is not None:
                 cuts.append(cut)
@@ -183,6 +278,28 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         if owned:
             _close_client(owned_client)
     return _stack(outs, index, n, ids, filters, exps[0].unit)
+
+
+def _check_tiled_exposures(exposures):
+    """Exposures, tuples and :class:`ExposureFile` objects: same units, errors for all or
+    none."""
+    if isinstance(exposures, (Exposure, ExposureFile)) or not hasattr(exposures, "__len__"):
+        raise TypeError("exposures must be a sequence of Exposure / ExposureFile objects or "
+                        "tuples")
+    files = [e for e in exposures if isinstance(e, ExposureFile)]
+    rest = _check_exposures([e for e in exposures if not isinstance(e, ExposureFile)]) \
+        if len(files) < len(exposures) else []
+    it = iter(rest)
+    out = [e if isinstance(e, ExposureFile) else next(it) for e in exposures]
+    units = {e.unit for e in out}
+    if len(units) > 1:
+        raise ValueError("exposures have different data units: "
+                         + ", ".join(f"{e.name}: {e.unit}" for e in out))
+    has_err = {e.has_error if isinstance(e, ExposureFile) else e.error is not None
+               for e in out}
+    if len(has_err) > 1:
+        raise ValueError("give error arrays for all exposures or for none")
+    return out
 
 
 def _stack(outs, index, n, ids, filters, unit):
