@@ -420,14 +420,18 @@ def test_photometry_path_loads_no_jit_plotting_interpolate_or_graph_modules(tmp_
     """A fresh process importing the notebook's classes and running a small grouped fit with a
     residual image loads neither numba (nothing is compiled at run time), matplotlib,
     scipy.interpolate, scipy.ndimage, nor the k-d tree / sparse-graph / dense linear algebra
-    modules of scipy (neighbours and groups are compiled kernels; splu is for large groups)."""
+    modules of scipy (neighbours and groups are compiled kernels; splu is for large groups),
+    nor scipy.stats (the blend test after a grouped fit needs scipy.special only)."""
     import subprocess
     import sys
 
-    from crowdphot.psf import CircularGaussianPRF, make_psf_model_image
+    from crowdphot.psf import CircularGaussianPRF
 
-    data, _ = make_psf_model_image((60, 60), CircularGaussianPRF(fwhm=2.5), 6,
-                                   flux=(500, 1000), min_separation=8, seed=1)
+    # six stars, two of them a close pair (one group of two: the blend test runs)
+    xs, ys = [10.0, 14.0, 40.0, 12.0, 45.0, 30.0], [10.0, 11.0, 12.0, 45.0, 44.0, 30.0]
+    yy, xx = np.mgrid[:60, :60]
+    data = sum(CircularGaussianPRF(flux=800.0, x_0=x0, y_0=y0, fwhm=2.5)(xx, yy)
+               for x0, y0 in zip(xs, ys, strict=True))
     np.save(tmp_path / "data.npy", data)
     code = """
 import sys
@@ -439,11 +443,17 @@ data = np.load(sys.argv[1])
 psf = CircularGaussianPRF(fwhm=2.5)
 phot = PSFPhotometry(psf, (5, 5), finder=IRAFStarFinder(threshold=5.0, fwhm=2.5),
                      grouper=SourceGrouper(10), aperture_radius=3)
-res = phot(data + 0.01)
+res = phot(data + 0.01, error=np.full(data.shape, 0.1))
 phot.make_residual_image(data)
 assert len(res) == 6, len(res)
+assert max(res['group_size']) == 2, list(res['group_size'])
+# a pair 2.5 px apart from given positions: a candidate pair of the blend test
+from astropy.table import QTable
+pair = phot(data + 0.01, error=np.full(data.shape, 0.1),
+            init_params=QTable({'x': [10.0, 12.5], 'y': [10.0, 10.5]}))
+assert list(pair['group_size']) == [2, 2], list(pair['group_size'])
 bad = [m for m in ('numba', 'matplotlib', 'scipy.interpolate', 'scipy.ndimage', 'scipy.spatial',
-                   'scipy.sparse.csgraph', 'scipy.sparse.linalg', 'scipy.linalg')
+                   'scipy.sparse.csgraph', 'scipy.sparse.linalg', 'scipy.linalg', 'scipy.stats')
        if m in sys.modules]
 assert not bad, bad
 """
