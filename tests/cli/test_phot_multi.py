@@ -87,6 +87,17 @@ def test_cli_phot_several_files(tmp_path, capsys):
     assert ok.mean() > 0.9
     pull = (t["flux_F150W"].value[ok] - flux[ok]) / t["flux_err_F150W"].value[ok]
     assert np.all(np.abs(pull) < 5)
+    # tiles with --sky none and --init: files read box by box; the same catalog
+    capsys.readouterr()
+    out2 = tmp_path / "lazy.ecsv"
+    code = main(["phot", *paths, "--psf", psf, "--init", str(tmp_path / "init.ecsv"), "-o",
+                 str(out2), "--sky", "none", "--tile", "25"])
+    assert code == 0, capsys.readouterr().err
+    assert "read tile by tile" in capsys.readouterr().out
+    t2 = QTable.read(out2)
+    assert len(np.unique(t2["tile"])) >= 4
+    d = np.abs(t2["flux_F150W"] - t["flux_F150W"]) / t["flux_err_F150W"]
+    assert np.max(d[ok]) < 1e-3
     # a file without a celestial WCS: one clear line
     fits.PrimaryHDU(np.zeros(shape)).writeto(tmp_path / "nowcs.fits")
     code = main(["phot", paths[0], str(tmp_path / "nowcs.fits"), "--psf", psf, "-o", str(out),

@@ -10,7 +10,8 @@ R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically)
 passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first file's pixels.
 ``--tile N`` fits in sky tiles of N pixels of the first file
 (:func:`crowdphot.pipeline.multi_tiles.fit_exposures_tiled`; ``--workers`` for local Dask
-workers).
+workers); with ``--sky none``, ``--init`` and no ``--residual`` the files are then never read
+whole (each tile task reads its boxes), so they may be larger than memory.
 The catalog has ``ra``, ``dec``, ``ra_err``, ``dec_err``, ``flux_<FILTER>``,
 ``flux_err_<FILTER>``, ``n_exposures`` and ``flags`` (see :func:`crowdphot.fit_exposures`).
 """
@@ -120,6 +121,51 @@ def _write_residuals(args, paths, images, exps, table):
     return written
 
 
+def _lazy(args):
+    """Tiles with no sky to subtract, a catalog and no residuals: files stay on disk."""
+    from crowdphot.cli.sky import sky_mode
+
+    return bool(args.tile) and sky_mode(args)[0] == "none" and bool(args.init) \
+        and not args.residual
+
+
+def _run_lazy(args, paths, specs, t0):
+    """Tiled joint fit of files read box by box (:class:`ExposureFile`)."""
+    from crowdphot.cli.phot import _ext_arg
+    from crowdphot.io.fits import FitsPlanes, write_table
+    from crowdphot.pipeline.multi_tiles import ExposureFile, fit_exposures_tiled
+
+    ext, err_ext, dq_ext = (_ext_arg(v) for v in (args.ext, args.err_ext, args.dq_ext))
+    infos = [FitsPlanes(p, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
+                        dq_bits=args.dq_bits).header_info() for p in paths]
+    for p, info in zip(paths, infos, strict=True):
+        if info.wcs is None:
+            raise CLIError(f"{p}: no celestial WCS ({info.wcs_problem or 'no WCS keywords'}); "
+                           "a joint fit of several files needs one per file")
+    names = [str(info.keyword("FILTER") or Path(p).stem) for p, info in zip(paths, infos,
+                                                                            strict=True)]
+    unknown = sorted(k for k in specs if k is not None and k not in names)
+    if unknown:
+        raise CLIError(f"--psf names filter(s) {', '.join(unknown)} that no file has")
+    files = [ExposureFile(p, _psf(specs, args, info, filt), filt, ext=ext, err_ext=err_ext,
+                          dq_ext=dq_ext, dq_bits=args.dq_bits, name=str(p))
+             for p, info, filt in zip(paths, infos, names, strict=True)]
+    if len({f.unit for f in files}) > 1:
+        raise CLIError("the files have different units (BUNIT): "
+                       + ", ".join(f"{f.name}: {f.unit or 'none'}" for f in files))
+    cat = _catalog(args, infos[0])
+    sep = None if not args.group_radius else float(args.group_radius) * files[0].pixel_scale()
+    table = fit_exposures_tiled(
+        files, cat, tile_size=args.tile * files[0].pixel_scale(), workers=args.workers,
+        fit_shape=(args.fit_shape, args.fit_shape), group_separation=sep,
+        subtract_neighbors=not getattr(args, "no_subtract_neighbors", False))
+    write_table(table, args.output)
+    print(f"{len(table)} sources fitted jointly in {len(files)} exposures read tile by tile "
+          f"({', '.join(sorted(set(names)))}) in {time.perf_counter() - t0:.2f} s; wrote "
+          f"{args.output}")
+    return 0
+
+
 def run_phot_multi(args, paths):
     """Jointly fit the FITS files ``paths`` with the options of ``crowdphot phot``.
 
@@ -149,6 +195,8 @@ def run_phot_multi(args, paths):
     if args.residual and not str(args.residual).lower().endswith((".fits", ".fit")):
         raise CLIError(f"--residual must be a .fits file name, got {args.residual}")
     specs = psf_specs(args.psf)
+    if _lazy(args):
+        return _run_lazy(args, paths, specs, t0)
     images = [_read(p, args) for p in paths]
     names = [str(image.keyword("FILTER") or Path(p).stem) for p, image in zip(paths, images,
                                                                               strict=True)]
