@@ -260,8 +260,6 @@ def _unresolved_pairs(fit, data, psf_model, x, y, flux, flux_err, x_init, y_init
                       fit_shape, *, error, mask, local_bkg, sky, fwhm, max_separation, nsigma,
                       significance, maxiters, reach, one_star=True, pairs=None):
     """Unchecked core of :func:`unresolved_pairs` (``fit``: the engine, ``fit_psf``)."""
-    from scipy import special  # not scipy.stats: its import alone costs ~1 s
-
     n = len(x)
     fy, fx = fit_shape
     n_alt = len(ALTERNATIVES)
@@ -281,6 +279,8 @@ def _unresolved_pairs(fit, data, psf_model, x, y, flux, flux_err, x_init, y_init
                          delta_chi2=np.zeros((0, n_alt)),
                          shift=np.zeros((0, 2)), resolved=np.zeros(0, dtype=bool),
                          stars=np.zeros((0, n_alt, 2, 3)), fwhm=float(fwhm))
+    from scipy import special  # only with pairs; not scipy.stats (its import costs ~1 s)
+
     i, j = pairs[:, 0], pairs[:, 1]
     sep = np.hypot(x[i] - x[j], y[i] - y[j])
     members = pairs.ravel()  # rows 2k (brighter) and 2k + 1 of pair k
