@@ -349,7 +349,8 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
     """All-star passes: refit the groups whose neighbours' light changed, until none does.
 
     The neighbours' light is updated incrementally: only the copies of sources that moved are
-    re-evaluated (their new light minus their old). A group is refitted when the light on
+    re-evaluated (their new light minus their old, out to where that change exceeds the
+    floor). A group is refitted when the light on
     one of its copies' stamps changed by more than ``TOL_SIGMA`` of that copy's flux error
     (summed absolute change over the stamp) and by more than ``TOL_REL`` of its flux.
     """
@@ -394,21 +395,22 @@ def _allstar_passes(tp, sky, exps, res, n, free, floors, no_err, maxiters, tol, 
             light_s = (np.abs(p - p_light) > LIGHT_SIGMA * err).any(axis=1)
         moved = light_s[tp.star]
         theta = res.theta
-        if moved.mean() > 0.4:  # most moved: one full evaluation is cheaper than two
-            reach = _reach(tp, exps, theta, floors)
-            new_nb = _neighbor_light(tp, theta, reach)
-            delta = new_nb - neighbors
-            neighbors, theta_light, reach_light, p_light = new_nb, theta, reach, p.copy()
-        else:
-            reach = reach_light.copy()
-            sel = np.flatnonzero(moved)
-            reach[sel] = _reach_of(tp, exps, theta, floors, sel)
-            delta = (_neighbor_light(tp, theta, reach, moved)
-                     - _neighbor_light(tp, theta_light, reach_light, moved))
-            neighbors = neighbors + delta
-            theta_light = np.where(moved[:, None], theta, theta_light)
-            reach_light = reach
-            p_light = np.where(light_s[:, None], p, p_light)
+        # the change of a moved copy's light is evaluated only out to where it exceeds the
+        # floor (|d flux| + 2 |flux| x shift in pixels bounds it per pixel): far cheaper than
+        # its whole light; farther, the stale light differs by less than the floor
+        sel = np.flatnonzero(moved)
+        dth = np.abs(theta[sel] - theta_light[sel])
+        change_amp = dth[:, 2] + 2.0 * np.abs(theta[sel, 2]) * dth[:, :2].max(axis=1)
+        amp = np.zeros(len(theta))
+        amp[sel] = change_amp
+        dreach = np.zeros(len(theta))
+        dreach[sel] = np.minimum(_reach_of(tp, exps, np.column_stack([theta[:, :2], amp]),
+                                           floors, sel), reach_light[sel])
+        delta = (_neighbor_light(tp, theta, dreach, moved)
+                 - _neighbor_light(tp, theta_light, dreach, moved))
+        neighbors = neighbors + delta
+        theta_light = np.where(moved[:, None], theta, theta_light)
+        p_light = np.where(light_s[:, None], p, p_light)
         change = np.abs(delta).sum(axis=1)
     return res, passes
 
