@@ -104,8 +104,11 @@ def test_faint_field_only_photutils_bits():
 
 def test_fit_shape_one():
     model = cp.CircularGaussianPRF(fwhm=1.0)
-    with pytest.raises(ValueError, match="fit_shape must be > 2"):
-        cp.PSFPhotometry(model, 1)
+    for shape in (1, (-1, 1), (3, 1)):
+        with pytest.raises(ValueError, match="fit_shape must be >= 3.*compat='photutils'"):
+            cp.PSFPhotometry(model, shape)
+    with pytest.raises(ValueError, match="fit_shape must have an odd value"):
+        cp.PSFPhotometry(model, (0, 0))
     for shape, match in (((0, 0), "odd value"), ((4, 3), "odd value"), ((-1, 1), ">= 1")):
         with pytest.raises(ValueError, match=f"fit_shape must (have an odd value|be {match})"):
             cp.PSFPhotometry(model, shape, compat="photutils")

@@ -471,6 +471,8 @@ def test_argument_errors(scene):
         PSFPhotometry(model, 5, aperture_radius=0)
     with pytest.raises(TypeError, match="local_bkg_estimator"):
         PSFPhotometry(model, 5, local_bkg_estimator=2.0)
+    with pytest.raises(TypeError, match="local_bkg_estimator must be a LocalBackground instance"):
+        PSFPhotometry(model, 5, local_bkg_estimator=cp.MMMBackground())  # photutils' rule
     phot = PSFPhotometry(model, 5)
     with pytest.raises(ValueError, match="Error array contains non-positive or non-finite"):
         phot(data, error=np.zeros_like(data), init_params=init)

@@ -343,7 +343,12 @@ def check_fit_shape(fit_shape, compat=None):
     3 x 3, the fewest pixels that can constrain x, y and flux.
     """
     if compat != "photutils":
-        return tuple(int(v) for v in as_pair("fit_shape", fit_shape, lower_bound=2, odd=True))
+        pair = as_pair("fit_shape", fit_shape, odd=True)  # odd first, as photutils
+        if np.any(pair < 3):
+            raise ValueError(f"fit_shape must be >= 3, got {fit_shape!r}: a smaller stamp "
+                             "cannot constrain x, y and flux (compat='photutils' accepts "
+                             "photutils' >= 1)")
+        return tuple(int(v) for v in pair)
     pair = as_pair("fit_shape", fit_shape)
     if np.any(pair % 2 == 0):
         raise ValueError("fit_shape must have an odd value for both axes")
