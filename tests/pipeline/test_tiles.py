@@ -493,6 +493,19 @@ def test_dask_in_memory_array_equals_in_process(crowded, whole, dask_client):
     assert_same_catalog(tiled, whole)
 
 
+def test_dask_all_star_equals_in_process(wide_wings, dask_client):
+    """The later all-star rounds run on the workers too (the neighbours travel with each task)."""
+    psf, data, err, init, kw, whole = wide_wings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = photometry_tiled(data, psf, 5, error=err, init_params=init, tile_shape=128,
+                                subtract_neighbors=True, **kw)
+        there = photometry_tiled(data, psf, 5, error=err, init_params=init, tile_shape=128,
+                                 subtract_neighbors=True, client=dask_client, **kw)
+    for c in ("x_fit", "y_fit", "flux_fit", "flags"):
+        np.testing.assert_array_equal(np.asarray(there[c]), np.asarray(here[c]))
+
+
 def test_dask_scheduler_address_and_fitsplanes_source(crowded, fits_scene, fits_whole,
                                                       dask_client):
     remote = photometry_tiled(FitsPlanes(fits_scene), crowded[0], 5, tile_shape=128,
