@@ -193,3 +193,18 @@ def test_input_checks():
         unresolved_pairs(img, object(), *args[2:], **kw)
     with pytest.raises(ValueError, match="step"):
         psf_fwhm(PSF, step=1.0)
+
+
+def test_photometry_hook_scope():
+    """The bit comes with crowdphot's defaults only: never with compat='photutils'."""
+    img, init, _ = _pair_image(1.2, 0.8, 290.0, 280.0, 6)
+    err = np.full(img.shape, 5.0)
+    ours = PSFPhotometry(PSF, (5, 5), aperture_radius=3, grouper=SourceGrouper(6))(
+        img, error=err, init_params=init)
+    assert np.all((np.asarray(ours["flags"]) & BLEND) > 0)
+    theirs = PSFPhotometry(PSF, (5, 5), aperture_radius=3, grouper=SourceGrouper(6),
+                           compat="photutils")(img, error=err, init_params=init)
+    assert not np.any(np.asarray(theirs["flags"]) & BLEND)
+    # ungrouped: no pair, no bit
+    alone = PSFPhotometry(PSF, (5, 5), aperture_radius=3)(img, error=err, init_params=init)
+    assert not np.any(np.asarray(alone["flags"]) & BLEND)
