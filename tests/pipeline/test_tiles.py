@@ -357,6 +357,26 @@ def test_tiled_all_star_equals_whole_image(wide_wings, rounds, monkeypatch):
         np.testing.assert_array_equal(np.asarray(tiled["flags"]), np.asarray(whole["flags"]))
 
 
+def test_tiled_all_star_poisson_equals_whole_image():
+    """Maximum likelihood: the other tasks' stars enter each task's expected counts."""
+    from crowdphot.datasets import jwst_like_psf_grid
+
+    psf = jwst_like_psf_grid()
+    model, truth = cp.make_psf_model_image((256, 256), psf, 150, flux=(2000, 50000),
+                                           min_separation=8, seed=1)
+    counts = np.random.default_rng(2).poisson(model + 10.0).astype(float)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"],
+                   "local_bkg": np.full(len(truth), 10.0)})
+    kw = dict(grouper=cp.SourceGrouper(10), group_warning_threshold=10**9,
+              likelihood="poisson", read_noise=0.0, subtract_neighbors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = cp.PSFPhotometry(psf, 5, **kw)(counts, init_params=init)
+        tiled = photometry_tiled(counts, psf, 5, init_params=init, tile_shape=128, **kw)
+    pull = (_val(tiled["flux_fit"]) - _val(whole["flux_fit"])) / _val(whole["flux_err"])
+    assert np.nanmax(np.abs(pull)) < 0.05
+
+
 def test_tiled_merge_separation_equals_whole_image(crowded):
     """Doubled detections (0.4 px apart) merge in tiles exactly as in the whole image."""
     model, data, error, truth = crowded
@@ -408,8 +428,6 @@ def test_tiled_merge_separation_equals_whole_image(crowded):
      "per-pixel threshold image is not supported"),
     (dict(subtract_neighbors="yes"), TypeError, "subtract_neighbors must be True or False"),
     (dict(merge_separation=-1.0), ValueError, "merge_separation"),
-    (dict(subtract_neighbors=True, likelihood="poisson", read_noise=1.0), ValueError,
-     "subtract_neighbors=True and merge_separation are not available with likelihood"),
     (dict(merge_separation=1.0, fitter=TRFLSQFitter()), ValueError,
      "merge_separation need the batched engine"),
 ])

@@ -243,12 +243,14 @@ def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
     _limit_threads()
     y0, y1, x0, x1 = box
     data, error, mask = source.cut(y0, y1, x0, x1)
+    extra = {}
     if halo is not None and len(halo):
-        # all-star across seams: other tasks' stars that reach this box, subtracted
+        # all-star across seams: other tasks' stars that reach this box, as a sky map in the
+        # data (subtracted; with likelihood='poisson' also part of the expected counts)
         from crowdphot.core.render import render_image
 
-        data = data - render_image(data.shape, _shift_model(psf_model, x0, y0),
-                                   halo[:, 0] - x0, halo[:, 1] - y0, halo[:, 2])
+        extra["sky"] = render_image(data.shape, _shift_model(psf_model, x0, y0),
+                                    halo[:, 0] - x0, halo[:, 1] - y0, halo[:, 2])
     init = init.copy()
     init["x_init"] -= x0
     init["y_init"] -= y0
@@ -261,7 +263,8 @@ def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
         warnings.simplefilter("always")
         res = run_psf_photometry(_with_unit(data, unit), model, fit_shape, mask=mask,
                                  error=None if kwargs.get("likelihood") == "poisson"
-                                 else _with_unit(error, unit), init_params=init, **kwargs)
+                                 else _with_unit(error, unit), init_params=init, **kwargs,
+                                 **extra)
     messages = [(w.category, str(w.message)) for w in caught]
     if res is None:
         return None, messages
@@ -449,11 +452,12 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         As for :class:`crowdphot.PSFPhotometry` (maximum-likelihood fits and ``flux_crlb``).
     subtract_neighbors, merge_separation
         As for :class:`crowdphot.PSFPhotometry` (all-star fitting, merging of unresolvable
-        pairs; in tiles neither with ``likelihood='poisson'`` nor with a ``fitter``).
+        pairs; not with a ``fitter``).
         All-star fitting runs the tile fits up to three times: each task first fits its
         groups with the stars of its own box subtracted, then again with the stars of the
         other tasks that reach its box (their latest values) subtracted from its pixels too
-        (:mod:`crowdphot.pipeline._halo`), so that neighbours across seams are modelled as
+        (with ``likelihood='poisson'`` also part of the expected counts;
+        :mod:`crowdphot.pipeline._halo`), so that neighbours across seams are modelled as
         in a whole-image run (equal to it within a small fraction of the errors, not to
         rounding: the all-star passes stop at a tolerance).
 
@@ -498,10 +502,6 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                            merge_separation=merge_separation)
     fit_shape = config.fit_shape
     allstar = config.subtract_neighbors or config.merge_separation is not None
-    if allstar and config.likelihood == "poisson":
-        raise ValueError("subtract_neighbors=True and merge_separation are not available with "
-                         "likelihood='poisson' in tiles (the other tiles' stars would have to "
-                         "enter the expected counts); fit the whole image with PSFPhotometry")
     if allstar and fitter is not None:
         raise ValueError("subtract_neighbors=True and merge_separation need the batched "
                          "engine (fitter=None)")
