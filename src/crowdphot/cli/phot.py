@@ -209,10 +209,9 @@ def _photometry(args, image, psf, finder, init, sky=None):
         psf.x_0.fixed = True
         psf.y_0.fixed = True
         finder = None
-    # DAOPHOT ALLSTAR: neighbours outside each group are subtracted (not with the Poisson
-    # likelihood)
-    if not getattr(args, "no_subtract_neighbors", False) and \
-            common.get("likelihood", "gaussian") != "poisson":
+    # DAOPHOT ALLSTAR: neighbours outside each group are subtracted (with the Poisson
+    # likelihood their light is part of the expected counts)
+    if not getattr(args, "no_subtract_neighbors", False):
         common["subtract_neighbors"] = True
         if not getattr(args, "no_merge", False):  # ALLSTAR's merge of unresolvable pairs
             common["merge_separation"] = 0.37 * args.fwhm
