@@ -321,7 +321,15 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
     passes : int
         All-star passes made (0: no group needed a refit).
     merged : ndarray of bool, shape (n,)
-        Sources taking part in a merge (both the absorbing and the absorbed star).
+        Sources taking part in a merge (both the absorbing and the absorbed star) and, with
+        ``subtract``, members that absorbed a failed member's light (:func:`_report_dropped`).
+
+    Notes
+    -----
+    With ``subtract``, a member whose fit fails (left its stamp, absurd or non-finite
+    values) is dropped from the model and its group refitted without it; such refits may
+    take up to :data:`EXTRA_PASSES` passes beyond ``max_passes``, and a group still waiting
+    for one after them is reported not converged.
     """
     n = len(x)
     gid = np.asarray(group_id)
