@@ -37,6 +37,10 @@ crowdphot sets 8 (+ 4096) on runaways that photutils lets leave their stamp and 
 flags 0; photutils sets 8 on fits its trust-region fitter abandons at its evaluation limit
 (100), where crowdphot's converges inside the stamp (median distance 0.08-0.2 px).
 
+With ``compat='photutils'`` (:mod:`crowdphot.psf._compat`) the photometry classes set only bits
+1-2048; ``PSF_FLAGS.photutils`` is the registry of those twelve and
+``decode_psf_flags(..., compat='photutils')`` decodes them only, as photutils.
+
 `PSF_FLAGS` is the registry (``PSF_FLAGS.NEGATIVE_FLUX == 4``, ``PSF_FLAGS.get_name(4)``),
 `combine_flags` builds a flag column from boolean conditions and `decode_psf_flags`
 (alias `decode_flags`) turns flag values back into names.
