@@ -115,7 +115,7 @@ def test_cli_psf_per_filter_stack_detection_residuals(tmp_path, capsys):
             f"F200W={psf_file(tmp_path / 'b.fits', 3.0)}")
     out = tmp_path / "cat.ecsv"
     code = main(["phot", *paths, "--psf", spec, "-o", str(out), "--sky", "none",
-                 "--residual", str(tmp_path / "res.fits")])
+                 "--residual", str(tmp_path / "res.fits"), "--plots", str(tmp_path / "figs")])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     t = QTable.read(out)
@@ -133,6 +133,9 @@ def test_cli_psf_per_filter_stack_detection_residuals(tmp_path, capsys):
         err = fits.getdata(paths[k], "ERR")
         assert res.shape == (70, 70) and 0.8 < np.std(res / err) < 1.2
         assert f"res_e{k}.fits" in printed
+        for fig in (f"detections_e{k}.png", f"data_model_residual_e{k}.png"):
+            assert (tmp_path / "figs" / fig).stat().st_size > 1000
+    assert "6 figures in" in printed
     # in sky tiles of 30 pixels: the same catalog
     out2 = tmp_path / "tiled.ecsv"
     code = main(["phot", *paths, "--psf", spec, "-o", str(out2), "--sky", "none", "--tile",

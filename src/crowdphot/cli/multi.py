@@ -8,7 +8,8 @@ or x/y in the first file) or from detection on the combined signal-to-noise stac
 files (``--threshold`` is then in units of the stack's noise, default 5). ``--residual
 R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically). All-star
 passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first file's pixels.
-``--tile N`` fits in sky tiles of N pixels of the first file
+``--plots DIR`` writes per file the fitted positions on the data and data / model / residual
+(matplotlib). ``--tile N`` fits in sky tiles of N pixels of the first file
 (:func:`crowdphot.pipeline.multi_tiles.fit_exposures_tiled`; ``--workers`` for local Dask
 workers); with ``--sky none``, ``--init`` and no ``--residual`` the files are then never read
 whole (each tile task reads its boxes), so they may be larger than memory.
@@ -29,7 +30,7 @@ from crowdphot.cli.psfload import load_psf
 __all__ = ["run_phot_multi", "psf_specs"]
 
 # single-image options a joint run does not support yet (name, value when unused)
-_UNSUPPORTED = (("plots", None), ("regions", None), ("refine_psf", False), ("iterative", None))
+_UNSUPPORTED = (("regions", None), ("refine_psf", False), ("iterative", None))
 
 
 def _read(path, args):
@@ -107,6 +108,37 @@ def _catalog(args, first):
     return None  # detection on the combined stack (fit_exposures)
 
 
+def _write_plots(args, paths, images, exps, table, residuals):
+    """Per exposure: the fitted positions on the data, and data / model / residual."""
+    from crowdphot.io.coords import parse_bunit
+    from crowdphot.io.fits import atomic_write
+    from crowdphot.viz.figures import plot_data_model_residual, plot_detections
+
+    out = Path(args.plots)
+    out.mkdir(parents=True, exist_ok=True)
+    ra = np.asarray(table["ra"].to_value("deg"))
+    dec = np.asarray(table["dec"].to_value("deg"))
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    written = []
+    for p, image, e, res in zip(paths, images, exps, residuals, strict=True):
+        data = np.where(e.mask, np.nan, e.data) if e.mask is not None else e.data
+        x, y = e.wcs.all_world2pix(ra[ok], dec[ok], 0, quiet=True)
+        parsed = parse_bunit(image.unit)
+        unit = parsed.to_string() if parsed is not None else (str(image.unit) if image.unit
+                                                              else "data units")
+        stem = Path(p).stem
+        figs = {f"detections_{stem}.png": lambda d=data, x=x, y=y, u=unit, f=e.filter_name:
+                plot_detections(d, np.asarray(x), np.asarray(y), radius=3.0, unit=u,
+                                title=f"{len(x)} sources ({f})"),
+                f"data_model_residual_{stem}.png": lambda d=data, r=res, u=unit:
+                plot_data_model_residual(d, d - r, r, unit=u)}
+        for name, make in figs.items():
+            with atomic_write(out / name) as tmp:
+                make().savefig(tmp, dpi=90, format="png")
+            written.append(str(out / name))
+    return written
+
+
 def _write_residuals(args, paths, images, exps, table):
     from crowdphot.cli.phot import _residual_header
     from crowdphot.io.fits import write_fits_image
@@ -126,7 +158,7 @@ def _lazy(args):
     from crowdphot.cli.sky import sky_mode
 
     return bool(args.tile) and sky_mode(args)[0] == "none" and bool(args.init) \
-        and not args.residual
+        and not args.residual and not args.plots
 
 
 def _run_lazy(args, paths, specs, t0):
@@ -245,6 +277,11 @@ def run_phot_multi(args, paths):
     extra = ""
     if args.residual:
         extra = "; residuals: " + ", ".join(_write_residuals(args, paths, images, exps, table))
+    if args.plots:
+        from crowdphot.pipeline.multi_sky import residual_images
+
+        figs = _write_plots(args, paths, images, exps, table, residual_images(exps, table))
+        extra += f"; {len(figs)} figures in {args.plots}"
     print(f"{len(table)} sources fitted jointly in {len(exps)} exposures "
           f"({', '.join(filters)}) in {time.perf_counter() - t0:.2f} s; wrote {args.output}"
           f"{extra}")
