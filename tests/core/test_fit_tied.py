@@ -131,3 +131,22 @@ def test_solve_tied_holds_fixed_and_unconstrained_parameters():
     np.testing.assert_array_equal(res.p[:, 2:], p0[:, 2:])
     assert np.all(np.isnan(res.cov[:, 3, 3])) and np.all(np.isnan(res.cov[:, 2, 2]))
     assert np.all(np.isfinite(res.cov[:, 0, 0]))
+
+
+def test_large_groups_take_the_sparse_path():
+    # every star in one connected group, above dense_max: per-group CG steps and the
+    # large-group covariance, as fit_psf does with the same dense_max
+    img, err, psf, x0, y0, f0, _ = _scene(seed=6)
+    gid = np.zeros(len(x0), dtype=int)
+    tp = build_tied([(img, err, None, psf)], x0, y0, np.zeros(len(x0), int),
+                    np.arange(len(x0)), gid, (5, 5), dense_max=4)
+    assert tp.layout.bucket.tolist() == [0]
+    p0 = np.column_stack([x0, y0, f0])[tp.sources]
+    res = solve_tied(tp, _identity_tie(tp), p0, xtol=1e-8)
+    ref = fit_psf(img, psf, x0, y0, f0, fit_shape=5, group_id=gid, error=err, xtol=1e-8,
+                  dense_max=4)
+    s = tp.sources
+    np.testing.assert_allclose(res.p[:, :2], np.column_stack([ref.x, ref.y])[s], atol=1e-6,
+                               rtol=0)
+    np.testing.assert_allclose(res.p[:, 2], ref.flux[s], rtol=1e-7)
+    np.testing.assert_allclose(np.sqrt(res.cov[:, 2, 2]), ref.flux_err[s], rtol=1e-5)
