@@ -91,11 +91,15 @@ def test_cli_phot_several_files(tmp_path, capsys):
     capsys.readouterr()
     out2 = tmp_path / "lazy.ecsv"
     code = main(["phot", *paths, "--psf", psf, "--init", str(tmp_path / "init.ecsv"), "-o",
-                 str(out2), "--sky", "none", "--tile", "25"])
+                 str(out2), "--sky", "none", "--tile", "25", "--regions",
+                 str(tmp_path / "s.reg")])
     assert code == 0, capsys.readouterr().err
     assert "read tile by tile" in capsys.readouterr().out
     t2 = QTable.read(out2)
     assert len(np.unique(t2["tile"])) >= 4
+    reg = (tmp_path / "s.reg").read_text().splitlines()
+    assert reg[2] == "fk5" and len(reg) == 3 + np.isfinite(t2["ra"]).sum()
+    assert reg[3].startswith(f"circle({t2['ra'][0].to_value(u.deg):.8f},")
     d = np.abs(t2["flux_F150W"] - t["flux_F150W"]) / t["flux_err_F150W"]
     assert np.max(d[ok]) < 1e-3
     # a file without a celestial WCS: one clear line

@@ -8,7 +8,8 @@ or x/y in the first file) or from detection on the combined signal-to-noise stac
 files (``--threshold`` is then in units of the stack's noise, default 5). ``--residual
 R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically). All-star
 passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first file's pixels.
-``--plots DIR`` writes per file the fitted positions on the data and data / model / residual
+``--regions R.reg`` writes the fitted sky positions as DS9 fk5 circles. ``--plots DIR`` writes
+per file the fitted positions on the data and data / model / residual
 (matplotlib). ``--tile N`` fits in sky tiles of N pixels of the first file
 (:func:`crowdphot.pipeline.multi_tiles.fit_exposures_tiled`; ``--workers`` for local Dask
 workers); with ``--sky none``, ``--init`` and no ``--residual`` the files are then never read
@@ -27,10 +28,10 @@ import numpy as np
 from crowdphot.cli.errors import CLIError
 from crowdphot.cli.psfload import load_psf
 
-__all__ = ["run_phot_multi", "psf_specs"]
+__all__ = ["run_phot_multi", "psf_specs", "write_sky_regions"]
 
 # single-image options a joint run does not support yet (name, value when unused)
-_UNSUPPORTED = (("regions", None), ("refine_psf", False), ("iterative", None))
+_UNSUPPORTED = (("refine_psf", False), ("iterative", None))
 
 
 def _read(path, args):
@@ -106,6 +107,36 @@ def _catalog(args, first):
         raise CLIError(f"{p}: the --init catalog needs ra/dec (or x/y in the first image) "
                        "columns")
     return None  # detection on the combined stack (fit_exposures)
+
+
+def write_sky_regions(table, path, *, radius_arcsec=0.3, color="green"):
+    """DS9 region file of fitted sky positions (fk5 circles), written atomically.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from astropy.table import Table
+    >>> p = os.path.join(tempfile.mkdtemp(), "stars.reg")
+    >>> write_sky_regions(Table({"ra": [10.5, np.nan], "dec": [-5.25, 1.0]}), p)
+    >>> Path(p).read_text().splitlines()[-1]
+    'circle(10.50000000,-5.25000000,0.300")'
+    """
+    from astropy import units as u
+
+    from crowdphot.io.fits import atomic_write
+
+    def deg(col):
+        if getattr(col, "unit", None) is not None:
+            return np.asarray(u.Quantity(col).to_value(u.deg), dtype=float)
+        return np.asarray(col, dtype=float)
+
+    ra, dec = deg(table["ra"]), deg(table["dec"])
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    lines = ["# Region file format: DS9", f"global color={color}", "fk5"]
+    lines += [f'circle({r:.8f},{d:.8f},{radius_arcsec:.3f}")'
+              for r, d in zip(ra[ok], dec[ok], strict=True)]
+    with atomic_write(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def _write_plots(args, paths, images, exps, table, residuals):
@@ -192,6 +223,8 @@ def _run_lazy(args, paths, specs, t0):
         fit_shape=(args.fit_shape, args.fit_shape), group_separation=sep,
         subtract_neighbors=not getattr(args, "no_subtract_neighbors", False))
     write_table(table, args.output)
+    if args.regions:
+        write_sky_regions(table, args.regions)
     print(f"{len(table)} sources fitted jointly in {len(files)} exposures read tile by tile "
           f"({', '.join(sorted(set(names)))}) in {time.perf_counter() - t0:.2f} s; wrote "
           f"{args.output}")
@@ -277,6 +310,9 @@ def run_phot_multi(args, paths):
     extra = ""
     if args.residual:
         extra = "; residuals: " + ", ".join(_write_residuals(args, paths, images, exps, table))
+    if args.regions:
+        write_sky_regions(table, args.regions)
+        extra += f"; regions: {args.regions}"
     if args.plots:
         from crowdphot.pipeline.multi_sky import residual_images
 
