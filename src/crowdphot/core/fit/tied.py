@@ -210,7 +210,9 @@ def build_tied(frames, x, y, frame, star, star_group, fit_shape, *, support_shap
     star = np.asarray(star, dtype=np.int64)
     psfs = [f[3] for f in frames]
     support = tuple(support_shape) if support_shape is not None else support_of(psfs)
-    margin = 2 * (max(support) + max(fit_shape)) + 8
+    # frames far enough apart that no PSF (its whole support, whatever the coupling support)
+    # reaches another frame's stamps
+    margin = 2 * (max(max(support), max(support_of(psfs))) + max(fit_shape)) + 8
     fpsf = FramePSF(psfs, [f[0].shape[1] for f in frames], margin)
     m0 = len(x)
     xlo = np.zeros(m0, dtype=np.int64)
