@@ -6,9 +6,9 @@ crowdphot's defaults are honest where photutils' are not (see docs/compat.md). O
 and :func:`~crowdphot.psf.decode_psf_flags`, gives photutils' behaviour instead:
 
 - **flag bits**: only photutils' twelve (1-2048); crowdphot's 4096 ``left_stamp``, 8192
-  ``absurd_value`` and 16384 ``merged`` are never set (``PSF_FLAGS.photutils`` is the
-  registry of those twelve, and ``decode_psf_flags(..., compat='photutils')`` ignores higher
-  bits, as photutils does);
+  ``absurd_value``, 16384 ``merged`` and 32768 ``unresolved_blend`` (whose test does not run)
+  are never set (``PSF_FLAGS.photutils`` is the registry of those twelve, and
+  ``decode_psf_flags(..., compat='photutils')`` ignores higher bits, as photutils does);
 - **runaway and no-signal fits**: a group in which crowdphot's engine stopped a source at the
   edge of its fit stamp or found an absurd value (which it reports as NaN) is refitted as
   photutils fits it -- its members' stamps joined, astropy's ``TRFLSQFitter`` -- and the values
