@@ -10,8 +10,8 @@ and no gaps at seams.
    kept. Cores partition the plane (the outer cores extend to infinity), so each star is kept
    exactly once.
 2. **Group globally.** The detections (two floats per star) come back to the driver, which
-   orders them by position and groups them with the compiled friends-of-friends grouper over the whole image:
-   groups never stop at seams and their size is not capped.
+   orders them by position and groups them with the compiled friends-of-friends grouper over
+   the whole image: groups never stop at seams and their size is not capped.
 3. **Fit per tile.** Each group is owned by the tile whose core holds its first member. One task
    per non-empty tile reads the bounding box of its groups plus the fit margin (fit stamp,
    aperture, local-background annulus) and fits them with :func:`run_psf_photometry`;
