@@ -41,6 +41,16 @@ def _stamp_pixels(x, y, fit_shape, shape, mask):
     return xx, yy, (int(hit[0]) if hit.size else -1), ""
 
 
+def _accepts(fitter, name):
+    """Whether ``fitter(...)`` names the keyword argument ``name``."""
+    import inspect
+
+    try:
+        return name in inspect.signature(fitter.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, aliases, fit_shape,
                 fitter, maxiters, xy_bounds, progress_bar=False, compat=None):
     """Fit every group with an astropy fitter; returns ``(SourceFit, FitInfo-like list)``.
@@ -65,6 +75,9 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
     # astropy fitters keep per-call state (fit_info); a private copy keeps threads that share
     # one configured PSFPhotometry from reading each other's
     fitter = TRFLSQFitter() if fitter is None else copy.copy(fitter)
+    # the group models are built from scratch members (below), so the fitter may fit them in
+    # place instead of deep-copying each group's compound model first
+    inplace = {"inplace": True} if _accepts(fitter, "inplace") else {}
     xname, yname, fname = main_params
     alias_to_param = {"x": xname, "y": yname, "flux": fname}
     for a in aliases[3:]:
@@ -105,9 +118,9 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
             continue
         models = []
         for k, (i, _, _, _) in enumerate(stamps):
-            # astropy fitters fit a copy of the model they are given, so a pool of scratch
-            # members (one per group slot, reused by every group) replaces a deep copy of the
-            # model per source -- the main cost of this path for compound models
+            # a pool of scratch members (one per group slot, reused by every group) replaces a
+            # deep copy of the model per source -- the main cost of this path for compound
+            # models; the user's model is never touched
             if k == len(pool):
                 pool.append(psf_model.copy())
             m = pool[k]
@@ -129,9 +142,9 @@ def fit_generic(data, mask, error, table, reason, *, psf_model, main_params, ali
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                fitted = fitter(group_model, xx, yy, zz, weights=weights, **kwargs)
+                fitted = fitter(group_model, xx, yy, zz, weights=weights, **kwargs, **inplace)
             except TypeError:
-                fitted = fitter(group_model, xx, yy, zz, weights=weights)
+                fitted = fitter(group_model, xx, yy, zz, weights=weights, **inplace)
         info = getattr(fitter, "fit_info", {}) or {}
         cov = info.get("param_cov")
         status = info.get("status", info.get("ierr"))
