@@ -10,7 +10,8 @@ from test_multi import DEC0, make_exposure, make_sky, make_wcs
 
 from crowdphot import CircularGaussianPRF
 from crowdphot.pipeline.multi import fit_exposures
-from crowdphot.pipeline.multi_tiles import fit_exposures_tiled
+from crowdphot.pipeline.multi_sky import detect_on_stack
+from crowdphot.pipeline.multi_tiles import detect_tiled, fit_exposures_tiled
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,37 @@ def test_tiles_from_files_read_lazily(field, tmp_path):
     whole = fit_exposures(exps, cat)
     tiled = fit_exposures_tiled(files, cat, tile_size=3.5)
     _compare(tiled, whole)
-    with pytest.raises(ValueError, match="give a catalog"):
-        fit_exposures_tiled(files, None, tile_size=3.5)
+    # no catalog: detection on the stack, tile by tile from the files' boxes
+    det_whole = fit_exposures(exps, None)
+    det_tiled = fit_exposures_tiled(files, None, tile_size=3.5)
+    assert len(det_tiled) == len(det_whole) >= 100
+    by_pos = [np.lexsort((t["dec"].value.round(9), t["ra"].value.round(9)))
+              for t in (det_tiled, det_whole)]
+    _compare(det_tiled[by_pos[0]], det_whole[by_pos[1]])
     nowcs = tmp_path / "nowcs.fits"
     fits.PrimaryHDU(np.zeros((10, 10))).writeto(nowcs)
     with pytest.raises(ValueError, match="nowcs.fits: no celestial WCS"):
         ExposureFile(nowcs, exps[0].psf_model, "A")
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_tiled_detection_equals_whole_stack(field, with_error):
+    """Each tile stacks its own boxes and keeps what it detects in its core: the union is the
+    whole-stack detection, sources at the seams included (exactly one tile owns each)."""
+    exps, _ = field
+    if not with_error:
+        from dataclasses import replace
+
+        exps = [replace(e, error=None) for e in exps]
+    whole = detect_on_stack(exps)
+    tiled = detect_tiled(exps, tile_size=1.0)  # 64 px tiles: 4 on this field
+    w = exps[0].wcs
+    xw, yw = w.all_world2pix(whole["ra"], whole["dec"], 0)
+    xt, yt = w.all_world2pix(tiled["ra"], tiled["dec"], 0)
+    assert len(tiled) == len(whole) >= 100
+    d = np.hypot(xw[:, None] - xt[None], yw[:, None] - yt[None])
+    assert d.min(axis=1).max() < 1e-6 and d.min(axis=0).max() < 1e-6
+    # sources within a FWHM of a seam exist and were found once
+    x0 = np.floor(xw.min() - 10)
+    near = np.abs((xt - x0) % 64 - 32) > 32 - 2.5
+    assert near.sum() >= 3

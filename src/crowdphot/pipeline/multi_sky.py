@@ -5,7 +5,9 @@ signal-to-noise image is resampled (bilinear) onto one grid -- the first exposur
 grown to the union of all footprints -- and averaged (``sum(snr) / sqrt(n)`` per pixel, then
 normalised by its robust scatter), so a source seen by several exposures stands out by
 ``sqrt(n)`` more; DAOFIND runs on that stack and its positions go back to the sky through
-the first exposure's WCS.
+the first exposure's WCS. The normalisation statistics (and the noise of an exposure without
+errors) use the pixels at a regular stride (:func:`sample_step`, every pixel up to 4 million),
+so that :func:`crowdphot.pipeline.multi_tiles.detect_tiled` reproduces them tile by tile.
 
 :func:`residual_images` renders the fitted sources into every exposure (its own WCS and PSF)
 and returns ``data - model``.
@@ -19,10 +21,13 @@ from astropy.table import Table
 
 __all__ = ["detect_on_stack", "residual_images"]
 
+
 #: Largest stack grid side in pixels (the union footprint is clipped to this).
 MAX_STACK_SIDE = 16384
 #: Coordinate maps between exposures are evaluated every this many pixels and interpolated.
 MAP_STEP = 8
+#: Stack and exposure noise statistics use at most about this many pixels (a regular stride).
+MAX_SAMPLES = 4_000_000
 
 
 def _fwhm_of(psf_model):
@@ -94,16 +99,43 @@ def detect_on_stack(exposures, *, threshold=5.0, fwhm=None):
     >>> len(cat), round(float(x[0]), 0), round(float(y[0]), 0)
     (1, 20.0, 20.0)
     """
-    from scipy.ndimage import map_coordinates
+    ref_wcs, x0, y0, ny, nx = stack_frame(exposures)
+    if max(nx, ny) > MAX_STACK_SIDE:
+        raise ValueError(f"the exposures span {ny} x {nx} pixels of the first one, more than "
+                         f"{MAX_STACK_SIDE} per side for a detection stack; give a catalog "
+                         "or fit in sky tiles")
+    scales = [exposure_noise(e) if e.error is None else None for e in exposures]
+    stack = build_stack(exposures, scales, ref_wcs, x0, y0, (ny, nx))
+    step = sample_step(ny, nx)
+    median, sigma = stack_stats(stack[::step, ::step])
+    if fwhm is None:
+        fwhm = _fwhm_of(exposures[0].psf_model)
+    x, y = find_on_stack(stack, median, sigma, fwhm, threshold)
+    if len(x) == 0:
+        raise ValueError(f"no sources found on the stack of {len(exposures)} exposures "
+                         f"(threshold {threshold} sigma); lower the threshold or give a catalog")
+    return stack_catalog(ref_wcs, x + x0, y + y0)
 
-    from crowdphot.detection import DAOStarFinder
 
-    ref = exposures[0]
-    ref_wcs = ref.wcs.celestial
-    # union footprint in the reference pixels
+def stack_catalog(ref_wcs, x, y):
+    """``id, ra, dec`` table of stack-grid positions (reference pixels)."""
+    ra, dec = ref_wcs.all_pix2world(x, y, 0)
+    return Table({"id": np.arange(1, len(x) + 1), "ra": np.asarray(ra) * u.deg,
+                  "dec": np.asarray(dec) * u.deg})
+
+
+def _shape_of(e):
+    return e.shape if not hasattr(e, "data") else e.data.shape
+
+
+def stack_frame(exposures):
+    """``(ref_wcs, x0, y0, ny, nx)``: the stack grid, the first exposure's pixels grown to the
+    union footprint (grid pixel ``[i, j]`` is reference pixel ``(x0 + j, y0 + i)``); raises
+    ``ValueError`` when an exposure overlaps no other. Reads only shapes and WCSs."""
+    ref_wcs = exposures[0].wcs.celestial
     xs, ys = [], []
     for e in exposures:
-        ny, nx = e.data.shape
+        ny, nx = _shape_of(e)
         cx = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
         cy = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
         ra, dec = e.wcs.celestial.all_pix2world(cx, cy, 0)
@@ -125,14 +157,49 @@ def detect_on_stack(exposures, *, threshold=5.0, fwhm=None):
                              "(check its WCS)")
     xs, ys = np.concatenate(xs), np.concatenate(ys)
     x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
-    nx = int(np.ceil(xs.max())) - x0 + 1
-    ny = int(np.ceil(ys.max())) - y0 + 1
-    if max(nx, ny) > MAX_STACK_SIDE:
-        raise ValueError(f"the exposures span {ny} x {nx} pixels of the first one, more than "
-                         f"{MAX_STACK_SIDE} per side for a detection stack; give a catalog")
+    return (ref_wcs, x0, y0, int(np.ceil(ys.max())) - y0 + 1,
+            int(np.ceil(xs.max())) - x0 + 1)
+
+
+def sample_step(ny, nx):
+    """Stride of the pixels whose statistics normalise a stack or an exposure (every pixel up
+    to ``MAX_SAMPLES``), so that tiles reproduce the whole-field values exactly."""
+    return max(1, int(np.ceil(np.sqrt(ny * nx / MAX_SAMPLES))))
+
+
+def exposure_noise(e, *, rows=None):
+    """Robust noise of an exposure without errors, from its pixels at stride
+    :func:`sample_step` (an :class:`~crowdphot.pipeline.multi_tiles.ExposureFile` is read in
+    strips of ``rows`` rows)."""
+    ny, nx = _shape_of(e)
+    s = sample_step(ny, nx)
+    if hasattr(e, "data"):
+        data = e.data[::s, ::s]
+        bad = ~np.isfinite(data)
+        if e.mask is not None:
+            bad |= e.mask[::s, ::s]
+        return _robust_sigma(np.where(bad, np.nan, data))
+    rows = max(s, (rows or max(1, 2 ** 22 // nx)) // s * s)
+    parts = []
+    for y0 in range(0, ny, rows):
+        data, _, mask = e.planes.cut(y0, min(y0 + rows, ny), 0, nx)
+        data, bad = data[::s, ::s], ~np.isfinite(data[::s, ::s])
+        if mask is not None:
+            bad |= mask[::s, ::s]
+        parts.append(data[~bad])
+    return _robust_sigma(np.concatenate(parts))
+
+
+def build_stack(exposures, scales, ref_wcs, x0, y0, shape):
+    """``sum(snr) / sqrt(n)`` on the grid box of ``shape`` at reference pixel ``(x0, y0)``
+    (NaN where no exposure has a valid pixel); ``scales[k]`` is the noise of exposure ``k``
+    when it has no error array."""
+    from scipy.ndimage import map_coordinates
+
+    ny, nx = shape
     total = np.zeros((ny, nx))
     count = np.zeros((ny, nx))
-    for e in exposures:
+    for e, scale in zip(exposures, scales, strict=True):
         ex, ey = _grid_map(ref_wcs, e.wcs.celestial, x0, y0, (ny, nx))
         data = np.array(e.data, dtype=float)
         bad = ~np.isfinite(data)
@@ -143,31 +210,39 @@ def detect_on_stack(exposures, *, threshold=5.0, fwhm=None):
                 snr = data / e.error
             bad |= ~(np.isfinite(snr) & (e.error > 0))
         else:
-            snr = data / _robust_sigma(np.where(bad, np.nan, data))
+            snr = data / scale
         snr = np.where(bad, np.nan, snr)
         v = map_coordinates(snr, [ey, ex], order=1, mode="constant", cval=np.nan)
         ok = np.isfinite(v)
         total[ok] += v[ok]
         count[ok] += 1
     with np.errstate(divide="ignore", invalid="ignore"):
-        stack = np.where(count > 0, total / np.sqrt(count), np.nan)
-    sigma = _robust_sigma(stack)
+        return np.where(count > 0, total / np.sqrt(count), np.nan)
+
+
+def stack_stats(values):
+    """``(median, robust sigma)`` of the finite stack values; raises when there are none."""
+    values = np.asarray(values, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    sigma = _robust_sigma(values)
     if not sigma > 0:
         raise ValueError("detection stack is blank (no valid pixel); give a catalog")
-    stack = (stack - np.nanmedian(stack)) / sigma
-    mask = ~np.isfinite(stack)
-    if fwhm is None:
-        fwhm = _fwhm_of(ref.psf_model)
+    return float(np.median(values)), sigma
+
+
+def find_on_stack(stack, median, sigma, fwhm, threshold):
+    """DAOFIND positions ``(x, y)`` (grid pixels) on the stack normalised by ``median`` and
+    ``sigma``."""
+    from crowdphot.detection import DAOStarFinder
+
+    norm = (stack - median) / sigma
+    mask = ~np.isfinite(norm)
     found = DAOStarFinder(threshold=float(threshold), fwhm=float(fwhm))(
-        np.where(mask, 0.0, stack), mask=mask)
+        np.where(mask, 0.0, norm), mask=mask)
     if found is None or len(found) == 0:
-        raise ValueError(f"no sources found on the stack of {len(exposures)} exposures "
-                         f"(threshold {threshold} sigma); lower the threshold or give a catalog")
-    x = np.asarray(found["x_centroid"], dtype=float) + x0
-    y = np.asarray(found["y_centroid"], dtype=float) + y0
-    ra, dec = ref_wcs.all_pix2world(x, y, 0)
-    return Table({"id": np.arange(1, len(x) + 1), "ra": np.asarray(ra) * u.deg,
-                  "dec": np.asarray(dec) * u.deg})
+        return np.zeros(0), np.zeros(0)
+    return (np.asarray(found["x_centroid"], dtype=float),
+            np.asarray(found["y_centroid"], dtype=float))
 
 
 def residual_images(exposures, table, *, model_shape=None):

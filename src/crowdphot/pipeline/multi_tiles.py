@@ -18,8 +18,13 @@ working memory is bounded by a tile's sources and pixel boxes. In-memory exposur
 the driver and each box is shipped with its task; :class:`ExposureFile` exposures are FITS files
 read lazily (memory-mapped, :class:`crowdphot.io.fits.FitsPlanes`): the driver reads headers
 only and every task reads just its boxes, so exposures larger than memory work (the file must be
-visible at the same path on every worker; a catalog is then required, as detection would need
-the whole images).
+visible at the same path on every worker).
+
+Without a catalog, :func:`detect_tiled` detects on the combined stack tile by tile: a tile's
+task builds the stack of its core plus a margin from the exposures' pixel boxes and keeps the
+sources found in its core (each source has one owner); a first pass over the tiles collects the
+stack's sampled values for its median and scatter, so the sources are those of the whole-stack
+:func:`~crowdphot.pipeline.multi_sky.detect_on_stack`, without any whole image in memory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from astropy import units as u
 from astropy.table import Table
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from crowdphot.pipeline.multi import (
     Exposure,
@@ -37,12 +43,25 @@ from crowdphot.pipeline.multi import (
     _to_plane,
     fit_exposures,
 )
-from crowdphot.pipeline.multi_sky import detect_on_stack
+from crowdphot.pipeline.multi_sky import (
+    MAP_STEP,
+    _fwhm_of,
+    build_stack,
+    exposure_noise,
+    find_on_stack,
+    sample_step,
+    stack_catalog,
+    stack_frame,
+    stack_stats,
+)
 from crowdphot.pipeline.tiles import _close_client, _open_client, _Runner, _shift_model
 from crowdphot.psf.allstar import model_reach
 from crowdphot.psf.groupers import SourceGrouper
 
 __all__ = ["ExposureFile", "fit_exposures_tiled"]
+
+#: Pixels of an exposure read around the ones a stack box samples (bilinear resampling).
+STACK_PAD = 3
 
 
 class ExposureFile:
@@ -153,6 +172,138 @@ def _cut(exp, x, y, pad):
                     _shift_model(exp.psf_model, x0, y0), exp.filter_name, name=exp.name)
 
 
+def _load(cuts):
+    return [e.load() if isinstance(e, _LazyCut) else e for e in cuts]
+
+
+def _box_cuts(exps, ref_wcs, gx0, gy0, box):
+    """Every exposure cut to the pixels a stack box (grid ``[y0, y1) x [x0, x1)``) samples,
+    with the exposure indices kept."""
+    (y0, y1), (x0, x1) = box
+    t = np.linspace(0.0, 1.0, 9)
+    bx = np.concatenate([x0 + t * (x1 - 1 - x0), np.full(9, x1 - 1.0), x0 + t * (x1 - 1 - x0),
+                         np.full(9, float(x0))]) + gx0
+    by = np.concatenate([np.full(9, float(y0)), y0 + t * (y1 - 1 - y0), np.full(9, y1 - 1.0),
+                         y0 + t * (y1 - 1 - y0)]) + gy0
+    ra, dec = ref_wcs.all_pix2world(bx, by, 0)
+    cuts, used = [], []
+    for k, e in enumerate(exps):
+        x, y = e.wcs.celestial.all_world2pix(ra, dec, 0, quiet=True)
+        cut = _cut(e, np.asarray(x, dtype=float), np.asarray(y, dtype=float), STACK_PAD)
+        if cut is not None:
+            cuts.append(cut), used.append(k)
+    return cuts, used
+
+
+def _stack_task(_source, cuts, scales, ref_wcs, gx0, gy0, box, core, step, find):
+    """Phase 1 (``find`` None): the stack's sampled values in the core; phase 2 (``find`` =
+    ``(median, sigma, fwhm, threshold)``): its detections in the core (grid pixels)."""
+    (y0, y1), (x0, x1) = box
+    stack = build_stack(_load(cuts), scales, ref_wcs, gx0 + x0, gy0 + y0, (y1 - y0, x1 - x0))
+    (cy0, cy1), (cx0, cx1) = core
+    if find is None:
+        sy = np.arange(-(-cy0 // step) * step, cy1, step)
+        sx = np.arange(-(-cx0 // step) * step, cx1, step)
+        v = stack[np.ix_(sy - y0, sx - x0)].ravel()
+        return v[np.isfinite(v)]
+    x, y = find_on_stack(stack, *find)
+    x, y = x + x0, y + y0
+    own = (x >= cx0 - 0.5) & (x < cx1 - 0.5) & (y >= cy0 - 0.5) & (y < cy1 - 0.5)
+    return x[own], y[own]
+
+
+def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None, workers=None,
+                 scheduler=None):
+    """:func:`crowdphot.pipeline.multi_sky.detect_on_stack` in sky tiles, optionally on Dask.
+
+    The stack grid (the first exposure's pixels grown to the union footprint) is cut into
+    square tiles; a tile's task builds the stack of its core plus a margin from the pixel
+    boxes of the exposures it covers (:class:`ExposureFile` exposures read only those boxes)
+    and keeps the sources detected in its core, so every source comes from exactly one tile.
+    A first pass collects the stack's sampled values for its median and scatter, so the
+    detections equal the whole-stack ones (away from the data's own edges as well as at the
+    tile seams), without the whole stack or any whole exposure in memory.
+
+    Parameters
+    ----------
+    exposures : sequence of Exposure or ExposureFile
+        Checked exposures (:func:`fit_exposures_tiled` checks them).
+    tile_size : float
+        Side of a tile's core in arcsec (rounded to a multiple of 8 first-exposure pixels,
+        at least 64).
+    threshold, fwhm
+        As :func:`~crowdphot.pipeline.multi_sky.detect_on_stack`.
+    client, workers, scheduler
+        As :func:`fit_exposures_tiled`.
+
+    Returns
+    -------
+    catalog : astropy.table.Table
+        ``id``, ``ra``, ``dec`` (deg), sorted by stack row then column.
+
+    Examples
+    --------
+    >>> from astropy.wcs import WCS
+    >>> from crowdphot import CircularGaussianPRF
+    >>> from crowdphot.core.render import render_image
+    >>> w = WCS(naxis=2); w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    >>> w.wcs.cdelt = [-2e-5, 2e-5]; w.wcs.crpix = [61, 21]; w.wcs.crval = [10.0, 20.0]
+    >>> psf = CircularGaussianPRF(fwhm=2.5)
+    >>> img = render_image((41, 121), psf, np.array([20.2, 90.7]), np.array([19.6, 20.3]),
+    ...                    np.array([500.0, 400.0]))
+    >>> noise = np.random.default_rng(0).normal(size=img.shape)
+    >>> e = Exposure(img + noise, np.ones(img.shape), None, w, psf, "F1")
+    >>> cat = detect_tiled([e, e], tile_size=4.0)
+    >>> x, y = w.all_world2pix(cat["ra"], cat["dec"], 0)
+    >>> np.round(x).tolist(), np.round(y).tolist()
+    ([20.0, 91.0], [20.0, 20.0])
+    """
+    exps = list(exposures)
+    if not (np.isfinite(tile_size) and tile_size > 0):
+        raise ValueError(f"tile_size must be > 0 arcsec, got {tile_size!r}")
+    ref_wcs, gx0, gy0, ny, nx = stack_frame(exps)
+    ref_scale = float(np.mean(np.abs(proj_plane_pixel_scales(ref_wcs)))) * 3600.0
+    side = max(64, int(np.ceil(tile_size / ref_scale / MAP_STEP)) * MAP_STEP)
+    if fwhm is None:
+        fwhm = _fwhm_of(exps[0].psf_model)
+    margin = int(np.ceil((4.0 * fwhm + 4) / MAP_STEP)) * MAP_STEP
+    scales = [exposure_noise(e) if (e.has_error is False if isinstance(e, ExposureFile)
+                                     else e.error is None) else None for e in exps]
+    step = sample_step(ny, nx)
+    jobs = []
+    for ty in range(0, ny, side):
+        for tx in range(0, nx, side):
+            core = ((ty, min(ty + side, ny)), (tx, min(tx + side, nx)))
+            box = ((max(ty - margin, 0), min(ty + side + margin, ny)),
+                   (max(tx - margin, 0), min(tx + side + margin, nx)))
+            cuts, used = _box_cuts(exps, ref_wcs, gx0, gy0, core)
+            if not cuts:
+                continue
+            bcuts, bused = _box_cuts(exps, ref_wcs, gx0, gy0, box)
+            jobs.append((core, box, cuts, [scales[k] for k in used], bcuts,
+                         [scales[k] for k in bused]))
+    owned_client, owned = _open_client(client, workers, scheduler)
+    try:
+        runner = _Runner(owned_client, None)
+        samples = runner.map(_stack_task, [None] * len(jobs), [
+            (c, sc, ref_wcs, gx0, gy0, core, core, step, None)
+            for core, _, c, sc, _, _ in jobs])
+        median, sigma = stack_stats(np.concatenate(samples) if samples else np.zeros(0))
+        found = runner.map(_stack_task, [None] * len(jobs), [
+            (c, sc, ref_wcs, gx0, gy0, box, core, step, (median, sigma, fwhm, threshold))
+            for core, box, _, _, c, sc in jobs])
+    finally:
+        if owned:
+            _close_client(owned_client)
+    x = np.concatenate([f[0] for f in found]) if found else np.zeros(0)
+    y = np.concatenate([f[1] for f in found]) if found else np.zeros(0)
+    if len(x) == 0:
+        raise ValueError(f"no sources found on the stack of {len(exps)} exposures "
+                         f"(threshold {threshold} sigma); lower the threshold or give a catalog")
+    order = np.lexsort((x, y))
+    return stack_catalog(ref_wcs, x[order] + gx0, y[order] + gy0)
+
+
 def _tile_task(_source, exps, cat, keep, kwargs):
     exps = [e.load() if isinstance(e, _LazyCut) else e for e in exps]
     table = fit_exposures(exps, cat, _skip_empty=True, **kwargs)
@@ -170,7 +321,9 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         As :func:`fit_exposures`; :class:`ExposureFile` exposures stay on disk and each task
         reads only its boxes.
     catalog : astropy.table.Table, optional
-        As :func:`fit_exposures` (None: detection on the combined stack of the whole field).
+        As :func:`fit_exposures`; None: detection on the combined stack, tile by tile
+        (:func:`detect_tiled`, threshold ``detect_threshold``), which equals the whole-stack
+        detection.
     tile_size : float
         Side of a tile's core in arcsec on the tangent plane.
     margin : float, optional
@@ -221,11 +374,19 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         raise ValueError(f"margin must be >= 0 arcsec, got {margin!r}")
     if group_separation is None:
         group_separation = float(np.hypot(*shape)) * coarse
-    if catalog is None:
-        if any(isinstance(e, ExposureFile) for e in exps):
-            raise ValueError("give a catalog with ExposureFile exposures (detection on the "
-                             "combined stack would read every whole image)")
-        catalog = detect_on_stack(exps)
+    owned_client, owned = _open_client(client, workers, scheduler)
+    try:
+        if catalog is None:
+            catalog = detect_tiled(exps, tile_size=tile_size, client=owned_client,
+                                   threshold=kwargs.get("detect_threshold", 5.0))
+        return _fit_tiles(exps, catalog, owned_client, tile_size, margin, shape,
+                          group_separation, kwargs)
+    finally:
+        if owned:
+            _close_client(owned_client)
+
+
+def _fit_tiles(exps, catalog, client, tile_size, margin, shape, group_separation, kwargs):
     filters = list(dict.fromkeys(e.filter_name for e in exps))
     ra, dec, _, ids = _check_catalog(catalog, filters, exps[0].unit)
     n = len(ra)
@@ -270,13 +431,7 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         opts = dict(kwargs, fit_shape=shape, group_separation=group_separation)
         jobs.append((cuts, sub, keep, opts))
         index.append((k, own))
-    owned_client, owned = _open_client(client, workers, scheduler)
-    try:
-        runner = _Runner(owned_client, None)
-        outs = runner.map(_tile_task, [None] * len(jobs), jobs)
-    finally:
-        if owned:
-            _close_client(owned_client)
+    outs = _Runner(client, None).map(_tile_task, [None] * len(jobs), jobs)
     return _stack(outs, index, n, ids, filters, exps[0].unit)
 
 
