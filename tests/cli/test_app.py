@@ -222,7 +222,7 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
     code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
                            tmp_path / "t.ecsv", "--threshold", 30, "--no-progress", "--tile",
                            64, "--workers", 2, "--scheduler", "tcp://host:8786",
-                           "--residual", tmp_path / "r.fits"], capsys)
+                           "--residual", tmp_path / "r.fits", "--sky", "none"], capsys)
     assert code == 0, err
     assert (seen["tile_shape"], seen["workers"], seen["scheduler"]) == (64, 2, "tcp://host:8786")
     assert seen["shape"] == SHAPE and seen["fit_shape"] == (5, 5)

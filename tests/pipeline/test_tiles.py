@@ -430,6 +430,12 @@ def test_tiled_merge_separation_equals_whole_image(crowded):
     (dict(merge_separation=-1.0), ValueError, "merge_separation"),
     (dict(merge_separation=1.0, fitter=TRFLSQFitter()), ValueError,
      "merge_separation need the batched engine"),
+    (dict(sky="blue"), ValueError, "sky must be None, a number or 'map'"),
+    (dict(sky=np.nan), ValueError, "sky must be None, a finite number or 'map'"),
+    (dict(sky=True), ValueError, "sky must be None, a finite number"),
+    (dict(sky=1.0, sky_options={"box_size": 8}), ValueError, "sky_options need sky='map'"),
+    (dict(sky="map", sky_options={"box": 8}), TypeError, "sky_options: unknown keyword"),
+    (dict(sky="map", sky_options={"box_size": 0}), ValueError, "box_size must be positive"),
 ])
 def test_argument_errors(kwargs, exc, match):
     base = dict(finder=cp.DAOStarFinder(10, 2.0), aperture_radius=3, tile_shape=16)
@@ -454,6 +460,134 @@ def test_mask_with_fits_path_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="mask and error cannot be given with a FITS path"):
         photometry_tiled(str(path), cp.CircularGaussianPRF(fwhm=2), 5, aperture_radius=3,
                          finder=cp.DAOStarFinder(10, 2.0), mask=np.zeros((8, 8), bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# the sky: subtracted (or in the Poisson expectation) in every task, as in a whole-image run
+# ----------------------------------------------------------------------------------------------
+SKY_BOX = 32
+SKY_NOISE = 2.0
+
+
+def _gradient_sky(shape):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return 30.0 + 3.0 * xx / shape[1] - 2.0 * yy / shape[0]
+
+
+@pytest.fixture(scope="module")
+def sky_scene():
+    """Stars on a sky of 30 with a gradient; the whole-image sky map (estimate_sky)."""
+    from crowdphot.background.sky import estimate_sky
+
+    model = cp.CircularGaussianPRF(fwhm=FWHM)
+    stars, truth = cp.make_psf_model_image(SHAPE, model, 120, flux=(300, 3000),
+                                           min_separation=6, seed=21, model_shape=(11, 11),
+                                           border_size=0)
+    data = stars + _gradient_sky(SHAPE) + np.random.default_rng(8).normal(0.0, SKY_NOISE,
+                                                                           SHAPE)
+    sky, rms, _ = estimate_sky(data, box_size=SKY_BOX, fwhm=FWHM)
+    return model, data, truth, sky, float(np.median(rms))
+
+
+def _pull_per_sky(model, fit=5):
+    """Flux change in units of its error per unit of sky offset / pixel noise.
+
+    A weighted fit of ``flux * p`` to a stamp with an extra constant ``d`` moves the flux by
+    ``d * sum(p) / sum(p**2)``; its error is ``sigma / sqrt(sum(p**2))``.
+    """
+    yy, xx = np.mgrid[:fit, :fit]
+    p = model.copy()
+    p.x_0, p.y_0, p.flux = fit // 2, fit // 2, 1.0
+    v = p(xx, yy)
+    return float(v.sum() / np.sqrt((v**2).sum()))
+
+
+def test_tile_sky_map_equals_the_whole_image_map(sky_scene):
+    """Each task's map (its box + 3 sky boxes on the global grid) is the whole-image map
+    up to a remainder from the region's edges: below 5 % of the pixel noise."""
+    from crowdphot.pipeline._sky import check_tile_sky, sky_region, tile_sky
+    from crowdphot.pipeline.tiles import _ArrayPlanes
+
+    _, data, _, whole, rms = sky_scene
+    spec = check_tile_sky("map", {"box_size": SKY_BOX, "fwhm": FWHM}, SHAPE)
+    source = _ArrayPlanes(data)
+    worst = 0.0
+    for tile in tile_grid(SHAPE, TILE):
+        box = tile.box(12, SHAPE)
+        ry0, ry1, rx0, rx1 = sky_region(box, SHAPE, (SKY_BOX, SKY_BOX))
+        assert ry0 % SKY_BOX == 0 and rx0 % SKY_BOX == 0  # the whole image's boxes
+        assert ry1 % SKY_BOX == 0 or ry1 == SHAPE[0]
+        sky = tile_sky(source, box, spec)
+        worst = max(worst, float(np.abs(sky - whole[box[0]:box[1], box[2]:box[3]]).max()))
+    assert worst < 0.05 * rms
+    # with the region reaching every image edge the map is the whole-image map exactly
+    full = tile_sky(source, (0, SHAPE[0], 0, SHAPE[1]), spec)
+    np.testing.assert_array_equal(full, whole)
+    assert tile_sky(source, (3, 5, 7, 8), ("value", 2.5)).tolist() == [[2.5], [2.5]]
+
+
+def test_tiled_sky_map_equals_whole_image_with_the_map_subtracted(sky_scene):
+    """Fluxes within the pull the sky remainder (< 0.05 sigma) allows: 0.05 * sum p /
+    sqrt(sum p^2) of their errors; without the sky every star is far too bright."""
+    model, data, truth, sky, _ = sky_scene
+    error = np.full(SHAPE, SKY_NOISE)
+    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
+              aperture_radius=4, group_warning_threshold=10**9)
+    whole = cp.PSFPhotometry(model, 5, **kw)(data - sky, error=error)
+    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, sky="map",
+                             sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, **kw)
+    assert tiled.meta["sky"] == "map" and tiled.meta["sky_box"] == (SKY_BOX, SKY_BOX)
+    assert len(tiled) == len(whole)
+    a, b = _by_position(tiled), _by_position(whole)
+    np.testing.assert_allclose(_val(a["x_init"]), _val(b["x_init"]), atol=0.01)
+    pull = (_val(a["flux_fit"]) - _val(b["flux_fit"])) / _val(b["flux_err"])
+    assert np.nanmax(np.abs(pull)) < 0.05 * _pull_per_sky(model)
+    assert np.nanmedian(np.abs(pull)) < 0.01
+    # and against the truth: no sky left in the fluxes
+    m = cp.match_catalogs(truth, tiled, separation=1.0)
+    assert len(m) >= 0.95 * len(truth)
+    assert abs(np.median(_val(m["flux_fit"]) / _val(m["flux"]) - 1)) < 0.005
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = photometry_tiled(data, model, 5, error=error, tile_shape=TILE,
+                               init_params=QTable({"x": truth["x_0"], "y": truth["y_0"]}),
+                               **{k: v for k, v in kw.items() if k != "finder"})
+    assert np.median(_val(raw["flux_fit"]) / np.asarray(truth["flux"]) - 1) > 0.05
+
+
+def test_tiled_constant_sky_equals_whole_image_minus_that_sky(crowded):
+    model, data, error, _ = crowded
+    whole = cp.PSFPhotometry(model, 5, **_config())(data - 5.0, error=error)
+    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, sky=5.0,
+                             **_config())
+    assert_same_catalog(tiled, whole)
+    assert tiled.meta["sky"] == "constant" and tiled.meta["sky_median"] == 5.0
+
+
+def test_tiled_poisson_sky_map_is_in_the_expectation(sky_scene):
+    """likelihood='poisson': counts keep their sky, each task's map enters the expected
+    counts, as PSFPhotometry(...)(counts, sky=whole-image map)."""
+    from crowdphot.background.sky import estimate_sky
+
+    model = cp.CircularGaussianPRF(fwhm=FWHM)
+    stars, truth = cp.make_psf_model_image(SHAPE, model, 80, flux=(2000, 20000),
+                                           min_separation=8, seed=4, model_shape=(11, 11))
+    counts = np.random.default_rng(3).poisson(stars + _gradient_sky(SHAPE)).astype(float)
+    sky, _, _ = estimate_sky(counts, box_size=SKY_BOX, fwhm=FWHM)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"]})
+    kw = dict(grouper=cp.SourceGrouper(8), group_warning_threshold=10**9,
+              likelihood="poisson", read_noise=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = cp.PSFPhotometry(model, 5, **kw)(counts, init_params=init, sky=sky)
+        tiled = photometry_tiled(counts, model, 5, init_params=init, tile_shape=TILE,
+                                 sky="map", sky_options={"box_size": SKY_BOX, "fwhm": FWHM},
+                                 **kw)
+    # the noise at the sky level is sqrt(30) > 5: the same 0.05-sigma remainder bound
+    pull = (_val(tiled["flux_fit"]) - _val(whole["flux_fit"])) / _val(whole["flux_err"])
+    assert np.nanmax(np.abs(pull)) < 0.05 * _pull_per_sky(model)
+    rel = _val(tiled["flux_fit"]) / np.asarray(truth["flux"]) - 1
+    assert abs(np.median(rel)) < 0.005
 
 
 # ----------------------------------------------------------------------------------------------

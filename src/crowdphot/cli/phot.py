@@ -161,7 +161,7 @@ def _finder(args, image):
     threshold = args.threshold
     if threshold is None:
         if image.data is None:  # tiled run: estimate from a central sample, not the mosaic
-            data, _, mask = image.planes.sample()
+            data, mask = image.sample  # without its sky (cli.sky.subtract_sky)
         else:
             data, mask = image.data, image.mask
         threshold = 5.0 * robust_sigma(data, mask)
@@ -216,12 +216,15 @@ def _photometry(args, image, psf, finder, init, sky=None):
         if not getattr(args, "no_merge", False):  # ALLSTAR's merge of unresolvable pairs
             common["merge_separation"] = 0.37 * args.fwhm
     if args.tile:
+        from crowdphot.cli.sky import tiled_sky
         from crowdphot.pipeline.tiles import photometry_tiled
 
-        # workers memory-map the file and read only their tiles: no pixels cross the network
+        # workers memory-map the file and read only their tiles: no pixels cross the network;
+        # each task subtracts the sky from its pixels (Poisson: puts it in the expectation)
         table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
                                  init_params=init, tile_shape=args.tile,
-                                 workers=args.workers, scheduler=args.scheduler, **common)
+                                 workers=args.workers, scheduler=args.scheduler,
+                                 **tiled_sky(args, image), **common)
         return table, None
     if args.iterative:
         phot = IterativePSFPhotometry(psf, fit_shape, finder, maxiters=args.iterative,
@@ -276,8 +279,9 @@ def run_phot(args):
 
     parse_dq_bits(args.dq_bits)  # names, 6 or 0x6: a bad one fails now
     dq_bits = args.dq_bits  # names are read per telescope (HST's SATURATED is not JWST's)
-    if args.tile and not (args.residual or args.plots):
-        # out-of-core: header now, pixels only inside the tile tasks
+    if args.tile and not (args.residual or args.plots or getattr(args, "sky_out", None)):
+        # out-of-core: header now, pixels only inside the tile tasks (--sky-out writes the
+        # whole-image map: that needs the image in memory)
         planes = FitsPlanes(args.image, ext=ext, err_ext=err_ext, dq_ext=dq_ext,
                             dq_bits=dq_bits)
         image = planes.header_info()

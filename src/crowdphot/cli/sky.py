@@ -8,9 +8,14 @@ subtracted from the image; the catalog's metadata records what was done.
 
 ``--sky map`` (default), ``--sky none``, or ``--sky VALUE`` (a constant); ``--sky-box N`` sets the
 map's box size; ``--sky-out FILE`` writes the subtracted sky (float32 FITS with the science
-header's WCS). With ``--local-bkg`` the default is ``none`` (the annuli measure the sky);
-tiled runs (``--tile``) read pixels only inside the tiles and cannot subtract a map: they
-take the default ``none``, and an explicit ``--sky`` with ``--tile`` is an error.
+header's WCS). With ``--local-bkg`` the default is ``none`` (the annuli measure the sky).
+
+Tiled runs (``--tile``) read pixels only inside the tiles: every tile task subtracts the same
+sky (a map estimated on its box plus a margin of sky boxes, on the whole image's box grid:
+:mod:`crowdphot.pipeline._sky`); the metadata's ``sky_median``/``sky_rms`` then come from the
+central sample the detection threshold is measured on. ``--sky-out`` (like ``--residual``)
+reads the whole image into memory and writes the whole-image map, which equals the tiles'
+maps up to the small remainder that module documents.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 
 from crowdphot.cli.errors import CLIError
 
-__all__ = ["add_sky_arguments", "check_sky_options", "sky_mode", "subtract_sky", "write_sky"]
+__all__ = ["add_sky_arguments", "check_sky_options", "sky_mode", "subtract_sky", "tiled_sky",
+           "write_sky"]
 
 
 def add_sky_arguments(parser):
@@ -41,9 +47,7 @@ def sky_mode(args):
     """``('map', None)``, ``('none', None)`` or ``('value', float)`` from the options."""
     value = getattr(args, "sky", None)
     if value is None:
-        default = "none" if (getattr(args, "local_bkg", None) or getattr(args, "tile", None)) \
-            else "map"
-        return default, None
+        return ("none" if getattr(args, "local_bkg", None) else "map"), None
     text = str(value).strip().lower()
     if text in ("map", "none"):
         return text, None
@@ -59,9 +63,6 @@ def sky_mode(args):
 def check_sky_options(args):
     """Fail on inconsistent sky options before any work."""
     mode, _ = sky_mode(args)
-    if getattr(args, "sky", None) is not None and getattr(args, "tile", None) and mode != "none":
-        raise CLIError("--sky cannot be combined with --tile (tiles read only their own "
-                       "pixels); use --local-bkg, or subtract the sky first")
     box = getattr(args, "sky_box", None)
     if box is not None and box < 4:
         raise CLIError(f"--sky-box must be >= 4 pixels, got {box}")
@@ -93,17 +94,19 @@ def subtract_sky(args, image):
         ``sky_box``).
     """
     mode, value = sky_mode(args)
-    if mode == "none" or image.data is None:
-        if image.data is not None and not getattr(args, "local_bkg", None):
+    if image.data is None:  # tiled out of core: the tasks subtract it (tiled_sky)
+        return None, _sample_sky(args, image, mode, value)
+    if mode == "none":
+        if not getattr(args, "local_bkg", None):
             _warn_unsubtracted_sky(args, image)
         return None, {"sky": "none"}
     if mode == "value":
         sky = np.full(image.data.shape, value)
         info = {"sky": "constant", "sky_median": value}
     else:
-        from crowdphot.background.sky import auto_box_size, estimate_sky
+        from crowdphot.background.sky import estimate_sky
 
-        box = args.sky_box or auto_box_size(image.data.shape, fwhm=getattr(args, "fwhm", None))
+        box = _sky_box(args, image.data.shape)
         try:
             sky, rms, _ = estimate_sky(image.data, mask=image.mask, box_size=box,
                                        fwhm=getattr(args, "fwhm", None))
@@ -119,19 +122,81 @@ def subtract_sky(args, image):
     return sky, info
 
 
-def _warn_unsubtracted_sky(args, image):
+def _sky_box(args, shape):
+    from crowdphot.background.sky import auto_box_size
+
+    return int(args.sky_box or auto_box_size(shape, fwhm=getattr(args, "fwhm", None)))
+
+
+def tiled_sky(args, image):
+    """Keywords ``sky`` and ``sky_options`` of ``photometry_tiled`` for ``--sky``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+    image : crowdphot.io.fits.ImageData
+        With ``planes`` (the file the tile tasks read).
+
+    Returns
+    -------
+    kwargs : dict
+        ``{}`` for ``--sky none``; ``{'sky': VALUE}``; or ``{'sky': 'map', 'sky_options':
+        {...}}`` with the box and FWHM a whole-image run would use.
+    """
+    mode, value = sky_mode(args)
+    if mode == "none":
+        return {}
+    if mode == "value":
+        return {"sky": value}
+    box = _sky_box(args, image.planes.shape)
+    return {"sky": "map", "sky_options": {"box_size": box, "fwhm": getattr(args, "fwhm", None)}}
+
+
+def _sample_sky(args, image, mode, value):
+    """Metadata of the tiles' sky, from the central sample (``image.planes.sample()``).
+
+    Sets ``image.sample``: ``(data, mask)`` of that sample minus its sky, for the detection
+    threshold (a sky gradient would inflate its robust sigma).
+    """
+    data, _, mask = image.planes.sample()
+    if mode == "none":
+        image.sample = (data, mask)
+        if not getattr(args, "local_bkg", None):
+            _warn_unsubtracted_sky(args, image, data, mask)
+        return {"sky": "none"}
+    if mode == "value":
+        image.sample = (data - value, mask)
+        return {"sky": "constant", "sky_median": value}
+    from crowdphot.background.sky import estimate_sky
+
+    box = _sky_box(args, image.planes.shape)
+    try:
+        sky, rms, _ = estimate_sky(data, mask=mask, box_size=box,
+                                   fwhm=getattr(args, "fwhm", None))
+    except ValueError as exc:
+        raise CLIError(f"{args.image}: cannot estimate the sky ({exc}); give --sky VALUE "
+                       "or --sky none") from None
+    image.sample = (data - sky, mask)
+    return {"sky": "map", "sky_box": box, "sky_median": float(np.median(sky)),
+            "sky_rms": float(np.median(rms)),
+            "sky_method": "estimated per tile (box + margin on the whole image's box grid); "
+                          "median and rms of the central sample"}
+
+
+def _warn_unsubtracted_sky(args, image, data=None, mask=None):
     """Say so when ``--sky none`` leaves a clear sky level in the image."""
     import warnings
 
     from crowdphot.cli.stats import robust_sigma
 
-    good = np.isfinite(image.data) if image.mask is None else (~image.mask
-                                                               & np.isfinite(image.data))
-    values = image.data[good]
+    if data is None:
+        data, mask = image.data, image.mask
+    good = np.isfinite(data) if mask is None else (~mask & np.isfinite(data))
+    values = data[good]
     if values.size < 2:
         return
     level = float(np.median(values[:: max(1, values.size // 1_000_000)]))
-    sigma = robust_sigma(image.data, image.mask)
+    sigma = robust_sigma(data, mask)
     if sigma > 0 and abs(level) > 3.0 * sigma:
         warnings.warn(f"{args.image}: --sky none but the image's median is {level:.4g} "
                       f"({abs(level) / sigma:.0f} sigma from zero): fluxes include that sky and "

@@ -217,12 +217,15 @@ def _limit_threads():
     set_num_threads(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1)
 
 
-def _detect_task(source, tile, box, finder, unit):
+def _detect_task(source, tile, box, finder, unit, sky=None):
+    from crowdphot.pipeline._sky import tile_sky
     from crowdphot.psf._inputs import find_column
 
     _limit_threads()
     y0, y1, x0, x1 = box
     data, _, mask = source.cut(y0, y1, x0, x1)
+    if sky is not None:  # the finder sees the image without its sky, as a whole-image run
+        data = data - tile_sky(source, box, sky)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an empty tile or a NaN pixel is not news here
         found = finder(_with_unit(data, unit), mask=mask)
@@ -238,19 +241,25 @@ def _detect_task(source, tile, box, finder, unit):
 
 
 def _fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
+    from crowdphot.pipeline._sky import tile_sky
     from crowdphot.psf.photometry import run_psf_photometry
 
     _limit_threads()
     y0, y1, x0, x1 = box
     data, error, mask = source.cut(y0, y1, x0, x1)
-    extra = {}
+    kwargs = dict(kwargs)
+    # the sky in the data (photometry_tiled's sky=): handed to the fit as its sky map, so it
+    # is subtracted (with likelihood='poisson' it is part of the expected counts instead)
+    sky = tile_sky(source, box, kwargs.pop("tile_sky", None))
+    extra = {} if sky is None else {"sky": sky}
     if halo is not None and len(halo):
         # all-star across seams: other tasks' stars that reach this box, as a sky map in the
         # data (subtracted; with likelihood='poisson' also part of the expected counts)
         from crowdphot.core.render import render_image
 
-        extra["sky"] = render_image(data.shape, _shift_model(psf_model, x0, y0),
-                                    halo[:, 0] - x0, halo[:, 1] - y0, halo[:, 2])
+        stars = render_image(data.shape, _shift_model(psf_model, x0, y0),
+                             halo[:, 0] - x0, halo[:, 1] - y0, halo[:, 2])
+        extra["sky"] = stars if sky is None else sky + stars
     init = init.copy()
     init["x_init"] -= x0
     init["y_init"] -= y0
@@ -413,7 +422,8 @@ def photometry_tiled(data, psf_model, fit_shape, *, finder=None, mask=None, erro
                      group_warning_threshold=25, progress_bar=False, tile_shape=2048,
                      margin=None, client=None, workers=None, scheduler=None,
                      likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
-                     subtract_neighbors=False, merge_separation=None):
+                     subtract_neighbors=False, merge_separation=None, sky=None,
+                     sky_options=None):
     """PSF photometry of a large image in tiles, in this process or on a Dask cluster.
 
     Same result as ``PSFPhotometry(psf_model, fit_shape, finder=..., ...)(data, ...)`` on the
@@ -460,6 +470,19 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         :mod:`crowdphot.pipeline._halo`), so that neighbours across seams are modelled as
         in a whole-image run (equal to it within a small fraction of the errors, not to
         rounding: the all-star passes stop at a tolerance).
+
+    sky : None, float or 'map', optional
+        crowdphot extension: the sky contained in the image, removed before finding and
+        fitting in every task (with ``likelihood='poisson'`` it is part of the expected counts
+        instead, as ``PSFPhotometry.__call__``'s ``sky``). A number is a constant sky; 'map'
+        estimates a sky map as :func:`crowdphot.background.sky.estimate_sky` on the whole
+        image would, in each task on a region of the whole image's box grid around its box
+        (:mod:`crowdphot.pipeline._sky`: equal to the whole-image map up to a small remainder
+        of the region's edges). Default None: the image has no sky.
+    sky_options : dict, optional
+        With ``sky='map'``: keywords of :func:`~crowdphot.background.sky.estimate_sky`
+        (``box_size``, ``fwhm``, ``nsigma``, ``dilate``, ``iterations``, ``filter_size``);
+        the default box follows the whole image's shape.
 
     Without ``client``, ``workers`` or ``scheduler`` the tiles run one after another in this
     process (bounded memory, no parallelism).
@@ -516,6 +539,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
 
     source, unit = _make_source(data, mask, error, coerce_inputs)
     shape = source.shape
+    from crowdphot.pipeline._sky import check_tile_sky
+
+    sky_spec = check_tile_sky(sky, sky_options, shape)
     (ny, nx), (ty, tx) = _check_grid(shape, tile_shape)
     tiles = tile_grid(shape, (ty, tx))
     if init_params is not None:
@@ -532,7 +558,8 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     try:
         runner = _Runner(client, source)
         if init_params is None:
-            init = _detect_all(runner, tiles, det_margin, shape, finder, unit, progress_bar)
+            init = _detect_all(runner, tiles, det_margin, shape, finder, unit, progress_bar,
+                               sky_spec)
             if init is None:
                 warnings.warn("no sources were found; nothing to fit", CrowdphotWarning,
                               stacklevel=2)
@@ -546,7 +573,7 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                       likelihood=config.likelihood, read_noise=config.read_noise,
                       gain=config.gain, crlb=config.crlb,
                       subtract_neighbors=config.subtract_neighbors,
-                      merge_separation=config.merge_separation)
+                      merge_separation=config.merge_separation, tile_sky=sky_spec)
         shared_psf = runner.share(psf_model)
         outs = runner.map(_fit_task, [box for box, _ in jobs],
                           [(box, sub, shared_psf, fit_shape, unit, kwargs) for box, sub in jobs],
@@ -557,7 +584,15 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     finally:
         if owned:
             _close_client(client)
-    return _merge(outs, shape, tiles, (ty, tx), fit_margin, det_margin)
+    table = _merge(outs, shape, tiles, (ty, tx), fit_margin, det_margin)
+    if table is not None and sky_spec is not None:
+        from crowdphot.pipeline._sky import SKY_PAD_BOXES
+
+        kind, value = sky_spec
+        table.meta.update({"sky": "constant", "sky_median": value} if kind == "value" else
+                          {"sky": "map", "sky_box": tuple(value["box_size"]),
+                           "sky_pad_boxes": SKY_PAD_BOXES})
+    return table
 
 
 def _make_source(data, mask, error, coerce_inputs):
@@ -610,7 +645,7 @@ def _fit_margin(fit_shape, local_bkg_estimator, aperture_radius):
     return int(max(half_fit, bkg, ap) + 2)
 
 
-def _detect_all(runner, tiles, margin, shape, finder, unit, progress):
+def _detect_all(runner, tiles, margin, shape, finder, unit, progress, sky=None):
     tile_finder = finder
     n_brightest = getattr(finder, "n_brightest", None)
     if n_brightest is not None:
@@ -619,7 +654,8 @@ def _detect_all(runner, tiles, margin, shape, finder, unit, progress):
         tile_finder.n_brightest = None
     boxes = [t.box(margin, shape) for t in tiles]
     found = runner.map(_detect_task, boxes,
-                       [(t, b, tile_finder, unit) for t, b in zip(tiles, boxes, strict=True)],
+                       [(t, b, tile_finder, unit, sky)
+                        for t, b in zip(tiles, boxes, strict=True)],
                        progress=progress, desc="Detect tiles")
     found = np.concatenate(found) if found else np.empty((0, 3))
     if n_brightest is not None and len(found) > n_brightest:

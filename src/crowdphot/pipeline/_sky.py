@@ -1,0 +1,145 @@
+"""The sky in tiled photometry: a constant, or a sky map estimated by each task on its box.
+
+A whole-image run subtracts one sky map (:func:`crowdphot.background.sky.estimate_sky`:
+``Background2D`` boxes with the stars masked, median filtered mesh, cubic-spline resize) before
+finding and fitting. A tile task cannot see the whole image, so it estimates the same map on
+a *region* around its box:
+
+- the region starts and ends on the whole image's box grid (multiples of the box size, or the
+  image's edge), so its boxes are the whole image's boxes and their statistics are the same;
+- it extends :data:`SKY_PAD_BOXES` boxes beyond the task's box on every side (clipped to the
+  image), because a box's value also depends on its neighbours (the source mask of the first
+  pass, the fill of excluded boxes, the 3x3 median filter of the mesh, and the spline, whose
+  coefficients feel a change ``k`` boxes away by about ``0.27**k``). Where the region meets
+  the image's edge it treats that edge as the whole-image run does.
+
+So the map a task subtracts equals the whole-image map up to a remainder that decays with
+the pad (:func:`tile_sky`; measured in ``tests/pipeline/test_tiles.py``), and neighbouring tasks
+agree on their overlap to the same remainder.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["SKY_PAD_BOXES", "check_tile_sky", "sky_region", "tile_sky"]
+
+#: Boxes of the sky grid read beyond a task's box on every side to estimate its sky map.
+SKY_PAD_BOXES = 3
+
+_MAP_OPTIONS = ("box_size", "fwhm", "nsigma", "dilate", "iterations", "filter_size")
+
+
+def check_tile_sky(sky, sky_options, shape):
+    """The sky option of :func:`~crowdphot.pipeline.tiles.photometry_tiled`, normalised.
+
+    Parameters
+    ----------
+    sky : None, float or 'map'
+    sky_options : dict or None
+        Keywords of :func:`crowdphot.background.sky.estimate_sky` (``box_size``, ``fwhm``,
+        ``nsigma``, ``dilate``, ``iterations``, ``filter_size``); only with ``sky='map'``.
+    shape : (ny, nx)
+        The whole image's shape (the default box size follows it, as in a whole-image run).
+
+    Returns
+    -------
+    spec : None, ('value', float) or ('map', dict)
+        The dict has ``box_size`` as ``(by, bx)`` ints.
+
+    Examples
+    --------
+    >>> check_tile_sky(20, None, (100, 100))
+    ('value', 20.0)
+    >>> check_tile_sky('map', {'box_size': 32}, (1000, 1000))[1]['box_size']
+    (32, 32)
+    """
+    if sky is None:
+        if sky_options:
+            raise ValueError("sky_options need sky='map'")
+        return None
+    if isinstance(sky, str):
+        if sky != "map":
+            raise ValueError(f"sky must be None, a number or 'map', got {sky!r}")
+        opts = dict(sky_options or {})
+        unknown = sorted(set(opts) - set(_MAP_OPTIONS))
+        if unknown:
+            raise TypeError(f"sky_options: unknown keyword(s) {unknown}; expected some of "
+                            f"{list(_MAP_OPTIONS)}")
+        box = opts.get("box_size")
+        if box is None:
+            from crowdphot.background.sky import auto_box_size
+
+            box = auto_box_size(shape, fwhm=opts.get("fwhm"))
+        by, bx = (int(v) for v in np.broadcast_to(np.asarray(box), (2,)))
+        if by < 1 or bx < 1:
+            raise ValueError(f"sky_options: box_size must be positive, got {box!r}")
+        # Background2D caps the box at the image size
+        opts["box_size"] = (min(by, int(shape[0])), min(bx, int(shape[1])))
+        return "map", opts
+    if isinstance(sky, bool) or not isinstance(sky, numbers.Real) or not math.isfinite(sky):
+        raise ValueError(f"sky must be None, a finite number or 'map', got {sky!r}")
+    if sky_options:
+        raise ValueError("sky_options need sky='map'")
+    return "value", float(sky)
+
+
+def sky_region(box, shape, box_size, pad=SKY_PAD_BOXES):
+    """Region on the whole image's sky-box grid around ``box``, ``pad`` boxes wider.
+
+    Parameters
+    ----------
+    box : (y0, y1, x0, x1) ints
+    shape : (ny, nx)
+    box_size : (by, bx)
+    pad : int
+
+    Returns
+    -------
+    region : (Y0, Y1, X0, X1) ints
+        Starts at multiples of the box size, ends at multiples of it or at the image's edge.
+
+    Examples
+    --------
+    >>> sky_region((100, 130, 0, 10), (1000, 90), (32, 32), pad=1)
+    (64, 192, 0, 64)
+    """
+    y0, y1, x0, x1 = box
+    by, bx = box_size
+    ny, nx = shape
+    return (max(0, (y0 // by - pad) * by), min(ny, (-(-y1 // by) + pad) * by),
+            max(0, (x0 // bx - pad) * bx), min(nx, (-(-x1 // bx) + pad) * bx))
+
+
+def tile_sky(source, box, spec, pad=SKY_PAD_BOXES):
+    """The sky over ``box`` (as the whole-image map would have it), or None.
+
+    Parameters
+    ----------
+    source : object with ``cut(y0, y1, x0, x1) -> (data, error, mask)`` and ``shape``
+    box : (y0, y1, x0, x1) ints
+    spec : None or the result of :func:`check_tile_sky`
+    pad : int
+
+    Returns
+    -------
+    sky : ndarray of float64, shape (y1 - y0, x1 - x0), or None
+    """
+    if spec is None:
+        return None
+    y0, y1, x0, x1 = box
+    kind, value = spec
+    if kind == "value":
+        return np.full((y1 - y0, x1 - x0), value)
+    from crowdphot.background.sky import estimate_sky
+
+    ry0, ry1, rx0, rx1 = sky_region(box, source.shape, value["box_size"], pad)
+    data, _, mask = source.cut(ry0, ry1, rx0, rx1)
+    try:
+        sky, _, _ = estimate_sky(data, mask=mask, **value)
+    except ValueError:  # every pixel of the region is masked: nothing there to fit either
+        sky = np.zeros(data.shape)
+    return np.ascontiguousarray(sky[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0])
