@@ -140,16 +140,38 @@ def test_cli_psf_per_filter_stack_detection_residuals(tmp_path, capsys):
         for fig in (f"detections_e{k}.png", f"data_model_residual_e{k}.png"):
             assert (tmp_path / "figs" / fig).stat().st_size > 1000
     assert "6 figures in" in printed
-    # in sky tiles of 30 pixels: the same catalog
+    # in sky tiles of 30 pixels, --psf repeated, no --init: detection on the stack tile by
+    # tile from the files' boxes (never read whole); the same catalog
     out2 = tmp_path / "tiled.ecsv"
-    code = main(["phot", *paths, "--psf", spec, "-o", str(out2), "--sky", "none", "--tile",
-                 "30"])
+    code = main(["phot", *paths, *[a for one in spec.split(",") for a in ("--psf", one)],
+                 "-o", str(out2), "--sky", "none", "--tile", "30"])
     assert code == 0, capsys.readouterr().err
+    assert "read tile by tile" in capsys.readouterr().out
     t2 = QTable.read(out2)
     assert len(np.unique(t2["tile"])) >= 4
     for f in fwhms:
         d = np.abs(t2[f"flux_{f}"] - t[f"flux_{f}"]) / t[f"flux_err_{f}"]
         assert np.max(d) < 1e-3
+    # --flux-per-exposure, whole field and in tiles: one flux per file, equal
+    for extra, name in (([], "pe.ecsv"), (["--tile", "30"], "pe_tiled.ecsv")):
+        code = main(["phot", *paths, "--psf", spec, "-o", str(tmp_path / name), "--sky",
+                     "none", "--init", str(out), "--flux-per-exposure", *extra])
+        assert code == 0, capsys.readouterr().err
+    pe, pe2 = QTable.read(tmp_path / "pe.ecsv"), QTable.read(tmp_path / "pe_tiled.ecsv")
+    for k, f in enumerate(("F150W", "F150W", "F200W")):
+        pull = (pe[f"flux_{f}_{k}"].value[j] - flux) / pe[f"flux_err_{f}_{k}"].value[j]
+        assert abs(np.mean(pull)) < 4 / np.sqrt(len(flux)) and np.std(pull) < 1.5
+        d = np.abs(pe2[f"flux_{f}_{k}"] - pe[f"flux_{f}_{k}"]) / pe[f"flux_err_{f}_{k}"]
+        assert np.max(d) < 1e-3
+    assert f"flux_{f}" not in pe.colnames
+    # one image: one --psf only, no --flux-per-exposure
+    capsys.readouterr()
+    code = main(["phot", paths[0], "--psf", spec.split(",")[0], "--psf", "x.fits", "-o",
+                 str(out)])
+    assert code == 2 and "--psf given more than once" in capsys.readouterr().err
+    code = main(["phot", paths[0], "--psf", psf_file(tmp_path / "c.fits", 2.2), "-o",
+                 str(out), "--flux-per-exposure"])
+    assert code == 2 and "needs several images" in capsys.readouterr().err
     # a filter the files do not have
     code = main(["phot", *paths, "--psf", "F444W=" + str(tmp_path / "a.fits"), "-o", str(out),
                  "--sky", "none"])
@@ -181,6 +203,11 @@ def test_cli_bad_inputs_one_clear_line(tmp_path, capsys):
 
 def test_psf_specs():
     assert psf_specs("A=x.fits,y.fits") == {"A": "x.fits", None: "y.fits"}
+    assert psf_specs(["A=x.fits", "B=z.fits", "y.fits"]) == {"A": "x.fits", "B": "z.fits",
+                                                             None: "y.fits"}
+    assert psf_specs(["x.fits"]) == {None: "x.fits"}
+    with pytest.raises(CLIError, match="gives A more than once"):
+        psf_specs(["A=x.fits", "A=y.fits"])
     with pytest.raises(CLIError, match="more than one"):
         psf_specs("x.fits,y.fits")
     with pytest.raises(CLIError, match="FILTER=FILE"):

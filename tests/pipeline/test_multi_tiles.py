@@ -80,7 +80,7 @@ def test_tiles_bad_arguments(field):
     with pytest.raises(ValueError, match="tile_size"):
         fit_exposures_tiled(exps, cat, tile_size=0)
     with pytest.raises(ValueError, match="flux_per"):
-        fit_exposures_tiled(exps, cat, tile_size=5.0, flux_per="exposure")
+        fit_exposures_tiled(exps, cat, tile_size=5.0, flux_per="star")
     with pytest.raises(ValueError, match="margin"):
         fit_exposures_tiled(exps, cat, tile_size=5.0, margin=-1)
 
@@ -138,3 +138,27 @@ def test_tiled_detection_equals_whole_stack(field, with_error):
     x0 = np.floor(xw.min() - 10)
     near = np.abs((xt - x0) % 64 - 32) > 32 - 2.5
     assert near.sum() >= 3
+
+
+def test_tiles_flux_per_exposure(field):
+    """One flux per exposure in tiles equals the whole-field fit, exposure indices kept when
+    a tile's boxes miss an exposure."""
+    exps, cat = field
+    # a fourth exposure covering only part of the field: tiles without it renumber the rest
+    e0 = exps[0]
+    part = type(e0)(e0.data[:, :60].copy(), e0.error[:, :60].copy(), None, e0.wcs[:, :60],
+                    e0.psf_model, "A", name="part")
+    exps = [part, *exps]
+    whole = fit_exposures(exps, cat, flux_per="exposure")
+    tiled = fit_exposures_tiled(exps, cat, tile_size=3.5, flux_per="exposure")
+    assert {f"flux_{f}_{k}" for k, f in enumerate("AAAB")} <= set(tiled.colnames)
+    assert np.all(tiled["flags"] == whole["flags"])
+    ok = (whole["flags"] & ~2) == 0  # 2: no pixel of the partial exposure
+    assert ok.mean() > 0.9
+    for k, f in enumerate("AAAB"):
+        col = f"flux_{f}_{k}"
+        fine = ok & np.isfinite(whole[col])
+        d = np.abs(tiled[col][fine] - whole[col][fine]) / whole[f"flux_err_{f}_{k}"][fine]
+        assert fine.sum() > 20 and np.max(d) < 1e-3
+    # the partial exposure does not cover the sources of the other half
+    assert np.isnan(whole["flux_A_0"]).sum() > 20

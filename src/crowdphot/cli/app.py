@@ -44,11 +44,12 @@ def _add_phot(sub):
     p.add_argument("more_images", nargs="*", metavar="IMAGE",
                    help="further exposures: with several images, one joint fit in sky "
                    "coordinates (one ra/dec per source, one flux per FILTER)")
-    p.add_argument("--psf", default=None,
+    p.add_argument("--psf", default=None, action="append",
                    help="STPSF/STDPSF grid or image PSF FITS file, or "
                    "builtin:FILTER[:DETECTOR] (default: the built-in grid of the image's "
                    "INSTRUME/FILTER/PUPIL/DETECTOR for JWST/NIRCam images; others need a file); "
-                   "with several images also FILTER=FILE[,FILTER=FILE...] per filter")
+                   "with several images also FILTER=FILE[,FILTER=FILE...] per filter, or "
+                   "--psf repeated")
     p.add_argument("--psf-detector", type=int, default=None,
                    help="detector id of a multi-detector STDPSF file")
     p.add_argument("--psf-oversampling", type=int, default=None, metavar="N",
@@ -98,6 +99,9 @@ def _add_phot(sub):
     p.add_argument("--regions", default=None, help="write a DS9 region file of fitted stars")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tile", type=int, default=None, help="process in tiles of this size")
+    p.add_argument("--flux-per-exposure", action="store_true",
+                   help="with several images: one flux per exposure (flux_<FILTER>_<k>) "
+                   "instead of one per filter, the position still shared")
     p.add_argument("--workers", type=int, default=None, help="local Dask workers for tiles")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     from crowdphot.cli.noise import add_noise_arguments
@@ -341,17 +345,30 @@ def _cmd_psfgrid(args):
     return 0
 
 
+def _one_image(args):
+    """Single-image options: one ``--psf`` (the option may repeat only with several images)."""
+    if isinstance(args.psf, list):
+        if len(args.psf) > 1:
+            raise CLIError("--psf given more than once: only several images take one PSF per "
+                           "filter")
+        args.psf = args.psf[0] if args.psf else None
+    if getattr(args, "flux_per_exposure", False):
+        raise CLIError("--flux-per-exposure needs several images")
+
+
 def _cmd_phot(args):
     if getattr(args, "more_images", None):
         from crowdphot.cli.multi import run_phot_multi
 
         return run_phot_multi(args, [args.image, *args.more_images])
+    _one_image(args)
     from crowdphot.cli.phot import run_phot
 
     return run_phot(args)
 
 
 def _cmd_ast(args):
+    _one_image(args)
     from crowdphot.cli.ast import run_ast
 
     return run_ast(args)

@@ -3,7 +3,9 @@
 Each file brings its own pixels, ERR, DQ, WCS and PSF; the filter is the header's FILTER
 keyword (else the file name). PSFs: ``--psf FILE`` for all files, ``--psf
 FILTER=FILE[,FILTER=FILE...]`` per filter (an item without ``FILTER=`` is the default for the
-other filters), else the built-in grid from each header. Sources come from ``--init`` (ra/dec,
+other filters; ``--psf`` may also be repeated, one item each), else the built-in grid from
+each header. ``--flux-per-exposure`` fits one flux per exposure (``flux_<FILTER>_<k>``, k the
+file's index) with the shared position. Sources come from ``--init`` (ra/dec,
 or x/y in the first file) or from detection on the combined signal-to-noise stack of all
 files (``--threshold`` is then in units of the stack's noise, default 5). ``--residual
 R.fits`` writes one residual image per file, ``R_<file stem>.fits`` (atomically). All-star
@@ -12,8 +14,10 @@ passes unless ``--no-subtract-neighbors``; ``--group-radius`` is in the first fi
 per file the fitted positions on the data and data / model / residual
 (matplotlib). ``--tile N`` fits in sky tiles of N pixels of the first file
 (:func:`crowdphot.pipeline.multi_tiles.fit_exposures_tiled`; ``--workers`` for local Dask
-workers); with ``--sky none``, ``--init`` and no ``--residual`` the files are then never read
-whole (each tile task reads its boxes), so they may be larger than memory.
+workers); without ``--init`` the sources are detected on the combined stack tile by tile
+(:func:`crowdphot.pipeline.multi_tiles.detect_tiled`); with ``--sky none`` and no
+``--residual``/``--plots`` the files are then never read whole (each tile task reads its
+boxes), so they may be larger than memory.
 The catalog has ``ra``, ``dec``, ``ra_err``, ``dec_err``, ``flux_<FILTER>``,
 ``flux_err_<FILTER>``, ``n_exposures`` and ``flags`` (see :func:`crowdphot.fit_exposures`).
 """
@@ -49,17 +53,31 @@ def _read(path, args):
 
 
 def psf_specs(value):
-    """``--psf`` as ``{filter: spec}`` plus a default (key None).
+    """``--psf`` as ``{filter: spec}`` plus a default (key None); ``value`` is one string or
+    the list of a repeated ``--psf``.
 
     Examples
     --------
     >>> psf_specs("F150W=a.fits,F200W=b.fits")
     {'F150W': 'a.fits', 'F200W': 'b.fits'}
+    >>> psf_specs(["F150W=a.fits", "F200W=b.fits,c.fits"])
+    {'F150W': 'a.fits', 'F200W': 'b.fits', None: 'c.fits'}
     >>> psf_specs("psf.fits"), psf_specs(None)
     ({None: 'psf.fits'}, {None: None})
     """
-    if value is None:
+    if value is None or (isinstance(value, (list, tuple)) and not value):
         return {None: None}
+    out = {}
+    for one in (value if isinstance(value, (list, tuple)) else [value]):
+        for key, spec in _psf_spec(one).items():
+            if key in out:
+                raise CLIError(f"--psf gives {'a PSF without FILTER=' if key is None else key} "
+                               "more than once")
+            out[key] = spec
+    return out
+
+
+def _psf_spec(value):
     if Path(str(value)).is_file():
         return {None: str(value)}
     out = {}
@@ -69,6 +87,8 @@ def psf_specs(value):
         if sep and name and all(c.isalnum() or c in "_-" for c in name):
             if not spec:
                 raise CLIError(f"--psf {item!r}: give FILTER=FILE")
+            if name in out:
+                raise CLIError(f"--psf gives {name} more than once")
             out[name] = spec
         elif item:
             if None in out:
@@ -185,11 +205,11 @@ def _write_residuals(args, paths, images, exps, table):
 
 
 def _lazy(args):
-    """Tiles with no sky to subtract, a catalog and no residuals: files stay on disk."""
+    """Tiles with no sky to subtract and no residuals or plots: files stay on disk."""
     from crowdphot.cli.sky import sky_mode
 
-    return bool(args.tile) and sky_mode(args)[0] == "none" and bool(args.init) \
-        and not args.residual and not args.plots
+    return bool(args.tile) and sky_mode(args)[0] == "none" and not args.residual \
+        and not args.plots
 
 
 def _run_lazy(args, paths, specs, t0):
@@ -221,7 +241,9 @@ def _run_lazy(args, paths, specs, t0):
     table = fit_exposures_tiled(
         files, cat, tile_size=args.tile * files[0].pixel_scale(), workers=args.workers,
         fit_shape=(args.fit_shape, args.fit_shape), group_separation=sep,
-        subtract_neighbors=not getattr(args, "no_subtract_neighbors", False))
+        subtract_neighbors=not getattr(args, "no_subtract_neighbors", False),
+        detect_threshold=args.threshold if args.threshold else 5.0,
+        flux_per="exposure" if getattr(args, "flux_per_exposure", False) else "filter")
     write_table(table, args.output)
     if args.regions:
         write_sky_regions(table, args.regions)
@@ -257,6 +279,7 @@ def run_phot_multi(args, paths):
         if getattr(args, name, unused) not in (unused, None, False):
             raise CLIError(f"--{name.replace('_', '-')} is not supported with several images "
                            "yet")
+    flux_per = "exposure" if getattr(args, "flux_per_exposure", False) else "filter"
     if args.residual and not str(args.residual).lower().endswith((".fits", ".fit")):
         raise CLIError(f"--residual must be a .fits file name, got {args.residual}")
     specs = psf_specs(args.psf)
@@ -296,8 +319,12 @@ def run_phot_multi(args, paths):
         sep = float(args.group_radius) * exps[0].pixel_scale()
     opts = {"fit_shape": (args.fit_shape, args.fit_shape), "group_separation": sep,
             "subtract_neighbors": not getattr(args, "no_subtract_neighbors", False)}
-    if cat is None:
-        cat = detect_on_stack(exps, threshold=args.threshold if args.threshold else 5.0)
+    threshold = args.threshold if args.threshold else 5.0
+    opts["flux_per"] = flux_per
+    if args.tile:  # without --init: detection on the stack tile by tile
+        opts["detect_threshold"] = threshold
+    elif cat is None:
+        cat = detect_on_stack(exps, threshold=threshold)
     if args.tile:
         from crowdphot.pipeline.multi_tiles import fit_exposures_tiled
 

@@ -253,7 +253,8 @@ def residual_images(exposures, table, *, model_shape=None):
     exposures : sequence of crowdphot.pipeline.multi.Exposure
     table : astropy.table.Table
         The result of :func:`crowdphot.pipeline.multi.fit_exposures` (``ra``, ``dec``,
-        ``flux_<FILTER>``); rows with a non-finite position or flux are skipped.
+        ``flux_<FILTER>``, or ``flux_<FILTER>_<k>`` of exposure ``k``); rows with a
+        non-finite position or flux are skipped.
     model_shape : int or (ny, nx), optional
         Stamp on which each source is rendered (default: the PSF's support).
 
@@ -282,9 +283,10 @@ def residual_images(exposures, table, *, model_shape=None):
     dec = np.asarray(u.Quantity(table["dec"], u.deg).value
                      if getattr(table["dec"], "unit", None) else table["dec"], dtype=float)
     out = []
-    for e in exposures:
-        flux = np.asarray(getattr(table[f"flux_{e.filter_name}"], "value",
-                                  table[f"flux_{e.filter_name}"]), dtype=float)
+    for k, e in enumerate(exposures):
+        col = f"flux_{e.filter_name}_{k}"  # flux_per='exposure'
+        col = col if col in table.colnames else f"flux_{e.filter_name}"
+        flux = np.asarray(getattr(table[col], "value", table[col]), dtype=float)
         ok = np.isfinite(ra) & np.isfinite(dec) & np.isfinite(flux)
         x, y = e.wcs.all_world2pix(ra[ok], dec[ok], 0, quiet=True)
         model = render_image(e.data.shape, e.psf_model, np.asarray(x), np.asarray(y), flux[ok],

@@ -239,7 +239,8 @@ def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None,
     Returns
     -------
     catalog : astropy.table.Table
-        ``id``, ``ra``, ``dec`` (deg), sorted by stack row then column.
+        ``id``, ``ra``, ``dec`` (deg), sorted by stack row then column (of the nearest
+        pixel, as DAOFIND orders its peaks).
 
     Examples
     --------
@@ -300,14 +301,19 @@ def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None,
     if len(x) == 0:
         raise ValueError(f"no sources found on the stack of {len(exps)} exposures "
                          f"(threshold {threshold} sigma); lower the threshold or give a catalog")
-    order = np.lexsort((x, y))
+    order = np.lexsort((x, np.round(x), np.round(y)))  # DAOFIND's order: peak row, column
     return stack_catalog(ref_wcs, x[order] + gx0, y[order] + gy0)
 
 
-def _tile_task(_source, exps, cat, keep, kwargs):
-    exps = [e.load() if isinstance(e, _LazyCut) else e for e in exps]
-    table = fit_exposures(exps, cat, _skip_empty=True, **kwargs)
-    return table[keep]
+def _tile_task(_source, exps, cat, keep, kwargs, names):
+    table = fit_exposures(_load(exps), cat, _skip_empty=True, **kwargs)[keep]
+    renames = [(f"{p}{local}", f"{p}{full}") for local, full in names.items()
+               for p in ("flux_", "flux_err_") if local != full]
+    for a, b in renames:  # two steps: a task's name may be another exposure's
+        table.rename_column(a, b + "@")
+    for _, b in renames:
+        table.rename_column(b + "@", b)
+    return table
 
 
 def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_shape=(5, 5),
@@ -362,8 +368,9 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
     ([100.0, 200.0], [1, 0])
     """
     exps = _check_tiled_exposures(exposures)
-    if kwargs.get("flux_per", "filter") != "filter":
-        raise ValueError("fit_exposures_tiled fits one flux per filter (flux_per='filter')")
+    if kwargs.get("flux_per", "filter") not in ("filter", "exposure"):
+        raise ValueError("flux_per must be 'filter' or 'exposure', got "
+                         f"{kwargs['flux_per']!r}")
     shape = _parse_shape("fit_shape", fit_shape)
     if not (np.isfinite(tile_size) and tile_size > 0):
         raise ValueError(f"tile_size must be > 0 arcsec, got {tile_size!r}")
@@ -387,7 +394,9 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
 
 
 def _fit_tiles(exps, catalog, client, tile_size, margin, shape, group_separation, kwargs):
-    filters = list(dict.fromkeys(e.filter_name for e in exps))
+    per_exposure = kwargs.get("flux_per", "filter") == "exposure"
+    filters = ([f"{e.filter_name}_{k}" for k, e in enumerate(exps)] if per_exposure
+               else list(dict.fromkeys(e.filter_name for e in exps)))
     ra, dec, _, ids = _check_catalog(catalog, filters, exps[0].unit)
     n = len(ra)
     a, d = np.deg2rad(ra), np.deg2rad(dec)
@@ -414,22 +423,31 @@ def _fit_tiles(exps, catalog, client, tile_size, margin, shape, group_separation
         halo = np.flatnonzero((owner != t) & (xi >= lo_x) & (xi <= hi_x) & (eta >= lo_y)
                               & (eta <= hi_y))
         sel = np.concatenate([own, halo])
-        cuts = []
-        for e in exps:
+        cuts, used = [], []
+        for j, e in enumerate(exps):
             x, y = e.wcs.all_world2pix(ra[sel], dec[sel], 0, quiet=True)
             x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
             ny, nx = e.shape if isinstance(e, ExposureFile) else e.data.shape
             inside = (x > -pad) & (x < nx + pad) & (y > -pad) & (y < ny + pad)
             cut = _cut(e, np.where(inside, x, np.nan), np.where(inside, y, np.nan), pad)
             if cut is not None:
-                cuts.append(cut)
+                cuts.append(cut), used.append(j)
         if not cuts:
             continue
         sub = rows[sel]
         sub["id"] = ids[sel]
         keep = np.arange(len(own))
         opts = dict(kwargs, fit_shape=shape, group_separation=group_separation)
-        jobs.append((cuts, sub, keep, opts))
+        # flux_per='exposure': the task's exposure i is exposure used[i] of the whole field
+        names = ({f"{exps[j].filter_name}_{i}": f"{exps[j].filter_name}_{j}"
+                  for i, j in enumerate(used)} if per_exposure else {})
+        if per_exposure:  # initial fluxes of the catalog under the task's names
+            init = {f: sub[f"flux_{f}"] for f in filters if f"flux_{f}" in sub.colnames}
+            sub.remove_columns([f"flux_{f}" for f in init])
+            for local, full in names.items():
+                if full in init:
+                    sub[f"flux_{local}"] = init[full]
+        jobs.append((cuts, sub, keep, opts, names))
         index.append((k, own))
     outs = _Runner(client, None).map(_tile_task, [None] * len(jobs), jobs)
     return _stack(outs, index, n, ids, filters, exps[0].unit)
