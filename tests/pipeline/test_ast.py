@@ -266,6 +266,50 @@ def test_a_tile_task_needs_only_its_box():
     assert np.isfinite(full[0][:, 0]).sum() > 10
 
 
+@pytest.mark.parametrize("iterative", [False, True])
+def test_stacked_batches_equal_batch_by_batch(iterative, monkeypatch):
+    """Several batches fitted in one call on their stacked images (masked rows between them)
+    give the batch-by-batch results: the same flags and verdicts, values within the solver's
+    rounding (the stacked rows shift y by thousands of pixels), also for stars whose stamps
+    cross an image edge (= a stack seam) or masked pixels."""
+    import crowdphot.pipeline.ast_local as local
+
+    data, _, err = _field(160, 150, seed=4)
+    mask = np.zeros(data.shape, dtype=bool)
+    mask[0:12, 40:60] = True  # masked pixels on the seam between two stacked batches
+    mask[80:84, 70:80] = True
+    if iterative:
+        phot = IterativePSFPhotometry(PSF, (5, 5), IRAFStarFinder(5 * SIGMA, FWHM),
+                                      aperture_radius=3, grouper=SourceGrouper(5), maxiters=3,
+                                      mode="new")
+    else:
+        phot = _phot()
+    tables, calls = {}, {}
+    fit = local._fit
+
+    def counting(*args):
+        calls[size] += 1
+        return fit(*args)
+
+    monkeypatch.setattr(local, "_fit", counting)
+    for size in (0, local.STACK_PIXELS):
+        monkeypatch.setattr(local, "STACK_PIXELS", size)
+        calls[size] = 0
+        tables[size] = artificial_star_test(data, phot, 300, (10, 10_000), error=err,
+                                            mask=mask, seed=11).table
+    one, stacked = tables[0], tables[local.STACK_PIXELS]
+    n_batches = int(one["batch"].max()) + 1
+    assert n_batches > 10 and calls[0] > 10
+    assert calls[local.STACK_PIXELS] <= (3 if iterative else 1)  # one stack: one call a pass
+    edge = (one["y_in"] < 4) | (one["y_in"] > 155)
+    assert np.count_nonzero(edge & np.isfinite(one["x_out"])) >= 5
+    np.testing.assert_array_equal(stacked["flags"], one["flags"])
+    np.testing.assert_array_equal(stacked["recovered"], one["recovered"])
+    for c, tol in (("x_out", 1e-7), ("y_out", 1e-7), ("flux_out", 1e-6), ("flux_err", 1e-6)):
+        np.testing.assert_allclose(stacked[c], one[c], rtol=1e-9, atol=tol)
+    assert np.count_nonzero(np.isfinite(one["x_out"])) > 120
+
+
 @pytest.mark.parametrize("finder", [IRAFStarFinder(5 * SIGMA, FWHM),
                                     DAOStarFinder(5 * SIGMA, FWHM, exclude_border=True)])
 def test_cutout_detection_equals_the_whole_image(finder, monkeypatch):
