@@ -300,3 +300,27 @@ def test_tiled_cli_sky_none_is_said(scene, tmp_path, capsys):
                  stderr=err)
     assert "--sky none but the image's median is 20" in err[0]
     assert table.meta["sky"] == "none"
+
+
+def test_tiled_cli_poisson_keeps_the_sky_in_the_expectation(scene, tmp_path, capsys):
+    """--likelihood poisson: counts keep their sky, each tile's map is part of the expected
+    counts (as the untiled run's whole-image map): the same fluxes, no sky in them."""
+    stars, truth = scene
+    rng = np.random.default_rng(12)
+    counts = rng.poisson(np.clip(stars, 0, None) + _sky(SHAPE, "gradient")).astype(float)
+    image = _write(tmp_path / "counts.fits", counts)
+    opts = ["--likelihood", "poisson", "--read-noise", 0, "--gain", 1]
+    whole = _run(image, tmp_path / "whole.ecsv", capsys, *opts)
+    tiled = _run(image, tmp_path / "tiled.ecsv", capsys, *opts, "--tile", 256)
+    assert tiled.meta["sky"] == "map"
+    matched, false, bias = _score(truth, tiled)
+    assert matched >= 0.99 and false <= 2
+    # flux errors here are ~sqrt(flux + 25 sky): the median of 70 stars is good to ~0.3 %
+    assert abs(bias) <= 3e-3
+    ref = QTable({"x_0": whole["x_fit"], "y_0": whole["y_fit"], "flux": whole["flux_fit"],
+                  "flux_ref_err": whole["flux_err"]})
+    m = match_catalogs(ref, tiled, separation=0.5)
+    assert len(m) == len(whole)
+    pull = (np.asarray(m["flux_fit"], float) - np.asarray(m["flux"], float)) / np.asarray(
+        m["flux_ref_err"], float)
+    assert np.max(np.abs(pull)) < 0.2
