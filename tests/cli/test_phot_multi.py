@@ -212,3 +212,48 @@ def test_psf_specs():
         psf_specs("x.fits,y.fits")
     with pytest.raises(CLIError, match="FILTER=FILE"):
         psf_specs("A=")
+
+
+def test_cli_dq_masks_pixels_of_its_file_only(tmp_path, capsys):
+    """A file's DQ bits mask its own pixels: corrupted SCI values under DO_NOT_USE change
+    nothing (whole field and tiles reading boxes), while the other files keep those stars."""
+    rng = np.random.default_rng(12)
+    ra, dec, flux = make_sky(rng, 5, 11.0)
+    psf = psf_file(tmp_path / "psf.fits", 2.5)
+    paths = write_files(tmp_path, rng, ra, dec, flux, ("A", "A", "A"), {"A": 2.5})
+    Table({"ra": ra, "dec": dec}).write(tmp_path / "init.ecsv")
+    with fits.open(paths[1]) as hdul:
+        w = WCS(hdul["SCI"].header)
+        x, y = w.all_world2pix(ra, dec, 0)
+        dq = np.zeros(hdul["SCI"].data.shape, dtype=np.uint32)
+        for s in range(3):  # the cores of three stars: DO_NOT_USE, SCI ruined
+            ix, iy = int(round(float(x[s + 10]))), int(round(float(y[s + 10])))
+            dq[iy - 1:iy + 2, ix - 1:ix + 2] = 1
+        clean = fits.HDUList([h.copy() for h in hdul] + [fits.ImageHDU(dq, name="DQ")])
+        clean.writeto(tmp_path / "clean1.fits")
+        clean["SCI"].data = np.where(dq > 0, 1e6, clean["SCI"].data)
+        clean.writeto(tmp_path / "bad1.fits")
+    tables = {}
+    for name, extra in (("clean", []), ("bad", []), ("bad_tiled", ["--tile", "25"])):
+        second = str(tmp_path / ("clean1.fits" if name == "clean" else "bad1.fits"))
+        out = tmp_path / f"{name}.ecsv"
+        code = main(["phot", paths[0], second, paths[2], "--psf", psf, "--init",
+                     str(tmp_path / "init.ecsv"), "-o", str(out), "--sky", "none", *extra])
+        assert code == 0, capsys.readouterr().err
+        tables[name] = QTable.read(out)
+    clean = tables["clean"]
+    ok = clean["flags"] == 0
+    assert ok.mean() > 0.9 and np.all(ok[10:13]) and np.all(clean["n_exposures"] == 3)
+    for name in ("bad", "bad_tiled"):
+        d = np.abs(tables[name]["flux_A"] - clean["flux_A"]) / clean["flux_err_A"]
+        assert np.max(d[ok]) < 1e-3, name
+    pull = (clean["flux_A"].value[ok] - flux[ok]) / clean["flux_err_A"].value[ok]
+    assert np.all(np.abs(pull) < 5)
+    # with DQ ignored the ruined pixels are fitted: those three stars go wrong
+    code = main(["phot", paths[0], str(tmp_path / "bad1.fits"), paths[2], "--psf", psf,
+                 "--init", str(tmp_path / "init.ecsv"), "-o", str(tmp_path / "nodq.ecsv"),
+                 "--sky", "none", "--dq-ext", "none"])
+    assert code == 0, capsys.readouterr().err
+    nodq = QTable.read(tmp_path / "nodq.ecsv")
+    d = np.abs(nodq["flux_A"] - clean["flux_A"]) / clean["flux_err_A"]
+    assert np.all(d[10:13] > 50)

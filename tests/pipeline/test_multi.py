@@ -399,3 +399,56 @@ def test_flux_per_exposure(six_exposures):
     assert np.median(t["ra_err"][ok] / shared["ra_err"][ok]) < 1.1
     with pytest.raises(ValueError, match="flux_per"):
         fit_exposures(exps, cat, flux_per="star")
+
+
+def test_each_exposure_its_own_mask_and_error(six_exposures):
+    """A mask (DQ) removes pixels of its own exposure only, and an exposure's error array
+    weights only its own pixels."""
+    from dataclasses import replace
+
+    exps, cat, ra, dec, fluxes = six_exposures
+    e1 = exps[1]
+    x, y = e1.wcs.all_world2pix(ra, dec, 0)
+    s = int(np.argmin(np.hypot(x - 65, y - 65)))
+    ix, iy = int(round(float(x[s]))), int(round(float(y[s])))
+    mask = np.zeros(e1.data.shape, dtype=bool)
+    mask[iy - 1:iy + 2, ix - 1:ix + 2] = True  # the star's core in exposure 1
+    bad = e1.data.copy()
+    bad[mask] = 1e6
+    full = fit_exposures(exps, cat)
+    clean = fit_exposures([exps[0], replace(e1, mask=mask), *exps[2:]], cat)
+    corrupt = fit_exposures([exps[0], replace(e1, data=bad, mask=mask), *exps[2:]], cat)
+    ok = full["flags"] == 0
+    assert ok.mean() > 0.9 and np.all(corrupt["flags"] == clean["flags"])
+    # masked pixels carry no weight: their values do not matter
+    for d, err in zip(_sky_err_pair(corrupt, clean), ("ra_err", "dec_err"), strict=True):
+        assert np.max(np.abs(d[ok]) / clean[err].to_value(u.arcsec)[ok]) < 1e-6
+    for f in "AB":
+        d = np.abs(corrupt[f"flux_{f}"] - clean[f"flux_{f}"]) / clean[f"flux_err_{f}"]
+        assert np.max(d[ok]) < 1e-6
+    # ... and only exposure 1 lost them: the star keeps all six exposures, its A flux error
+    # grows a little (a part of one of four A exposures), its B flux error not at all
+    assert clean["n_exposures"][s] == 6
+    assert 1.0 < clean["flux_err_A"][s] / full["flux_err_A"][s] < 1.3
+    np.testing.assert_allclose(clean["flux_err_B"][s], full["flux_err_B"][s], rtol=0.02)
+    # without the mask the corrupted pixels ruin the star (the mask mattered)
+    nomask = fit_exposures([exps[0], replace(e1, data=bad), *exps[2:]], cat)
+    assert abs(nomask["flux_A"][s] - fluxes["A"][s]) > 100 * clean["flux_err_A"][s]
+    # an exposure's own errors: exposure 1 with 1e6 x larger errors weighs nothing, the fit
+    # equals the one without it
+    heavy = fit_exposures([exps[0], replace(e1, error=e1.error * 1e6), *exps[2:]], cat)
+    without = fit_exposures([exps[0], *exps[2:]], cat)
+    good = ok & (without["flags"] == 0)
+    for col, err in (("flux_A", "flux_err_A"), ("flux_B", "flux_err_B")):
+        d = np.abs(heavy[col] - without[col])[good] / without[err][good]
+        assert np.max(d) < 1e-3, col
+        np.testing.assert_allclose(heavy[err][good], without[err][good], rtol=1e-3)
+    d = np.hypot(*_sky_err_pair(heavy, without)) / without["ra_err"].to_value(u.arcsec)
+    assert np.max(d[good]) < 1e-3
+
+
+def _sky_err_pair(a, b):
+    """(d_ra cos dec, d_dec) between two tables in arcsec."""
+    cosd = np.cos(np.deg2rad(DEC0))
+    return ((a["ra"] - b["ra"]).to_value(u.arcsec) * cosd,
+            (a["dec"] - b["dec"]).to_value(u.arcsec))
