@@ -345,9 +345,17 @@ def test_batches_do_not_crowd_and_are_greedy():
     d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
     close = (d <= 12.0) & ~np.eye(len(x), dtype=bool)
     assert not np.any(close & (batch[:, None] == batch[None]))
-    for i in range(len(x)):  # lowest batch not used by an earlier neighbour
-        used = set(batch[:i][close[i, :i]])
+    order = np.argsort(-close.sum(axis=1), kind="stable")  # most neighbours first
+    seen = np.zeros(len(x), dtype=bool)
+    in_order = np.zeros(len(x), dtype=np.int64)
+    for i in order:  # lowest batch not used by a neighbour placed before it
+        used = set(batch[close[i] & seen])
         assert batch[i] == min(set(range(len(used) + 1)) - used)
+        seen[i] = True
+    for i in range(len(x)):  # the same rule in input order takes more batches
+        used = set(in_order[:i][close[i, :i]])
+        in_order[i] = min(set(range(len(used) + 1)) - used)
+    assert batch.max() < in_order.max()
 
 
 def test_drawn_stars_are_uniform_log_uniform_and_deterministic():
