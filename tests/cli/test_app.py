@@ -222,7 +222,8 @@ def test_tile_options_are_passed_through(files, tmp_path, capsys, monkeypatch):
     code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
                            tmp_path / "t.ecsv", "--threshold", 30, "--no-progress", "--tile",
                            64, "--workers", 2, "--scheduler", "tcp://host:8786",
-                           "--residual", tmp_path / "r.fits", "--sky", "none"], capsys)
+                           "--residual", tmp_path / "r.fits", "--sky", "none", "--min-snr", 0],
+                          capsys)
     assert code == 0, err
     assert (seen["tile_shape"], seen["workers"], seen["scheduler"]) == (64, 2, "tcp://host:8786")
     assert seen["shape"] == SHAPE and seen["fit_shape"] == (5, 5)
@@ -430,7 +431,8 @@ def test_tile_without_image_products_reads_only_the_header(files, tmp_path, caps
                             {"x_fit": [10.0], "y_fit": [12.0], "flux_fit": [1.0],
                              "flags": [0]}))
     code, out, err = _run(["phot", files["image"], "--psf", files["psf"], "-o",
-                           tmp_path / "t.ecsv", "--no-progress", "--tile", 64], capsys)
+                           tmp_path / "t.ecsv", "--no-progress", "--tile", 64, "--min-snr", 0],
+                          capsys)
     assert code == 0, err
     assert QTable.read(tmp_path / "t.ecsv")["x_fit"][0] == 10.0
 

@@ -343,6 +343,16 @@ def run_phot(args):
     from crowdphot.cli.significance import apply_min_snr
 
     table, n_dropped = apply_min_snr(args, image, psf, table, sky_info)
+    if args.tile:  # the same cut, tile by tile from the file (the tasks' sky subtracted)
+        from crowdphot.cli.significance_tiled import apply_min_snr_tiled
+        from crowdphot.cli.sky import tiled_sky
+
+        sigma = sky_info.get("sky_rms")
+        if sigma is None:
+            data, mask = image.sample if image.data is None else (image.data, image.mask)
+            sigma = robust_sigma(data, mask)
+        table, n_dropped = apply_min_snr_tiled(args, image, psf, table,
+                                               tiled_sky(args, image), sigma)
     if n_dropped:
         phot = None  # the model image is rendered from the kept rows
     if image.wcs is not None:
