@@ -645,6 +645,28 @@ def test_dask_in_memory_array_equals_in_process(crowded, whole, dask_client):
     assert_same_catalog(tiled, whole)
 
 
+def test_dask_sky_map_in_memory_equals_in_process(sky_scene, dask_client):
+    """Each worker gets the task's sky region (box + sky boxes), not only its box: the same
+    catalog as in process, all-star rounds included."""
+    model, data, _, _, _ = sky_scene
+    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
+              aperture_radius=4, group_warning_threshold=10**9, tile_shape=TILE, sky="map",
+              sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, subtract_neighbors=True)
+    error = np.full(SHAPE, SKY_NOISE)
+    local = photometry_tiled(data, model, 5, error=error, **kw)
+    remote = photometry_tiled(data, model, 5, error=error, client=dask_client, **kw)
+    assert_same_catalog(remote, local, xy_tol=1e-9, flux_rtol=1e-9)
+
+
+def test_array_planes_refuse_regions_they_do_not_hold():
+    from crowdphot.pipeline.tiles import _ArrayPlanes
+
+    piece = _ArrayPlanes(np.zeros((20, 20))).sub((5, 10, 5, 10))
+    assert piece.cut(5, 10, 6, 9)[0].shape == (5, 3)
+    with pytest.raises(ValueError, match="not inside the piece held"):
+        piece.cut(0, 10, 5, 10)
+
+
 def test_dask_all_star_equals_in_process(wide_wings, dask_client):
     """The later all-star rounds run on the workers too (the neighbours travel with each task)."""
     psf, data, err, init, kw, whole = wide_wings

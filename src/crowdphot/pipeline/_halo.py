@@ -73,7 +73,11 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
             args.append((box, init, shared_psf, fit_shape, unit, kwargs, stars[near, 1:4]))
         if not todo:
             break
-        again = runner.map(fit_task, [a[0] for a in args], args, progress=progress,
+        from crowdphot.pipeline._sky import read_box
+
+        # what each task reads (with a sky map: its sky region), sent to Dask workers
+        reads = [read_box(a[0], runner.source.shape, kwargs.get("tile_sky")) for a in args]
+        again = runner.map(fit_task, reads, args, progress=progress,
                            desc="Fit tiles (neighbours)")
         for j, out in zip(todo, again, strict=True):
             outs[j] = out

@@ -25,7 +25,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SKY_PAD_BOXES", "check_tile_sky", "sky_region", "tile_sky"]
+__all__ = ["SKY_PAD_BOXES", "check_tile_sky", "read_box", "sky_region", "tile_sky"]
 
 #: Boxes of the sky grid read beyond a task's box on every side to estimate its sky map.
 SKY_PAD_BOXES = 3
@@ -112,6 +112,25 @@ def sky_region(box, shape, box_size, pad=SKY_PAD_BOXES):
     ny, nx = shape
     return (max(0, (y0 // by - pad) * by), min(ny, (-(-y1 // by) + pad) * by),
             max(0, (x0 // bx - pad) * bx), min(nx, (-(-x1 // bx) + pad) * bx))
+
+
+def read_box(box, shape, spec, pad=SKY_PAD_BOXES):
+    """The pixels a task on ``box`` reads: ``box``, or its sky region for a sky map.
+
+    What a Dask run must send to a worker with an in-memory image.
+
+    Examples
+    --------
+    >>> read_box((100, 130, 0, 10), (1000, 90), None)
+    (100, 130, 0, 10)
+    >>> read_box((100, 130, 0, 10), (1000, 90), ('map', {'box_size': (32, 32)}), pad=1)
+    (64, 192, 0, 64)
+    """
+    if spec is None or spec[0] != "map":
+        return tuple(box)
+    region = sky_region(box, shape, spec[1]["box_size"], pad)
+    return (min(region[0], box[0]), max(region[1], box[1]), min(region[2], box[2]),
+            max(region[3], box[3]))
 
 
 def tile_sky(source, box, spec, pad=SKY_PAD_BOXES):

@@ -177,6 +177,9 @@ class _ArrayPlanes:
     def cut(self, y0, y1, x0, x1):
         """``(data, error, mask)`` of ``[y0:y1, x0:x1]`` in full-image pixel indices."""
         oy, ox = self.origin
+        if y0 < oy or x0 < ox or y1 - oy > self.data.shape[0] or x1 - ox > self.data.shape[1]:
+            raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] is not inside the piece held "
+                             f"(origin {self.origin}, shape {self.data.shape})")
         sl = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
         return tuple(None if a is None else np.asarray(a[sl])
                      for a in (self.data, self.error, self.mask))
@@ -575,7 +578,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                       subtract_neighbors=config.subtract_neighbors,
                       merge_separation=config.merge_separation, tile_sky=sky_spec)
         shared_psf = runner.share(psf_model)
-        outs = runner.map(_fit_task, [box for box, _ in jobs],
+        from crowdphot.pipeline._sky import read_box
+
+        outs = runner.map(_fit_task, [read_box(box, shape, sky_spec) for box, _ in jobs],
                           [(box, sub, shared_psf, fit_shape, unit, kwargs) for box, sub in jobs],
                           progress=progress_bar, desc="Fit tiles")
         if config.subtract_neighbors and len(jobs) > 1:
@@ -652,8 +657,10 @@ def _detect_all(runner, tiles, margin, shape, finder, unit, progress, sky=None):
         # the brightest n of the image are not the brightest n of each tile
         tile_finder = copy.copy(finder)
         tile_finder.n_brightest = None
+    from crowdphot.pipeline._sky import read_box
+
     boxes = [t.box(margin, shape) for t in tiles]
-    found = runner.map(_detect_task, boxes,
+    found = runner.map(_detect_task, [read_box(b, shape, sky) for b in boxes],
                        [(t, b, tile_finder, unit, sky)
                         for t, b in zip(tiles, boxes, strict=True)],
                        progress=progress, desc="Detect tiles")
