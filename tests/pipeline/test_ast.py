@@ -266,12 +266,12 @@ def test_a_tile_task_needs_only_its_box():
     assert np.isfinite(full[0][:, 0]).sum() > 10
 
 
-@pytest.mark.parametrize("iterative", [False, True])
-def test_stacked_batches_equal_batch_by_batch(iterative, monkeypatch):
+@pytest.mark.parametrize("iterative, gain", [(False, None), (True, None), (False, 0.5)])
+def test_stacked_batches_equal_batch_by_batch(iterative, gain, monkeypatch):
     """Several batches fitted in one call on their stacked images (masked rows between them)
     give the batch-by-batch results: the same flags and verdicts, values within the solver's
     rounding (the stacked rows shift y by thousands of pixels), also for stars whose stamps
-    cross an image edge (= a stack seam) or masked pixels."""
+    cross an image edge (= a stack seam) or masked pixels, and with the stars' photon noise."""
     import crowdphot.pipeline.ast_local as local
 
     data, _, err = _field(160, 150, seed=4)
@@ -296,7 +296,7 @@ def test_stacked_batches_equal_batch_by_batch(iterative, monkeypatch):
         monkeypatch.setattr(local, "STACK_PIXELS", size)
         calls[size] = 0
         tables[size] = artificial_star_test(data, phot, 300, (10, 10_000), error=err,
-                                            mask=mask, seed=11).table
+                                            mask=mask, seed=11, gain=gain).table
     one, stacked = tables[0], tables[local.STACK_PIXELS]
     n_batches = int(one["batch"].max()) + 1
     assert n_batches > 10 and calls[0] > 10

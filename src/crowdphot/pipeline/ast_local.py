@@ -265,27 +265,50 @@ class _Stack:
     read or write (fit stamps, apertures, rendered models) lies within ``pad / 2`` of its rows,
     and the pad is masked: a stamp reaching into it loses the same pixels it loses beyond the
     image edge in a batch-by-batch run (both are dropped from the fit). A single batch is its
-    own image (no copy, no pad).
+    own image (no pad). The buffers are allocated once per box and reused stack after stack;
+    the masked rows and (without photon noise) the error are written once.
     """
 
-    def __init__(self, images, errs, mask, pad):
-        self.n = len(images)
-        self.ny, self.nx = images[0].shape
-        if self.n == 1:
-            self.stride = self.ny
-            self.image, self.err, self.mask = images[0], errs[0], mask
-            return
-        self.stride = self.ny + pad
-        shape = (self.n * self.stride - pad, self.nx)
-        self.image = np.zeros(shape)
-        self.mask = np.ones(shape, dtype=bool)
-        self.err = None if errs[0] is None else np.ones(shape)
-        for k in range(self.n):
+    def __init__(self, shape, capacity, pad, mask, error, gain):
+        self.ny, self.nx = shape
+        self.capacity, self.gain, self.n = capacity, gain, 0
+        self.stride = self.ny + (pad if capacity > 1 else 0)
+        full = (capacity * self.stride - (self.stride - self.ny), self.nx)
+        self._image = np.empty(full)
+        self._mask = mask
+        if capacity > 1:
+            self._mask = np.ones(full, dtype=bool)
+        self._err = error
+        if error is not None and (capacity > 1 or gain is not None):
+            self._err = np.ones(full) if capacity > 1 else np.empty(full)
+        for k in range(capacity):
             rows = self.rows(k)
-            self.image[rows] = images[k]
-            self.mask[rows] = False if mask is None else mask
-            if self.err is not None:
-                self.err[rows] = errs[k]
+            if capacity > 1:
+                self._mask[rows] = False if mask is None else mask
+            if error is not None and gain is None and self._err is not error:
+                self._err[rows] = error
+
+    def use(self, n):
+        """Views of the first ``n`` batches' rows as ``image``, ``mask``, ``err``."""
+        self.n = n
+        end = n * self.stride - (self.stride - self.ny)
+        self.image = self._image[:end]
+        self.mask = None if self._mask is None else self._mask[:end]
+        self.err = None if self._err is None else self._err[:end]
+
+    def add(self, k, data, error, model, xin, yin, fin, noise, stamp):
+        """Write batch ``k``: ``data`` with its stars added (see :func:`_add_stars`)."""
+        rows = self.rows(k)
+        if self.gain is None:
+            # the batch's stamps do not overlap: each pixel gets data + one stamp, as in
+            # data + render_image(...)
+            self.image[rows] = data
+            render_image(data.shape, model, xin, yin, fin, out=self.image[rows])
+            return
+        image, err = _add_stars(data, error, model, xin, yin, fin, self.gain, noise, stamp)
+        self.image[rows] = image
+        if err is not None:
+            self.err[rows] = err
 
     def rows(self, k):
         return slice(k * self.stride, k * self.stride + self.ny)
@@ -470,25 +493,24 @@ def _nearest_fitted(tables, image, err, mask, xin, yin, search_radius, select):
     return out, flags
 
 
-def _measure_batches(base, fitter, plan, data, mask, error, orig, stars, *, geom,
-                     search_radius, gain, select, counter, pad):
+def _measure_batches(base, fitter, plan, data, mask, error, orig, stars, stack, *, geom,
+                     search_radius, select, counter):
     """Measure several batches (``stars``: per batch ``(xin, yin, fin, noise)``) with one fit
-    call per step on their stacked images. Returns per batch ``(out, flags)``: (n, 4) fitted
-    (x, y, flux, flux_err) and (n,) flags of the star nearest each artificial star."""
-    images, errs, picks = [], [], []
+    call per step on their stacked images (``stack``: the box's :class:`_Stack`). Returns per
+    batch ``(out, flags)``: (n, 4) fitted (x, y, flux, flux_err) and (n,) flags of the star
+    nearest each artificial star."""
+    picks = []
     zone = search_radius + 1.0
     # iterations find stars in the residual near the artificial star: every star whose model
     # stamp reaches that zone must be refitted first
     radius = zone + geom["iter_reach"]
-    for xin, yin, fin, noise in stars:
-        image, err = _add_stars(data, error, base.psf_model, xin, yin, fin, gain, noise,
-                                geom["stamp"])
-        xd, yd = _batch_detections(base, image, mask, orig, xin, yin, geom, counter)
+    stack.use(len(stars))
+    for k, (xin, yin, fin, noise) in enumerate(stars):
+        stack.add(k, data, error, base.psf_model, xin, yin, fin, noise, geom["stamp"])
+        rows = stack.rows(k)
+        xd, yd = _batch_detections(base, stack.image[rows], mask, orig, xin, yin, geom,
+                                   counter)
         picks.append(_first_selection(base, xd, yd, xin, yin, radius))
-        images.append(image)
-        errs.append(err)
-    stack = _Stack(images, errs, mask, pad)
-    del images
     empty = [(np.full((len(s[0]), 4), np.nan), np.zeros(len(s[0]), dtype=np.int64))
              for s in stars]
     init, owner = stack.init(base, picks)
@@ -575,15 +597,18 @@ def _box_task(source, box, stars, conf, settings):
     xo, yo = _detect(base, data, mask)  # the box's own detections, found once
     order = np.lexsort((xo, yo))
     orig = (xo[order], yo[order])
-    kw = {k: settings[k] for k in ("geom", "search_radius", "gain", "select")}
+    kw = {k: settings[k] for k in ("geom", "search_radius", "select")}
     per_call, pad = _stack_size(base, plan, settings["geom"], data.shape)
-    batches = [np.flatnonzero(batch == b) for b in np.unique(batch)]
+    batches = np.unique(batch)
+    per_call = min(per_call, len(batches)) or 1
+    stack = _Stack(data.shape, per_call, pad, mask, error, settings["gain"])
+    batches = [np.flatnonzero(batch == b) for b in batches]
     for s in range(0, len(batches), per_call):
         group = batches[s:s + per_call]
         res = _measure_batches(
             base, fitter, plan, data, mask, error, orig,
             [(xin[idx], yin[idx], fin[idx], None if noise is None else [noise[i] for i in idx])
-             for idx in group], counter=counter, pad=pad, **kw)
+             for idx in group], stack, counter=counter, **kw)
         for idx, (o, f) in zip(group, res, strict=True):
             out[idx] = o
             flags[idx] = f
