@@ -17,6 +17,11 @@ and no gaps at seams.
    aperture, local-background annulus) and fits them with :func:`run_psf_photometry`;
    position-dependent PSF grids are shifted into the cut's frame.
 
+With ``sky=`` every task removes the image's sky from its pixels before finding and fitting
+(a constant, or a map estimated on a region of the whole image's sky-box grid around its box:
+:mod:`crowdphot.pipeline._sky`); with ``likelihood='poisson'`` the sky is part of the expected
+counts instead.
+
 How it spreads over a real cluster
 ----------------------------------
 The driver never holds pixels when ``data`` is a FITS path (or a ``FitsPlanes``): it reads the
