@@ -24,6 +24,12 @@ same as a full re-run; tested statistically). With ALLSTAR's ``subtract_neighbor
 neighbours outside the refitted neighbourhood are not subtracted and the passes stop on the
 refitted stars alone (measured: within 3e-4 px and 0.01 sigma in flux of a full re-run).
 
+Several batches share each fit call: their images are stacked with masked rows between them
+(``ast_local._Stack``, up to ``ast_local.STACK_PIXELS`` pixels), so the solver's fixed cost per
+iteration is paid once per stack rather than once per batch; an artificial star's result does
+not depend on its batch or stack beyond the solver's rounding (measured <= 1e-9 px, 1e-9
+relative in flux; the same flags and verdicts; tested against batch by batch).
+
 Large images are cut into tiles (``tile_shape``; by default with Dask): one task per tile gets
 only the tile's core plus a margin of the image, error and mask and measures the artificial
 stars whose positions fall in the core, batch after batch, so memory per task scales with the
