@@ -291,7 +291,7 @@ def test_tiled_cli_constant_sky_and_sky_out(scene, tmp_path, capsys):
     table = _run(image, tmp_path / "cat2.ecsv", capsys, "--tile", 256, "--sky-out", out)
     sky = fits.getdata(out)
     assert sky.shape == SHAPE and abs(float(np.median(sky)) - 20.0) < 0.05
-    assert table.meta["sky"] == "map"
+    assert table.meta["sky"] == "map" and "per tile" in table.meta["sky_method"]
     assert _score(truth, table)[2] == pytest.approx(0.0, abs=5e-4)
 
 

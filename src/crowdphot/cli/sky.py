@@ -115,6 +115,9 @@ def subtract_sky(args, image):
                            "or --sky none") from None
         info = {"sky": "map", "sky_box": int(box), "sky_median": float(np.median(sky)),
                 "sky_rms": float(np.median(rms))}
+    if getattr(args, "tile", None) and mode == "map":
+        info["sky_method"] = ("estimated per tile (box + margin on the whole image's box grid) "
+                              "for the fits; the whole-image map for the residual and --sky-out")
     image.data = image.data - sky
     # products written from this header (--residual, --sky-out) say what was subtracted
     image.header["SKYSUB"] = (info["sky"], "sky subtracted by crowdphot phot")
