@@ -452,3 +452,55 @@ def _sky_err_pair(a, b):
     cosd = np.cos(np.deg2rad(DEC0))
     return ((a["ra"] - b["ra"]).to_value(u.arcsec) * cosd,
             (a["dec"] - b["dec"]).to_value(u.arcsec))
+
+
+def test_one_exposure_allstar_same_solution_as_single_image(monkeypatch):
+    """All-star, one exposure: the joint fit and PSFPhotometry(subtract_neighbors=True) share
+    their rules (coupling a member to its group's stamps where its PSF at twice its initial
+    flux exceeds the noise, neighbours' light out to 1 % of the noise at twice their first
+    fluxes), so with the passes run to convergence they give the same solution; with the
+    default stopping rules they differ by where the passes stop (module docstring)."""
+    import functools
+
+    import crowdphot.pipeline.multi as multi
+    import crowdphot.psf.allstar as allstar
+
+    for mod in (allstar, multi):  # passes until nothing moves
+        monkeypatch.setattr(mod, "TOL_SETTLED", 1e-7)
+        monkeypatch.setattr(mod, "TOL_SIGMA", 1e-7)
+        monkeypatch.setattr(mod, "TOL_REL", 1e-12)
+    monkeypatch.setattr(multi, "LIGHT_SIGMA", 0.0)
+    monkeypatch.setattr(multi, "LIGHT_GRADIENT", 1e12)
+    monkeypatch.setattr(allstar, "fit_allstar",
+                        functools.partial(allstar.fit_allstar, max_passes=60))
+    rng = np.random.default_rng(18)
+    shape = (100, 100)
+    ra, dec, flux = make_pairs(rng, 10, 8.0, sep_range=(3.0, 5.0))
+    psf = CircularGaussianPRF(fwhm=2.2)
+    wcs = make_wcs(shape, dx=0.3, dy=-0.2, rot_deg=0.7)
+    exp = make_exposure(rng, shape, wcs, psf, ra, dec, flux, "F1", sky_sigma=20.0)
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    x0 = x + rng.uniform(-0.2, 0.2, x.size)
+    y0 = y + rng.uniform(-0.2, 0.2, x.size)
+    f0 = flux * rng.uniform(0.8, 1.2, x.size)
+    ra_i, dec_i = wcs.all_pix2world(x0, y0, 0)
+    joint = fit_exposures([exp], Table({"ra": ra_i, "dec": dec_i, "flux": f0}),
+                          group_separation=0.45, tol=1e-8, max_passes=60)
+    import warnings
+
+    from crowdphot.utils.exceptions import FitConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitConvergenceWarning)  # flagged rows are left out
+        single = PSFPhotometry(psf, (5, 5), grouper=SourceGrouper(min_separation=4.5),
+                               fitter_maxiters=200, subtract_neighbors=True)(
+            exp.data, error=exp.error, init_params=Table({"x": x0, "y": y0, "flux": f0}))
+    assert single.meta["allstar_passes"] >= 2 and joint["passes"][0] >= 2
+    ok = (joint["flags"] == 0) & (single["flags"] == 0)
+    assert ok.all() and np.bincount(single["group_id"]).max() >= 3
+    xj, yj = wcs.all_world2pix(np.asarray(joint["ra"].to_value(u.deg)),
+                               np.asarray(joint["dec"].to_value(u.deg)), 0)
+    np.testing.assert_allclose(xj[ok], single["x_fit"][ok], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(yj[ok], single["y_fit"][ok], atol=1e-6, rtol=0)
+    d = np.abs(joint["flux_F1"] - single["flux_fit"]) / single["flux_err"]
+    assert np.max(d[ok]) < 1e-5

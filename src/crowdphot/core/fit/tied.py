@@ -175,7 +175,7 @@ class TiedProblem:
 
 
 def build_tied(frames, x, y, frame, star, star_group, fit_shape, *, support_shape=None,
-               dense_max=64, shared_pixels="once"):
+               support_radius=None, dense_max=64, shared_pixels="once"):
     """Gather the stamps of all copies and the interaction structure of a tied fit.
 
     Parameters
@@ -193,6 +193,10 @@ def build_tied(frames, x, y, frame, star, star_group, fit_shape, *, support_shap
     support_shape : (sy, sx), optional
         Extent of a PSF's support for coupling copies to stamps (default: the largest
         ``default_stamp_shape`` of the frames' models).
+    support_radius : ndarray of shape (m0,), optional
+        Coupling half-width (pixels) of every candidate copy instead of ``support_shape``
+        (DAOPHOT's PSF radius growing with flux, as the single-image all-star fit's
+        ``support_radius``): a copy is coupled to a stamp of its group only within it.
     dense_max : int
         Groups (in sources) up to this size are solved densely.
     shared_pixels : {'once', 'photutils'}
@@ -264,6 +268,8 @@ def build_tied(frames, x, y, frame, star, star_group, fit_shape, *, support_shap
     cylo = ylo[order]
     xv = np.asarray(x, dtype=float)[order] + xoff
     yv = np.asarray(y, dtype=float)[order]
+    if support_radius is not None:
+        support = np.asarray(support_radius, dtype=float)[order][:, None]
     inter = build_interactions(xv, yv, cxlo, cylo, cgroup, fit_shape, support_shape=support)
     clay = make_layout(cgroup, inter, dense_max=10**9)
     m = len(order)
