@@ -275,6 +275,7 @@ class _Stack:
         self.stride = self.ny + (pad if capacity > 1 else 0)
         full = (capacity * self.stride - (self.stride - self.ny), self.nx)
         self._image = np.empty(full)
+        self._residual = None
         self._mask = mask
         if capacity > 1:
             self._mask = np.ones(full, dtype=bool)
@@ -309,6 +310,19 @@ class _Stack:
         self.image[rows] = image
         if err is not None:
             self.err[rows] = err
+
+    def residual(self, result, source, psf_shape):
+        """``result.make_residual_image(source)`` written into a buffer reused by every pass
+        and stack (the same numbers: ``source - model``), ``source`` being the stack's image or
+        the buffer itself."""
+        model = result.make_model_image(source.shape, psf_shape=psf_shape)
+        if not isinstance(model, np.ndarray) or type(model) is not np.ndarray:
+            return source - model  # e.g. a Quantity
+        if self._residual is None:
+            self._residual = np.empty(self._image.shape)
+        out = self._residual[:source.shape[0]]
+        np.subtract(source, model, out=out)
+        return out
 
     def rows(self, k):
         return slice(k * self.stride, k * self.stride + self.ny)
@@ -378,7 +392,7 @@ def _later_iterations(base, fitter, plan, stack, first, owner, xin, yin, zone, d
     active = np.ones(stack.n, dtype=bool)
     mask = stack.mask
     for _ in range(2, plan["maxiters"] + 1):
-        residual = current.make_residual_image(residual, psf_shape=plan["sub_shape"])
+        residual = stack.residual(current, residual, plan["sub_shape"])
         found = []
         for k in range(stack.n):
             xr = yr = np.empty(0)
