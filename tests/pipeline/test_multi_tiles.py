@@ -66,6 +66,7 @@ def test_tiles_on_dask(field):
         client = distributed.Client(cluster)
     try:
         tiled = fit_exposures_tiled(exps, cat, tile_size=6.0, client=client)
+        det = detect_tiled(exps, tile_size=1.0, client=client)  # detection tasks on Dask
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -73,6 +74,10 @@ def test_tiles_on_dask(field):
             cluster.close()
     assert len(np.unique(tiled["tile"])) >= 4
     _compare(tiled, whole)
+    ref = detect_on_stack(exps)
+    assert len(det) == len(ref)
+    np.testing.assert_allclose(np.sort(det["ra"].value), np.sort(ref["ra"].value), rtol=0,
+                               atol=1e-10)
 
 
 def test_tiles_bad_arguments(field):
@@ -162,3 +167,29 @@ def test_tiles_flux_per_exposure(field):
         assert fine.sum() > 20 and np.max(d) < 1e-3
     # the partial exposure does not cover the sources of the other half
     assert np.isnan(whole["flux_A_0"]).sum() > 20
+
+
+def test_tiled_detection_of_files_without_errors(field, tmp_path):
+    """Files without ERR: each exposure's noise from its strided pixels, read in strips."""
+    from dataclasses import replace
+
+    from astropy.io import fits
+
+    from crowdphot.pipeline.multi_sky import exposure_noise
+    from crowdphot.pipeline.multi_tiles import ExposureFile
+
+    exps, _ = field
+    exps = [replace(e, error=None) for e in exps]
+    files = []
+    for k, e in enumerate(exps):
+        path = tmp_path / f"n{k}.fits"
+        fits.PrimaryHDU(e.data, e.wcs.to_header()).writeto(path)
+        files.append(ExposureFile(path, e.psf_model, e.filter_name))
+    assert not files[0].has_error
+    for e, f in zip(exps, files, strict=True):
+        assert exposure_noise(f, rows=7) == exposure_noise(e)
+    whole = detect_on_stack(exps)
+    tiled = detect_tiled(files, tile_size=1.0)
+    assert len(tiled) == len(whole) >= 100
+    np.testing.assert_allclose(np.sort(tiled["dec"].value), np.sort(whole["dec"].value),
+                               rtol=0, atol=1e-10)
