@@ -50,3 +50,26 @@ def clear_photutils_flat_model_cache():
     from photutils.psf import _components
 
     _components._FLAT_MODEL_CACHE.clear()
+
+
+def faint_edge_scene(n_inits=1):
+    """Issue #10's faint field: 300 stars (flux 20-60, noise 5, CircularGaussianPRF FWHM 3) on
+    128², edges included, seeded; ``n_inits`` starts jittered by 0.3 px drawn in turn.
+
+    Returns ``(psf, data, truth, inits)``.
+    """
+    from astropy.table import QTable
+
+    from crowdphot import CircularGaussianPRF
+    from crowdphot.datasets import make_model_image
+
+    rng = np.random.default_rng(1)
+    psf = CircularGaussianPRF(fwhm=3.0)
+    n, shape = 300, (128, 128)
+    x, y = rng.uniform(-1, shape[1], n), rng.uniform(-1, shape[0], n)
+    truth = QTable({"x_0": x, "y_0": y, "flux": rng.uniform(20, 60, n)})
+    data = make_model_image(shape, psf, truth, model_shape=(15, 15))
+    data = data + rng.normal(0, 5, shape)
+    inits = [QTable({"x": x + rng.normal(0, 0.3, n), "y": y + rng.normal(0, 0.3, n)})
+             for _ in range(n_inits)]
+    return psf, data, truth, inits

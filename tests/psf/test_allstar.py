@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.table import QTable
 
+from _scenes import faint_edge_scene
 from crowdphot import (
     CircularGaussianPRF,
     DAOStarFinder,
@@ -234,6 +235,19 @@ def test_iterative_drops_insignificant_and_merges():
     assert "n_dropped" not in loose.meta
 
 
+def test_drop_significance_refused_with_compat():
+    """photutils has no drop_significance: refused like the other crowdphot-only options."""
+    psf = CircularGaussianPRF(fwhm=2.5)
+    finder = DAOStarFinder(threshold=10, fwhm=2.5)
+    with pytest.raises(ValueError, match="compat='photutils'.*no drop_significance"):
+        IterativePSFPhotometry(psf, (5, 5), finder, aperture_radius=3, drop_significance=5.0,
+                               compat="photutils")
+    with pytest.raises(ValueError, match="drop_significance"):
+        IterativePSFPhotometry(psf, (5, 5), finder, aperture_radius=3, drop_significance=-1.0)
+    ok = IterativePSFPhotometry(psf, (5, 5), finder, aperture_radius=3, compat="photutils")
+    assert ok.drop_significance is None
+
+
 def _lattice_group(psf, seed=0):
     """150 stars on a jittered 15 x 10 lattice 7 px apart: one connected group at 10 px."""
     from crowdphot.core.render import render_image
@@ -279,29 +293,13 @@ def test_reduced_support_no_truncation_bias(gridded_field):
     assert np.all(fast["flags"] == 0)
 
 
-def _faint_edge_scene():
-    """300 faint stars (flux 20-60, noise 5, FWHM 3) on 128², edges included (issue #10)."""
-    from crowdphot.datasets import make_model_image
-
-    rng = np.random.default_rng(1)
-    psf = CircularGaussianPRF(fwhm=3.0)
-    n, shape = 300, (128, 128)
-    x, y = rng.uniform(-1, shape[1], n), rng.uniform(-1, shape[0], n)
-    truth = QTable({"x_0": x, "y_0": y, "flux": rng.uniform(20, 60, n)})
-    data = make_model_image(shape, psf, truth, model_shape=(15, 15))
-    data = data + rng.normal(0, 5, shape)
-    inits = [QTable({"x": x + rng.normal(0, 0.3, n), "y": y + rng.normal(0, 0.3, n)})
-             for _ in range(2)]
-    return psf, data, truth, inits
-
-
 def test_failed_member_not_kept_in_partners_model():
     """A member that runs off its stamp is held at its start and its group refitted.
 
     Before: a member stopped at the edge of its stamp with flux -1416 stayed in the model and
     its partner 5.6 px away came out at 1261 +- 24 (true 35) with flags 0.
     """
-    psf, data, truth, inits = _faint_edge_scene()
+    psf, data, truth, inits = faint_edge_scene(2)
     init = inits[1]  # the issue's script drew one for its grouped run first
     phot = PSFPhotometry(psf, (5, 5), aperture_radius=3, grouper=SourceGrouper(6),
                          subtract_neighbors=True)

@@ -94,7 +94,8 @@ def test_crowded_field_statistics():
         wide_fl += (well & b.flagged).sum()
     # measured over 8 seeds: 21 of 2032 flags-0 stars with |pull| > 4 before, 0 after; 3.4 %
     # flagged; 3 of 1262 well-measured stars >= 1 FWHM from every neighbour
-    assert bad0 >= 5  # the scene does have the defect
+    # (4 since failed group members are dropped from their groups' models, crowdphot.psf._failed)
+    assert bad0 >= 3  # the scene does have the defect
     assert bad1 == 0
     assert flagged / n0 < 0.05
     assert wide > 200 and wide_fl <= 0.01 * wide

@@ -664,3 +664,44 @@ def test_as_many_pixels_as_free_parameters(path):
     assert int(t["flags"][0]) == 17 and t["n_pixels_fit"][0] == 3
     assert np.isinf(_val(t["reduced_chi2"])[0])
     assert_parity(t, tu)
+
+
+# ----------------------------------------------------------------------------------------------
+# blend_test (crowdphot extension): the post-fit test of close pairs can be turned off
+# ----------------------------------------------------------------------------------------------
+def test_blend_test_off_changes_only_the_blend_bit():
+    # a pair 1.44 px (0.48 FWHM) apart, 290/280, that lands in a wrong minimum (seed 6,
+    # tests/psf/test_blends.py): the test flags both members 32768
+    psf = cp.CircularGaussianPRF(fwhm=3.0)
+    t = QTable({"x_0": [20.0, 21.2], "y_0": [20.0, 20.8], "flux": [290.0, 280.0]})
+    rng = np.random.default_rng(6)
+    img = cp.make_model_image((41, 41), psf, t, model_shape=(15, 15))
+    img = img + rng.normal(0, 5, img.shape)
+    init = QTable({"x": t["x_0"] + rng.normal(0, .3, 2), "y": t["y_0"] + rng.normal(0, .3, 2)})
+    err = np.full(img.shape, 5.0)
+    kw = dict(aperture_radius=3, grouper=cp.SourceGrouper(6))
+    on = PSFPhotometry(psf, (5, 5), **kw)(img, error=err, init_params=init)
+    off_phot = PSFPhotometry(psf, (5, 5), blend_test=False, **kw)
+    off = off_phot(img, error=err, init_params=init)
+    blend = int(cp.PSF_FLAGS.UNRESOLVED_BLEND)
+    assert np.all(np.asarray(on["flags"]) & blend)
+    assert not np.any(np.asarray(off["flags"]) & blend)
+    np.testing.assert_array_equal(np.asarray(off["flags"]), np.asarray(on["flags"]) & ~blend)
+    for name in ("x_fit", "y_fit", "flux_fit", "flux_err"):
+        np.testing.assert_array_equal(_val(off[name]), _val(on[name]))
+    assert off.meta["blend_test"] is False and "blend_test" not in on.meta
+    # the iterative class passes it on
+    it = cp.IterativePSFPhotometry(psf, (5, 5), cp.DAOStarFinder(threshold=30, fwhm=3.0),
+                                   blend_test=False, **kw)
+    assert it._psfphot.blend_test is False
+
+
+def test_blend_test_checked_and_ignored_with_compat():
+    psf = cp.CircularGaussianPRF(fwhm=2.5)
+    with pytest.raises(TypeError, match="blend_test"):
+        PSFPhotometry(psf, (5, 5), blend_test="no")
+    # photutils has no such test: with compat='photutils' it never runs, either way
+    phot = PSFPhotometry(psf, (5, 5), blend_test=False, compat="photutils")
+    img = psf.psf_stamps([20.3], [15.7], (32, 40), xlo=[0], ylo=[0])[0] * 1000.0
+    tab = phot(img, init_params=QTable({"x": [20.0], "y": [16.0], "flux": [900.0]}))
+    assert int(tab["flags"][0]) == 0 and "blend_test" not in tab.meta

@@ -55,11 +55,17 @@ def use_fast_path(psf_model, fitter, main_params, fit_shape=(3, 3)):
 
 def fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, xy_bounds,
              progress_bar, shared_pixels="once", fit_sky=False, noise=None,
-             subtract_neighbors=False, merge_separation=None):
+             subtract_neighbors=False, merge_separation=None, drop_failed=True):
     """Fit the ``todo`` rows of ``table`` with the batched engine, in chunks of whole groups.
 
+    With ``drop_failed`` (crowdphot's default; False under ``compat='photutils'``), a group
+    member that left its stamp or went absurd is dropped from its group's model and the
+    group refitted without it (:func:`crowdphot.psf._failed.refit_without_failed`; the
+    all-star fit does the same itself).
+
     Returns ``(pieces, passes)``: a list of ``(rows among todo, engine result)`` and, for the
-    all-star fit, ``{'passes': int, 'merged': bool (n_todo,)}`` (else None).
+    all-star fit or when members were dropped, ``{'passes': int, 'merged': bool (n_todo,)}``
+    (else None).
     """
     from crowdphot.core.fit import fit_psf
 
@@ -122,7 +128,35 @@ def fit_fast(data, mask, error, table, todo, *, psf_model, fit_shape, maxiters, 
             bar.update(len(np.unique(gid[sel])))
     if bar is not None:
         bar.close()
+    if drop_failed and pieces:
+        return _without_failed(fit_psf, data, psf_model, x0, y0, f0, pieces,
+                               fit_shape=tuple(fit_shape), group_id=gid, error=error,
+                               mask=mask, local_bkg=bkg, fixed=fixed, bounds=bounds,
+                               maxiters=maxiters, shared_pixels=shared_pixels,
+                               fit_sky=fit_sky)
     return pieces, None
+
+
+def _without_failed(fit, data, psf_model, x0, y0, f0, pieces, **kwargs):
+    """Pieces joined into one result with the failed members' groups refitted without them."""
+    import dataclasses
+
+    from crowdphot.psf._failed import refit_without_failed
+
+    if not any(np.any(r.left_stamp | r.absurd) for _, r in pieces):
+        return pieces, None
+    rows = np.concatenate([sel for sel, _ in pieces])
+    res0 = pieces[0][1]
+    fields = {}
+    for f in dataclasses.fields(res0):
+        joined = np.concatenate([np.asarray(getattr(r, f.name)) for _, r in pieces])
+        fields[f.name] = np.empty_like(joined)
+        fields[f.name][rows] = joined
+    absorbed = refit_without_failed(fit, data, psf_model, x0, y0, f0, fields, **kwargs)
+    pieces = [(np.arange(len(x0)), type(res0)(**fields))]
+    if absorbed is None:
+        return pieces, None
+    return pieces, {"passes": 0, "merged": absorbed}
 
 
 def collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model):

@@ -228,6 +228,26 @@ def _take(value, sel, n):
     return value
 
 
+def _sliced(kwargs, sel):
+    """Engine keyword arguments for the sources ``sel`` (bool of shape (n,)): per-source
+    ones (:data:`_PER_SOURCE`) sliced, the others as they are."""
+    n = len(sel)
+    return {k: (_take(v, sel, n) if k in _PER_SOURCE else v) for k, v in kwargs.items()}
+
+
+def _store(fields, rows, sub, skip=()):
+    """Write a refit's results ``sub`` into the rows ``rows`` of ``fields`` (iterations add
+    up); fields named in ``skip`` are kept."""
+    for name, arr in fields.items():
+        if name in skip:
+            continue
+        val = getattr(sub, name)
+        if name == "niter":
+            arr[rows] += val
+        else:
+            arr[rows] = val
+
+
 def find_merges(x, y, flux, x_err, y_err, group, separation):
     """Pairs of one group too close to be told apart; returns ``into`` of shape (n,).
 
@@ -415,17 +435,8 @@ def fit_allstar(fit, data, psf_model, x, y, flux, *, fit_shape, group_id, fixed=
         with_cov = err_img is None or was_forced
         sub = fit(data, psf_model, x[sel], y[sel], flux[sel], fit_shape=fit_shape,
                   group_id=gid[sel], fixed=fixed, neighbors=new[sel] if subtract else None,
-                  start=start, covariance=with_cov,
-                  **{k: (_take(v, sel, n) if k in _PER_SOURCE else v)
-                     for k, v in kwargs.items()})
-        for name, arr in fields.items():
-            if not with_cov and name in _COV_FIELDS:
-                continue
-            val = getattr(sub, name)
-            if name == "niter":
-                arr[sel] += val
-            else:
-                arr[sel] = val
+                  start=start, covariance=with_cov, **_sliced(kwargs, sel))
+        _store(fields, sel, sub, skip=() if with_cov else _COV_FIELDS)
         used[sel] = new[sel]
         passes += 1
         if subtract:
@@ -551,17 +562,11 @@ def _report_dropped(fit, data, psf_model, x0, y0, f0, fields, dropped, alive, gi
                          reach=reach, targets=d)[d]
     sel = np.zeros(n, dtype=bool)
     sel[d] = True
-    kw = {k: (_take(v, sel, n) if k in _PER_SOURCE else v) for k, v in kwargs.items()
-          if k != "support_radius"}
+    kw = _sliced({k: v for k, v in kwargs.items() if k != "support_radius"}, sel)
     sub = fit(data, psf_model, x0[d], y0[d], f0[d], fit_shape=fit_shape,
               group_id=np.arange(len(d)), fixed={"x": True, "y": True, "flux": bool(hold[2])},
               neighbors=nb, **kw)
-    for name, arr in fields.items():
-        val = getattr(sub, name)
-        if name == "niter":
-            arr[d] += val
-        else:
-            arr[d] = val
+    _store(fields, d, sub)
     fields["left_stamp"][d] = left
     fields["converged"][d] = False
     fields["absurd"][d] = absurd

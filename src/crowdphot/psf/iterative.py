@@ -56,14 +56,14 @@ class IterativePSFPhotometry(_LatestResultMixin):
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
         local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
         fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
-        crlb, subtract_neighbors (all-star fitting in every iteration) and
-        merge_separation, compat, as for PSFPhotometry (likelihood='poisson' needs
+        crlb, subtract_neighbors (all-star fitting in every iteration),
+        merge_separation, blend_test, compat, as for PSFPhotometry (likelihood='poisson' needs
         mode='all'; ``compat='photutils'``: photutils' behaviour, see PSFPhotometry).
     drop_significance : float, optional
         crowdphot extension (DAOPHOT ALLSTAR). Sources whose fitted ``flux / flux_err`` is
         below this are dropped: in mode 'all' they do not start the next iteration's refit,
         and they are removed from the returned table; ``results.meta['n_dropped']`` counts
-        them. Default None: nothing dropped (photutils).
+        them. Default None: nothing dropped (photutils; refused with ``compat='photutils'``).
 
     Examples
     --------
@@ -87,7 +87,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
                  sub_shape=None, progress_bar=False, shared_pixels=None, fit_sky=False,
                  likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
                  subtract_neighbors=False, merge_separation=None, drop_significance=None,
-                 compat=None):
+                 blend_test=True, compat=None):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -111,7 +111,10 @@ class IterativePSFPhotometry(_LatestResultMixin):
             shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
             read_noise=read_noise, gain=gain, crlb=crlb,
             subtract_neighbors=subtract_neighbors, merge_separation=merge_separation,
-            compat=compat)
+            blend_test=blend_test, compat=compat)
+        if drop_significance is not None and compat is not None:  # check_compat_options' words
+            raise ValueError("compat='photutils' reproduces photutils, which has no "
+                             "drop_significance; drop compat or these options")
         if drop_significance is not None:
             drop_significance = positive_real("drop_significance", drop_significance)
         self.drop_significance = drop_significance

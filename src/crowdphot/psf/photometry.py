@@ -147,7 +147,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                        group_warning_threshold=25, progress_bar=False, meta=None,
                        shared_pixels=None, fit_sky=False, likelihood="gaussian",
                        read_noise=None, gain=1.0, crlb=False, subtract_neighbors=False,
-                       merge_separation=None, compat=None, sky=None):
+                       merge_separation=None, compat=None, sky=None, blend_test=True):
     """Find (optionally), group and fit PSF photometry; the stateless core of PSFPhotometry.
 
     Parameters are those of :class:`PSFPhotometry` and its ``__call__``.
@@ -213,7 +213,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             maxiters=fitter_maxiters, xy_bounds=xy_bounds, progress_bar=progress_bar,
             shared_pixels=shared_pixels, fit_sky=fit_sky,
             noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
-            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation)
+            subtract_neighbors=subtract_neighbors, merge_separation=merge_separation,
+            drop_failed=compat is None)
         fit = _fast.collect_fast(n, todo, pieces, table, reason, xy_bounds, psf_model)
         if compat == "photutils":
             _fast.refit_as_photutils(fit, data, mask, error, table, todo, psf_model=psf_model,
@@ -222,11 +223,12 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
-        if compat is None and likelihood == "gaussian":  # flag 32768 (crowdphot.psf.blends)
+        test_blends = compat is None and blend_test  # photutils has no such test
+        if test_blends and likelihood == "gaussian":  # flag 32768 (crowdphot.psf.blends)
             fit.blend = catalog_blend_flags(data, psf_model, table, fit.values,
                                             fit.errors["flux"], fit_shape, error=error,
                                             mask=mask, sky=fit.sky)
-        elif compat is None:  # the same test weighted with the model's variances
+        elif test_blends:  # the same test weighted with the model's variances
             fit.blend = poisson_blend_flags(data, psf_model, table, fit.values,
                                             fit.errors["flux"], fit_shape,
                                             read_noise=read_noise, gain=gain, mask=mask,
@@ -380,6 +382,15 @@ class PSFPhotometry(_LatestResultMixin):
     through the batched engine (all sources and groups at once, large groups as one sparse
     system); any other astropy model or fitter takes a generic, slower per-group path.
 
+    On the batched engine, a group member whose position leaves its fit stamp (flags
+    ``left_stamp`` 4096 and no_convergence 8) or whose values are absurd (8192) is dropped
+    from its group's model and the group refitted without it, as DAOPHOT's ALLSTAR deletes
+    such stars, so that no partner compensates a runaway model; the failed row keeps its
+    flags and reports the flux measured at its initial position on the data minus the other
+    stars, and partners that may have absorbed more than their flux error of its light are
+    flagged ``merged`` (16384) (:mod:`crowdphot.psf._failed`; photutils keeps such a member
+    in the group's fit: ``compat='photutils'``).
+
     Parameters
     ----------
     psf_model : astropy Fittable2DModel
@@ -457,13 +468,25 @@ class PSFPhotometry(_LatestResultMixin):
         refitted: the absorbing row carries the result, the absorbed row is NaN, both are
         flagged ``merged`` (16384); ``results.meta['n_merged']`` counts the absorbed rows.
         Default None: no merging (photutils).
+    blend_test : bool
+        crowdphot extension. After the fit, test every pair of members of a group closer
+        than ~1 FWHM for a blend whose flux split the data do not pin down
+        (:mod:`crowdphot.psf.blends`): both members of a pair whose fluxes a model of the pair
+        near its input positions moves by more than twice their errors at a smaller cost in
+        chi-square than such a shift must cost are flagged ``unresolved_blend`` (32768):
+        their error bars are too small for what the data allow. The test refits every close
+        pair once (batched) and costs up to ~40 % of the fit in very dense fields; False
+        skips it (the flag is then never set, values and other flags unchanged). Default
+        True; ignored with ``compat='photutils'`` (photutils has no such test, which then
+        never runs).
     compat : {None, 'photutils'}, optional
         'photutils': photutils 3.0's behaviour where crowdphot deliberately differs: only
         photutils' flag bits (1-2048); groups that crowdphot's engine stops (a position
         reaching its stamp's edge, an absurd value reported as NaN) refitted and reported as
         photutils fits them (astropy's TRFLSQFitter on the joined stamps); shared stamp
         pixels counted per stamp; ``fit_shape`` down to 1; qfit, cfit and reduced_chi2 NaN
-        for fitters without residuals. The crowdphot extensions above are then refused.
+        for fitters without residuals. The crowdphot extensions above are then refused
+        (``blend_test`` is ignored).
         Default None: crowdphot's honest behaviour (docs/compat.md lists the differences).
 
     Examples
@@ -485,7 +508,7 @@ class PSFPhotometry(_LatestResultMixin):
                  local_bkg_estimator=None, group_warning_threshold=25, progress_bar=False,
                  shared_pixels=None, fit_sky=False, likelihood="gaussian", read_noise=None,
                  gain=1.0, crlb=False, subtract_neighbors=False, merge_separation=None,
-                 compat=None):
+                 blend_test=True, compat=None):
         _photinit.model_main_params(psf_model)
         self.psf_model = psf_model
         self.fit_shape = _photinit.check_fit_shape(fit_shape, check_compat(compat))
@@ -526,6 +549,9 @@ class PSFPhotometry(_LatestResultMixin):
         if merge_separation is not None:
             merge_separation = positive_real("merge_separation", merge_separation)
         self.merge_separation = merge_separation
+        if not isinstance(blend_test, (bool, np.bool_)):
+            raise TypeError(f"blend_test must be True or False, got {blend_test!r}")
+        self.blend_test = bool(blend_test)
         self.likelihood, self.read_noise, self.gain, self.crlb = check_noise_options(
             likelihood, read_noise, gain, crlb)
         self.compat, self.shared_pixels = check_compat_options(
@@ -557,6 +583,8 @@ class PSFPhotometry(_LatestResultMixin):
             meta["subtract_neighbors"] = True
         if self.merge_separation is not None:
             meta["merge_separation"] = self.merge_separation
+        if not self.blend_test and self.compat is None:
+            meta["blend_test"] = False
         if self.likelihood != "gaussian" or self.crlb:
             meta.update(likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain)
         return meta
@@ -573,7 +601,8 @@ class PSFPhotometry(_LatestResultMixin):
             shared_pixels=self.shared_pixels, fit_sky=self.fit_sky,
             likelihood=self.likelihood, read_noise=self.read_noise, gain=self.gain,
             crlb=self.crlb, subtract_neighbors=self.subtract_neighbors,
-            merge_separation=self.merge_separation, compat=self.compat, sky=sky)
+            merge_separation=self.merge_separation, compat=self.compat, sky=sky,
+            blend_test=self.blend_test)
 
     def __call__(self, data, *, mask=None, error=None, init_params=None, sky=None):
         """Run the photometry and return the results QTable (None when nothing to fit).
