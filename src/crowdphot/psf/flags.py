@@ -126,7 +126,10 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
     FlagDefinition(4096, "left_stamp", "position left the fit stamp (crowdphot)",
                    "During the fit the source's position moved outside its fit_shape stamp, "
                    "where the stamp's pixels no longer constrain it; its fit was stopped "
-                   "there (no_convergence is set too) and its values are unreliable."),
+                   "there (no_convergence is set too) and its values are unreliable. A "
+                   "member of a group of two or more is then dropped from the group's model "
+                   "(the group refitted without it) and reports the flux measured at its "
+                   "initial position."),
     FlagDefinition(8192, "absurd_value", "absurd fitted value replaced by NaN (crowdphot)",
                    "A fitted value was absurd (|flux| above 1e3 x the image's peak x the fit "
                    "area, or a position more than 10 fit boxes from its start) and is "
@@ -135,7 +138,7 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
                    "Two members of a group were too close to be told apart (PSFPhotometry's "
                    "merge_separation, DAOPHOT's rule): the brighter row carries the merged "
                    "star (summed flux, flux-weighted position, refitted), the other row is NaN; "
-                   "both carry this bit. With subtract_neighbors it also marks a star that may "
+                   "both carry this bit. It also marks (grouped and all-star fits) a star that may "
                    "have absorbed more than its flux error of the light of a group member "
                    "whose fit failed (left_stamp or absurd_value: dropped from the model and "
                    "the group refitted without it)."),
