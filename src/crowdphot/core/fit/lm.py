@@ -441,28 +441,65 @@ def _step_unguarded(st, xtol, ftol):
     small &= finite
     evalg = active & finite & ~small
     new = evaluate(prob, cand, evalg, cphi)
-    actual = cur.cost - new.cost
-    accept = evalg & np.isfinite(new.cost) & (new.cost <= cur.cost)
-    rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
-                   np.where(actual >= 0, 1.0, -1.0))
-    tol = ftol * cur.cost
-    newly = active & (
-        small
-        | (accept & (((actual <= tol) & (rho > 0.25)) | (new.cost == 0)))
-        | (~accept & (pred <= tol) & finite))
+    accept, rho, newly = step_verdict(cur.cost, new.cost, pred, active=active, evalg=evalg,
+                                      finite=finite, small=small, ftol=ftol)
     _merge(cur, new, prob, accept)
     st.theta = np.where(accept[grp][:, None], cand, theta)
     edge = ((st.theta[:, :2] <= box_lo) | (st.theta[:, :2] >= box_hi)).any(axis=1)
     st.stopped |= edge & prob.free[:, :2].any(axis=1)
     if dphi is not None:
         st.phi = np.where(accept[:, None], cphi, phi)
-    shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * np.clip(rho, 0, 1) - 1.0) ** 3)
-    rej = active & ~accept
-    st.lam = np.where(accept, np.maximum(st.lam * shrink, 1e-12),
-                      np.where(rej, st.lam * st.nu, st.lam))
-    st.nu = np.where(accept, 2.0, np.where(rej, st.nu * 2.0, st.nu))
+    st.lam, st.nu = update_damping(st.lam, st.nu, rho, accept=accept, active=active)
     st.converged |= newly
     st.done |= newly | (st.lam > 1e16)
+
+
+def step_verdict(cost, new_cost, pred, *, active, evalg, finite, small, ftol):
+    """Accept a trial step and test convergence, per group (Moré's trust-region rules).
+
+    Parameters
+    ----------
+    cost, new_cost, pred : ndarray of shape (g,)
+        Current cost, cost at the trial point (inf/NaN where not evaluated) and the cost
+        decrease the linear model predicts.
+    active, evalg, finite, small : ndarray of bool, shape (g,)
+        Groups still iterating, groups whose trial point was evaluated, groups whose step is
+        finite, groups whose step is negligible (below ``xtol`` errors).
+    ftol : float
+        Relative cost-decrease tolerance.
+
+    Returns
+    -------
+    accept : ndarray of bool, shape (g,)
+    rho : ndarray of shape (g,)
+        Actual / predicted decrease (the damping update's input).
+    newly : ndarray of bool, shape (g,)
+        Groups converged by this step.
+    """
+    actual = cost - new_cost
+    accept = evalg & np.isfinite(new_cost) & (new_cost <= cost)
+    rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
+                   np.where(actual >= 0, 1.0, -1.0))
+    tol = ftol * cost
+    newly = active & (
+        small
+        | (accept & (((actual <= tol) & (rho > 0.25)) | (new_cost == 0)))
+        | (~accept & (pred <= tol) & finite))
+    return accept, rho, newly
+
+
+def update_damping(lam, nu, rho, *, accept, active):
+    """Nielsen's damping update per group: shrink on a good step, grow on a rejected one.
+
+    Returns
+    -------
+    lam, nu : ndarray of shape (g,)
+    """
+    shrink = np.maximum(1.0 / 3.0, 1.0 - (2.0 * np.clip(rho, 0, 1) - 1.0) ** 3)
+    rej = active & ~accept
+    lam = np.where(accept, np.maximum(lam * shrink, 1e-12), np.where(rej, lam * nu, lam))
+    nu = np.where(accept, 2.0, np.where(rej, nu * 2.0, nu))
+    return lam, nu
 
 
 def levenberg_marquardt(prob, theta0, *, phi0=None, maxiters=100, xtol=1e-6, ftol=1e-10,

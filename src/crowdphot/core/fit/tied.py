@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from crowdphot.core.fit.dense import bucket_of
-from crowdphot.core.fit.lm import MAX_SHIFT, Problem, evaluate
+from crowdphot.core.fit.lm import MAX_SHIFT, Problem, evaluate, step_verdict, update_damping
 from crowdphot.core.fit.pairs import build_interactions
 from crowdphot.core.fit.params import ParamSet
 from crowdphot.core.fit.solve import Layout, inverse_groups, make_layout, scale_blocks, solve_groups
@@ -408,15 +408,9 @@ def solve_tied(tp, tie, p0, *, theta_fn=None, free=None, neighbors=None, groups=
             cand = p + delta
             ctheta = theta_fn(cand)
             new = evaluate(prob, virtual(ctheta), evalg)
-            actual = ev.cost - new.cost
-            accept = evalg & np.isfinite(new.cost) & (new.cost <= ev.cost)
-            rho = np.where(pred > 0, actual / np.where(pred > 0, pred, 1.0),
-                           np.where(actual >= 0, 1.0, -1.0))
-            tol = ftol * ev.cost
-            newly = active & (
-                small
-                | (accept & (((actual <= tol) & (rho > 0.25)) | (new.cost == 0)))
-                | (~accept & (pred <= tol) & finite))
+            accept, rho, newly = step_verdict(ev.cost, new.cost, pred, active=active,
+                                              evalg=evalg, finite=finite, small=small,
+                                              ftol=ftol)
             acc_s = accept[grp]
             acc_c = accept[cgrp]
             p = np.where(acc_s[:, None], cand, p)
@@ -430,11 +424,7 @@ def solve_tied(tp, tie, p0, *, theta_fn=None, free=None, neighbors=None, groups=
             hit = np.zeros(n, dtype=bool)
             hit[tie.star[edge]] = True
             stopped |= hit & free[:, pos].any(axis=1)
-            fac = np.maximum(1.0 / 3.0, 1.0 - (2.0 * np.clip(rho, 0, 1) - 1.0) ** 3)
-            rej = active & ~accept
-            lam = np.where(accept, np.maximum(lam * fac, 1e-12),
-                           np.where(rej, lam * nu, lam))
-            nu = np.where(accept, 2.0, np.where(rej, nu * 2.0, nu))
+            lam, nu = update_damping(lam, nu, rho, accept=accept, active=active)
             converged |= newly
             done |= newly | (lam > 1e16)
 
