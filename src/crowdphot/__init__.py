@@ -105,6 +105,7 @@ _EXPORTS = {
     "residual_images": "crowdphot.pipeline.multi_sky",
     "fit_exposures_tiled": "crowdphot.pipeline.multi_tiles",
     "ExposureFile": "crowdphot.pipeline.multi_tiles",
+    "detect_tiled": "crowdphot.pipeline.multi_tiles",
     # empirical PSFs
     "EPSFStar": "crowdphot.psf.epsf_stars",
     "EPSFStars": "crowdphot.psf.epsf_stars",

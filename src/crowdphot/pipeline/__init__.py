@@ -14,6 +14,7 @@ _EXPORTS = {
     "residual_images": "crowdphot.pipeline.multi_sky",
     "fit_exposures_tiled": "crowdphot.pipeline.multi_tiles",
     "ExposureFile": "crowdphot.pipeline.multi_tiles",
+    "detect_tiled": "crowdphot.pipeline.multi_tiles",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
