@@ -378,9 +378,10 @@ DASK_TILE = 1024
 def _dask_tile(client, shape):
     """Default tile core on Dask: about two tiles per worker, at least ``DASK_TILE``.
 
-    Every (tile, batch) pair costs a fit call whose fixed part (the solver's iterations) does
-    not shrink with the tile, so more tiles than the workers can run only add time (measured:
-    16 tiles of 512 on 2048^2 took 3x the untiled time in one process).
+    Every (tile, stack of batches) pair costs fit calls whose fixed part (the solver's
+    iterations) does not shrink with the tile, so more tiles than the workers can run only add
+    time (measured before batches were stacked: 16 tiles of 512 on 2048^2 took 3x the untiled
+    time in one process).
     """
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     per_axis = math.ceil(math.sqrt(2 * n_workers))
