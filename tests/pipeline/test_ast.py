@@ -266,12 +266,14 @@ def test_a_tile_task_needs_only_its_box():
     assert np.isfinite(full[0][:, 0]).sum() > 10
 
 
-@pytest.mark.parametrize("iterative, gain", [(False, None), (True, None), (False, 0.5)])
-def test_stacked_batches_equal_batch_by_batch(iterative, gain, monkeypatch):
+@pytest.mark.parametrize("iterative, gain, local_bkg", [(False, None, None), (True, None, None),
+                                                       (False, 0.5, None), (False, None, (6, 9))])
+def test_stacked_batches_equal_batch_by_batch(iterative, gain, local_bkg, monkeypatch):
     """Several batches fitted in one call on their stacked images (masked rows between them)
     give the batch-by-batch results: the same flags and verdicts, values within the solver's
     rounding (the stacked rows shift y by thousands of pixels), also for stars whose stamps
-    cross an image edge (= a stack seam) or masked pixels, and with the stars' photon noise."""
+    cross an image edge (= a stack seam) or masked pixels, with the stars' photon noise, and
+    with local-background annuli cut by the seam."""
     import crowdphot.pipeline.ast_local as local
 
     data, _, err = _field(160, 150, seed=4)
@@ -283,7 +285,7 @@ def test_stacked_batches_equal_batch_by_batch(iterative, gain, monkeypatch):
                                       aperture_radius=3, grouper=SourceGrouper(5), maxiters=3,
                                       mode="new")
     else:
-        phot = _phot()
+        phot = _phot(local_bkg=local_bkg)
     tables, calls = {}, {}
     fit = local._fit
 

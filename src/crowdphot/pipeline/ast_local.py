@@ -28,7 +28,7 @@ core plus a margin) batch after batch:
   beyond the image edge batch by batch), each pass (first fit, residual, later fits) is one
   call for the stack, and detection runs on each batch's rows. Same flags and verdicts as batch
   by batch; values differ by the solver's rounding only (shifting y by the stack offset:
-  measured <= 3e-9 px, 2e-7 in flux).
+  measured <= 3e-9 px, 2e-7 in flux). Mode 'all' is measured batch by batch.
 """
 
 from __future__ import annotations
@@ -572,16 +572,18 @@ def _local_models(base, fitter, x0, y0):
 def _stack_size(base, plan, geom, shape):
     """Batches per fit call and the masked rows between them (see :class:`_Stack`).
 
-    Batches are stacked when that is exact: plain photometry or iterations in mode 'new'
-    (mode 'all' refits every star on the image, one batch at a time), and no local background
-    annuli (not checked against an image edge)."""
-    if STACK_PIXELS <= 0 or base.local_bkg_estimator is not None or (
-            plan is not None and plan["mode"] != "new"):
+    Batches are stacked for plain photometry and iterations in mode 'new' (mode 'all' refits
+    every star on the image, one batch at a time). The pad holds every pixel a batch's fits read
+    or write beyond its rows: stamps, fit boxes, apertures and local-background annuli (an
+    annulus cut by the masked seam keeps the pixels it keeps at the image edge; tested)."""
+    if STACK_PIXELS <= 0 or (plan is not None and plan["mode"] != "new"):
         return 1, 0
     sizes = list(geom["stamp"]) + list(base.fit_shape)
     if plan is not None and plan["sub_shape"] is not None:
         sizes += list(plan["sub_shape"])
-    reach = 0.5 * max(sizes) + max(float(base.aperture_radius or 0.0), max(base.fit_shape))
+    annulus = float(getattr(base.local_bkg_estimator, "outer_radius", 0.0) or 0.0)
+    reach = 0.5 * max(sizes) + max(float(base.aperture_radius or 0.0), max(base.fit_shape),
+                                   annulus)
     pad = 2 * int(math.ceil(reach)) + 4
     per_call = int(STACK_PIXELS // ((shape[0] + pad) * shape[1]))
     return max(1, per_call), pad
