@@ -21,8 +21,9 @@ and :func:`~crowdphot.psf.decode_psf_flags`, gives photutils' behaviour instead:
   ``SimplexLSQFitter``), as photutils.
 
 crowdphot's extensions that have no photutils counterpart (``fit_sky``,
-``subtract_neighbors``, ``merge_separation``, ``likelihood='poisson'``, ``crlb``) raise a
-``ValueError`` with ``compat='photutils'``.
+``subtract_neighbors``, ``merge_separation``, ``likelihood='poisson'``, ``crlb``, and
+IterativePSFPhotometry's ``drop_significance``) raise a ``ValueError`` with
+``compat='photutils'``; ``blend_test`` is ignored there (photutils has no such flag).
 """
 
 from __future__ import annotations
