@@ -266,8 +266,9 @@ def test_a_tile_task_needs_only_its_box():
     assert np.isfinite(full[0][:, 0]).sum() > 10
 
 
-@pytest.mark.parametrize("iterative, gain, local_bkg", [(False, None, None), (True, None, None),
-                                                       (False, 0.5, None), (False, None, (6, 9))])
+@pytest.mark.parametrize("iterative, gain, local_bkg", [
+    (None, None, None), ("new", None, None), ("all", None, None), (None, 0.5, None),
+    (None, None, (6, 9))])
 def test_stacked_batches_equal_batch_by_batch(iterative, gain, local_bkg, monkeypatch):
     """Several batches fitted in one call on their stacked images (masked rows between them)
     give the batch-by-batch results: the same flags and verdicts, values within the solver's
@@ -283,7 +284,7 @@ def test_stacked_batches_equal_batch_by_batch(iterative, gain, local_bkg, monkey
     if iterative:
         phot = IterativePSFPhotometry(PSF, (5, 5), IRAFStarFinder(5 * SIGMA, FWHM),
                                       aperture_radius=3, grouper=SourceGrouper(5), maxiters=3,
-                                      mode="new")
+                                      mode=iterative)
     else:
         phot = _phot(local_bkg=local_bkg)
     tables, calls = {}, {}
