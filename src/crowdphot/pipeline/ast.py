@@ -250,7 +250,9 @@ def assign_batches(x, y, spacing):
     (Welsh-Powell; ties in input order): each star takes the lowest batch not used by a
     neighbour coloured before it. Deterministic. Stars with many close neighbours are placed
     first, which takes ~12 % fewer batches than input order on uniform stars (10^4 stars on
-    1024^2 at 43 px: 36 instead of 41); a star's measurement does not depend on its batch.
+    1024^2 at 43 px: 36 instead of 41). A star's measurement does not depend on its batch
+    (plain photometry, iterative mode 'new'); mode 'all' refits a batch's stars jointly, so its
+    values move with the batching (measured: up to 0.07 px, same flags and verdicts).
 
     Parameters
     ----------
