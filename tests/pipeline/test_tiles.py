@@ -555,6 +555,33 @@ def test_tiled_sky_map_equals_whole_image_with_the_map_subtracted(sky_scene):
     assert np.median(_val(raw["flux_fit"]) / np.asarray(truth["flux"]) - 1) > 0.05
 
 
+def test_sky_map_cache_estimates_each_region_once_and_changes_nothing(sky_scene,
+                                                                     monkeypatch):
+    """In process, the all-star rounds reuse their first round's region maps (the cache
+    hits), and the catalog is bit for bit the one estimated afresh in every task."""
+    import contextlib
+
+    import crowdphot.background.sky as skymod
+    import crowdphot.pipeline._tilecache as tilecache
+
+    model, data, _, _, _ = sky_scene
+    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
+              aperture_radius=4, group_warning_threshold=10**9, tile_shape=TILE, sky="map",
+              sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, subtract_neighbors=True)
+    error = np.full(SHAPE, SKY_NOISE)
+    calls = []
+    real = skymod.estimate_sky
+    monkeypatch.setattr(skymod, "estimate_sky", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cached = photometry_tiled(data, model, 5, error=error, **kw)
+    n_cached = len(calls)
+    monkeypatch.setattr(tilecache, "sky_cache", lambda *a, **k: contextlib.nullcontext())
+    fresh = photometry_tiled(data, model, 5, error=error, **kw)
+    assert n_cached < len(calls) - n_cached
+    assert len(cached) == len(fresh)
+    for name in ("x_fit", "y_fit", "flux_fit", "flux_err", "flags"):
+        np.testing.assert_array_equal(_val(cached[name]), _val(fresh[name]))
+
+
 def test_tiled_constant_sky_equals_whole_image_minus_that_sky(crowded):
     model, data, error, _ = crowded
     whole = cp.PSFPhotometry(model, 5, **_config())(data - 5.0, error=error)

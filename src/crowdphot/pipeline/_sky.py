@@ -154,11 +154,18 @@ def tile_sky(source, box, spec, pad=SKY_PAD_BOXES):
     if kind == "value":
         return np.full((y1 - y0, x1 - x0), value)
     from crowdphot.background.sky import estimate_sky
+    from crowdphot.pipeline._tilecache import cached_region_sky
 
-    ry0, ry1, rx0, rx1 = sky_region(box, source.shape, value["box_size"], pad)
-    data, _, mask = source.cut(ry0, ry1, rx0, rx1)
-    try:
-        sky, _, _ = estimate_sky(data, mask=mask, **value)
-    except ValueError:  # every pixel of the region is masked: nothing there to fit either
-        sky = np.zeros(data.shape)
-    return np.ascontiguousarray(sky[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0])
+    ry0, ry1, rx0, rx1 = region = sky_region(box, source.shape, value["box_size"], pad)
+
+    def estimate():
+        data, _, mask = source.cut(ry0, ry1, rx0, rx1)
+        try:
+            sky, _, _ = estimate_sky(data, mask=mask, **value)
+        except ValueError:  # every pixel of the region is masked: nothing there to fit either
+            sky = np.zeros(data.shape)
+        return sky
+
+    # in-process runs estimate each region once (pipeline._tilecache.sky_cache)
+    sky = cached_region_sky(source, region, value, estimate)
+    return np.array(sky[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0], dtype=float, order="C")

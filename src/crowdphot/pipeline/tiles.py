@@ -52,6 +52,7 @@ from astropy.table import QTable, vstack
 
 from crowdphot.core.validate import CrowdphotWarning, as_pair
 from crowdphot.pipeline._halo import allstar_rounds
+from crowdphot.pipeline._threads import limit_threads as _limit_threads
 
 __all__ = ["Tile", "photometry_tiled", "tile_grid", "tile_index"]
 
@@ -208,23 +209,6 @@ def _with_unit(value, unit):
 # ----------------------------------------------------------------------------------------------
 # tasks (run on workers; everything they need travels in their arguments)
 # ----------------------------------------------------------------------------------------------
-def _limit_threads():
-    """On a Dask worker, let the compiled kernels use only the worker's own threads.
-
-    Each worker process would otherwise start one kernel thread per core, so N workers on N
-    cores would run N * N threads and lose time to oversubscription.
-    """
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return  # not on a worker: the caller's thread settings apply
-    from crowdphot.core.jit import set_num_threads
-
-    set_num_threads(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1)
-
-
 def _detect_task(source, tile, box, finder, unit, sky=None):
     from crowdphot.pipeline._sky import tile_sky
     from crowdphot.psf._inputs import find_column
@@ -563,41 +547,41 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     fit_margin = _fit_margin(fit_shape, local_bkg_estimator, aperture_radius)
 
     client, owned = _open_client(client, None if workers is None else int(workers), scheduler)
-    try:
-        runner = _Runner(client, source)
-        if init_params is None:
-            init = _detect_all(runner, tiles, det_margin, shape, finder, unit, progress_bar,
-                               sky_spec)
-            if init is None:
-                warnings.warn("no sources were found; nothing to fit", CrowdphotWarning,
-                              stacklevel=2)
-                return None
-        _assign_groups(init, grouper, group_warning_threshold)
-        jobs = _fit_jobs(init, (ny, nx), (ty, tx), fit_margin)
-        kwargs = dict(fitter=fitter, fitter_maxiters=config.fitter_maxiters,
-                      xy_bounds=config.xy_bounds, aperture_radius=aperture_radius,
-                      local_bkg_estimator=local_bkg_estimator, group_warning_threshold=10**9,
-                      progress_bar=False, meta=config._meta(),
-                      likelihood=config.likelihood, read_noise=config.read_noise,
-                      gain=config.gain, crlb=config.crlb,
-                      subtract_neighbors=config.subtract_neighbors,
-                      merge_separation=config.merge_separation, tile_sky=sky_spec)
-        shared_psf = runner.share(psf_model)
-        from crowdphot.pipeline._sky import read_box
-
-        outs = runner.map(_fit_task, [read_box(box, shape, sky_spec) for box, _ in jobs],
-                          [(box, sub, shared_psf, fit_shape, unit, kwargs) for box, sub in jobs],
-                          progress=progress_bar, desc="Fit tiles")
-        if config.subtract_neighbors and len(jobs) > 1:
-            outs = allstar_rounds(runner, _fit_task, jobs, outs, shared_psf, psf_model,
-                                  fit_shape, unit, kwargs, progress_bar)
+    from crowdphot.pipeline._tilecache import sky_cache
+    try:  # in process, each sky region is estimated once (pipeline._tilecache)
+        with sky_cache(source if client is None else None):
+            runner = _Runner(client, source)
+            if init_params is None:
+                init = _detect_all(runner, tiles, det_margin, shape, finder, unit,
+                                   progress_bar, sky_spec)
+                if init is None:
+                    warnings.warn("no sources were found; nothing to fit", CrowdphotWarning,
+                                  stacklevel=2)
+                    return None
+            _assign_groups(init, grouper, group_warning_threshold)
+            jobs = _fit_jobs(init, (ny, nx), (ty, tx), fit_margin)
+            kwargs = dict(fitter=fitter, fitter_maxiters=config.fitter_maxiters,
+                          xy_bounds=config.xy_bounds, aperture_radius=aperture_radius,
+                          local_bkg_estimator=local_bkg_estimator,
+                          group_warning_threshold=10**9, progress_bar=False, meta=config._meta(),
+                          likelihood=config.likelihood, read_noise=config.read_noise,
+                          gain=config.gain, crlb=config.crlb,
+                          subtract_neighbors=config.subtract_neighbors,
+                          merge_separation=config.merge_separation, tile_sky=sky_spec)
+            shared_psf = runner.share(psf_model)
+            from crowdphot.pipeline._sky import read_box
+            outs = runner.map(_fit_task, [read_box(box, shape, sky_spec) for box, _ in jobs],
+                              [(box, sub, shared_psf, fit_shape, unit, kwargs)
+                               for box, sub in jobs], progress=progress_bar, desc="Fit tiles")
+            if config.subtract_neighbors and len(jobs) > 1:
+                outs = allstar_rounds(runner, _fit_task, jobs, outs, shared_psf, psf_model,
+                                      fit_shape, unit, kwargs, progress_bar)
     finally:
         if owned:
             _close_client(client)
     table = _merge(outs, shape, tiles, (ty, tx), fit_margin, det_margin)
     if table is not None and sky_spec is not None:
         from crowdphot.pipeline._sky import SKY_PAD_BOXES
-
         kind, value = sky_spec
         table.meta.update({"sky": "constant", "sky_median": value} if kind == "value" else
                           {"sky": "map", "sky_box": tuple(value["box_size"]),
