@@ -730,3 +730,31 @@ def test_dask_large_psf_is_sent_once_not_with_every_task(crowded, dask_client):
     assert not [w for w in caught if "large graph" in str(w.message)]
     whole = cp.PSFPhotometry(big, 5, **_config())(sub, error=error[:100, :150])
     assert_same_catalog(tiled, whole)
+
+
+def test_halo_refit_skipped_only_when_the_light_change_is_below_every_threshold():
+    """A neighbour whose light on the task's stars' stamps is below their all-star refit
+    threshold (0.02 of the flux errors) does not trigger a refit; a brighter one does."""
+    from crowdphot.pipeline._halo import _light_negligible
+    from crowdphot.pipeline.tiles import _shift_model
+
+    model = cp.CircularGaussianPRF(fwhm=2.0)
+    table = QTable({"x_fit": [20.0, 30.0], "y_fit": [20.0, 25.0], "flux_fit": [1000.0, 500.0],
+                    "flux_err": [10.0, 10.0]})
+    box = (0, 50, 0, 50)
+
+    def star(x, f):
+        return np.array([[99.0, x, 22.0, f, 0.1, 0.1, 1.0]])
+
+    # a faint star just outside the box, far from both stamps: negligible
+    assert _light_negligible(model, _shift_model, box, table, None, star(52.0, 50.0), 5)
+    # a bright one next to a stamp: refit
+    assert not _light_negligible(model, _shift_model, box, table, None, star(36.0, 5e4), 5)
+    # the same star again (no change since the last subtraction): negligible
+    assert _light_negligible(model, _shift_model, box, table, star(36.0, 5e4),
+                             star(36.0, 5e4), 5)
+    # the threshold follows the stars' errors: 5 counts on a stamp matter at errors of 10,
+    # not at errors of 1000
+    assert not _light_negligible(model, _shift_model, box, table, None, star(33.0, 5.0), 5)
+    table["flux_err"] = [1000.0, 1000.0]
+    assert _light_negligible(model, _shift_model, box, table, None, star(33.0, 5.0), 5)

@@ -16,13 +16,17 @@ __all__ = ["allstar_rounds", "HALO_ROUNDS", "HALO_TOL"]
 
 
 def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shape, unit,
-                   kwargs, progress):
+                   kwargs, progress, shift_model=None):
     """Later rounds of an all-star tiled fit: tasks again, other tasks' stars subtracted.
 
     A round refits every task that some other task's star reaches (box grown by the model's
     support) with those stars' latest values subtracted from its pixels; rounds repeat, for
     the tasks whose neighbours changed by more than :data:`HALO_TOL` of their errors,
     at most :data:`HALO_ROUNDS` times (the change shrinks by the wings' fraction per round).
+    With ``shift_model``, a task is also left as it is when the change of those stars' light
+    on every one of its stars' stamps is below that star's all-star refit threshold
+    (:func:`crowdphot.psf.allstar.fit_allstar`'s ``max(TOL_SIGMA * flux_err,
+    TOL_REL * |flux|)``): the all-star passes of a whole-image run would not refit it either.
 
     Parameters
     ----------
@@ -36,6 +40,9 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
         As ``crowdphot.pipeline.tiles._fit_jobs`` (the first round's tasks).
     outs : list of (QTable or None, messages)
         The first round's results, one per job.
+    shift_model : callable, optional
+        :func:`crowdphot.pipeline.tiles._shift_model`; given, tasks whose neighbours' light
+        changed by less than their stars' refit thresholds are not refitted.
 
     Returns
     -------
@@ -60,6 +67,9 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
             near = (owner != j) & (sx > bx0 - 0.5 - reach) & (sx < bx1 - 0.5 + reach) & (
                 sy > by0 - 0.5 - reach) & (sy < by1 - 0.5 + reach)
             if not near.any() or not _halo_changed(used[j], stars[near]):
+                continue
+            if shift_model is not None and _light_negligible(
+                    psf_model, shift_model, box, table, used[j], stars[near], fit_shape):
                 continue
             # the first round's starting values (computed on the untouched pixels, as a
             # whole-image run computes them), so that only the neighbours' light differs
@@ -125,6 +135,36 @@ def _halo_changed(old, new):
         if np.any(np.abs(new[:, k] - old[:, k]) > np.maximum(HALO_TOL * err, floor)):
             return True
     return False
+
+
+def _light_negligible(psf_model, shift_model, box, table, old, new, fit_shape):
+    """Whether the neighbours' light on ``box`` changed by less than every star's refit
+    threshold on its stamp (``old``/``new``: rows of :func:`_halo_stars`; None: no light)."""
+    from crowdphot.core.render import render_image
+    from crowdphot.psf.allstar import TOL_REL, TOL_SIGMA
+
+    y0, y1, x0, x1 = box
+    model = shift_model(psf_model, x0, y0)
+    diff = render_image((y1 - y0, x1 - x0), model, new[:, 1] - x0, new[:, 2] - y0, new[:, 3])
+    if old is not None and len(old):
+        diff -= render_image((y1 - y0, x1 - x0), model, old[:, 1] - x0, old[:, 2] - y0,
+                             old[:, 3])
+    # summed |change| over each star's stamp, one pixel wider than fit_shape on every side
+    cum = np.zeros((diff.shape[0] + 1, diff.shape[1] + 1))
+    cum[1:, 1:] = np.abs(diff).cumsum(axis=0).cumsum(axis=1)
+    x, y, f, e = (_plain(table[c]) if c in table.colnames else np.full(len(table), np.nan)
+                  for c in ("x_fit", "y_fit", "flux_fit", "flux_err"))
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return False
+    hy, hx = (int(v) // 2 + 1 for v in np.broadcast_to(np.asarray(fit_shape), (2,)))
+    ya = np.clip(np.round(y - y0).astype(np.int64) - hy, 0, diff.shape[0])
+    yb = np.clip(np.round(y - y0).astype(np.int64) + hy + 1, 0, diff.shape[0])
+    xa = np.clip(np.round(x - x0).astype(np.int64) - hx, 0, diff.shape[1])
+    xb = np.clip(np.round(x - x0).astype(np.int64) + hx + 1, 0, diff.shape[1])
+    change = cum[yb, xb] - cum[ya, xb] - cum[yb, xa] + cum[ya, xa]
+    thresh = np.maximum(TOL_SIGMA * np.where(np.isfinite(e), e, 0.0),
+                        TOL_REL * np.where(np.isfinite(f), np.abs(f), 0.0))
+    return bool(np.all(change <= thresh))
 
 
 def _plain(col):

@@ -575,7 +575,7 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                                for box, sub in jobs], progress=progress_bar, desc="Fit tiles")
             if config.subtract_neighbors and len(jobs) > 1:
                 outs = allstar_rounds(runner, _fit_task, jobs, outs, shared_psf, psf_model,
-                                      fit_shape, unit, kwargs, progress_bar)
+                                      fit_shape, unit, kwargs, progress_bar, _shift_model)
     finally:
         if owned:
             _close_client(client)
