@@ -274,7 +274,9 @@ class _Stack:
         self.capacity, self.gain, self.n = capacity, gain, 0
         self.stride = self.ny + (pad if capacity > 1 else 0)
         full = (capacity * self.stride - (self.stride - self.ny), self.nx)
-        self._image = np.empty(full)
+        # zeros, not empty: the masked pad rows are never written, and uninitialised memory
+        # there (garbage up to 1e308 or NaN) trips the input checks, which read every pixel
+        self._image = np.zeros(full)
         self._residual = None
         self._mask = mask
         if capacity > 1:
