@@ -80,6 +80,47 @@ static Py_ssize_t search_right(const double *a, Py_ssize_t lo, Py_ssize_t hi, do
     return lo;
 }
 
+/* a worker's scratch row of npix doubles (at least one); NULL with *failed set when out of
+ * memory */
+static double *scratch_row(Py_ssize_t npix, int *failed)
+{
+    double *buf = (double *)malloc((size_t)(npix > 0 ? npix : 1) * sizeof(double));
+    if (!buf) *failed = 1;
+    return buf;
+}
+
+/* fn over rows [0, nrow) on the kernel threads, GIL released: None, or NULL with MemoryError
+ * when a worker could not allocate its scratch row (*failed) */
+static PyObject *run_rows(Py_ssize_t nrow, ck_range_fn fn, void *ctx, const int *failed)
+{
+    Py_BEGIN_ALLOW_THREADS
+    ck_parallel_for(nrow, 16, fn, ctx);
+    Py_END_ALLOW_THREADS
+    if (failed && *failed) return PyErr_NoMemory();
+    return Py_NewRef(Py_None);
+}
+
+/* the arguments of the range kernels: rows[nrow, npix] (o[0]), lo and hi[nrow] (o[1], o[2])
+ * with 0 <= lo <= hi <= npix, and nout writable float64 outputs[nrow] (o[3]...), into b;
+ * nonzero with the error set otherwise (`per_row`, `in_range`: the messages) */
+static int get_ranges(PyObject **o, ck_buf *b, int nout, const char *per_row,
+                      const char *in_range)
+{
+    if (ck_get(o[0], &b[0], 'd', 0, 2, "rows") || ck_get(o[1], &b[1], 'i', 0, 1, "lo")
+        || ck_get(o[2], &b[2], 'i', 0, 1, "hi"))
+        return -1;
+    for (int k = 0; k < nout; k++)
+        if (ck_get(o[3 + k], &b[3 + k], 'd', 1, 1, "out")) return -1;
+    Py_ssize_t nrow = CK_SHAPE(b[0], 0), npix = CK_SHAPE(b[0], 1);
+    int ok = ck_size(&b[1]) == nrow && ck_size(&b[2]) == nrow;
+    for (int k = 0; k < nout; k++) ok = ok && ck_size(&b[3 + k]) == nrow;
+    if (ck_check(ok, per_row)) return -1;
+    const int64_t *lo = CK_I(b[1]), *hi = CK_I(b[2]);
+    for (Py_ssize_t r = 0; r < nrow; r++)
+        if (lo[r] < 0 || hi[r] > npix || hi[r] < lo[r]) return ck_check(0, in_range);
+    return 0;
+}
+
 typedef struct {
     const double *rows;
     Py_ssize_t npix;
@@ -94,13 +135,7 @@ static void clip_rows(void *vctx, Py_ssize_t r0, Py_ssize_t r1)
 {
     clip_ctx *c = (clip_ctx *)vctx;
     double *buf = NULL;
-    if (c->use_mad) {
-        buf = (double *)malloc((size_t)(c->npix > 0 ? c->npix : 1) * sizeof(double));
-        if (!buf) {
-            c->failed = 1;
-            return;
-        }
-    }
+    if (c->use_mad && !(buf = scratch_row(c->npix, &c->failed))) return;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const double *a = c->rows + r * c->npix;
         Py_ssize_t n = c->npix;
@@ -165,14 +200,7 @@ PyObject *ck_clip_rows(PyObject *self, PyObject *args)
     c.npix = CK_SHAPE(b[0], 1);
     c.lo_out = CK_I(b[1]);
     c.hi_out = CK_I(b[2]);
-    Py_BEGIN_ALLOW_THREADS
-    ck_parallel_for(nrow, 16, clip_rows, &c);
-    Py_END_ALLOW_THREADS
-    if (c.failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
+    ret = run_rows(nrow, clip_rows, &c, &c.failed);
 done:
     ck_release(b, 3);
     return ret;
@@ -191,13 +219,7 @@ static void range_stats(void *vctx, Py_ssize_t r0, Py_ssize_t r1)
 {
     stats_ctx *c = (stats_ctx *)vctx;
     double *buf = NULL;
-    if (c->mad) {
-        buf = (double *)malloc((size_t)(c->npix > 0 ? c->npix : 1) * sizeof(double));
-        if (!buf) {
-            c->failed = 1;
-            return;
-        }
-    }
+    if (c->mad && !(buf = scratch_row(c->npix, &c->failed))) return;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const double *a = c->rows + r * c->npix;
         Py_ssize_t lo = c->lo[r], hi = c->hi[r];
@@ -226,32 +248,12 @@ static PyObject *stats_call(PyObject *args, int mad)
     if (mad ? !PyArg_ParseTuple(args, "OOOO", &o[0], &o[1], &o[2], &o[3])
             : !PyArg_ParseTuple(args, "OOOOOO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
         return NULL;
-    if (ck_get(o[0], &b[0], 'd', 0, 2, "rows") || ck_get(o[1], &b[1], 'i', 0, 1, "lo")
-        || ck_get(o[2], &b[2], 'i', 0, 1, "hi"))
+    if (get_ranges(o, b, nout, "range statistics: one value per row",
+                   "range statistics: 0 <= lo, hi <= npix"))
         goto done;
-    for (int k = 0; k < nout; k++)
-        if (ck_get(o[3 + k], &b[3 + k], 'd', 1, 1, "out")) goto done;
-    Py_ssize_t nrow = CK_SHAPE(b[0], 0), npix = CK_SHAPE(b[0], 1);
-    int ok = ck_size(&b[1]) == nrow && ck_size(&b[2]) == nrow;
-    for (int k = 0; k < nout; k++) ok = ok && ck_size(&b[3 + k]) == nrow;
-    if (ck_check(ok, "range statistics: one value per row")) goto done;
-    const int64_t *lo = CK_I(b[1]), *hi = CK_I(b[2]);
-    for (Py_ssize_t r = 0; r < nrow; r++) {
-        if (lo[r] < 0 || hi[r] > npix || hi[r] < lo[r]) {
-            ck_check(0, "range statistics: 0 <= lo, hi <= npix");
-            goto done;
-        }
-    }
-    stats_ctx c = {CK_D(b[0]), lo, hi, npix, mad, CK_D(b[3]), mad ? NULL : CK_D(b[4]),
-                   mad ? NULL : CK_D(b[5]), 0};
-    Py_BEGIN_ALLOW_THREADS
-    ck_parallel_for(nrow, 16, range_stats, &c);
-    Py_END_ALLOW_THREADS
-    if (c.failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
+    stats_ctx c = {CK_D(b[0]), CK_I(b[1]), CK_I(b[2]), CK_SHAPE(b[0], 1), mad, CK_D(b[3]),
+                   mad ? NULL : CK_D(b[4]), mad ? NULL : CK_D(b[5]), 0};
+    ret = run_rows(CK_SHAPE(b[0], 0), range_stats, &c, &c.failed);
 done:
     ck_release(b, 3 + nout);
     return ret;
@@ -327,10 +329,7 @@ PyObject *ck_sparse_rows(PyObject *self, PyObject *args)
     c.w = CK_D(b[2]);
     c.cols = CK_D(b[3]);
     c.out = CK_D(b[4]);
-    Py_BEGIN_ALLOW_THREADS
-    ck_parallel_for(ny, 16, sparse_rows, &c);
-    Py_END_ALLOW_THREADS
-    ret = Py_NewRef(Py_None);
+    ret = run_rows(ny, sparse_rows, &c, NULL);
 done:
     ck_release(b, 5);
     return ret;
@@ -349,11 +348,8 @@ typedef struct {
 static void range_biweight(void *vctx, Py_ssize_t r0, Py_ssize_t r1)
 {
     biweight_ctx *c = (biweight_ctx *)vctx;
-    double *buf = (double *)malloc((size_t)(c->npix > 0 ? c->npix : 1) * sizeof(double));
-    if (!buf) {
-        c->failed = 1;
-        return;
-    }
+    double *buf = scratch_row(c->npix, &c->failed);
+    if (!buf) return;
     for (Py_ssize_t r = r0; r < r1; r++) {
         const double *a = c->rows + r * c->npix;
         Py_ssize_t lo = c->lo[r], hi = c->hi[r];
@@ -398,33 +394,15 @@ PyObject *ck_range_biweight(PyObject *self, PyObject *args)
     biweight_ctx c = {0};
     if (!PyArg_ParseTuple(args, "OOOddpO", &o[0], &o[1], &o[2], &c.c, &c.M, &c.scale, &o[3]))
         return NULL;
-    if (ck_get(o[0], &b[0], 'd', 0, 2, "rows") || ck_get(o[1], &b[1], 'i', 0, 1, "lo")
-        || ck_get(o[2], &b[2], 'i', 0, 1, "hi") || ck_get(o[3], &b[3], 'd', 1, 1, "out"))
+    if (get_ranges(o, b, 1, "range_biweight: one value per row",
+                   "range_biweight: 0 <= lo <= hi <= npix"))
         goto done;
-    Py_ssize_t nrow = CK_SHAPE(b[0], 0), npix = CK_SHAPE(b[0], 1);
-    if (ck_check(ck_size(&b[1]) == nrow && ck_size(&b[2]) == nrow && ck_size(&b[3]) == nrow,
-                 "range_biweight: one value per row"))
-        goto done;
-    const int64_t *lo = CK_I(b[1]), *hi = CK_I(b[2]);
-    for (Py_ssize_t r = 0; r < nrow; r++) {
-        if (lo[r] < 0 || hi[r] > npix || hi[r] < lo[r]) {
-            ck_check(0, "range_biweight: 0 <= lo <= hi <= npix");
-            goto done;
-        }
-    }
     c.rows = CK_D(b[0]);
-    c.lo = lo;
-    c.hi = hi;
-    c.npix = npix;
+    c.lo = CK_I(b[1]);
+    c.hi = CK_I(b[2]);
+    c.npix = CK_SHAPE(b[0], 1);
     c.out = CK_D(b[3]);
-    Py_BEGIN_ALLOW_THREADS
-    ck_parallel_for(nrow, 16, range_biweight, &c);
-    Py_END_ALLOW_THREADS
-    if (c.failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    ret = Py_NewRef(Py_None);
+    ret = run_rows(CK_SHAPE(b[0], 0), range_biweight, &c, &c.failed);
 done:
     ck_release(b, 4);
     return ret;
