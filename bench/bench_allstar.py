@@ -1,10 +1,11 @@
 """All-star fitting (``subtract_neighbors=True``, DAOPHOT ALLSTAR) against the grouped fit.
 
-Scene: ``bench_crowded_fit``'s (4000 stars on 2048^2, gridded PSF, min separation 8 px, noise,
-IRAFStarFinder positions, ``SourceGrouper(10)``, ``fit_shape=5``). Reported: the cost of the
-all-star fit relative to the grouped fit (issue #10 goal: <= 2.5x), the passes made and the
-flux bias of both. photutils has no all-star mode; its column is NaN. ``--quick``: 600 stars
-on 512^2. The noiseless goal field (600 stars, fitted from the truth) is printed too.
+Scene: ``bench_crowded_fit``'s (``common.crowded_inputs``: 4000 stars on 2048^2, gridded PSF,
+min separation 8 px, noise, IRAFStarFinder positions, ``SourceGrouper(10)``, ``fit_shape=5``).
+Reported: the cost of the all-star fit relative to the grouped fit (issue #10 goal: <= 2.5x),
+the passes made and the flux bias of both. photutils has no all-star mode; its column is NaN.
+``--quick``: 600 stars on 512^2. The noiseless goal field (600 stars, fitted from the truth) is
+printed too.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_crowded_fit import APERTURE, FIT_SHAPE, GROUP_SEP, crowded_scene, quality  # noqa: E402
-from common import grid_models, row  # noqa: E402
+from common import CROWDED, crowded_inputs, grid_models, quietly, row  # noqa: E402
+from common import crowded_quality as quality  # noqa: E402
+
+FIT_SHAPE, APERTURE, GROUP_SEP = CROWDED["fit_shape"], CROWDED["aperture"], CROWDED["group_sep"]
 
 
 def _noiseless_goal(psf):
@@ -80,26 +83,16 @@ def _big_group(psf):
 
 
 def run(quick=False):
-    from astropy.table import QTable
+    from crowdphot import PSFPhotometry, SourceGrouper
 
-    from crowdphot import IRAFStarFinder, PSFPhotometry, SourceGrouper
-
-    shape, n = ((512, 512), 600) if quick else ((2048, 2048), 4000)
     repeat = 1 if quick else 3
     _, psf, grid_note = grid_models()
-    data, error, truth = crowded_scene(shape, n, psf)
-    found = IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
-    init = QTable({"x": found["x_centroid"], "y": found["y_centroid"]})
+    data, error, truth, found, init = crowded_inputs(psf, quick)
 
     def ours(sn):
         phot = PSFPhotometry(psf, FIT_SHAPE, grouper=SourceGrouper(GROUP_SEP),
                              aperture_radius=APERTURE, subtract_neighbors=sn)
-
-        def call():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return phot(data, error=error, init_params=init)
-        return call
+        return quietly(phot, data, error=error, init_params=init)
 
     # interleaved, so that both modes see the same load; wall and CPU time (all threads)
     import time

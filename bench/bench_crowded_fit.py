@@ -17,47 +17,19 @@ crowdphot is the best of 3 after a warm-up. ``quick`` uses 600 stars in 512 x 51
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_of, grid_models, row  # noqa: E402
+from common import CROWDED, best_of, crowded_inputs, grid_models, quietly, row  # noqa: E402
+from common import crowded_quality as quality  # noqa: E402
 
-FIT_SHAPE = (5, 5)
-APERTURE = 5
-GROUP_SEP = 10.0
-MIN_SEP = 8
-FLUX = (500, 20_000)
-NOISE = 0.5
-
-
-def crowded_scene(shape, n_sources, psf, seed=0):
-    """``(data, error, truth)`` of the crowded field."""
-    from crowdphot import make_noise_image, make_psf_model_image
-
-    clean, truth = make_psf_model_image(shape, psf, n_sources, flux=FLUX,
-                                        min_separation=MIN_SEP, seed=seed)
-    data = clean + make_noise_image(clean.shape, mean=0, stddev=NOISE, seed=seed)
-    return data, np.sqrt(np.abs(data)), truth
-
-
-def quality(truth, table):
-    """Completeness within 1 px and 0.5 px, robust flux scatter and median bias (1 px)."""
-    from crowdphot import match_catalogs
-
-    out = {}
-    for sep in (1.0, 0.5):
-        matched = match_catalogs(truth, table, separation=sep)
-        out[f"completeness_{sep:g}"] = len(matched) / len(truth)
-        if sep == 1.0:
-            rel = np.asarray(matched["flux_fit"] / matched["flux"]) - 1.0
-            med = float(np.median(rel))
-            out["bias"] = med
-            out["scatter"] = 1.4826 * float(np.median(np.abs(rel - med)))
-    return out
+FIT_SHAPE = CROWDED["fit_shape"]
+APERTURE = CROWDED["aperture"]
+GROUP_SEP = CROWDED["group_sep"]
+MIN_SEP = CROWDED["min_separation"]
 
 
 def _describe(label, q):
@@ -67,35 +39,23 @@ def _describe(label, q):
 
 
 def run(quick=False):
-    from astropy.table import QTable
     from photutils.psf import PSFPhotometry as TheirPhot
     from photutils.psf import SourceGrouper as TheirGrouper
 
-    from crowdphot import IRAFStarFinder, PSFPhotometry, SourceGrouper
+    from crowdphot import PSFPhotometry, SourceGrouper
 
-    shape, n = ((512, 512), 600) if quick else ((2048, 2048), 4000)
     repeat = 1 if quick else 3
     psf_theirs, psf_ours, grid_note = grid_models()
-    data, error, truth = crowded_scene(shape, n, psf_ours)
-    found = IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
-    init = QTable({"x": found["x_centroid"], "y": found["y_centroid"]})
+    data, error, truth, found, init = crowded_inputs(psf_ours, quick)
+    shape = data.shape
 
     def ours(grouper):
         phot = PSFPhotometry(psf_ours, FIT_SHAPE, grouper=grouper, aperture_radius=APERTURE)
-
-        def call():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return phot(data, error=error, init_params=init)
-        return call
+        return quietly(phot, data, error=error, init_params=init)
 
     theirs = TheirPhot(psf_theirs, FIT_SHAPE, grouper=TheirGrouper(GROUP_SEP),
                        aperture_radius=APERTURE)
-
-    def call_theirs():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return theirs(data, error=error, init_params=init)
+    call_theirs = quietly(theirs, data, error=error, init_params=init)
 
     t_grouped, ours_grouped = best_of(ours(SourceGrouper(GROUP_SEP)), repeat=repeat)
     t_single, ours_single = best_of(ours(None), repeat=repeat)

@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: timing, machine description, the notebook scene.
+"""Shared helpers for the benchmarks: timing, machine description, the notebook scene, the
+crowded field.
 
 Bench modules import this as ``from common import ...`` (``bench/run.py`` puts ``bench/`` on
 ``sys.path``; running a bench file directly does the same). Generated files go to
@@ -18,6 +19,17 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE_DIR = BENCH_DIR / "_cache"
+
+#: The crowded field of ``bench_crowded_fit`` and ``bench_allstar`` (issue #4's crowding
+#: target) and the fit settings both use.
+CROWDED = {
+    "fit_shape": (5, 5),
+    "aperture": 5,
+    "group_sep": 10.0,
+    "min_separation": 8,
+    "flux": (500, 20_000),
+    "noise_stddev": 0.5,
+}
 
 #: The PSF-photometry notebook's simulated scene.
 NOTEBOOK = {
@@ -41,6 +53,11 @@ __all__ = [
     "write_synthetic_grid",
     "grid_models",
     "notebook_scene",
+    "CROWDED",
+    "crowded_scene",
+    "crowded_inputs",
+    "crowded_quality",
+    "quietly",
 ]
 
 
@@ -64,6 +81,17 @@ def best_of(fn, *, repeat=3, warmup=True):
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return best, result
+
+
+def quietly(fn, *args, **kwargs):
+    """A no-argument callable running ``fn(*args, **kwargs)`` with warnings ignored (timing)."""
+    import warnings
+
+    def call():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+    return call
 
 
 def row(name, photutils_s, crowdphot_s, note=""):
@@ -245,3 +273,52 @@ def notebook_scene(*, shape=NOTEBOOK["shape"], n_sources=NOTEBOOK["n_sources"], 
         "psf_crowdphot": ours,
         "note": note,
     }
+
+
+# -- the crowded field -------------------------------------------------------------------------
+def crowded_scene(shape, n_sources, psf, seed=0):
+    """``(data, error, truth)`` of the crowded field (:data:`CROWDED`): ``n_sources`` stars of
+    ``psf`` at least 8 px apart, fluxes 500-20000, Gaussian noise of sigma 0.5,
+    ``error = sqrt(|data|)``."""
+    from crowdphot import make_noise_image, make_psf_model_image
+
+    clean, truth = make_psf_model_image(shape, psf, n_sources, flux=CROWDED["flux"],
+                                        min_separation=CROWDED["min_separation"], seed=seed)
+    data = clean + make_noise_image(clean.shape, mean=0, stddev=CROWDED["noise_stddev"],
+                                    seed=seed)
+    return data, np.sqrt(np.abs(data)), truth
+
+
+def crowded_inputs(psf, quick):
+    """The crowded field and its detections: 4000 stars on 2048^2 (``quick``: 600 on 512^2),
+    ``IRAFStarFinder(threshold=6, fwhm=3)`` (crowdphot's) positions as ``init``.
+
+    Returns
+    -------
+    data, error, truth, found, init
+    """
+    from astropy.table import QTable
+
+    from crowdphot import IRAFStarFinder
+
+    shape, n = ((512, 512), 600) if quick else ((2048, 2048), 4000)
+    data, error, truth = crowded_scene(shape, n, psf)
+    found = IRAFStarFinder(threshold=6.0, fwhm=3.0)(data)
+    init = QTable({"x": found["x_centroid"], "y": found["y_centroid"]})
+    return data, error, truth, found, init
+
+
+def crowded_quality(truth, table):
+    """Completeness within 1 px and 0.5 px, robust flux scatter and median bias (1 px)."""
+    from crowdphot import match_catalogs
+
+    out = {}
+    for sep in (1.0, 0.5):
+        matched = match_catalogs(truth, table, separation=sep)
+        out[f"completeness_{sep:g}"] = len(matched) / len(truth)
+        if sep == 1.0:
+            rel = np.asarray(matched["flux_fit"] / matched["flux"]) - 1.0
+            med = float(np.median(rel))
+            out["bias"] = med
+            out["scatter"] = 1.4826 * float(np.median(np.abs(rel - med)))
+    return out
