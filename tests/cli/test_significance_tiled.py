@@ -7,7 +7,7 @@ from astropy.table import QTable
 import crowdphot as cp
 from crowdphot.cli.significance import neighbour_subtracted_flux
 from crowdphot.cli.significance_tiled import neighbour_subtracted_flux_tiled
-from crowdphot.pipeline.tiles import _ArrayPlanes
+from crowdphot.pipeline._planes import ArrayPlanes as _ArrayPlanes
 
 
 def test_tiled_neighbour_subtracted_flux_equals_whole_image():

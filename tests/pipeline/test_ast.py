@@ -243,9 +243,9 @@ def test_iterative_tiles_equal_the_untiled_run():
 def test_a_tile_task_needs_only_its_box():
     """The task of one tile, given a source holding only its box, gives what it gives with the
     whole image at hand (what a Dask worker receives is that box)."""
+    from crowdphot.pipeline._planes import ArrayPlanes as _ArrayPlanes
     from crowdphot.pipeline.ast import _box_margin, _check_phot, _fitter_phot, _geometry, _jobs
     from crowdphot.pipeline.ast_local import _box_task
-    from crowdphot.pipeline.tiles import _ArrayPlanes
 
     data, _, err = _field(300, 500, seed=1)
     base, plan = _check_phot(_phot())

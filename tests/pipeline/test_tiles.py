@@ -19,7 +19,9 @@ from astropy.table import QTable
 import crowdphot as cp
 from crowdphot.core.validate import CrowdphotWarning
 from crowdphot.io.fits import FitsPlanes, read_image
-from crowdphot.pipeline.tiles import _fit_jobs, photometry_tiled, tile_grid, tile_index
+from crowdphot.pipeline._plan import fit_jobs
+from crowdphot.pipeline._planes import ArrayPlanes, shift_model
+from crowdphot.pipeline.tiles import photometry_tiled, tile_grid, tile_index
 
 FWHM = 2.5
 SHAPE = (250, 230)  # not a multiple of the tile size: uneven cores
@@ -154,7 +156,7 @@ def test_fit_jobs_keep_groups_whole_and_boxes_cover_members():
     gid = cp.SourceGrouper(9)(x, y)
     init = QTable({"id": np.arange(1, n + 1), "x_init": x, "y_init": y, "group_id": gid})
     margin = 7
-    jobs = _fit_jobs(init, SHAPE, (TILE, TILE), margin)
+    jobs = fit_jobs(init, SHAPE, (TILE, TILE), margin)
     ids = np.concatenate([np.asarray(sub["id"]) for _, sub in jobs])
     assert sorted(ids.tolist()) == list(range(1, n + 1))  # every source exactly once
     owners = tile_index(x, y, SHAPE, TILE)
@@ -506,11 +508,10 @@ def test_tile_sky_map_equals_the_whole_image_map(sky_scene):
     """Each task's map (its box + 3 sky boxes on the global grid) is the whole-image map
     up to a remainder from the region's edges: below 5 % of the pixel noise."""
     from crowdphot.pipeline._sky import check_tile_sky, sky_region, tile_sky
-    from crowdphot.pipeline.tiles import _ArrayPlanes
 
     _, data, _, whole, rms = sky_scene
     spec = check_tile_sky("map", {"box_size": SKY_BOX, "fwhm": FWHM}, SHAPE)
-    source = _ArrayPlanes(data)
+    source = ArrayPlanes(data)
     worst = 0.0
     for tile in tile_grid(SHAPE, TILE):
         box = tile.box(12, SHAPE)
@@ -686,9 +687,8 @@ def test_dask_sky_map_in_memory_equals_in_process(sky_scene, dask_client):
 
 
 def test_array_planes_refuse_regions_they_do_not_hold():
-    from crowdphot.pipeline.tiles import _ArrayPlanes
 
-    piece = _ArrayPlanes(np.zeros((20, 20))).sub((5, 10, 5, 10))
+    piece = ArrayPlanes(np.zeros((20, 20))).sub((5, 10, 5, 10))
     assert piece.cut(5, 10, 6, 9)[0].shape == (5, 3)
     with pytest.raises(ValueError, match="not inside the piece held"):
         piece.cut(0, 10, 5, 10)
@@ -736,7 +736,6 @@ def test_halo_refit_skipped_only_when_the_light_change_is_below_every_threshold(
     """A neighbour whose light on the task's stars' stamps is below their all-star refit
     threshold (0.02 of the flux errors) does not trigger a refit; a brighter one does."""
     from crowdphot.pipeline._halo import _light_negligible
-    from crowdphot.pipeline.tiles import _shift_model
 
     model = cp.CircularGaussianPRF(fwhm=2.0)
     table = QTable({"x_fit": [20.0, 30.0], "y_fit": [20.0, 25.0], "flux_fit": [1000.0, 500.0],
@@ -747,14 +746,14 @@ def test_halo_refit_skipped_only_when_the_light_change_is_below_every_threshold(
         return np.array([[99.0, x, 22.0, f, 0.1, 0.1, 1.0]])
 
     # a faint star just outside the box, far from both stamps: negligible
-    assert _light_negligible(model, _shift_model, box, table, None, star(52.0, 50.0), 5)
+    assert _light_negligible(model, shift_model, box, table, None, star(52.0, 50.0), 5)
     # a bright one next to a stamp: refit
-    assert not _light_negligible(model, _shift_model, box, table, None, star(36.0, 5e4), 5)
+    assert not _light_negligible(model, shift_model, box, table, None, star(36.0, 5e4), 5)
     # the same star again (no change since the last subtraction): negligible
-    assert _light_negligible(model, _shift_model, box, table, star(36.0, 5e4),
+    assert _light_negligible(model, shift_model, box, table, star(36.0, 5e4),
                              star(36.0, 5e4), 5)
     # the threshold follows the stars' errors: 5 counts on a stamp matter at errors of 10,
     # not at errors of 1000
-    assert not _light_negligible(model, _shift_model, box, table, None, star(33.0, 5.0), 5)
+    assert not _light_negligible(model, shift_model, box, table, None, star(33.0, 5.0), 5)
     table["flux_err"] = [1000.0, 1000.0]
-    assert _light_negligible(model, _shift_model, box, table, None, star(33.0, 5.0), 5)
+    assert _light_negligible(model, shift_model, box, table, None, star(33.0, 5.0), 5)

@@ -41,8 +41,9 @@ def neighbour_subtracted_flux_tiled(planes, psf, table, fit_shape, tile_shape, *
         NaN for rows with a non-finite fit.
     """
     from crowdphot.cli.significance import neighbour_subtracted_flux
+    from crowdphot.pipeline._grid import tile_grid, tile_index
+    from crowdphot.pipeline._planes import shift_model
     from crowdphot.pipeline._sky import tile_sky
-    from crowdphot.pipeline.tiles import _shift_model, tile_grid, tile_index
     from crowdphot.psf.allstar import model_reach
 
     shape = tuple(int(v) for v in planes.shape)
@@ -76,7 +77,7 @@ def neighbour_subtracted_flux_tiled(planes, psf, table, fit_shape, tile_shape, *
         others = rows[near & ~np.isin(rows, mine)]
         sel = np.concatenate([mine, others])
         fk, ek = neighbour_subtracted_flux(
-            np.asarray(data, dtype=float), _shift_model(psf, x0, y0), x[sel] - x0,
+            np.asarray(data, dtype=float), shift_model(psf, x0, y0), x[sel] - x0,
             y[sel] - y0, f[sel], fit_shape, error=error, mask=mask, sigma=sigma)
         out_f[mine], out_e[mine] = fk[:mine.size], ek[:mine.size]
     return out_f, out_e

@@ -398,7 +398,7 @@ def _geometry(base, plan, search):
     the radius within which detections can change, and the extra reach of iterations."""
     from crowdphot.core.batched import BatchedPSFMixin
     from crowdphot.core.render import model_stamp_shape
-    from crowdphot.pipeline.tiles import _detect_margin
+    from crowdphot.pipeline._plan import detect_margin as _detect_margin
 
     model = base.psf_model
     stamp = (tuple(int(v) for v in model.default_stamp_shape)
@@ -416,7 +416,7 @@ def _box_margin(base, geom, search):
     """Pixels around a tile core that give its artificial stars the pixels an untiled run
     gives them: their detection cut-outs, and the fit stamps and detections of the stars up to
     ``_LINKS`` grouping links beyond their zone."""
-    from crowdphot.pipeline.tiles import _fit_margin
+    from crowdphot.pipeline._plan import fit_margin as _fit_margin
 
     zone = search + 1.0 + geom["iter_reach"]
     link = float(getattr(base.grouper, "min_separation", 0.0) or 0.0)
@@ -428,7 +428,7 @@ def _box_margin(base, geom, search):
 
 def _jobs(shape, tile_shape, margin, xin, yin, fin, batch, entropy):
     """``(box, stars, index)`` per box holding artificial stars (one box without tiles)."""
-    from crowdphot.pipeline.tiles import Tile, tile_grid, tile_index
+    from crowdphot.pipeline._grid import Tile, tile_grid, tile_index
 
     def stars(idx):
         return {"x": xin[idx], "y": yin[idx], "flux": fin[idx], "batch": batch[idx],
@@ -616,7 +616,10 @@ def artificial_star_test(data, phot, n_stars, flux_range, *, mask=None, error=No
     # one noise stream per star: the same numbers wherever and in whatever order it is measured
     entropy = int(rng.integers(2**63)) if gain is not None else None
     settings = dict(geom=geom, search_radius=search, gain=gain, select=select)
-    from crowdphot.pipeline.tiles import _ArrayPlanes, _close_client, _open_client, _Runner
+    from crowdphot.pipeline._planes import ArrayPlanes as _ArrayPlanes
+    from crowdphot.pipeline._runner import Runner as _Runner
+    from crowdphot.pipeline._runner import close_client as _close_client
+    from crowdphot.pipeline._runner import open_client as _open_client
 
     if (tile_shape is not None or client is not None or workers is not None) and \
             not _finder_is_local(base.finder):

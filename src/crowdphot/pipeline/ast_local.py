@@ -576,7 +576,7 @@ def _local_models(base, fitter, x0, y0):
     """``base`` and ``fitter`` with the PSF as seen from a box starting at ``(y0, x0)``."""
     import copy
 
-    from crowdphot.pipeline.tiles import _shift_model
+    from crowdphot.pipeline._planes import shift_model as _shift_model
 
     model = _shift_model(base.psf_model, x0, y0)
     if model is base.psf_model:
@@ -613,7 +613,7 @@ def _box_task(source, box, stars, conf, settings):
     coordinates, (n,) flags, and how many finder calls ran on cut-outs / whole boxes.
     """
     if settings["remote"]:
-        from crowdphot.pipeline.tiles import _limit_threads
+        from crowdphot.pipeline._threads import limit_threads as _limit_threads
 
         _limit_threads()
     y0, y1, x0, x1 = box

@@ -34,6 +34,8 @@ from astropy import units as u
 from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from crowdphot.pipeline._planes import shift_model
+from crowdphot.pipeline._runner import Runner, close_client, open_client
 from crowdphot.pipeline.multi import (
     Exposure,
     _basis,
@@ -54,7 +56,6 @@ from crowdphot.pipeline.multi_sky import (
     stack_frame,
     stack_stats,
 )
-from crowdphot.pipeline.tiles import _close_client, _open_client, _Runner, _shift_model
 from crowdphot.psf.allstar import model_reach
 from crowdphot.psf.groupers import SourceGrouper
 
@@ -135,7 +136,7 @@ class _LazyCut:
         self.planes, self.box = exp.planes, box
         self.wcs = exp.wcs[box]
         (y0, _), (x0, _) = ((b.start, b.stop) for b in box)
-        self.psf_model = _shift_model(exp.psf_model, x0, y0)
+        self.psf_model = shift_model(exp.psf_model, x0, y0)
         self.filter_name, self.unit, self.name = exp.filter_name, exp.unit, exp.name
 
     def load(self):
@@ -169,7 +170,7 @@ def _cut(exp, x, y, pad):
     err = None if exp.error is None else (exp.error[box] if unit is None
                                           else exp.error[box] * unit)
     return Exposure(data, err, None if exp.mask is None else exp.mask[box], exp.wcs[box],
-                    _shift_model(exp.psf_model, x0, y0), exp.filter_name, name=exp.name)
+                    shift_model(exp.psf_model, x0, y0), exp.filter_name, name=exp.name)
 
 
 def _load(cuts):
@@ -283,9 +284,9 @@ def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None,
             bcuts, bused = _box_cuts(exps, ref_wcs, gx0, gy0, box)
             jobs.append((core, box, cuts, [scales[k] for k in used], bcuts,
                          [scales[k] for k in bused]))
-    owned_client, owned = _open_client(client, workers, scheduler)
+    owned_client, owned = open_client(client, workers, scheduler)
     try:
-        runner = _Runner(owned_client, None)
+        runner = Runner(owned_client, None)
         samples = runner.map(_stack_task, [None] * len(jobs), [
             (c, sc, ref_wcs, gx0, gy0, core, core, step, None)
             for core, _, c, sc, _, _ in jobs])
@@ -295,7 +296,7 @@ def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None,
             for core, box, _, _, c, sc in jobs])
     finally:
         if owned:
-            _close_client(owned_client)
+            close_client(owned_client)
     x = np.concatenate([f[0] for f in found]) if found else np.zeros(0)
     y = np.concatenate([f[1] for f in found]) if found else np.zeros(0)
     if len(x) == 0:
@@ -381,7 +382,7 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
         raise ValueError(f"margin must be >= 0 arcsec, got {margin!r}")
     if group_separation is None:
         group_separation = float(np.hypot(*shape)) * coarse
-    owned_client, owned = _open_client(client, workers, scheduler)
+    owned_client, owned = open_client(client, workers, scheduler)
     try:
         if catalog is None:
             catalog = detect_tiled(exps, tile_size=tile_size, client=owned_client,
@@ -390,7 +391,7 @@ def fit_exposures_tiled(exposures, catalog=None, *, tile_size, margin=None, fit_
                           group_separation, kwargs)
     finally:
         if owned:
-            _close_client(owned_client)
+            close_client(owned_client)
 
 
 def _fit_tiles(exps, catalog, client, tile_size, margin, shape, group_separation, kwargs):
@@ -449,7 +450,7 @@ def _fit_tiles(exps, catalog, client, tile_size, margin, shape, group_separation
                     sub[f"flux_{local}"] = init[full]
         jobs.append((cuts, sub, keep, opts, names))
         index.append((k, own))
-    outs = _Runner(client, None).map(_tile_task, [None] * len(jobs), jobs)
+    outs = Runner(client, None).map(_tile_task, [None] * len(jobs), jobs)
     return _stack(outs, index, n, ids, filters, exps[0].unit)
 
 
