@@ -7,6 +7,10 @@ empty samples, smooths, recentres and normalises the ePSF, then re-fits every st
 and flux with crowdphot's batched fitting engine (one Levenberg-Marquardt over all stars).
 The algorithm, arguments, results and messages follow photutils 3; any other astropy fitter
 (or a custom callable) is called star by star as photutils does.
+
+The builder validates and configures; the array work of an iteration (residual stacking,
+recentring, normalisation, exclusion of failed stars, convergence) is in
+:mod:`crowdphot.psf._epsf_step`, the star fits are the functions of this module.
 """
 
 from __future__ import annotations
@@ -21,12 +25,7 @@ from astropy.stats import SigmaClip
 from astropy.utils.exceptions import AstropyDeprecationWarning, AstropyUserWarning
 
 from crowdphot.core.fit import fit_psf
-from crowdphot.core.kernels.epsf import (
-    centroid_com,
-    clipped_median_by_node,
-    grid_nodes,
-    interpolate_missing,
-)
+from crowdphot.core.kernels.epsf import centroid_com, interpolate_missing
 from crowdphot.models.image import ImagePSF
 from crowdphot.psf._epsf_helpers import (
     EPSFBuildResult,
@@ -35,6 +34,14 @@ from crowdphot.psf._epsf_helpers import (
     _ProgressReporter,
     _SmoothingKernel,
     pair,
+)
+from crowdphot.psf._epsf_step import (
+    check_convergence,
+    exclude_failed,
+    normalize_epsf,
+    recenter_epsf,
+    resample_residual,
+    stacked_residual,
 )
 from crowdphot.psf.epsf_stars import EPSFStar, EPSFStars, LinkedEPSFStar
 
@@ -45,9 +52,6 @@ _DEFAULT = object()
 _LSQ_FITTERS = tuple(getattr(fitting, name) for name in
                      ("TRFLSQFitter", "LevMarLSQFitter", "LMLSQFitter", "DogBoxLSQFitter")
                      if hasattr(fitting, name))
-_OVERLAP_REASONS = {1: "its fitting region extends beyond the star cutout image",
-                    2: "the fit did not converge",
-                    3: "its fitted position is outside the data cutout"}
 
 
 def _fit_box(star, fit_shape):
@@ -384,14 +388,7 @@ class EPSFBuilder:
 
     def _resample_residual(self, star, epsf, *, out_image=None):
         """One star's normalised residual on the ePSF grid (NaN where it has no pixel)."""
-        dx, dy = star._xyidx_centered
-        values = star._data_values_normalized - epsf.evaluate(dx, dy, 1.0, 0.0, 0.0)
-        ix, iy = self.coord_transformer.star_to_epsf_coords(dx, dy, epsf.origin)
-        if out_image is None:
-            out_image = np.full(epsf.data.shape, np.nan)
-        ok = (ix >= 0) & (ix < epsf.data.shape[1]) & (iy >= 0) & (iy < epsf.data.shape[0])
-        out_image[iy[ok], ix[ok]] = values[ok]
-        return out_image
+        return resample_residual(star, epsf, self.coord_transformer, out_image)
 
     def _resample_residuals(self, stars, epsf):
         """``(n_good_stars, ny, nx)`` cube of `_resample_residual` images."""
@@ -403,75 +400,24 @@ class EPSFBuilder:
 
     def _stacked_residual(self, stars, epsf):
         """Sigma-clipped median residual per ePSF sample from all good stars at once."""
-        good = stars.all_good_stars
-        shape = epsf.data.shape
-        if not good:
-            return np.full(shape, np.nan)
-        dx, dy, vals = _star_offsets(good, self._cube_cache)
-        vals = vals - epsf.evaluate(dx, dy, 1.0, 0.0, 0.0)
-        node = grid_nodes(dx, dy, self.oversampling, epsf.origin, shape)
-        sc = self._sigma_clip
-        fast = (sc.cenfunc == "median" and sc.stdfunc == "std" and not sc.grow)
-        if fast:
-            med = clipped_median_by_node(node, vals, shape[0] * shape[1],
-                                         sigma_lower=sc.sigma_lower,
-                                         sigma_upper=sc.sigma_upper, maxiters=sc.maxiters)
-            return med.reshape(shape)
-        cube = self._resample_residuals(stars, epsf)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.simplefilter("ignore", AstropyUserWarning)
-            clipped = sc(cube, axis=0, masked=False, return_bounds=False)
-            return np.nanmedian(clipped, axis=0)
+        return stacked_residual(stars, epsf, self.coord_transformer, self.oversampling,
+                                self._sigma_clip, self._cube_cache)
 
     def _smooth_epsf(self, epsf_data):
         return _SmoothingKernel.apply_smoothing(epsf_data, self.smoothing_kernel)
 
     def _normalize_epsf(self, epsf_data):
-        total = np.sum(epsf_data)
-        if total == 0:
-            raise ValueError("Cannot normalize ePSF: data sum is zero")
-        return epsf_data * (np.prod(self.oversampling) / total)
+        return normalize_epsf(epsf_data, self.oversampling)
 
     def _recenter_epsf(self, epsf, *, centroid_func=None, box_size=None, maxiters=None,
                        center_accuracy=None):
         """ePSF data shifted (spline interpolation) so its centroid sits at the centre."""
-        centroid_func = self.recentering_func if centroid_func is None else centroid_func
-        box_size = self.recentering_boxsize if box_size is None else box_size
-        maxiters = self.recentering_maxiters if maxiters is None else maxiters
-        accuracy_sq = (1.0e-4 if center_accuracy is None else center_accuracy) ** 2
-        box = np.asarray(box_size) * self.oversampling
-        box = box + (box % 2 == 0)
-        shape = epsf.data.shape
-        xcen, ycen = self.coord_transformer.compute_epsf_origin(shape)
-        y, x = np.indices(shape, dtype=float)
-        x, y = self.coord_transformer.oversampled_to_undersampled(x, y)
-        xo, yo = self.coord_transformer.oversampled_to_undersampled(xcen, ycen)
-        # centroid box: astropy overlap_slices placement, clipped to the array
-        xlo = int(np.ceil(xcen - box[1] / 2))
-        ylo = int(np.ceil(ycen - box[0] / 2))
-        sl = (slice(max(ylo, 0), min(ylo + box[0], shape[0])),
-              slice(max(xlo, 0), min(xlo + box[1], shape[1])))
-        dx_tot = dy_tot = 0.0
-        dist_sq = accuracy_sq + 1.0e6
-        prev_sq = dist_sq + 1
-        data = epsf.data
-        it = 0
-        while it < maxiters and dist_sq >= accuracy_sq:
-            it += 1
-            cut = data[sl]
-            xnew, ynew = centroid_func(cut, mask=~np.isfinite(cut))
-            dx = xnew + sl[1].start - xcen
-            dy = ynew + sl[0].start - ycen
-            dist_sq = dx ** 2 + dy ** 2
-            if dist_sq >= prev_sq:
-                break
-            prev_sq = dist_sq
-            ddx, ddy = self.coord_transformer.oversampled_to_undersampled(dx, dy)
-            dx_tot += ddx
-            dy_tot += ddy
-            data = epsf.evaluate(x, y, 1.0, xo - dx_tot, yo - dy_tot)
-        return data
+        return recenter_epsf(
+            epsf, self.coord_transformer, self.oversampling,
+            self.recentering_func if centroid_func is None else centroid_func,
+            self.recentering_boxsize if box_size is None else box_size,
+            self.recentering_maxiters if maxiters is None else maxiters,
+            (1.0e-4 if center_accuracy is None else center_accuracy) ** 2)
 
     def _build_epsf_step(self, stars, *, epsf=None):
         """One improvement of the ePSF from the stars' current centres and fluxes."""
@@ -522,32 +468,14 @@ class EPSFBuilder:
         if np.all(fit_failed):
             raise ValueError("The ePSF fitting failed for all stars.")
         if iter_num > 3 and np.any(fit_failed):
-            for i in fit_failed.nonzero()[0]:
-                star = stars.all_stars[i]
-                if not star._excluded_from_fit:
-                    reason = _OVERLAP_REASONS.get(star._fit_error_status,
-                                                  _OVERLAP_REASONS[2])
-                    label = star.id_label - 1 if isinstance(
-                        star.id_label, (int, np.integer)) else star.id_label
-                    warnings.warn(f"The star at ({star._center_original[0]:.2f}, "
-                                  f"{star._center_original[1]:.2f}) (index={label}) has "
-                                  f"been excluded from ePSF fitting because {reason}.",
-                                  AstropyUserWarning, stacklevel=2)
-                star._excluded_from_fit = True
+            exclude_failed(stars, fit_failed, stacklevel=2)
         self._epsf.append(epsf)
         return epsf, stars, fit_failed
 
     def _check_convergence(self, stars, centers, fit_failed):
         """``(converged, squared centre shifts of good stars, new centres)``."""
-        new_centers = stars.cutout_center_flat
-        good = ~np.asarray(fit_failed, dtype=bool)
-        if not np.any(good):
-            return False, np.array([self.center_accuracy_sq * 10]), new_centers
-        d = (new_centers - centers)[good]
-        dist_sq = np.sum(d * d, axis=1, dtype=np.float64)
-        stable = np.mean(dist_sq < self.center_accuracy_sq)
-        converged = bool(np.max(dist_sq) < self.center_accuracy_sq and stable > 0.8)
-        return converged, dist_sq, new_centers
+        return check_convergence(stars.cutout_center_flat, centers, fit_failed,
+                                 self.center_accuracy_sq)
 
     def build_epsf(self, stars, *, epsf=None):
         """Build the ePSF iteratively from star cutouts.
@@ -588,37 +516,3 @@ class EPSFBuilder:
                                final_center_accuracy=float(np.max(dist_sq) ** 0.5),
                                n_excluded_stars=len(excluded), excluded_star_indices=excluded)
 
-
-def _star_offsets(stars, cache=None):
-    """Offsets from the centre and flux-normalised values of every unmasked star pixel.
-
-    Stars of one shape are handled together as a cube (no per-star work beyond stacking);
-    ``cache`` (a dict) keeps the stacked cubes between the iterations of one build, as the
-    star copies made by the fits share their data arrays.
-    """
-    by_shape = {}
-    for star in stars:
-        by_shape.setdefault(star.shape, []).append(star)
-    dxs, dys, vals = [], [], []
-    for shape, group in by_shape.items():
-        key = (shape, tuple(id(s._data) for s in group))
-        if cache is not None and key in cache:
-            data, good, _ = cache[key]
-        else:
-            data = np.stack([s.data for s in group]).astype(float)
-            good = ~np.stack([s.mask for s in group])
-            if cache is not None:
-                cache.clear()  # one build's stars at a time
-                # holding the arrays keeps their ids from being reused by other arrays
-                cache[key] = (data, good, [s._data for s in group])
-        cen = np.array([s.cutout_center for s in group])
-        flux = np.array([s._normalization_flux for s in group], dtype=float)
-        yy, xx = np.indices(shape, dtype=float)
-        dx = xx[None] - cen[:, 0, None, None]
-        dy = yy[None] - cen[:, 1, None, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            norm = data / flux[:, None, None]
-        dxs.append(dx[good])
-        dys.append(dy[good])
-        vals.append(norm[good])
-    return np.concatenate(dxs), np.concatenate(dys), np.concatenate(vals)
