@@ -70,6 +70,19 @@ def _as_radius(name, value):
     return val
 
 
+def checked_property(name, check, doc):
+    """A property stored as ``_<name>`` whose setter stores ``check(name, value)``."""
+    attr = "_" + name
+
+    def fget(self):
+        return getattr(self, attr)
+
+    def fset(self, value):
+        setattr(self, attr, check(name, value))
+
+    return property(fget, fset, doc=doc)
+
+
 _POSITIONS_MSG = ("'positions' must be a (x, y) pixel position or a list or array of (x, y) pixel "
                   "positions, e.g., [(x1, y1), (x2, y2), (x3, y3)]")
 
@@ -544,14 +557,7 @@ class CircularAperture(_CircularBase):
         self.positions = positions
         self.r = r
 
-    @property
-    def r(self):
-        """Radius in pixels."""
-        return self._r
-
-    @r.setter
-    def r(self, value):
-        self._r = _as_radius("r", value)
+    r = checked_property("r", _as_radius, "Radius in pixels.")
 
     @property
     def area(self):
@@ -602,23 +608,9 @@ class CircularAnnulus(_CircularBase):
         self._r_in = r_in
         self._r_out = r_out
 
-    @property
-    def r_in(self):
-        """Inner radius in pixels."""
-        return self._r_in
+    r_in = checked_property("r_in", _as_radius, "Inner radius in pixels.")
 
-    @r_in.setter
-    def r_in(self, value):
-        self._r_in = _as_radius("r_in", value)
-
-    @property
-    def r_out(self):
-        """Outer radius in pixels."""
-        return self._r_out
-
-    @r_out.setter
-    def r_out(self, value):
-        self._r_out = _as_radius("r_out", value)
+    r_out = checked_property("r_out", _as_radius, "Outer radius in pixels.")
 
     @property
     def area(self):

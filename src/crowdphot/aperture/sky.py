@@ -10,7 +10,7 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 
-from crowdphot.aperture.core import CircularAnnulus, CircularAperture
+from crowdphot.aperture.core import CircularAnnulus, CircularAperture, checked_property
 
 __all__ = ["SkyCircularAperture", "SkyCircularAnnulus"]
 
@@ -118,14 +118,7 @@ class SkyCircularAperture(_SkyCircularBase):
         self.positions = positions
         self.r = r
 
-    @property
-    def r(self):
-        """Angular radius."""
-        return self._r
-
-    @r.setter
-    def r(self, value):
-        self._r = _as_angle("r", value)
+    r = checked_property("r", _as_angle, "Angular radius.")
 
     def to_pixel(self, wcs):
         """The :class:`CircularAperture` for ``wcs`` (a WCS with ``world_to_pixel``)."""
@@ -166,23 +159,9 @@ class SkyCircularAnnulus(_SkyCircularBase):
         if not self._r_out > self._r_in:
             raise ValueError("'r_out' must be greater than 'r_in'")
 
-    @property
-    def r_in(self):
-        """Inner angular radius."""
-        return self._r_in
+    r_in = checked_property("r_in", _as_angle, "Inner angular radius.")
 
-    @r_in.setter
-    def r_in(self, value):
-        self._r_in = _as_angle("r_in", value)
-
-    @property
-    def r_out(self):
-        """Outer angular radius."""
-        return self._r_out
-
-    @r_out.setter
-    def r_out(self, value):
-        self._r_out = _as_angle("r_out", value)
+    r_out = checked_property("r_out", _as_angle, "Outer angular radius.")
 
     def to_pixel(self, wcs):
         """The :class:`CircularAnnulus` for ``wcs``."""
