@@ -90,15 +90,7 @@ def select_psf_stars(data, *, error=None, mask=None, fwhm=2.0, threshold=None, s
     """
     from crowdphot.detection.finders import DAOStarFinder
 
-    data = np.asarray(data, dtype=float)
-    if data.ndim != 2:
-        raise ValueError(f"data must be a 2D array, got {data.ndim} dimension(s)")
-    bad = ~np.isfinite(data)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != data.shape:
-            raise ValueError(f"mask must have the shape of data {data.shape}, got {mask.shape}")
-        bad = bad | mask
+    data, bad = _data_and_bad(data, mask)
     if error is None:
         vals = data[~bad]
         med = np.median(vals)
@@ -408,15 +400,8 @@ def _core_chi2(model, data, err, bad, x, y, flux, fit_shape):
     return float(np.sum(chi * chi) / max(np.count_nonzero(ok), 1))
 
 
-def _check_counts(**kwargs):
-    for name, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _prepare(data, error, mask, catalog, fwhm, size, saturation, max_stars, snr_min):
-    if not (isinstance(fwhm, (int, float, np.number)) and np.isfinite(fwhm) and fwhm > 0):
-        raise ValueError(f"fwhm must be a positive number, got {fwhm!r}")
+def _data_and_bad(data, mask):
+    """``data`` as a 2D float array (checked) and its non-finite or masked pixels."""
     data = np.asarray(data, dtype=float)
     if data.ndim != 2:
         raise ValueError(f"data must be a 2D array, got {data.ndim} dimension(s)")
@@ -426,6 +411,19 @@ def _prepare(data, error, mask, catalog, fwhm, size, saturation, max_stars, snr_
         if mask.shape != data.shape:
             raise ValueError(f"mask must have the shape of data {data.shape}, got {mask.shape}")
         bad |= mask
+    return data, bad
+
+
+def _check_counts(**kwargs):
+    for name, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _prepare(data, error, mask, catalog, fwhm, size, saturation, max_stars, snr_min):
+    if not (isinstance(fwhm, (int, float, np.number)) and np.isfinite(fwhm) and fwhm > 0):
+        raise ValueError(f"fwhm must be a positive number, got {fwhm!r}")
+    data, bad = _data_and_bad(data, mask)
     if error is None:
         vals = data[~bad]
         noise = 1.4826 * np.median(np.abs(vals - np.median(vals)))
