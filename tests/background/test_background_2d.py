@@ -386,3 +386,17 @@ def test_masked_array_input_masks_its_pixels(rng):
     ours = cb.Background2D(md, 25)
     _assert_same(ours, pb.Background2D(md, 25))
     assert abs(ours.background_median - 20.25) < 0.3  # the unmasked half of the gradient
+
+
+def test_warnings_point_at_the_caller(rng):
+    """The non-finite and deprecation warnings name the line that built the Background2D (the
+    checks run in helper functions of ``background._mesh``)."""
+    data, _ = _sky(rng, shape=(50, 60))
+    data[3, 4] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cb.Background2D(data, 10, bkgrms_estimator=cb.MADStdBackgroundRMS(),
+                        interpolator=cb.BkgIDWInterpolator())
+    kinds = sorted(w.category.__name__ for w in caught)
+    assert kinds == ["AstropyDeprecationWarning"] * 3 + ["AstropyUserWarning"]
+    assert {w.filename for w in caught} == {__file__}
