@@ -50,7 +50,8 @@ def check_compat(compat):
 
 
 def check_compat_options(compat, *, shared_pixels, fit_sky=False, subtract_neighbors=False,
-                         merge_separation=None, likelihood="gaussian", crlb=False):
+                         merge_separation=None, likelihood="gaussian", crlb=False,
+                         bias_correction=False):
     """Validate ``compat`` against the other options; return ``(compat, shared_pixels)``.
 
     ``shared_pixels=None`` resolves to 'photutils' under ``compat='photutils'``, else 'once'.
@@ -76,7 +77,8 @@ def check_compat_options(compat, *, shared_pixels, fit_sky=False, subtract_neigh
     extensions = {"shared_pixels='once'": shared_pixels == "once", "fit_sky=True": fit_sky,
                   "subtract_neighbors=True": subtract_neighbors,
                   "merge_separation": merge_separation is not None,
-                  "likelihood='poisson'": likelihood == "poisson", "crlb=True": crlb}
+                  "likelihood='poisson'": likelihood == "poisson", "crlb=True": crlb,
+                  "bias_correction=True": bias_correction}
     asked = [name for name, on in extensions.items() if on]
     if asked:
         raise ValueError(f"compat='photutils' reproduces photutils, which has no "
