@@ -26,13 +26,16 @@ import numpy as np
 
 from crowdphot.core.crlb import _derivatives, bounds_from_fisher
 
-__all__ = ["cox_snell_groups", "check_bias_correction", "apply_bias_correction", "MIN_SNR",
-           "GROUP_MAX"]
+__all__ = ["cox_snell_groups", "check_bias_correction", "apply_bias_correction",
+           "correct_table", "MIN_SNR", "SKIP_SNR", "GROUP_MAX"]
 
 #: Sources fainter than this (flux over its error) are not corrected: the expansion in
 #: 1 / (S/N) behind the correction does not hold there (at S/N 3 the correction is a third of
 #: the flux error and its own error is of the same order).
 MIN_SNR = 3.0
+#: Groups whose members all have a larger S/N are not corrected: the bias falls as
+#: ``1 / (S/N)**2`` of the flux, below 0.01 of its error here.
+SKIP_SNR = 100.0
 #: Groups up to this many members (whose stamps fit in a box of ``_BOX_FACTOR`` stamps a side)
 #: are corrected jointly; members of larger groups as if alone (their neighbours fixed).
 GROUP_MAX = 8
@@ -41,7 +44,7 @@ _CHUNK = 20_000_000  # floats of second derivatives per batch (160 MB)
 
 
 def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable, *,
-                     free=None, fit_sky=False):
+                     free=None, fit_sky=False, snr=None):
     """First-order bias of each source's (x, y, flux), its group fitted jointly (unchecked).
 
     Parameters
@@ -64,6 +67,9 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
         information. Default: all free.
     fit_sky : bool
         Whether each group also fitted one constant sky (one more parameter per group).
+    snr : ndarray of shape (n,), optional
+        Each source's fitted ``flux / flux_err``: groups whose members all exceed
+        :data:`SKIP_SNR` get a bias of 0 without computing it (it is below 0.01 sigma).
 
     Returns
     -------
@@ -94,7 +100,15 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
     w_img = np.where(usable & (variance > 0), 1.0 / np.where(variance > 0, variance, 1.0), 0.0)
     bias = np.full((n, 3), np.nan)
     # members without finite values (failed, dropped from their group's model) leave it
-    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    if snr is not None:  # all-bright groups: |bias| < 0.01 sigma, not worth computing
+        with np.errstate(invalid="ignore"):
+            faint = ~(np.asarray(snr, dtype=float) > SKIP_SNR)
+        _, ginv = np.unique(np.asarray(gid), return_inverse=True)
+        bright = ok & (np.bincount(ginv, faint & ok)[ginv] == 0)
+        bias[bright] = 0.0
+        ok &= ~bright
+    ok = np.flatnonzero(ok)
     _, inv, cnt = np.unique(np.asarray(gid)[ok], return_inverse=True, return_counts=True)
     order = ok[np.argsort(inv, kind="stable")]
     starts = np.r_[0, np.cumsum(cnt)[:-1]]
@@ -111,6 +125,9 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
         bh = ylo[mem].max(axis=1) + fy - by0
         small = (bw <= _BOX_FACTOR * fx) & (bh <= _BOX_FACTOR * fy)
         alone[mem[~small].ravel()] = True
+        # boxes padded up to a few shapes per size (padding pixels weigh 0): few batches
+        bw = np.minimum(_quantize(bw, fx), _BOX_FACTOR * fx)
+        bh = np.minimum(_quantize(bh, fy), _BOX_FACTOR * fy)
         mem, bx0, by0, key = mem[small], bx0[small], by0[small], (bh * 1000 + bw)[small]
         for one in np.unique(key):
             sel = key == one
@@ -127,6 +144,12 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
         _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, sel[:, None],
                      xlo[sel], ylo[sel], fshape, fit_sky)
     return bias
+
+
+def _quantize(size, f):
+    """``size`` rounded up to ``f`` plus a multiple of ``max(2, f // 2)``."""
+    q = max(2, f // 2)
+    return f + -(-(size - f) // q) * q
 
 
 def _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, mem, bx0, by0, box,
@@ -210,28 +233,63 @@ def check_bias_correction(bias_correction, *, likelihood, error_given):
 def apply_bias_correction(fit, table, psf_model, fit_shape, error, mask, *, fit_sky=False):
     """Subtract the first-order bias from the fitted x, y and flux of ``fit`` (in place).
 
-    ``fit`` is the photometry's per-source fit record (``values`` dict of (n,) arrays and a
-    ``reason`` array, "" for fitted rows); ``table`` the initial-parameter table (group ids
-    and initial positions, which placed the fit stamps). Returns the (n, 3) bias applied
+    ``fit`` is the photometry's per-source fit record (``values`` and ``errors`` dicts of
+    (n,) arrays, ``reason`` "" for fitted rows); ``table`` the initial-parameter table (group
+    ids and initial positions, which placed the fit stamps). Returns the (n, 3) bias applied
     (NaN where none was).
     """
+    fitted = np.asarray(fit.reason) == ""
+    x = np.where(fitted, np.asarray(fit.values["x"], dtype=float), np.nan)
+    bias = _bias(psf_model, x, fit.values["y"], fit.values["flux"], fit.errors["flux"],
+                 table["group_id"], table["x_init"], table["y_init"], fit_shape, error, mask,
+                 fit_sky)
+    ok = np.all(np.isfinite(bias), axis=1)
+    for j, k in enumerate(("x", "y", "flux")):
+        fit.values[k][ok] = fit.values[k][ok] - bias[ok, j]
+    return bias
+
+
+def correct_table(results, psf_model, fit_shape, error, mask, *, fit_sky=False,
+                  group_key=None):
+    """:func:`apply_bias_correction` on a photometry results table (in place).
+
+    For IterativePSFPhotometry, which corrects its final table once: ``group_key`` (n,)
+    replaces ``group_id`` where ids repeat between iterations. Rows without finite fitted
+    values are left alone. Returns the (n, 3) bias applied (NaN where none was).
+    """
+    def plain(name):
+        col = results[name]
+        return np.asarray(getattr(col, "value", col), dtype=float)
+
+    gid = np.asarray(results["group_id"]) if group_key is None else group_key
+    bias = _bias(psf_model, plain("x_fit"), plain("y_fit"), plain("flux_fit"),
+                 plain("flux_err"), gid, plain("x_init"), plain("y_init"), fit_shape, error,
+                 mask, fit_sky)
+    ok = np.all(np.isfinite(bias), axis=1)
+    for j, name in enumerate(("x_fit", "y_fit", "flux_fit")):
+        col = results[name]
+        new = plain(name)
+        new[ok] -= bias[ok, j]
+        unit = getattr(col, "unit", None)
+        results[name][:] = new if unit is None or not hasattr(col, "value") else new * unit
+    return bias
+
+
+def _bias(psf_model, x, y, flux, flux_err, gid, x_init, y_init, fit_shape, error, mask,
+          fit_sky):
     from crowdphot.core.batched import stamp_origin
 
-    n = len(table)
-    x, y, flux = (np.asarray(fit.values[k], dtype=float) for k in ("x", "y", "flux"))
-    xlo, ylo = stamp_origin(np.asarray(table["x_init"], dtype=float),
-                            np.asarray(table["y_init"], dtype=float), fit_shape)
-    err = np.asarray(error, dtype=float)
+    x, y, flux, flux_err = (np.asarray(a, dtype=float) for a in (x, y, flux, flux_err))
+    n = len(x)
+    xlo, ylo = stamp_origin(np.asarray(x_init, dtype=float), np.asarray(y_init, dtype=float),
+                            fit_shape)
+    err = np.asarray(getattr(error, "value", error), dtype=float)
     usable = np.isfinite(err) & (err > 0)
     if mask is not None:
         usable &= ~np.asarray(mask, dtype=bool)
     free = np.broadcast_to([not psf_model.x_0.fixed, not psf_model.y_0.fixed,
                             not psf_model.flux.fixed], (n, 3))
-    fitted = np.asarray(fit.reason) == ""
-    bias = cox_snell_groups(psf_model, np.where(fitted, x, np.nan), y, flux,
-                            np.asarray(table["group_id"]), xlo, ylo, fit_shape, err * err,
-                            usable, free=free, fit_sky=fit_sky)
-    ok = np.all(np.isfinite(bias), axis=1)
-    for j, k in enumerate(("x", "y", "flux")):
-        fit.values[k][ok] = fit.values[k][ok] - bias[ok, j]
-    return bias
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.abs(flux) / flux_err
+    return cox_snell_groups(psf_model, x, y, flux, np.asarray(gid), xlo, ylo, fit_shape,
+                            err * err, usable, free=free, fit_sky=fit_sky, snr=snr)
