@@ -17,78 +17,12 @@ from astropy.nddata import NDData
 from astropy.table import QTable
 
 import crowdphot as cp
+from _tiled import FWHM, SHAPE, TILE, _config, _val, assert_same_catalog
 from crowdphot.core.validate import CrowdphotWarning
 from crowdphot.io.fits import FitsPlanes, read_image
 from crowdphot.pipeline._plan import fit_jobs
 from crowdphot.pipeline._planes import ArrayPlanes, shift_model
 from crowdphot.pipeline.tiles import photometry_tiled, tile_grid, tile_index
-
-FWHM = 2.5
-SHAPE = (250, 230)  # not a multiple of the tile size: uneven cores
-TILE = 64
-
-
-# ----------------------------------------------------------------------------------------------
-# scenes
-# ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def crowded():
-    """A crowded noisy scene: many groups at 8 px, several of them across tile seams."""
-    model = cp.CircularGaussianPRF(fwhm=FWHM)
-    data, truth = cp.make_psf_model_image(SHAPE, model, 500, flux=(300, 3000),
-                                          min_separation=2.5, seed=11, model_shape=(11, 11),
-                                          border_size=0)
-    rng = np.random.default_rng(5)
-    data = data + 5.0 + rng.normal(0.0, 2.0, data.shape)
-    error = np.full(SHAPE, 2.0)
-    return model, data, error, truth
-
-
-def _config(**extra):
-    kw = dict(finder=cp.DAOStarFinder(threshold=25.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
-              aperture_radius=4,
-              local_bkg_estimator=cp.LocalBackground(6, 10, bkg_estimator=cp.MMMBackground()),
-              group_warning_threshold=10**9)
-    kw.update(extra)
-    return kw
-
-
-def _val(col):
-    return np.asarray(getattr(col, "value", col), dtype=float)
-
-
-def _by_position(table):
-    t = table.copy()
-    t.sort(["y_init", "x_init"])
-    return t
-
-
-def _partition(table):
-    """Group partition as a set of frozensets of (rounded) initial positions."""
-    key = [(round(float(x), 6), round(float(y), 6))
-           for x, y in zip(_val(table["x_init"]), _val(table["y_init"]), strict=True)]
-    groups = {}
-    for k, g in zip(key, np.asarray(table["group_id"]), strict=True):
-        groups.setdefault(int(g), set()).add(k)
-    return {frozenset(v) for v in groups.values()}
-
-
-def assert_same_catalog(tiled, whole, *, xy_tol=1e-3, flux_rtol=1e-4):
-    """Same sources, same groups, same fit within the issue's tolerances."""
-    assert len(tiled) == len(whole)
-    assert len(np.unique(np.asarray(tiled["id"]))) == len(tiled)
-    a, b = _by_position(tiled), _by_position(whole)
-    np.testing.assert_allclose(_val(a["x_init"]), _val(b["x_init"]), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(_val(a["y_init"]), _val(b["y_init"]), rtol=0, atol=1e-9)
-    for c in ("x_fit", "y_fit"):
-        np.testing.assert_allclose(_val(a[c]), _val(b[c]), rtol=0, atol=xy_tol, err_msg=c)
-    for c in ("flux_fit", "flux_init", "local_bkg"):
-        np.testing.assert_allclose(_val(a[c]), _val(b[c]), rtol=flux_rtol, atol=1e-9,
-                                   err_msg=c)
-    np.testing.assert_array_equal(np.asarray(a["flags"]), np.asarray(b["flags"]))
-    np.testing.assert_array_equal(np.asarray(a["group_size"]), np.asarray(b["group_size"]))
-    assert _partition(a) == _partition(b)
-    assert a.colnames == b.colnames
 
 
 @pytest.fixture(scope="module")
@@ -432,9 +366,17 @@ def test_tiled_merge_separation_equals_whole_image(crowded):
     (dict(merge_separation=-1.0), ValueError, "merge_separation"),
     (dict(merge_separation=1.0, fitter=TRFLSQFitter()), ValueError,
      "merge_separation need the batched engine"),
-    (dict(sky="blue"), ValueError, "sky must be None, a number or 'map'"),
-    (dict(sky=np.nan), ValueError, "sky must be None, a finite number or 'map'"),
+    (dict(sky="blue"), ValueError, "sky must be None, a number, 'map' or an image"),
+    (dict(sky=np.nan), ValueError, "sky must be None, a finite number, 'map' or an image"),
     (dict(sky=True), ValueError, "sky must be None, a finite number"),
+    # a sky map: PSFPhotometry's checks and messages
+    (dict(sky=np.zeros((31, 32))), ValueError,
+     r"sky must be a scalar or an image of shape \(32, 32\), got shape \(31, 32\)"),
+    (dict(sky=np.full((32, 32), np.inf)), ValueError, "sky contains NaN or inf values"),
+    (dict(sky=np.full((32, 32), "a")), TypeError, "sky must be a number or a numeric image"),
+    (dict(sky=np.zeros((32, 32)) * u.Jy), ValueError, "sky has a unit but data has none"),
+    (dict(sky=np.zeros((32, 32)), sky_options={"box_size": 8}), ValueError,
+     "sky_options need sky='map'"),
     (dict(sky=1.0, sky_options={"box_size": 8}), ValueError, "sky_options need sky='map'"),
     (dict(sky="map", sky_options={"box": 8}), TypeError, "sky_options: unknown keyword"),
     (dict(sky="map", sky_options={"box_size": 0}), ValueError, "box_size must be positive"),
@@ -465,178 +407,8 @@ def test_mask_with_fits_path_is_rejected(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# the sky: subtracted (or in the Poisson expectation) in every task, as in a whole-image run
-# ----------------------------------------------------------------------------------------------
-SKY_BOX = 32
-SKY_NOISE = 2.0
-
-
-def _gradient_sky(shape):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    return 30.0 + 3.0 * xx / shape[1] - 2.0 * yy / shape[0]
-
-
-@pytest.fixture(scope="module")
-def sky_scene():
-    """Stars on a sky of 30 with a gradient; the whole-image sky map (estimate_sky)."""
-    from crowdphot.background.sky import estimate_sky
-
-    model = cp.CircularGaussianPRF(fwhm=FWHM)
-    stars, truth = cp.make_psf_model_image(SHAPE, model, 120, flux=(300, 3000),
-                                           min_separation=6, seed=21, model_shape=(11, 11),
-                                           border_size=0)
-    data = stars + _gradient_sky(SHAPE) + np.random.default_rng(8).normal(0.0, SKY_NOISE,
-                                                                           SHAPE)
-    sky, rms, _ = estimate_sky(data, box_size=SKY_BOX, fwhm=FWHM)
-    return model, data, truth, sky, float(np.median(rms))
-
-
-def _pull_per_sky(model, fit=5):
-    """Flux change in units of its error per unit of sky offset / pixel noise.
-
-    A weighted fit of ``flux * p`` to a stamp with an extra constant ``d`` moves the flux by
-    ``d * sum(p) / sum(p**2)``; its error is ``sigma / sqrt(sum(p**2))``.
-    """
-    yy, xx = np.mgrid[:fit, :fit]
-    p = model.copy()
-    p.x_0, p.y_0, p.flux = fit // 2, fit // 2, 1.0
-    v = p(xx, yy)
-    return float(v.sum() / np.sqrt((v**2).sum()))
-
-
-def test_tile_sky_map_equals_the_whole_image_map(sky_scene):
-    """Each task's map (its box + 3 sky boxes on the global grid) is the whole-image map
-    up to a remainder from the region's edges: below 5 % of the pixel noise."""
-    from crowdphot.pipeline._sky import check_tile_sky, sky_region, tile_sky
-
-    _, data, _, whole, rms = sky_scene
-    spec = check_tile_sky("map", {"box_size": SKY_BOX, "fwhm": FWHM}, SHAPE)
-    source = ArrayPlanes(data)
-    worst = 0.0
-    for tile in tile_grid(SHAPE, TILE):
-        box = tile.box(12, SHAPE)
-        ry0, ry1, rx0, rx1 = sky_region(box, SHAPE, (SKY_BOX, SKY_BOX))
-        assert ry0 % SKY_BOX == 0 and rx0 % SKY_BOX == 0  # the whole image's boxes
-        assert ry1 % SKY_BOX == 0 or ry1 == SHAPE[0]
-        sky = tile_sky(source, box, spec)
-        worst = max(worst, float(np.abs(sky - whole[box[0]:box[1], box[2]:box[3]]).max()))
-    assert worst < 0.05 * rms
-    # with the region reaching every image edge the map is the whole-image map exactly
-    full = tile_sky(source, (0, SHAPE[0], 0, SHAPE[1]), spec)
-    np.testing.assert_array_equal(full, whole)
-    assert tile_sky(source, (3, 5, 7, 8), ("value", 2.5)).tolist() == [[2.5], [2.5]]
-
-
-def test_tiled_sky_map_equals_whole_image_with_the_map_subtracted(sky_scene):
-    """Fluxes within the pull the sky remainder (< 0.05 sigma) allows: 0.05 * sum p /
-    sqrt(sum p^2) of their errors; without the sky every star is far too bright."""
-    model, data, truth, sky, _ = sky_scene
-    error = np.full(SHAPE, SKY_NOISE)
-    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
-              aperture_radius=4, group_warning_threshold=10**9)
-    whole = cp.PSFPhotometry(model, 5, **kw)(data - sky, error=error)
-    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, sky="map",
-                             sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, **kw)
-    assert tiled.meta["sky"] == "map" and tiled.meta["sky_box"] == (SKY_BOX, SKY_BOX)
-    assert len(tiled) == len(whole)
-    a, b = _by_position(tiled), _by_position(whole)
-    np.testing.assert_allclose(_val(a["x_init"]), _val(b["x_init"]), atol=0.01)
-    pull = (_val(a["flux_fit"]) - _val(b["flux_fit"])) / _val(b["flux_err"])
-    assert np.nanmax(np.abs(pull)) < 0.05 * _pull_per_sky(model)
-    assert np.nanmedian(np.abs(pull)) < 0.01
-    # and against the truth: no sky left in the fluxes
-    m = cp.match_catalogs(truth, tiled, separation=1.0)
-    assert len(m) >= 0.95 * len(truth)
-    assert abs(np.median(_val(m["flux_fit"]) / _val(m["flux"]) - 1)) < 0.005
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = photometry_tiled(data, model, 5, error=error, tile_shape=TILE,
-                               init_params=QTable({"x": truth["x_0"], "y": truth["y_0"]}),
-                               **{k: v for k, v in kw.items() if k != "finder"})
-    assert np.median(_val(raw["flux_fit"]) / np.asarray(truth["flux"]) - 1) > 0.05
-
-
-def test_sky_map_cache_estimates_each_region_once_and_changes_nothing(sky_scene,
-                                                                     monkeypatch):
-    """In process, the all-star rounds reuse their first round's region maps (the cache
-    hits), and the catalog is bit for bit the one estimated afresh in every task."""
-    import contextlib
-
-    import crowdphot.background.sky as skymod
-    import crowdphot.pipeline._tilecache as tilecache
-
-    model, data, _, _, _ = sky_scene
-    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
-              aperture_radius=4, group_warning_threshold=10**9, tile_shape=TILE, sky="map",
-              sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, subtract_neighbors=True)
-    error = np.full(SHAPE, SKY_NOISE)
-    calls = []
-    real = skymod.estimate_sky
-    monkeypatch.setattr(skymod, "estimate_sky", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cached = photometry_tiled(data, model, 5, error=error, **kw)
-    n_cached = len(calls)
-    monkeypatch.setattr(tilecache, "sky_cache", lambda *a, **k: contextlib.nullcontext())
-    fresh = photometry_tiled(data, model, 5, error=error, **kw)
-    assert n_cached < len(calls) - n_cached
-    assert len(cached) == len(fresh)
-    for name in ("x_fit", "y_fit", "flux_fit", "flux_err", "flags"):
-        np.testing.assert_array_equal(_val(cached[name]), _val(fresh[name]))
-
-
-def test_tiled_constant_sky_equals_whole_image_minus_that_sky(crowded):
-    model, data, error, _ = crowded
-    whole = cp.PSFPhotometry(model, 5, **_config())(data - 5.0, error=error)
-    tiled = photometry_tiled(data, model, 5, error=error, tile_shape=TILE, sky=5.0,
-                             **_config())
-    assert_same_catalog(tiled, whole)
-    assert tiled.meta["sky"] == "constant" and tiled.meta["sky_median"] == 5.0
-
-
-def test_tiled_poisson_sky_map_is_in_the_expectation(sky_scene):
-    """likelihood='poisson': counts keep their sky, each task's map enters the expected
-    counts, as PSFPhotometry(...)(counts, sky=whole-image map)."""
-    from crowdphot.background.sky import estimate_sky
-
-    model = cp.CircularGaussianPRF(fwhm=FWHM)
-    stars, truth = cp.make_psf_model_image(SHAPE, model, 80, flux=(2000, 20000),
-                                           min_separation=8, seed=4, model_shape=(11, 11))
-    counts = np.random.default_rng(3).poisson(stars + _gradient_sky(SHAPE)).astype(float)
-    sky, _, _ = estimate_sky(counts, box_size=SKY_BOX, fwhm=FWHM)
-    init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": truth["flux"]})
-    kw = dict(grouper=cp.SourceGrouper(8), group_warning_threshold=10**9,
-              likelihood="poisson", read_noise=0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        whole = cp.PSFPhotometry(model, 5, **kw)(counts, init_params=init, sky=sky)
-        tiled = photometry_tiled(counts, model, 5, init_params=init, tile_shape=TILE,
-                                 sky="map", sky_options={"box_size": SKY_BOX, "fwhm": FWHM},
-                                 **kw)
-    # the noise at the sky level is sqrt(30) > 5: the same 0.05-sigma remainder bound
-    pull = (_val(tiled["flux_fit"]) - _val(whole["flux_fit"])) / _val(whole["flux_err"])
-    assert np.nanmax(np.abs(pull)) < 0.05 * _pull_per_sky(model)
-    rel = _val(tiled["flux_fit"]) / np.asarray(truth["flux"]) - 1
-    assert abs(np.median(rel)) < 0.005
-
-
-# ----------------------------------------------------------------------------------------------
 # Dask: a real LocalCluster with 2 worker processes on loopback
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("dask.distributed")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # cluster start-up chatter is not under test
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1")
-        client = distributed.Client(cluster)
-        client.wait_for_workers(2)
-    yield client
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client.close()
-        cluster.close()
-
-
 @pytest.fixture(scope="module")
 def fits_scene(crowded, tmp_path_factory):
     """The crowded scene as a JWST-style SCI/ERR/DQ file (float32 on disk)."""
@@ -671,19 +443,6 @@ def test_dask_in_memory_array_equals_in_process(crowded, whole, dask_client):
     tiled = photometry_tiled(data, model, 5, error=error, tile_shape=(80, 120),
                              client=dask_client, **_config())
     assert_same_catalog(tiled, whole)
-
-
-def test_dask_sky_map_in_memory_equals_in_process(sky_scene, dask_client):
-    """Each worker gets the task's sky region (box + sky boxes), not only its box: the same
-    catalog as in process, all-star rounds included."""
-    model, data, _, _, _ = sky_scene
-    kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
-              aperture_radius=4, group_warning_threshold=10**9, tile_shape=TILE, sky="map",
-              sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, subtract_neighbors=True)
-    error = np.full(SHAPE, SKY_NOISE)
-    local = photometry_tiled(data, model, 5, error=error, **kw)
-    remote = photometry_tiled(data, model, 5, error=error, client=dask_client, **kw)
-    assert_same_catalog(remote, local, xy_tol=1e-9, flux_rtol=1e-9)
 
 
 def test_array_planes_refuse_regions_they_do_not_hold():

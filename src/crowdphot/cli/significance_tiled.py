@@ -4,7 +4,8 @@ A whole-image ``crowdphot phot`` drops found stars whose flux, re-measured with 
 star's model subtracted, is below ``--min-snr`` sigma (:mod:`crowdphot.cli.significance`). A
 tiled run has no image in memory, so here the driver reads one tile at a time: the box around
 the stars the tile owns (their fit boxes), minus the same sky the tile tasks subtracted
-(:func:`crowdphot.pipeline._sky.tile_sky`), with every fitted star whose model reaches that box
+(:func:`crowdphot.pipeline._sky.tile_sky`; on images small enough, the whole-image map the
+fit estimated, reused), with every fitted star whose model reaches that box
 rendered, and re-measures the owned stars exactly as the whole-image rule does. Memory stays
 at one tile box; the result equals the whole-image cut up to the sky maps' small remainder.
 """
@@ -87,13 +88,15 @@ def apply_min_snr_tiled(args, image, psf, table, sky_kwargs, sigma):
     """``crowdphot phot --tile``'s clean-up step: ``(table, n_dropped)``, as
     :func:`crowdphot.cli.significance.apply_min_snr` (records ``min_snr`` and
     ``n_insignificant``); skipped for ``--init`` and ``--min-snr 0``."""
-    from crowdphot.pipeline._sky import check_tile_sky
+    from crowdphot.pipeline._sky import check_tile_sky, task_spec
 
     snr = getattr(args, "min_snr", 5.0)
     if not snr or getattr(args, "init", None) or len(table) == 0:
         return table, 0
     planes = image.planes
     spec = check_tile_sky(sky_kwargs.get("sky"), sky_kwargs.get("sky_options"), planes.shape)
+    # on a small image: the whole image's map, estimated once for the fit and reused here
+    spec = task_spec(spec, planes.shape)
     fit_shape = (args.fit_shape, args.fit_shape)
     f, e = neighbour_subtracted_flux_tiled(planes, psf, table, fit_shape, args.tile, sky=spec,
                                            sigma=sigma)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ArrayPlanes", "make_source", "shift_model", "with_unit"]
+__all__ = ["ArrayPlanes", "SkyPlanes", "make_source", "shift_model", "with_unit"]
 
 
 class ArrayPlanes:
@@ -39,7 +39,37 @@ class ArrayPlanes:
                             shape=self.shape)
 
 
+class SkyPlanes:
+    """A source together with the sky map of its image (or a piece of that map).
+
+    ``cut`` is the source's; :meth:`sky` cuts the map. On Dask, :meth:`sub` keeps only a
+    task's box of the map (and of in-memory planes; a file source stays a path).
+    """
+
+    def __init__(self, source, sky, origin=(0, 0)):
+        self.source, self.plane, self.origin = source, sky, origin
+        self.shape = source.shape
+
+    def cut(self, y0, y1, x0, x1):
+        """``(data, error, mask)`` of ``[y0:y1, x0:x1]``, from the source."""
+        return self.source.cut(y0, y1, x0, x1)
+
+    def sky(self, y0, y1, x0, x1):
+        """The sky map over ``[y0:y1, x0:x1]`` (full-image indices): a float64 copy."""
+        oy, ox = self.origin
+        if y0 < oy or x0 < ox or y1 - oy > self.plane.shape[0] or x1 - ox > self.plane.shape[1]:
+            raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] is not inside the sky piece held "
+                             f"(origin {self.origin}, shape {self.plane.shape})")
+        return np.array(self.plane[y0 - oy:y1 - oy, x0 - ox:x1 - ox], dtype=float, order="C")
+
+    def sub(self, box):
+        """A picklable piece holding only ``box`` of the map (and of in-memory planes)."""
+        src = self.source.sub(box) if hasattr(self.source, "sub") else self.source
+        return SkyPlanes(src, self.sky(*box), origin=(box[0], box[2]))
+
+
 def with_unit(value, unit):
+    """``value`` as a Quantity in ``unit`` (unchanged without a unit)."""
     if unit is None or value is None:
         return value
     import astropy.units as u

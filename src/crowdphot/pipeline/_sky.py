@@ -16,6 +16,16 @@ a *region* around its box:
 So the map a task subtracts equals the whole-image map up to a remainder that decays with
 the pad (:func:`tile_sky`; measured in ``tests/pipeline/test_tiles.py``), and neighbouring tasks
 agree on their overlap to the same remainder.
+
+Images of at most :data:`WHOLE_SKY_PIXELS` pixels skip all that (:func:`task_spec`): the map
+is estimated once on the whole image (exactly the whole-image run's map) and each task gets
+its cut-out, as for a sky map given by the user (spec ``('plane', None)``: the source is a
+:class:`crowdphot.pipeline._planes.SkyPlanes` carrying the map). The detection, fit and
+``--min-snr`` tasks of a tile read different boxes, so for larger images each estimates its
+own region; growing them to one shared region per tile was tried and dropped: a larger region
+is not always closer to the whole-image map (the remainder is not monotonic in the region:
+on the test scene one fit box went from 0.008 to 0.068 of a sky unit), so it would move
+results without making them better.
 """
 
 from __future__ import annotations
@@ -25,29 +35,38 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SKY_PAD_BOXES", "check_tile_sky", "read_box", "sky_region", "tile_sky"]
+__all__ = ["SKY_PAD_BOXES", "WHOLE_SKY_PIXELS", "check_tile_sky", "read_box",
+           "sky_region", "task_spec", "tile_sky", "whole_sky", "whole_sky_applies"]
 
 #: Boxes of the sky grid read beyond a task's box on every side to estimate its sky map.
 SKY_PAD_BOXES = 3
 
+#: Images of at most this many pixels get one sky map estimated on the whole image (about 40
+#: bytes per pixel while it is estimated: ~340 MB at this size), larger ones one per tile region.
+WHOLE_SKY_PIXELS = 2**23
+
 _MAP_OPTIONS = ("box_size", "fwhm", "nsigma", "dilate", "iterations", "filter_size")
 
 
-def check_tile_sky(sky, sky_options, shape):
+def check_tile_sky(sky, sky_options, shape, unit=None):
     """The sky option of :func:`~crowdphot.pipeline.tiles.photometry_tiled`, normalised.
 
     Parameters
     ----------
-    sky : None, float or 'map'
+    sky : None, float, 'map' or array_like of shape (ny, nx)
+        A 2-D map (ndarray, memory-mapped array or Quantity) is checked as
+        ``PSFPhotometry.__call__``'s ``sky`` (shape, finite values, unit) without copying it.
     sky_options : dict or None
         Keywords of :func:`crowdphot.background.sky.estimate_sky` (``box_size``, ``fwhm``,
         ``nsigma``, ``dilate``, ``iterations``, ``filter_size``); only with ``sky='map'``.
     shape : (ny, nx)
         The whole image's shape (the default box size follows it, as in a whole-image run).
+    unit : astropy unit, optional
+        The data's unit (a Quantity map is converted to it).
 
     Returns
     -------
-    spec : None, ('value', float) or ('map', dict)
+    spec : None, ('value', float), ('map', dict) or ('array', ndarray)
         The dict has ``box_size`` as ``(by, bx)`` ints.
 
     Examples
@@ -56,6 +75,8 @@ def check_tile_sky(sky, sky_options, shape):
     ('value', 20.0)
     >>> check_tile_sky('map', {'box_size': 32}, (1000, 1000))[1]['box_size']
     (32, 32)
+    >>> check_tile_sky(np.zeros((3, 4)), None, (3, 4))[0]
+    'array'
     """
     if sky is None:
         if sky_options:
@@ -63,7 +84,7 @@ def check_tile_sky(sky, sky_options, shape):
         return None
     if isinstance(sky, str):
         if sky != "map":
-            raise ValueError(f"sky must be None, a number or 'map', got {sky!r}")
+            raise ValueError(f"sky must be None, a number, 'map' or an image, got {sky!r}")
         opts = dict(sky_options or {})
         unknown = sorted(set(opts) - set(_MAP_OPTIONS))
         if unknown:
@@ -80,11 +101,86 @@ def check_tile_sky(sky, sky_options, shape):
         # Background2D caps the box at the image size
         opts["box_size"] = (min(by, int(shape[0])), min(bx, int(shape[1])))
         return "map", opts
+    if np.ndim(getattr(sky, "value", sky)) == 2 or hasattr(sky, "unit"):
+        if sky_options:
+            raise ValueError("sky_options need sky='map'")
+        return "array", _check_sky_image(sky, shape, unit)
     if isinstance(sky, bool) or not isinstance(sky, numbers.Real) or not math.isfinite(sky):
-        raise ValueError(f"sky must be None, a finite number or 'map', got {sky!r}")
+        raise ValueError(f"sky must be None, a finite number, 'map' or an image, got {sky!r}")
     if sky_options:
         raise ValueError("sky_options need sky='map'")
     return "value", float(sky)
+
+
+def _check_sky_image(sky, shape, unit):
+    """A user's sky map: PSFPhotometry's checks and messages, in row blocks (no full copy)."""
+    if hasattr(sky, "unit") and hasattr(sky, "to_value"):
+        if unit is None:
+            raise ValueError("sky has a unit but data has none")
+        try:
+            sky = sky.to_value(unit)
+        except Exception as exc:  # astropy UnitConversionError
+            raise ValueError(f"sky must have units compatible with data ({unit})") from exc
+    arr = sky if isinstance(sky, np.ndarray) else np.asarray(sky)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError("sky must be a number or a numeric image")
+    if arr.ndim != 2 or arr.shape != tuple(shape):
+        raise ValueError(f"sky must be a scalar or an image of shape {tuple(shape)}, got "
+                         f"shape {arr.shape}")
+    step = max(1, 2**22 // max(1, arr.shape[1]))  # a memory-mapped map is read in blocks
+    for y in range(0, arr.shape[0], step):
+        if not np.all(np.isfinite(arr[y:y + step])):
+            raise ValueError("sky contains NaN or inf values")
+    return arr
+
+
+def task_spec(spec, shape):
+    """``spec`` as a tiled run's tasks use it: where its sky map is estimated.
+
+    Only a ``'map'`` spec changes: on an image of at most :data:`WHOLE_SKY_PIXELS` pixels it
+    becomes ``('whole', options)`` (one map on the whole image, cut for every task: exactly
+    the whole-image run's map); larger images keep ``('map', options)`` (each task's own
+    region). Decided once, by the driver (never by a task).
+
+    Examples
+    --------
+    >>> task_spec(('map', {'box_size': (8, 8)}), (10**4, 10**4))[0]
+    'map'
+    >>> task_spec(('map', {'box_size': (8, 8)}), (100, 100))[0]
+    'whole'
+    >>> task_spec(('value', 2.0), (100, 100))
+    ('value', 2.0)
+    """
+    if spec is None or spec[0] != "map" or not whole_sky_applies(shape):
+        return spec
+    return "whole", spec[1]
+
+
+def whole_sky_applies(shape):
+    """Whether an image of ``shape`` gets one sky map estimated on the whole image."""
+    return int(shape[0]) * int(shape[1]) <= WHOLE_SKY_PIXELS
+
+
+def whole_sky(source, options):
+    """The whole image's sky map (:func:`crowdphot.background.sky.estimate_sky` on every
+    pixel of ``source``), estimated once while ``source`` lives
+    (:func:`crowdphot.pipeline._tilecache.whole_image_sky`); read-only (ny, nx) float64."""
+    from crowdphot.pipeline._tilecache import whole_image_sky
+
+    ny, nx = (int(v) for v in source.shape)
+    return whole_image_sky(source, options, lambda: _estimate(source, (0, ny, 0, nx), options))
+
+
+def _estimate(source, region, options):
+    from crowdphot.background.sky import estimate_sky
+
+    ry0, ry1, rx0, rx1 = region
+    data, _, mask = source.cut(ry0, ry1, rx0, rx1)
+    try:
+        sky, _, _ = estimate_sky(data, mask=mask, **options)
+    except ValueError:  # every pixel of the region is masked: nothing there to fit either
+        sky = np.zeros(data.shape)
+    return sky
 
 
 def sky_region(box, shape, box_size, pad=SKY_PAD_BOXES):
@@ -139,8 +235,10 @@ def tile_sky(source, box, spec, pad=SKY_PAD_BOXES):
     Parameters
     ----------
     source : object with ``cut(y0, y1, x0, x1) -> (data, error, mask)`` and ``shape``
+        With spec ``('plane', ...)``: a :class:`crowdphot.pipeline._planes.SkyPlanes`.
     box : (y0, y1, x0, x1) ints
-    spec : None or the result of :func:`check_tile_sky`
+    spec : None, the result of :func:`check_tile_sky` or of :func:`task_spec`, or
+        ``('plane', None)``
     pad : int
 
     Returns
@@ -150,22 +248,19 @@ def tile_sky(source, box, spec, pad=SKY_PAD_BOXES):
     if spec is None:
         return None
     y0, y1, x0, x1 = box
-    kind, value = spec
+    kind, value = spec[0], spec[1]
     if kind == "value":
         return np.full((y1 - y0, x1 - x0), value)
-    from crowdphot.background.sky import estimate_sky
+    if kind == "plane":
+        return source.sky(y0, y1, x0, x1)
+    if kind == "array":
+        return np.array(value[y0:y1, x0:x1], dtype=float, order="C")
+    if kind == "whole":
+        return np.array(whole_sky(source, value)[y0:y1, x0:x1], dtype=float, order="C")
     from crowdphot.pipeline._tilecache import cached_region_sky
 
     ry0, ry1, rx0, rx1 = region = sky_region(box, source.shape, value["box_size"], pad)
-
-    def estimate():
-        data, _, mask = source.cut(ry0, ry1, rx0, rx1)
-        try:
-            sky, _, _ = estimate_sky(data, mask=mask, **value)
-        except ValueError:  # every pixel of the region is masked: nothing there to fit either
-            sky = np.zeros(data.shape)
-        return sky
-
     # in-process runs estimate each region once (pipeline._tilecache.sky_cache)
-    sky = cached_region_sky(source, region, value, estimate)
+    sky = cached_region_sky(source, region, value,
+                            lambda: _estimate(source, region, value))
     return np.array(sky[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0], dtype=float, order="C")

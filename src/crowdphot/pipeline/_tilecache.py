@@ -10,19 +10,27 @@ already estimated for one image, so each region is estimated once; the values ar
 arrays a fresh estimate returns (the estimate is deterministic), so results do not change.
 
 Dask tasks never see the cache (each worker estimates its own regions, as before).
+
+Images small enough for one whole-image estimate (:data:`crowdphot.pipeline._sky.WHOLE_SKY_PIXELS`)
+get their map from :func:`whole_image_sky` instead: estimated once per source object (and, for
+a file, per state of the file) and kept while that object lives, so the ``--min-snr`` pass of
+``crowdphot phot --tile`` after the tiled fit reuses the fit's map.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import weakref
 from collections import OrderedDict
 
-__all__ = ["CACHE_BYTES", "cached_region_sky", "sky_cache"]
+__all__ = ["CACHE_BYTES", "cached_region_sky", "sky_cache", "whole_image_sky"]
 
 #: Most bytes of region maps kept (least recently used dropped first).
 CACHE_BYTES = 512 * 2**20
 
 _ACTIVE = []  # stack of _Cache (innermost last)
+_WHOLE = weakref.WeakKeyDictionary()  # source -> (key, whole-image map)
 
 
 class _Cache:
@@ -109,6 +117,59 @@ def cached_region_sky(source, region, options, compute):
             key = (tuple(int(v) for v in region), _freeze(options))
             return cache.get(key, compute)
     return compute()
+
+
+def whole_image_sky(source, options, compute):
+    """The whole-image sky map of ``source``: estimated once while ``source`` lives.
+
+    Parameters
+    ----------
+    source : object
+        The image (a weak reference is kept; a file's path, size and modification time are
+        part of the key, so a rewritten file is estimated again).
+    options : dict
+        The sky options (part of the key).
+    compute : callable
+        ``compute() -> ndarray`` estimates the map.
+
+    Returns
+    -------
+    sky : ndarray, read-only
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Src:
+    ...     shape = (2, 2)
+    >>> src = Src()
+    >>> a = whole_image_sky(src, {}, lambda: np.zeros((2, 2)))
+    >>> b = whole_image_sky(src, {}, lambda: np.ones((2, 2)))
+    >>> (a is b, a.flags.writeable)
+    (True, False)
+    """
+    key = (_freeze(options), _file_state(source))
+    try:
+        held = _WHOLE.get(source)
+    except TypeError:  # not weakly referable: no memo
+        held = None
+    if held is not None and held[0] == key:
+        return held[1]
+    value = compute()
+    value.setflags(write=False)
+    with contextlib.suppress(TypeError):
+        _WHOLE[source] = (key, value)
+    return value
+
+
+def _file_state(source):
+    path = getattr(source, "path", None)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns)
 
 
 def _freeze(obj):

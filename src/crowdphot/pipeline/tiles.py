@@ -18,9 +18,10 @@ and no gaps at seams.
    position-dependent PSF grids are shifted into the cut's frame.
 
 With ``sky=`` every task removes the image's sky from its pixels before finding and fitting
-(a constant, or a map estimated on a region of the whole image's sky-box grid around its box:
-:mod:`crowdphot.pipeline._sky`); with ``likelihood='poisson'`` the sky is part of the expected
-counts instead.
+(a constant, a map given by the user, or a map estimated on the whole image, or for large
+images on a region of the whole image's sky-box grid around each task's box:
+:mod:`crowdphot.pipeline._sky`);
+with ``likelihood='poisson'`` the sky is part of the expected counts instead.
 
 How it spreads over a real cluster
 ----------------------------------
@@ -120,14 +121,19 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         in a whole-image run (equal to it within a small fraction of the errors, not to
         rounding: the all-star passes stop at a tolerance).
 
-    sky : None, float or 'map', optional
+    sky : None, float, 'map' or array_like (ny, nx), optional
         crowdphot extension: the sky contained in the image, removed before finding and
         fitting in every task (with ``likelihood='poisson'`` it is part of the expected counts
-        instead, as ``PSFPhotometry.__call__``'s ``sky``). A number is a constant sky; 'map'
+        instead, as ``PSFPhotometry.__call__``'s ``sky``). A number is a constant sky; an image
+        (ndarray, memory-mapped array or Quantity in the data's unit, checked as
+        ``PSFPhotometry``'s ``sky``) is the sky map, each task getting its cut-out; 'map'
         estimates a sky map as :func:`crowdphot.background.sky.estimate_sky` on the whole
-        image would, in each task on a region of the whole image's box grid around its box
-        (:mod:`crowdphot.pipeline._sky`: equal to the whole-image map up to a small remainder
-        of the region's edges). Default None: the image has no sky.
+        image would: once on the whole image for images of at most
+        :data:`crowdphot.pipeline._sky.WHOLE_SKY_PIXELS` pixels (exactly the whole-image map;
+        on Dask each task gets its cut-out), else by each task on a region of the whole
+        image's box grid around its box (:mod:`crowdphot.pipeline._sky`: equal to the
+        whole-image map up to a small remainder of the region's edges).
+        Default None: the image has no sky.
     sky_options : dict, optional
         With ``sky='map'``: keywords of :func:`~crowdphot.background.sky.estimate_sky`
         (``box_size``, ``fwhm``, ``nsigma``, ``dilate``, ``iterations``, ``filter_size``);
@@ -189,7 +195,7 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
     shape = source.shape
     from crowdphot.pipeline._sky import check_tile_sky
 
-    sky_spec = check_tile_sky(sky, sky_options, shape)
+    sky_spec = check_tile_sky(sky, sky_options, shape, unit)
     (ny, nx), (ty, tx) = check_grid(shape, tile_shape)
     tiles = tile_grid(shape, (ty, tx))
     if init_params is not None:
@@ -201,6 +207,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                              "column")
     det_margin = detect_margin(finder) if margin is None else int(margin)
     fit_margin_ = fit_margin(fit_shape, local_bkg_estimator, aperture_radius)
+    # what the tasks get: the sky map (given, or estimated once on a small image) travels
+    # with the source; a large image's map is estimated per tile region
+    source, task_sky = _task_sky(source, sky_spec)
 
     client, owned = open_client(client, None if workers is None else int(workers), scheduler)
     from crowdphot.pipeline._tilecache import sky_cache
@@ -209,7 +218,7 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
             runner = Runner(client, source)
             if init_params is None:
                 init = detect_all(runner, tiles, det_margin, shape, finder, unit,
-                                   progress_bar, sky_spec)
+                                   progress_bar, task_sky)
                 if init is None:
                     warnings.warn("no sources were found; nothing to fit", CrowdphotWarning,
                                   stacklevel=2)
@@ -223,10 +232,10 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                           likelihood=config.likelihood, read_noise=config.read_noise,
                           gain=config.gain, crlb=config.crlb,
                           subtract_neighbors=config.subtract_neighbors,
-                          merge_separation=config.merge_separation, tile_sky=sky_spec)
+                          merge_separation=config.merge_separation, tile_sky=task_sky)
             shared_psf = runner.share(psf_model)
             from crowdphot.pipeline._sky import read_box
-            outs = runner.map(fit_task, [read_box(box, shape, sky_spec) for box, _ in jobs],
+            outs = runner.map(fit_task, [read_box(box, shape, task_sky) for box, _ in jobs],
                               [(box, sub, shared_psf, fit_shape, unit, kwargs)
                                for box, sub in jobs], progress=progress_bar, desc="Fit tiles")
             if config.subtract_neighbors and len(jobs) > 1:
@@ -237,10 +246,37 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
             close_client(client)
     table = merge(outs, shape, tiles, (ty, tx), fit_margin_, det_margin)
     if table is not None and sky_spec is not None:
-        from crowdphot.pipeline._sky import SKY_PAD_BOXES
-        kind, value = sky_spec
-        table.meta.update({"sky": "constant", "sky_median": value} if kind == "value" else
-                          {"sky": "map", "sky_box": tuple(value["box_size"]),
-                           "sky_pad_boxes": SKY_PAD_BOXES})
+        table.meta.update(_sky_meta(sky_spec, task_sky))
     return table
+
+
+def _task_sky(source, spec):
+    """``(source, spec)`` the tasks get for the checked ``sky`` option ``spec``."""
+    from crowdphot.pipeline._planes import SkyPlanes
+    from crowdphot.pipeline._sky import task_spec, whole_sky
+
+    if spec is None or spec[0] == "value":
+        return source, spec
+    if spec[0] == "array":
+        return SkyPlanes(source, spec[1]), ("plane", None)
+    spec = task_spec(spec, source.shape)
+    if spec[0] == "whole":  # one estimate, exactly the whole-image run's map
+        return SkyPlanes(source, whole_sky(source, spec[1])), ("plane", None)
+    return source, spec
+
+
+def _sky_meta(spec, task_spec):
+    from crowdphot.pipeline._sky import SKY_PAD_BOXES
+
+    kind, value = spec[0], spec[1]
+    if kind == "value":
+        return {"sky": "constant", "sky_median": value}
+    if kind == "array":
+        return {"sky": "given map"}
+    meta = {"sky": "map", "sky_box": tuple(value["box_size"])}
+    if task_spec[0] == "plane":
+        meta["sky_scope"] = "image"
+    else:
+        meta.update(sky_scope="tile", sky_pad_boxes=SKY_PAD_BOXES)
+    return meta
 
