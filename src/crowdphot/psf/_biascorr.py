@@ -97,7 +97,7 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
     xlo = np.asarray(xlo, dtype=np.int64)
     ylo = np.asarray(ylo, dtype=np.int64)
     fshape = tuple(int(v) for v in fit_shape)
-    w_img = np.where(usable & (variance > 0), 1.0 / np.where(variance > 0, variance, 1.0), 0.0)
+    w_img = (variance, usable)  # weights are formed on the gathered pixels only (mosaics)
     bias = np.full((n, 3), np.nan)
     # members without finite values (failed, dropped from their group's model) leave it
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
@@ -157,7 +157,8 @@ def _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, mem, bx0,
     """Bias of groups of one size ``k`` on one union-box shape (in place on ``bias``)."""
     g_n, k = mem.shape
     fy, fx = fshape
-    ny, nx = w_img.shape
+    variance, usable = w_img
+    ny, nx = variance.shape
     rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
     cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
     inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
@@ -169,7 +170,9 @@ def _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, mem, bx0,
         rx = cols - bx0[:, None, None]
         union |= (ry >= dy) & (ry < dy + fy) & (rx >= dx) & (rx < dx + fx)
     rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-    w = np.where(union & inside, w_img[rc, cc], 0.0).reshape(g_n, -1)
+    var = np.asarray(variance[rc, cc], dtype=float)
+    use = union & inside & np.asarray(usable[rc, cc], dtype=bool) & (var > 0)
+    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).reshape(g_n, -1)
     flat = mem.reshape(-1)
     _, d1, d2 = _derivatives(psf, x[flat], y[flat], flux[flat], box, np.repeat(bx0, k),
                              np.repeat(by0, k), 1.0, False)
@@ -287,6 +290,7 @@ def _bias(psf_model, x, y, flux, flux_err, gid, x_init, y_init, fit_shape, error
     usable = np.isfinite(err) & (err > 0)
     if mask is not None:
         usable &= ~np.asarray(mask, dtype=bool)
+    # (a mosaic's tiled run would pass memory-mapped planes and gather per batch instead)
     free = np.broadcast_to([not psf_model.x_0.fixed, not psf_model.y_0.fixed,
                             not psf_model.flux.fixed], (n, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
