@@ -126,4 +126,3 @@ def owner_index(x, y, ny, nx, ty, tx):
     iy = np.searchsorted(ys[1:-1] - 0.5, y, side="right")
     ix = np.searchsorted(xs[1:-1] - 0.5, x, side="right")
     return (iy * (len(xs) - 1) + ix).astype(np.int64)
-
