@@ -101,9 +101,14 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
     bias = np.full((n, 3), np.nan)
     # members without finite values (failed, dropped from their group's model) leave it
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    too_faint = np.zeros(n, dtype=bool)
     if snr is not None:  # all-bright groups: |bias| < 0.01 sigma, not worth computing
         with np.errstate(invalid="ignore"):
             faint = ~(np.asarray(snr, dtype=float) > SKIP_SNR)
+            # members too faint for the expansion stay in their group's model with their
+            # parameters held: their near-singular terms would swamp their partners' bias
+            too_faint = ok & (np.asarray(snr, dtype=float) < MIN_SNR)
+        free = free & ~too_faint[:, None]
         _, ginv = np.unique(np.asarray(gid), return_inverse=True)
         bright = ok & (np.bincount(ginv, faint & ok)[ginv] == 0)
         bias[bright] = 0.0
@@ -143,6 +148,7 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
         sel = idx[a:a + step]
         _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, sel[:, None],
                      xlo[sel], ylo[sel], fshape, fit_sky)
+    bias[too_faint] = np.nan
     return bias
 
 
