@@ -43,7 +43,7 @@ _BOX_FACTOR = 3
 _CHUNK = 20_000_000  # floats of second derivatives per batch (160 MB)
 
 
-def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable, *,
+def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, error, mask, *,
                      free=None, fit_sky=False, snr=None):
     """First-order bias of each source's (x, y, flux), its group fitted jointly (unchecked).
 
@@ -58,10 +58,11 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
     xlo, ylo : ndarray of int, shape (n,)
         Lower-left pixel of each source's fit stamp.
     fit_shape : (fy, fx)
-    variance : ndarray of shape (ny, nx)
-        Pixel variances (``error**2``).
-    usable : ndarray of bool, shape (ny, nx)
-        Pixels that entered the fits (not masked, finite).
+    error : array-like of shape (ny, nx)
+        Pixel standard deviations (a memory-mapped plane is read only around the sources);
+        pixels whose error is not finite and positive did not enter the fits.
+    mask : array-like of bool, shape (ny, nx), or None
+        True where pixels were masked.
     free : ndarray of bool, shape (n, 3), optional
         Which of (x, y, flux) were fitted; fixed ones have no bias and do not enter the
         information. Default: all free.
@@ -84,10 +85,9 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
 
     >>> from crowdphot import CircularGaussianPRF
     >>> psf = CircularGaussianPRF(fwhm=3.0)
-    >>> var = np.full((41, 41), 9.0)
     >>> b = cox_snell_groups(psf, np.array([20.2]), np.array([19.9]), np.array([100.0]),
-    ...                      np.array([1]), np.array([14]), np.array([13]), (13, 13), var,
-    ...                      np.ones((41, 41), bool))
+    ...                      np.array([1]), np.array([14]), np.array([13]), (13, 13),
+    ...                      np.full((41, 41), 3.0), None)
     >>> round(float(b[0, 2] / 100.0), 3)
     0.019
     """
@@ -97,7 +97,7 @@ def cox_snell_groups(psf, x, y, flux, gid, xlo, ylo, fit_shape, variance, usable
     xlo = np.asarray(xlo, dtype=np.int64)
     ylo = np.asarray(ylo, dtype=np.int64)
     fshape = tuple(int(v) for v in fit_shape)
-    w_img = (variance, usable)  # weights are formed on the gathered pixels only (mosaics)
+    w_img = (error, mask)  # weights are formed on the gathered pixels only (mosaics)
     bias = np.full((n, 3), np.nan)
     # members without finite values (failed, dropped from their group's model) leave it
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
@@ -163,8 +163,8 @@ def _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, mem, bx0,
     """Bias of groups of one size ``k`` on one union-box shape (in place on ``bias``)."""
     g_n, k = mem.shape
     fy, fx = fshape
-    variance, usable = w_img
-    ny, nx = variance.shape
+    error, mask = w_img
+    ny, nx = error.shape
     rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
     cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
     inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
@@ -176,9 +176,11 @@ def _group_batch(bias, psf, x, y, flux, free, xlo, ylo, fshape, w_img, mem, bx0,
         rx = cols - bx0[:, None, None]
         union |= (ry >= dy) & (ry < dy + fy) & (rx >= dx) & (rx < dx + fx)
     rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-    var = np.asarray(variance[rc, cc], dtype=float)
-    use = union & inside & np.asarray(usable[rc, cc], dtype=bool) & (var > 0)
-    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).reshape(g_n, -1)
+    err = np.asarray(error[rc, cc], dtype=float)
+    use = union & inside & np.isfinite(err) & (err > 0)
+    if mask is not None:
+        use &= ~np.asarray(mask[rc, cc], dtype=bool)
+    w = np.where(use, 1.0 / np.where(use, err, 1.0) ** 2, 0.0).reshape(g_n, -1)
     flat = mem.reshape(-1)
     _, d1, d2 = _derivatives(psf, x[flat], y[flat], flux[flat], box, np.repeat(bx0, k),
                              np.repeat(by0, k), 1.0, False)
@@ -292,14 +294,10 @@ def _bias(psf_model, x, y, flux, flux_err, gid, x_init, y_init, fit_shape, error
     n = len(x)
     xlo, ylo = stamp_origin(np.asarray(x_init, dtype=float), np.asarray(y_init, dtype=float),
                             fit_shape)
-    err = np.asarray(getattr(error, "value", error), dtype=float)
-    usable = np.isfinite(err) & (err > 0)
-    if mask is not None:
-        usable &= ~np.asarray(mask, dtype=bool)
-    # (a mosaic's tiled run would pass memory-mapped planes and gather per batch instead)
+    err = getattr(error, "value", error)  # a Quantity's numbers; planes stay as they are
     free = np.broadcast_to([not psf_model.x_0.fixed, not psf_model.y_0.fixed,
                             not psf_model.flux.fixed], (n, 3))
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.abs(flux) / flux_err
     return cox_snell_groups(psf_model, x, y, flux, np.asarray(gid), xlo, ylo, fit_shape,
-                            err * err, usable, free=free, fit_sky=fit_sky, snr=snr)
+                            err, mask, free=free, fit_sky=fit_sky, snr=snr)
