@@ -30,18 +30,18 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
 
     Parameters
     ----------
-    runner : crowdphot.pipeline.tiles._Runner
+    runner : crowdphot.pipeline._runner.Runner
     fit_task : callable
-        :func:`crowdphot.pipeline.tiles._fit_task` (its last argument takes the neighbours
+        :func:`crowdphot.pipeline._tasks.fit_task` (its last argument takes the neighbours
         ``(m, 3)``: x, y, flux in image pixels).
     shared_psf, psf_model, fit_shape, unit, kwargs, progress
         As the first round's.
     jobs : list of (box, QTable)
-        As ``crowdphot.pipeline.tiles._fit_jobs`` (the first round's tasks).
+        As :func:`crowdphot.pipeline._plan.fit_jobs` (the first round's tasks).
     outs : list of (QTable or None, messages)
         The first round's results, one per job.
     shift_model : callable, optional
-        :func:`crowdphot.pipeline.tiles._shift_model`; given, tasks whose neighbours' light
+        :func:`crowdphot.pipeline._planes.shift_model`; given, tasks whose neighbours' light
         changed by less than their stars' refit thresholds are not refitted.
 
     Returns
