@@ -24,6 +24,7 @@ from crowdphot import (
 )
 from crowdphot.core.batched import stamp_origin
 from crowdphot.psf.allstar import neighbor_stamps
+from crowdphot.psf.flags import PSF_FLAGS
 
 
 def _init(truth):
@@ -359,15 +360,20 @@ def test_poisson_likelihood_all_star():
     counts = rng.poisson(data + 20.0) + rng.normal(0.0, 3.0, data.shape)
     init = QTable({"x": truth["x_0"], "y": truth["y_0"], "flux": 0.9 * truth["flux"],
                    "local_bkg": np.full(len(truth), 20.0)})
-    pulls = {}
+    pulls, clean = {}, {}
     for sn in (False, True):
         phot = PSFPhotometry(psf, (5, 5), grouper=SourceGrouper(4), likelihood="poisson",
                              read_noise=3.0, subtract_neighbors=sn)
         tab = _fit(phot, counts, init)
         pull = (np.asarray(tab["flux_fit"]) - truth["flux"]) / np.asarray(tab["flux_err"])
-        pulls[sn] = pull[np.isfinite(pull) & (np.asarray(tab["flags"]) == 0)]
+        flags = np.asarray(tab["flags"])
+        pulls[sn] = pull[np.isfinite(pull) & ((flags & ~PSF_FLAGS.CONTAMINATED) == 0)]
+        clean[sn] = pull[np.isfinite(pull) & (flags == 0)]
     n = len(pulls[True])
     assert n > 350
     assert abs(np.mean(pulls[True])) < 4 / np.sqrt(n)
     assert 0.85 < np.std(pulls[True]) < 1.15
+    assert len(clean[True]) == n  # all-star: no unmodelled light, never 'contaminated'
     assert np.mean(pulls[False]) > 0.5  # neighbours' wings push the grouped fluxes up
+    # ... and the grouped fits they push by more than their error are flagged contaminated
+    assert np.mean(clean[False]) < 0.5 * np.mean(pulls[False])

@@ -26,7 +26,7 @@ EXPECTED = {
 
 #: crowdphot's extensions, above photutils' bits
 EXTENSIONS = {4096: "left_stamp", 8192: "absurd_value", 16384: "merged",
-              32768: "unresolved_blend"}
+              32768: "unresolved_blend", 65536: "contaminated", 131072: "unconstrained"}
 
 
 def test_registry_bits_and_names():
@@ -34,7 +34,7 @@ def test_registry_bits_and_names():
     assert PSF_FLAGS.flag_dict == {**EXPECTED, **EXTENSIONS}
     assert PSF_FLAGS.bit_values[:12] == PHOTUTILS_FLAGS.bit_values
     assert PSF_FLAGS.names[:12] == PHOTUTILS_FLAGS.names
-    assert PSF_FLAGS.all_bits == 4095 + 4096 + 8192 + 16384 + 32768
+    assert PSF_FLAGS.all_bits == 4095 + 4096 + 8192 + 16384 + 32768 + 65536 + 131072
     for bit, name in EXTENSIONS.items():
         assert getattr(PSF_FLAGS, name.upper()) == bit
         assert PSF_FLAGS.get_definition(bit).detailed_description
@@ -68,7 +68,7 @@ def test_registry_aliases_and_errors():
         PSF_FLAGS.get_definition(True)
 
 
-@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 2048 + 65536, 3 * 1024 + 17])
+@pytest.mark.parametrize("value", [0, 1, 5, 8, 136, 4095, 2048 + 2**20, 3 * 1024 + 17])
 @pytest.mark.parametrize("bits", [False, True])
 def test_decode_scalar_matches_photutils(value, bits):
     ours = decode_psf_flags(value, return_bit_values=bits)
@@ -159,8 +159,8 @@ def test_photutils_registry_and_decoding():
     assert reg.bit_values == list(PHOTUTILS_FLAGS.bit_values)
     assert reg.names == list(PHOTUTILS_FLAGS.names)
     assert reg.all_bits == 4095 and reg.photutils is reg
-    assert PSF_FLAGS.bit_values[:12] == reg.bit_values and len(PSF_FLAGS.bit_values) == 16
-    for value in (0, 8, 4104, 2**16 - 1, 2**15 + 136):
+    assert PSF_FLAGS.bit_values[:12] == reg.bit_values and len(PSF_FLAGS.bit_values) == 18
+    for value in (0, 8, 4104, 2**18 - 1, 2**17 + 2**15 + 136):
         assert decode_psf_flags(value, compat="photutils") == photutils_decode(value)
         assert (decode_psf_flags(value, compat="photutils", return_bit_values=True)
                 == photutils_decode(value, return_bit_values=True))

@@ -25,8 +25,8 @@ class SourceFit:
     ``values``/``errors`` map a parameter alias ('x', 'y', 'flux', extra names) to arrays.
     ``cov`` is ``(n, p, p)`` over the free parameters (NaN where unavailable).
     ``left_stamp`` / ``absurd`` (optional): the position left its fit stamp (fit stopped);
-    an absurd value was replaced by NaN. ``merged`` / ``blend`` (optional): flag bits 16384
-    and 32768.
+    an absurd value was replaced by NaN. ``merged`` / ``blend`` / ``contaminated`` /
+    ``unconstrained`` (optional): flag bits 16384, 32768, 65536 and 131072.
     """
 
     values: dict
@@ -48,6 +48,8 @@ class SourceFit:
     absurd: np.ndarray | None = None
     merged: np.ndarray | None = None
     blend: np.ndarray | None = None
+    contaminated: np.ndarray | None = None
+    unconstrained: np.ndarray | None = None
 
 
 def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, meta=None):
@@ -99,6 +101,10 @@ def assemble_results(init_params, fit, *, aliases, shape, fit_shape, unit=None, 
         cols["flags"][np.asarray(fit.merged, dtype=bool)] |= PSF_FLAGS.MERGED
     if fit.blend is not None:  # close pairs whose flux split is not pinned down (blends.py)
         cols["flags"][np.asarray(fit.blend, dtype=bool)] |= PSF_FLAGS.UNRESOLVED_BLEND
+    if fit.contaminated is not None:  # unmodelled neighbours' light (contamination.py)
+        cols["flags"][np.asarray(fit.contaminated, dtype=bool)] |= PSF_FLAGS.CONTAMINATED
+    if fit.unconstrained is not None:  # flux error >> the isolated one (contamination.py)
+        cols["flags"][np.asarray(fit.unconstrained, dtype=bool)] |= PSF_FLAGS.UNCONSTRAINED
     table = make_deprecated_qtable(cols, deprecation_map={"npixfit": "n_pixels_fit"},
                                    meta=meta or {})
     if unit is not None:

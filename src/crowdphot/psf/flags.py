@@ -22,10 +22,14 @@ bit    name                      set when
 8192   absurd_value              crowdphot: an absurd fitted value was replaced by NaN
 16384  merged                    crowdphot: merged with a too-close neighbour (merge_separation)
 32768  unresolved_blend          crowdphot: a close pair's flux split is not pinned down
+65536  contaminated              crowdphot: unmodelled neighbours' light biases the flux by
+                                 more than its error
+131072 unconstrained             crowdphot: flux error > 10 x the star's isolated error
 =====  ========================  ==========================================================
 
-Bits 1-2048 are photutils 3's; 4096-32768 are crowdphot extensions (photutils lets runaway
-fits run on and reports what they reach, never merges, and does not test blends). A fit
+Bits 1-2048 are photutils 3's; 4096-131072 are crowdphot extensions (photutils lets runaway
+fits run on and reports what they reach, never merges, does not test blends and does not
+test the light of stars outside a group). A fit
 stopped by ``left_stamp`` is also flagged ``no_convergence`` (8), as photutils flags the same
 runaways when they hit its iteration limit.
 
@@ -150,6 +154,22 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
                    "errors do not cover what the data allow (typically a bright star plus a "
                    "weak one pushed aside where two similar stars are blended). Both members "
                    "carry this bit; their summed flux is reliable (crowdphot.psf.blends)."),
+    FlagDefinition(65536, "contaminated",
+                   "unmodelled neighbours' light biases the flux by more than its error "
+                   "(crowdphot)",
+                   "Light of other fitted stars that was not modelled with this star (stars "
+                   "of other groups; every other star without a grouper) falls on its fit "
+                   "stamp and, by the linear least-squares response of its fit (same pixels "
+                   "and weights), moves its flux by more than its flux error. Never set with "
+                   "subtract_neighbors=True, where the other groups' models are subtracted "
+                   "(crowdphot.psf.contamination)."),
+    FlagDefinition(131072, "unconstrained",
+                   "flux error above 10 x the star's isolated error (crowdphot)",
+                   "The reported flux error exceeds 10 x the flux error of the same star alone "
+                   "on its fit stamp (same pixels and weights): the group's fit cannot tell "
+                   "its flux from its partners' (typically two members on one star, fluxes "
+                   "anti-correlated, errors up to 1e6) and the flux is useless "
+                   "(crowdphot.psf.contamination)."),
 )
 
 # Older and short spellings accepted wherever a flag is looked up by name.
@@ -361,15 +381,17 @@ def decode_psf_flags(flags, *, return_bit_values=False, compat=None):
 
 <flag descriptions>
 
-    Bits 1-2048 are photutils 3's. crowdphot adds four: 4096 ``left_stamp`` (the position
+    Bits 1-2048 are photutils 3's. crowdphot adds six: 4096 ``left_stamp`` (the position
     left its fit stamp during the fit, which was stopped there and is also flagged
     ``no_convergence``) and 8192 ``absurd_value`` (an absurd fitted value -- |flux| above
     1e3 x the image's peak x the fit area, or a position more than 10 fit boxes from its
     start -- was replaced by NaN); 16384 ``merged`` (a too-close pair merged into one
     star, ``merge_separation``); and 32768 ``unresolved_blend`` (a close pair whose split of
     the flux the data do not pin down: a refit held near the input positions moves a flux by
-    more than 2 errors at a chi-square cost below the square of that shift; see
-    :mod:`crowdphot.psf.blends`).
+    more than 2 errors at a chi-square cost below the square of that shift, see
+    :mod:`crowdphot.psf.blends`); 65536 ``contaminated`` (light of stars not modelled with
+    this one biases its flux by more than its error) and 131072 ``unconstrained`` (a flux
+    error above 10 x the star's isolated one; both :mod:`crowdphot.psf.contamination`).
 
     Examples
     --------

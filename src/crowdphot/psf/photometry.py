@@ -21,7 +21,13 @@ from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._compat import check_compat, check_compat_options
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.blends import catalog_blend_flags
-from crowdphot.psf.likelihood import check_noise_options, poisson_blend_flags, sky_map
+from crowdphot.psf.contamination import catalog_contamination_flags
+from crowdphot.psf.likelihood import (
+    check_noise_options,
+    expected_error_image,
+    poisson_blend_flags,
+    sky_map,
+)
 from crowdphot.utils._deprecation import renamed_argument
 
 __all__ = ["PSFPhotometry", "PSFPhotometryResult", "run_psf_photometry"]
@@ -233,6 +239,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                                             fit.errors["flux"], fit_shape,
                                             read_noise=read_noise, gain=gain, mask=mask,
                                             sky=sky, group_sky=fit.sky)
+        if compat is None:  # flags 65536 and 131072 (crowdphot.psf.contamination)
+            _contamination(fit, data, psf_model, table, fit_shape, error=error, mask=mask,
+                           noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
+                           subtract_neighbors=subtract_neighbors)
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
@@ -290,6 +300,20 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                                finder_results=finder_results, fit_info=fit_info,
                                psf_model=psf_model, main_params=main_params, unit=unit,
                                progress_bar=progress_bar)
+
+
+def _contamination(fit, data, psf_model, table, fit_shape, *, error, mask, noise,
+                   subtract_neighbors):
+    """Set ``fit.contaminated`` and ``fit.unconstrained`` (:mod:`crowdphot.psf.contamination`)."""
+    if noise is not None:  # the Poisson fit's weights at its solution
+        error = expected_error_image(data.shape, psf_model, table, fit.values, fit_shape,
+                                     noise[0], noise[1], sky=noise[2], group_sky=fit.sky)
+    fit.contaminated, fit.unconstrained = catalog_contamination_flags(
+        data, psf_model, table, fit.values, fit.errors["flux"], fit_shape, error=error,
+        mask=mask, fit_sky=fit.sky is not None,
+        fixed_xy=(bool(psf_model.x_0.fixed), bool(psf_model.y_0.fixed)),
+        reduced_chi2=fit.reduced_chi2, n_pixels=fit.n_pixels,
+        unmodelled=not subtract_neighbors)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,6 +414,14 @@ class PSFPhotometry(_LatestResultMixin):
     stars, and partners that may have absorbed more than their flux error of its light are
     flagged ``merged`` (16384) (:mod:`crowdphot.psf._failed`; photutils keeps such a member
     in the group's fit: ``compat='photutils'``).
+
+    On the batched engine, a star whose fit stamp holds light of other fitted stars that was
+    not modelled with it (other groups; every other star without a grouper) is flagged
+    ``contaminated`` (65536) when, by the linear response of its fit, that light moves its
+    flux by more than its flux error (:mod:`crowdphot.psf.contamination`; never with
+    ``subtract_neighbors=True`` or ``compat='photutils'``), and a star whose flux error
+    exceeds 10 x that of the same star alone on its stamp (a degenerate pair: the group's
+    fit cannot tell its flux from its partners') is flagged ``unconstrained`` (131072).
 
     Parameters
     ----------
