@@ -262,17 +262,30 @@ def test_tiled_gaussian_sky_map_is_subtracted_as_untiled(poisson_sky_map):
     assert_same_catalog(tiled, whole, xy_tol=1e-6, flux_rtol=1e-7)
 
 
-def test_dask_sky_map_in_memory_equals_in_process(sky_scene, dask_client):
-    """Each worker gets the task's sky region (box + sky boxes), not only its box: the same
-    catalog as in process, all-star rounds included."""
+@pytest.mark.parametrize("scope", ["image", "tile"])
+def test_dask_sky_map_equals_in_process(sky_scene, dask_client, scope, monkeypatch, tmp_path):
+    """The whole-image map (a small image) travels to each worker as the task's cut-out; per
+    task region (a large image), each worker gets the task's sky region (box + sky boxes),
+    not only its box. The same catalog as in process, all-star rounds included, from memory
+    and from a FITS file (whose pixels never leave the workers' own reads)."""
+    import crowdphot.pipeline._sky as tilesky
+
+    if scope == "tile":  # decided by the driver only: the workers never look at the limit
+        monkeypatch.setattr(tilesky, "WHOLE_SKY_PIXELS", 0)
     model, data, _, _, _ = sky_scene
     kw = dict(finder=cp.DAOStarFinder(threshold=12.0, fwhm=FWHM), grouper=cp.SourceGrouper(8),
               aperture_radius=4, group_warning_threshold=10**9, tile_shape=TILE, sky="map",
               sky_options={"box_size": SKY_BOX, "fwhm": FWHM}, subtract_neighbors=True)
     error = np.full(SHAPE, SKY_NOISE)
     local = photometry_tiled(data, model, 5, error=error, **kw)
+    assert local.meta["sky_scope"] == scope
     remote = photometry_tiled(data, model, 5, error=error, client=dask_client, **kw)
     assert_same_catalog(remote, local, xy_tol=1e-9, flux_rtol=1e-9)
+    path = tmp_path / "sky.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI"),
+                  fits.ImageHDU(error, name="ERR")]).writeto(path)
+    from_file = photometry_tiled(str(path), model, 5, client=dask_client, **kw)
+    assert_same_catalog(from_file, local, xy_tol=1e-9, flux_rtol=1e-9)
 
 
 def test_dask_poisson_sky_map_equals_in_process(poisson_sky_map, dask_client):
