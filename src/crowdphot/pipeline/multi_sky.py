@@ -30,7 +30,7 @@ MAP_STEP = 8
 MAX_SAMPLES = 4_000_000
 
 
-def _fwhm_of(psf_model):
+def fwhm_of(psf_model):
     """FWHM in pixels: the model's own ``fwhm`` or the half-maximum area of a centred stamp."""
     fwhm = getattr(psf_model, "fwhm", None)
     val = getattr(fwhm, "value", fwhm)
@@ -109,7 +109,7 @@ def detect_on_stack(exposures, *, threshold=5.0, fwhm=None):
     step = sample_step(ny, nx)
     median, sigma = stack_stats(stack[::step, ::step])
     if fwhm is None:
-        fwhm = _fwhm_of(exposures[0].psf_model)
+        fwhm = fwhm_of(exposures[0].psf_model)
     x, y = find_on_stack(stack, median, sigma, fwhm, threshold)
     if len(x) == 0:
         raise ValueError(f"no sources found on the stack of {len(exposures)} exposures "

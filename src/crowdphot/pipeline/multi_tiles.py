@@ -47,10 +47,10 @@ from crowdphot.pipeline.multi import (
 )
 from crowdphot.pipeline.multi_sky import (
     MAP_STEP,
-    _fwhm_of,
     build_stack,
     exposure_noise,
     find_on_stack,
+    fwhm_of,
     sample_step,
     stack_catalog,
     stack_frame,
@@ -267,7 +267,7 @@ def detect_tiled(exposures, *, tile_size, threshold=5.0, fwhm=None, client=None,
     ref_scale = float(np.mean(np.abs(proj_plane_pixel_scales(ref_wcs)))) * 3600.0
     side = max(64, int(np.ceil(tile_size / ref_scale / MAP_STEP)) * MAP_STEP)
     if fwhm is None:
-        fwhm = _fwhm_of(exps[0].psf_model)
+        fwhm = fwhm_of(exps[0].psf_model)
     margin = int(np.ceil((4.0 * fwhm + 4) / MAP_STEP)) * MAP_STEP
     scales = [exposure_noise(e) if (e.has_error is False if isinstance(e, ExposureFile)
                                      else e.error is None) else None for e in exps]
