@@ -125,6 +125,20 @@ def test_dq_masking_is_what_saves_the_hit_star(files, tmp_path, capsys):
     np.testing.assert_allclose(masked_flux[1:], unmasked_flux[1:], rtol=1e-6)
 
 
+def test_bias_correction_lowers_fluxes_by_their_first_order_bias(files, tmp_path, capsys):
+    plain, _, _ = _phot(files, tmp_path / "a.ecsv", capsys)
+    corr, _, _ = _phot(files, tmp_path / "b.ecsv", capsys, "--bias-correction")
+    assert corr.meta["bias_correction"] is True and "bias_correction" not in plain.meta
+    assert corr.meta["n_bias_corrected"] == len(corr) == len(plain)
+    f0, f1, fe = (np.asarray(getattr(t[c], "value", t[c]), dtype=float)
+                  for t, c in ((plain, "flux_fit"), (corr, "flux_fit"), (plain, "flux_err")))
+    # about flux_err**2 / flux each, or exactly 0 for stars past S/N 100 (< 0.01 sigma)
+    d = f0 - f1
+    snr = f0 / fe
+    assert np.all(np.where(snr > 100, d == 0, (d > 0.5 * fe**2 / f0) & (d < 2 * fe**2 / f0)))
+    assert np.array_equal(np.asarray(plain["flags"]), np.asarray(corr["flags"]))
+
+
 @pytest.mark.parametrize("ext", [".fits", ".csv"])
 def test_catalog_format_follows_extension(files, tmp_path, capsys, ext):
     ref, _, _ = _phot(files, tmp_path / "cat.ecsv", capsys)
@@ -277,6 +291,7 @@ def _bad_psf_files(root):
     ("workers without tile", "need --tile"),
     ("bad builtin filter", "F999W"),
     ("missing init catalog", "init catalog not found"),
+    ("bias correction with poisson", "--bias-correction is for the Gaussian likelihood"),
 ])
 def test_user_errors_give_one_line_and_no_output(files, tmp_path, capsys, case, match):
     _bad_psf_files(tmp_path)
@@ -310,6 +325,8 @@ def test_user_errors_give_one_line_and_no_output(files, tmp_path, capsys, case, 
         psf = "builtin:F999W"
     elif case == "missing init catalog":
         extra = ["--init", tmp_path / "nope.ecsv"]
+    elif case == "bias correction with poisson":
+        extra = ["--bias-correction", "--likelihood", "poisson", "--read-noise", 5]
     produced = [out, tmp_path / "res.fits", tmp_path / "r.reg"]
     code, stdout, stderr = _run(["phot", image, "--psf", psf, "-o", out, "--no-progress",
                                  "--residual", produced[1], "--regions", produced[2],

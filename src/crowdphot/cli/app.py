@@ -83,6 +83,10 @@ def _add_phot(sub):
     p.add_argument("--no-merge", action="store_true",
                    help="keep pairs closer than 0.37 FWHM as two stars (default: merge them "
                         "into one, flag 16384)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="subtract the fits' first-order (Cox & Snell) bias: a free position "
+                   "makes a fitted flux high by ~flux_err^2/flux (+4 %% at S/N 5); groups "
+                   "corrected jointly, stars under S/N 3 left as fitted")
     p.add_argument("--iterative", type=int, default=None, metavar="N",
                    help="iterative detection and fitting with at most N iterations")
     p.add_argument("--mode", choices=("new", "all"), default="new",

@@ -145,6 +145,10 @@ def _check_options(args):
         raise CLIError(f"--iterative must be >= 1, got {args.iterative}")
     if args.init and args.iterative:
         raise CLIError("--init (forced photometry) cannot be combined with --iterative")
+    if getattr(args, "bias_correction", False) and getattr(args, "likelihood",
+                                                          "gaussian") == "poisson":
+        raise CLIError("--bias-correction is for the Gaussian likelihood; --likelihood "
+                       "poisson corrects its isolated stars itself")
     if (args.workers or args.scheduler) and not args.tile:
         raise CLIError("--workers/--scheduler need --tile")
     if args.tile:
@@ -232,6 +236,28 @@ def _photometry(args, image, psf, finder, init, sky=None):
         return phot(data, mask=image.mask, error=error, **sky_kw), phot
     phot = PSFPhotometry(psf, fit_shape, finder=finder, **common)
     return phot(data, mask=image.mask, error=error, init_params=init, **sky_kw), phot
+
+
+def _correct_bias(args, image, psf, table, sky_info):
+    """``--bias-correction``: subtract the fits' first-order (Cox & Snell) bias in place.
+
+    Uses the ERR plane, or without one the robust sky noise as every pixel's error (the
+    stars' own photon noise then left out, which makes the correction of bright stars too
+    small, where it is negligible anyway).
+    """
+    from crowdphot.psf._biascorr import correct_table
+
+    if image.data is None:
+        raise CLIError("--bias-correction needs the image in memory: with --tile, add "
+                       "--residual or drop --bias-correction")
+    error = image.error
+    if error is None:
+        sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)
+        error = np.broadcast_to(np.float64(sigma), image.data.shape)
+    fit_shape = (args.fit_shape, args.fit_shape)
+    bias = correct_table(table, psf, fit_shape, error, image.mask)
+    table.meta["bias_correction"] = True
+    table.meta["n_bias_corrected"] = int(np.count_nonzero(np.all(np.isfinite(bias), axis=1)))
 
 
 def _model_image(psf, table, shape, phot, progress_bar):
@@ -355,6 +381,9 @@ def run_phot(args):
                                                tiled_sky(args, image), sigma)
     if n_dropped:
         phot = None  # the model image is rendered from the kept rows
+    if getattr(args, "bias_correction", False):
+        _correct_bias(args, image, psf, table, sky_info)
+        phot = None  # the model image is rendered from the corrected catalog
     if image.wcs is not None:
         add_sky_columns(table, image.wcs)
     else:
