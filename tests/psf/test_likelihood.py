@@ -175,7 +175,7 @@ def test_group_errors_are_the_observed_information():
     data, x, y, f, (xi, yi, fi), gid = _scene(800.0, 3, spacing=20, seed=13,
                                               pair_sep=(2.0, 3.0))
     ml = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
-                            local_bkg=np.full(x.size, SKY), group_id=gid)
+                            local_bkg=np.full(x.size, SKY), group_id=gid, profile_errors=False)
     assert ml.converged.all()
     xlo, ylo = np.ceil(xi - 3.5).astype(int), np.ceil(yi - 3.5).astype(int)
     for g in np.unique(gid):
@@ -573,3 +573,90 @@ def test_expected_error_image():
     mu[7:14, 7:14] += 5.0
     mu[9:16, 27:34] += 8.0
     np.testing.assert_allclose(err, np.sqrt(mu / 2.0 + (3.0 / 2.0) ** 2), rtol=1e-12)
+
+
+def _pair_nll(data, bx, by, shape, use):
+    """Negative shifted-Poisson log-likelihood of a pair over the union of its stamps."""
+    d = data[by:by + shape[0], bx:bx + shape[1]][use] + RN**2
+
+    def nll(p):
+        u = PSF.psf_stamps([p[0], p[3]], [p[1], p[4]], shape, xlo=[bx, bx], ylo=[by, by])
+        mu = (p[2] * u[0] + p[5] * u[1] + SKY)[use] + RN**2
+        return float(np.sum(mu - d * np.log(mu)))
+
+    return nll
+
+
+def test_profile_errors_are_the_profile_likelihood_widths():
+    # oracle: the exact profile likelihood of a close pair (scipy, the other 5 parameters
+    # re-optimised) at the parameter +- 2 Fisher errors; the error is the larger half-width
+    # of that interval, never below the Fisher error
+    from crowdphot.psf._mlrefine import PROFILE_K
+
+    data, x, y, f, (xi, yi, fi), gid = _scene(500.0, 2, spacing=20, seed=31,
+                                              pair_sep=(1.6, 2.2))
+    kw = dict(fit_shape=7, read_noise=RN, local_bkg=np.full(x.size, SKY), group_id=gid)
+    fisher = fit_psf_likelihood(data, PSF, xi, yi, fi, profile_errors=False, **kw)
+    prof = fit_psf_likelihood(data, PSF, xi, yi, fi, **kw)
+    for name in ("x", "y", "flux"):  # estimates unchanged, errors never smaller
+        np.testing.assert_array_equal(getattr(prof, name), getattr(fisher, name))
+        assert np.all(getattr(prof, f"{name}_err") >= getattr(fisher, f"{name}_err"))
+    xlo, ylo = np.ceil(xi - 3.5).astype(int), np.ceil(yi - 3.5).astype(int)
+    widened = 0
+    for g in np.unique(gid):
+        i, j = np.flatnonzero(gid == g)
+        bx, by = min(xlo[i], xlo[j]), min(ylo[i], ylo[j])
+        shape = (max(ylo[i], ylo[j]) + 7 - by, max(xlo[i], xlo[j]) + 7 - bx)
+        use = np.zeros(shape, dtype=bool)
+        for k in (i, j):
+            use[ylo[k] - by:ylo[k] - by + 7, xlo[k] - bx:xlo[k] - bx + 7] = True
+        nll = _pair_nll(data, bx, by, shape, use)
+        p0 = np.array([fisher.x[i], fisher.y[i], fisher.flux[i], fisher.x[j], fisher.y[j],
+                       fisher.flux[j]])
+        scale = np.array([0.1, 0.1, 50.0, 0.1, 0.1, 50.0])
+        for src, off in ((i, 0), (j, 3)):
+            for q, name in ((0, "x"), (2, "flux")):
+                col = off + q
+                sig = getattr(fisher, f"{name}_err")[src]
+                width = 1.0
+                for sign in (1.0, -1.0):
+                    held = p0[col] + sign * PROFILE_K * sig
+                    others = [c for c in range(6) if c != col]
+
+                    def part(z, col=col, held=held, others=others, p0=p0, nll=nll,
+                             scale=scale):
+                        p = np.empty(6)
+                        p[col] = held
+                        p[others] = p0[others] + z * scale[others]
+                        return nll(p)
+
+                    best = minimize(part, np.zeros(5), method="BFGS",
+                                    options=dict(gtol=1e-7, eps=1e-7))
+                    dev = 2.0 * (best.fun - nll(p0))
+                    width = max(width, PROFILE_K / np.sqrt(dev))
+                got = getattr(prof, f"{name}_err")[src] / sig
+                assert got == pytest.approx(width, rel=0.03), (g, src, name, got, width)
+                widened += width > 1.05
+    assert widened >= 2  # the test has teeth: some Fisher errors are too small here
+
+
+def test_close_pairs_have_honest_errors():
+    # 500 + 250 e- pairs 1.5-2.5 px apart (0.6-1 FWHM): profile-likelihood errors make the
+    # pulls of the unflagged members ~1 (the Fisher errors alone give ~1.2, see RESULTS)
+    data, x, y, f, (xi, yi, fi), gid = _scene(500.0, 20, spacing=20, seed=37,
+                                              pair_sep=(1.5, 2.5))
+    init = QTable({"x": xi, "y": yi, "flux": fi, "local_bkg": np.full(x.size, SKY),
+                   "group_id": gid + 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tbl = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)(data, init_params=init)
+    good = np.asarray(tbl["flags"]) == 0
+    assert np.mean(good) > 0.95
+    tol = 3.0 / np.sqrt(2 * good.sum())
+    for name, truth in (("flux", f), ("x", x), ("y", y)):
+        pull = ((np.asarray(tbl[f"{name}_fit"]) - truth) / np.asarray(tbl[f"{name}_err"]))
+        assert abs(np.std(pull[good]) - 1) < tol, (name, np.std(pull[good]))
+    fisher = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
+                                local_bkg=np.full(x.size, SKY), group_id=gid,
+                                profile_errors=False)
+    assert np.std(((fisher.flux - f) / fisher.flux_err)[good]) > 1 + tol

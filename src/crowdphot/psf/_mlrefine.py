@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from crowdphot.core.crlb import (
+    VARIANCE_FLOOR_E,
     _counts,
     _cox_snell,
     _derivatives,
@@ -157,38 +158,12 @@ def refine_groups(full, psf, counts, background, usable, gid, xlo, ylo, fshape, 
 def _refine_batch(full, psf, counts, background, usable, vals, xlo, ylo, fshape, read_noise,
                   gain, mem, bx0, by0, box):
     """:func:`refine_groups` for groups of one size ``k`` and one union box shape."""
-    fy, fx = fshape
-    ny, nx = counts.shape
     k = mem.shape[1]
     g_n = len(mem)
-    rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
-    cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
-    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-    rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-    union = np.zeros(inside.shape, dtype=bool)
-    for j in range(k):
-        dy = (ylo[mem[:, j]] - by0)[:, None, None]
-        dx = (xlo[mem[:, j]] - bx0)[:, None, None]
-        union |= ((rows - by0[:, None, None] >= dy) & (rows - by0[:, None, None] < dy + fy)
-                  & (cols - bx0[:, None, None] >= dx)
-                  & (cols - bx0[:, None, None] < dx + fx))
-    valid = (union & inside & usable[rc, cc]).reshape(g_n, -1)
+    rc, cc, valid = _union_pixels(usable, xlo, ylo, fshape, mem, bx0, by0, box)
     flat = mem.reshape(-1)
-    der = _derivatives(psf, vals[flat, 0], vals[flat, 1], vals[flat, 2], box,
-                       np.repeat(bx0, k), np.repeat(by0, k), gain, False)
-    u, d1, d2 = der
-    npix = u.shape[1]
-    mu = background[rc, cc].reshape(g_n, -1) + (vals[flat, 2, None] * u).reshape(
-        g_n, k, npix).sum(axis=1)
-    m = _counts(np.zeros((g_n, npix)), np.zeros(g_n), mu, read_noise, gain)
-    dp = float(gain) * counts[rc, cc].reshape(g_n, -1) + float(read_noise) ** 2
-    a = np.where(valid, dp / m**2, 0.0)
-    b = np.where(valid, dp / m - 1.0, 0.0)
-    big = d1.reshape(g_n, 3 * k, npix)
-    info = (big * a[:, None, :]) @ big.transpose(0, 2, 1)
-    curv = (d2.reshape(g_n, k, 9, npix) @ b[:, None, :, None]).reshape(g_n, k, 3, 3)
-    for j in range(k):
-        info[:, 3 * j:3 * j + 3, 3 * j:3 * j + 3] -= curv[:, j]
+    info = _group_info(psf, counts, background, rc, cc, valid, vals[mem], bx0, by0, box,
+                       read_noise, gain)
     free = np.isfinite(np.einsum("nii->ni", full["cov"][flat][:, :3, :3])).reshape(g_n,
                                                                                   3 * k)
     both = free[:, :, None] & free[:, None, :]
@@ -202,3 +177,213 @@ def _refine_batch(full, psf, counts, background, usable, vals, xlo, ylo, fshape,
         full["cov"][src, :3, :3] = blk
         for q, name in enumerate(("x", "y", "flux")):
             full[f"{name}_err"][src] = np.sqrt(blk[:, q, q])
+
+
+def _group_info(psf, counts, background, rc, cc, valid, params, bx0, by0, box, read_noise,
+                gain):
+    """Observed information (G, 3k, 3k) of groups with member parameters ``params`` (G, k, 3)
+    over their fit pixels (:func:`_union_pixels`)."""
+    g_n, k, _ = params.shape
+    flat = params.reshape(-1, 3)
+    u, d1, d2 = _derivatives(psf, flat[:, 0], flat[:, 1], flat[:, 2], box,
+                             np.repeat(bx0, k), np.repeat(by0, k), gain, False)
+    npix = u.shape[1]
+    mu = background[rc, cc].reshape(g_n, -1) + (flat[:, 2, None] * u).reshape(
+        g_n, k, npix).sum(axis=1)
+    m = _counts(np.zeros((g_n, npix)), np.zeros(g_n), mu, read_noise, gain)
+    dp = float(gain) * counts[rc, cc].reshape(g_n, -1) + float(read_noise) ** 2
+    a = np.where(valid, dp / m**2, 0.0)
+    b = np.where(valid, dp / m - 1.0, 0.0)
+    big = d1.reshape(g_n, 3 * k, npix)
+    info = (big * a[:, None, :]) @ big.transpose(0, 2, 1)
+    curv = (d2.reshape(g_n, k, 9, npix) @ b[:, None, :, None]).reshape(g_n, k, 3, 3)
+    for j in range(k):
+        info[:, 3 * j:3 * j + 3, 3 * j:3 * j + 3] -= curv[:, j]
+    return info
+
+
+# -- profile-likelihood flux errors of close group members -------------------------------------
+def _union_pixels(usable, xlo, ylo, fshape, mem, bx0, by0, box):
+    """Clipped pixel indices (rc, cc) of each group's union box and its fit pixels ``valid``
+    (in a member's stamp, inside the image and usable), flattened to (G, npix)."""
+    fy, fx = fshape
+    ny, nx = usable.shape
+    rows = by0[:, None, None] + np.arange(box[0])[None, :, None]
+    cols = bx0[:, None, None] + np.arange(box[1])[None, None, :]
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+    union = np.zeros(inside.shape, dtype=bool)
+    for j in range(mem.shape[1]):
+        y0 = ylo[mem[:, j]][:, None, None]
+        x0 = xlo[mem[:, j]][:, None, None]
+        union |= (rows >= y0) & (rows < y0 + fy) & (cols >= x0) & (cols < x0 + fx)
+    valid = (union & inside & usable[rc, cc]).reshape(len(mem), -1)
+    return rc, cc, valid
+
+
+def _group_fit_terms(psf, bg, dp, valid, bx0, by0, box, params, read_noise, gain, *,
+                     derivatives=True):
+    """Shifted-Poisson log-likelihood (up to a constant, shape (G,)) of groups with member
+    parameters ``params`` (G, k, 3) over their fit pixels ``valid`` (G, npix) and, with
+    ``derivatives``, its score (G, 3k) and expected (Fisher) information (G, 3k, 3k);
+    ``bg`` (G, npix) is the expectation without the members (ADU), ``dp`` the shifted data
+    ``gain * counts + read_noise**2``."""
+    g_n, k, _ = params.shape
+    flat = params.reshape(-1, 3)
+    bxr, byr = np.repeat(bx0, k), np.repeat(by0, k)
+    if derivatives:
+        u, ux, uy = psf._stamps_grad(flat[:, 0], flat[:, 1], bxr, byr, box)
+    else:
+        u = psf._stamps(flat[:, 0], flat[:, 1], bxr, byr, box)
+    u = np.where(np.isfinite(u), u, 0.0).reshape(g_n, k, -1)
+    g = float(gain)
+    mu = bg + np.einsum("gk,gkn->gn", params[:, :, 2], u)
+    m = np.maximum(g * np.maximum(mu, 0.0) + float(read_noise) ** 2, VARIANCE_FLOOR_E)
+    loglik = np.einsum("gn,gn->g", valid, dp * np.log(m) - m)
+    if not derivatives:
+        return loglik
+    npix = u.shape[2]
+    d1 = np.empty((g_n, k, 3, npix))  # d m / d theta
+    fl = g * params[:, :, 2, None]
+    np.multiply(fl, np.reshape(ux, u.shape), out=d1[:, :, 0])
+    np.multiply(fl, np.reshape(uy, u.shape), out=d1[:, :, 1])
+    np.multiply(g, u, out=d1[:, :, 2])
+    d1 = d1.reshape(g_n, 3 * k, npix)
+    w = valid / m
+    dw = d1 * w[:, None, :]
+    score = np.einsum("gpn,gn->gp", dw, dp - m)
+    fisher = np.empty((g_n, 3 * k, 3 * k))
+    for a in range(3 * k):  # the symmetric matrix entry by entry: no small-matrix matmul
+        fisher[:, a, a:] = np.einsum("gn,gqn->gq", dw[:, a], d1[:, a:])
+        fisher[:, a:, a] = fisher[:, a, a:]
+    return loglik, score, fisher
+
+
+def profile_group_errors(full, psf, counts, background, usable, gid, xlo, ylo, fshape, read_noise,
+                   gain, close):
+    """Errors of close group members from the profile likelihood (in place on ``full``).
+
+    For every parameter ``t`` (x, y, flux) of every member flagged in ``close`` (groups of
+    2 to ``_GROUP_MAX``), the group's log-likelihood is profiled at ``t +- K sigma_t``
+    (:data:`PROFILE_K` = 2 Fisher errors): the other parameters start on the quadratic
+    model's profile path (they move by ``cov[:, t] / cov[t, t]`` per unit of ``t``) and take
+    :data:`PROFILE_STEPS` Fisher-scoring steps with ``t`` held (a step is kept only when it
+    raises the likelihood). With ``D = 2 (log L_fit - log L_side)`` (``K**2`` for a
+    quadratic log-likelihood), each side's half-width of the ``K``-sigma profile-likelihood
+    interval, in sigmas, is ``K / sqrt(D)``; the error becomes the larger half-width over
+    ``K``, never less than the Fisher error (Venzon & Moolgavkar 1988; MINUIT's MINOS
+    errors). Where a blend's likelihood is flatter than its curvature at the maximum (two
+    stars < 1 FWHM apart, one faint) the Fisher errors are too small; ``D <= 0`` (a better
+    likelihood than the fit's) caps the error at :data:`PROFILE_CAP` Fisher errors. ``cov``'s
+    rows and columns are scaled alike.
+    """
+    _, inv, cnt = np.unique(gid, return_inverse=True, return_counts=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.r_[0, np.cumsum(cnt)[:-1]]
+    fy, fx = fshape
+    names = ("x", "y", "flux")
+    for k in range(2, _GROUP_MAX + 1):
+        groups = np.flatnonzero(cnt == k)
+        if not len(groups):
+            continue
+        mem = order[starts[groups][:, None] + np.arange(k)]  # (G, k)
+        vals = np.stack([full["x"][mem], full["y"][mem], full["flux"][mem]], axis=-1)
+        ok = np.all(np.isfinite(vals), axis=(1, 2)) & np.all(full["fitted"][mem], axis=1)
+        gsel = np.flatnonzero(ok & close[mem].any(axis=1))
+        if not len(gsel):
+            continue
+        mem, vals = mem[gsel], vals[gsel]
+        bx0, by0 = xlo[mem].min(axis=1), ylo[mem].min(axis=1)
+        box = (int((ylo[mem].max(axis=1) - by0).max()) + fy,
+               int((xlo[mem].max(axis=1) - bx0).max()) + fx)
+        rc, cc, valid = _union_pixels(usable, xlo, ylo, fshape, mem, bx0, by0, box)
+        bg = background[rc, cc].reshape(len(mem), -1)
+        dp = float(gain) * counts[rc, cc].reshape(len(mem), -1) + float(read_noise) ** 2
+        l_fit = _group_fit_terms(psf, bg, dp, valid, bx0, by0, box, vals, read_noise, gain,
+                                 derivatives=False)
+        free = np.isfinite(np.einsum("nii->ni", full["cov"][mem.ravel()][:, :3, :3]))
+        free = free.reshape(len(mem), 3 * k)
+        both = free[:, :, None] & free[:, None, :]
+        info = _group_info(psf, counts, background, rc, cc, valid, vals, bx0, by0, box,
+                           read_noise, gain)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _, cov = bounds_from_fisher(np.where(both, info, np.eye(3 * k)[None]))
+        cov = np.where(both & np.isfinite(cov), cov, 0.0)
+        sig_all = np.stack([full[f"{nm}_err"][mem] for nm in names], axis=-1).reshape(
+            len(mem), 3 * k)
+        todo = (np.repeat(close[mem], 3, axis=1) & free & np.isfinite(sig_all)
+                & (sig_all > 0))
+        g_i, col = np.nonzero(todo)  # (group, parameter column) of every profile
+        p_n = len(g_i)
+        rows = np.arange(p_n)
+        sig = sig_all[g_i, col]
+        diag = cov[g_i, col, col]
+        pos = diag > 0
+        step = cov[g_i, :, col] / np.where(pos, diag, 1.0)[:, None]  # (P, 3k)
+        unit = np.zeros_like(step)
+        unit[rows, col] = 1.0
+        step = np.where(pos[:, None] & np.all(np.isfinite(step), axis=1)[:, None], step,
+                        unit)
+        hold = ~free[g_i]
+        hold[rows, col] = True
+        sub = (psf, bg[g_i], dp[g_i], valid[g_i], bx0[g_i], by0[g_i], box)
+        width = np.ones(p_n)
+        for sign in (1.0, -1.0):
+            theta = vals[g_i].reshape(p_n, 3 * k) + sign * PROFILE_K * sig[:, None] * step
+            ll = _group_fit_terms(*sub, theta.reshape(p_n, k, 3), read_noise, gain,
+                                  derivatives=False)
+            _profile_scoring(sub, theta, ll, hold, k, read_noise, gain)
+            dev = 2.0 * (l_fit[g_i] - ll)
+            side = np.where(dev > (PROFILE_K / PROFILE_CAP) ** 2,
+                            PROFILE_K / np.sqrt(np.abs(dev)), PROFILE_CAP)
+            width = np.maximum(width, np.where(np.isfinite(dev), side, 1.0))
+        member = mem[g_i, col // 3]
+        q = col % 3
+        for t, nm in enumerate(names):
+            sel = q == t
+            full[f"{nm}_err"][member[sel]] = sig[sel] * width[sel]
+            full["cov"][member[sel], t, :] *= width[sel, None]
+            full["cov"][member[sel], :, t] *= width[sel, None]
+
+
+#: Profile-likelihood errors: the likelihood is profiled this many Fisher errors either side.
+PROFILE_K = 2.0
+#: At most this many Fisher-scoring steps of the other parameters at each profiled point
+#: (a profile stops once a step raises its log-likelihood by less than ``PROFILE_LTOL``).
+PROFILE_STEPS = 6
+PROFILE_LTOL = 1e-2
+#: Largest profile-likelihood error, in Fisher errors (a side that beats the fit's likelihood).
+PROFILE_CAP = 10.0
+
+
+def _profile_scoring(sub, theta, ll, hold, k, read_noise, gain):
+    """Maximise the log-likelihood over the parameters not in ``hold`` (P, 3k) by Fisher
+    scoring from ``theta`` (P, 3k; in place, with its log-likelihood ``ll``): a step is kept
+    when it raises the likelihood, else halved; each profile stops when its step gains less
+    than ``PROFILE_LTOL`` or after ``PROFILE_STEPS`` steps."""
+    psf, bg, dp, valid, bx0, by0, box = sub
+    act = np.arange(len(theta))
+    damp = np.ones(len(theta))
+    for _ in range(PROFILE_STEPS):
+        if not len(act):
+            break
+        part = (psf, bg[act], dp[act], valid[act], bx0[act], by0[act], box)
+        _, score, fisher = _group_fit_terms(*part, theta[act].reshape(len(act), k, 3),
+                                            read_noise, gain)
+        h = hold[act]
+        score = np.where(h, 0.0, score)
+        fisher = np.where(h[:, :, None] | h[:, None, :], np.eye(3 * k)[None], fisher)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _, fcov = bounds_from_fisher(fisher)  # NaN where singular: no step
+            delta = np.einsum("gpq,gq->gp", np.where(np.isfinite(fcov), fcov, 0.0), score)
+        delta = np.where(np.isfinite(delta), delta, 0.0) * damp[act, None]
+        trial = theta[act] + delta
+        lt = _group_fit_terms(*part, trial.reshape(len(act), k, 3), read_noise, gain,
+                              derivatives=False)
+        better = np.isfinite(lt) & (lt > ll[act])
+        gain_ll = np.where(better, lt - ll[act], 0.0)
+        theta[act[better]] = trial[better]
+        ll[act[better]] = lt[better]
+        damp[act[~better]] *= 0.5
+        act = act[(better & (gain_ll > PROFILE_LTOL)) | (~better & (damp[act] >= 0.1))]
+

@@ -29,16 +29,22 @@ sources and groups of up to 6 members (the group likelihood over the union of th
 which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978), and the
 expected information ``(D^T V^-1 D)^-1`` at the solution for larger groups, with a fitted sky,
 where the observed one is not positive definite, and above S/N 100 (where the two agree to
-~1 %). The reduced chi-square is Pearson's statistic and should be near 1 for a correct PSF.
+~1 %). Members of groups of up to 6 closer than 1 FWHM to a partner, in groups with such a
+member below S/N 20, get profile-likelihood errors instead (never smaller): near-degenerate
+blends have a likelihood much flatter than its curvature at the maximum says, and their
+Fisher errors were up to 1.2-1.4x too small (:func:`crowdphot.psf._mlrefine.profile_group_errors`).
+The reduced chi-square is Pearson's statistic and should be near 1 for a correct PSF.
 The flux of an isolated faint star is biased high by ``O(1 / S/N**2)`` when its position is
 free (the fit centres on the noise); the first-order (Cox & Snell 1968) bias is subtracted by
 default (below S/N 100; above it is < 0.01 sigma).
 
 Limits (see bench/RESULTS.md): the bound is asymptotic. Below S/N ~10 the maximum-likelihood
-position has heavier tails than the bound describes (x scatter 1.06 x the bound at S/N 5.6,
-robust scatter 0.98; the fits are the exact likelihood maxima), and pairs closer than ~0.8 FWHM
-with a faint member (S/N < 10) are barely resolved: their likelihood is far from quadratic and
-the Fisher errors are too small there (pull widths ~1.5).
+position scatters more than the bound (x and y 1.066-1.07 x the bound at S/N 5.6 on 20,000
+stars, robust scatter 1.01-1.02; a brute-force global maximisation of the exact likelihood per
+star gives the same scatter: the excess is the estimator's own, falling as ~4 / S/N**2 in
+variance), and pairs closer than ~0.7 FWHM with a member below S/N ~10 are sometimes fitted
+in a distant global maximum of the likelihood (pull widths of unflagged members ~1.15 there,
+1.00-1.03 over pairs 0.6-1.4 FWHM apart).
 """
 
 from __future__ import annotations
@@ -50,13 +56,26 @@ import numpy as np
 from crowdphot.core.batched import stamp_origin
 from crowdphot.core.crlb import bounds_from_fisher, fisher_information
 from crowdphot.core.validate import as_pair
-from crowdphot.psf._mlrefine import paint_stamps, refine_groups, refine_isolated, stamp_values
+from crowdphot.psf._mlrefine import (
+    paint_stamps,
+    profile_group_errors,
+    refine_groups,
+    refine_isolated,
+    stamp_values,
+)
+from crowdphot.psf.blends import candidate_pairs, psf_fwhm
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
            "engine_for", "expected_error_image", "fit_psf_likelihood", "flux_crlb_column",
            "poisson_blend_flags", "sky_map"]
 
 LIKELIHOODS = ("gaussian", "poisson")
+#: Group members closer than this many FWHM to a partner get profile-likelihood errors (beyond
+#: it the Fisher errors of pairs at S/N ~5-10 have pull widths 0.98-1.02, bench_likelihood)...
+PROFILE_SEPARATION_FWHM = 1.0
+#: ... in groups where such a member has a flux S/N (Fisher) below this: pairs < 1 FWHM apart
+#: with members at S/N 9-18 have pull widths 0.92-1.02, at S/N 4.6-12 1.06-1.15.
+PROFILE_SNR = 20.0
 
 
 # -- option checks -------------------------------------------------------------------------
@@ -122,7 +141,7 @@ def _per_source(name, value, n, dtype=float):
 def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape, read_noise,
                        gain=1.0, sky=None, background=None, group_id=None, error=None,
                        mask=None, local_bkg=None, fixed=None, bounds=None, maxiters=100,
-                       bias_correction=True, **engine_options):
+                       bias_correction=True, profile_errors=True, **engine_options):
     """Maximum-likelihood PSF fits of many sources (Poisson + read noise; see module doc).
 
     Same arguments and result as :func:`crowdphot.core.fit.fit_psf` (fit stamps on the initial
@@ -160,6 +179,13 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         the estimate of a faint star's flux is biased high by ``O(1 / S/N**2)`` when its
         position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50; not applied above
         S/N 100, where it is < 0.01 sigma). Default True.
+    profile_errors : bool, optional
+        Flux errors of group members (groups of 2 to 6, S/N < 100) closer than 1.5 FWHM to a
+        partner from the profile likelihood: the larger half-width of the 68 % interval,
+        never below the Fisher error (:func:`crowdphot.psf._mlrefine.profile_flux_errors`;
+        two constrained refits of the group per member). Near-degenerate blends have a
+        likelihood flatter than its curvature at the maximum, so their Fisher flux errors
+        are too small (pull widths 1.2-1.4 at < 0.8 FWHM with a faint member). Default True.
     **engine_options
         Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``fit_sky``,
         ``xtol``...).
@@ -247,9 +273,38 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         bg_img = paint_stamps(arr.shape, bkg, xlo, ylo, fshape, np.argsort(gid, kind="stable"))
         if sky_img is not None:
             bg_img = bg_img + sky_img
-        refine_groups(full, psf_model, arr if sky_img is None else arr + sky_img, bg_img,
-                      usable, gid, xlo, ylo, fshape, read_noise, gain)
+        counts_img = arr if sky_img is None else arr + sky_img
+        refine_groups(full, psf_model, counts_img, bg_img, usable, gid, xlo, ylo, fshape,
+                      read_noise, gain)
+        if profile_errors:
+            close = _close_members(psf_model, full, x, y, gid)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                faint = close & ~(np.abs(full["flux"]) / full["flux_err"] >= PROFILE_SNR)
+            _, inv = np.unique(gid, return_inverse=True)
+            close &= np.bincount(inv, faint)[inv] > 0  # groups with a faint close member
+            profile_group_errors(full, psf_model, counts_img, bg_img, usable, gid, xlo, ylo,
+                                 fshape, read_noise, gain, close)
     return type(res)(**full)
+
+
+def _close_members(psf_model, full, x_init, y_init, gid):
+    """Members of a group with a partner closer than :data:`PROFILE_SEPARATION_FWHM` FWHM
+    (fitted or initial positions); shape (n,) bool."""
+    n = len(gid)
+    out = np.zeros(n, dtype=bool)
+    _, cnt = np.unique(gid, return_counts=True)
+    if not np.any(cnt > 1):
+        return out
+    try:
+        reach = PROFILE_SEPARATION_FWHM * psf_fwhm(psf_model)
+    except (TypeError, ValueError):  # no usable profile: every member of a group
+        _, inv, cnt = np.unique(gid, return_inverse=True, return_counts=True)
+        return cnt[inv] > 1
+    for px, py in ((full["x"], full["y"]), (x_init, y_init)):
+        pairs = candidate_pairs(np.asarray(px, dtype=float), np.asarray(py, dtype=float),
+                                np.asarray(gid), reach)
+        out[pairs.ravel()] = True
+    return out
 
 
 def sky_map(sky, shape, unit=None):
