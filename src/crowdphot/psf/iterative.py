@@ -56,8 +56,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
         grouper, fitter, fitter_maxiters, xy_bounds, aperture_radius (required),
         local_bkg_estimator, group_warning_threshold, progress_bar, shared_pixels,
         fit_sky (one sky per group, fitted in every iteration), likelihood, read_noise, gain
-        crlb, subtract_neighbors (all-star fitting in every iteration),
-        merge_separation, blend_test, compat, as for PSFPhotometry (likelihood='poisson' needs
+        crlb, subtract_neighbors (all-star fitting in every iteration), merge_separation,
+        blend_test, bias_correction, compat, as for PSFPhotometry (likelihood='poisson' needs
         mode='all'; ``compat='photutils'``: photutils' behaviour, see PSFPhotometry).
     drop_significance : float, optional
         crowdphot extension (DAOPHOT ALLSTAR). Sources whose fitted ``flux / flux_err`` is
@@ -87,7 +87,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
                  sub_shape=None, progress_bar=False, shared_pixels=None, fit_sky=False,
                  likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
                  subtract_neighbors=False, merge_separation=None, drop_significance=None,
-                 blend_test=True, compat=None):
+                 blend_test=True, bias_correction=False, compat=None):
         if finder is None:
             raise ValueError("finder cannot be None for IterativePSFPhotometry")
         if aperture_radius is None:
@@ -111,7 +111,11 @@ class IterativePSFPhotometry(_LatestResultMixin):
             shared_pixels=shared_pixels, fit_sky=fit_sky, likelihood=likelihood,
             read_noise=read_noise, gain=gain, crlb=crlb,
             subtract_neighbors=subtract_neighbors, merge_separation=merge_separation,
-            blend_test=blend_test, compat=compat)
+            blend_test=blend_test, bias_correction=bias_correction, compat=compat)
+        # the iterations fit uncorrected values (each refit starts from the previous fit);
+        # the final table is corrected once (the correction does not depend on the data)
+        self.bias_correction = self._psfphot.bias_correction
+        self._psfphot.bias_correction = False
         if drop_significance is not None and compat is not None:  # check_compat_options' words
             raise ValueError("compat='photutils' reproduces photutils, which has no "
                              "drop_significance; drop compat or these options")
@@ -152,6 +156,11 @@ class IterativePSFPhotometry(_LatestResultMixin):
         else:
             data_q, error_q = data, error
         sky = None if sky is None else sky_q
+        if self.bias_correction:
+            from crowdphot.psf._biascorr import check_bias_correction
+
+            check_bias_correction(True, likelihood=self._psfphot.likelihood,
+                                  error_given=error is not None)
         first = self._psfphot.run(data_q, mask=mask, error=error_q, init_params=init_params,
                                   sky=sky)
         if first is None:
@@ -209,6 +218,12 @@ class IterativePSFPhotometry(_LatestResultMixin):
                 new_tbl.meta = {}
                 table = vstack([table, new_tbl])
             per_iter.append(current)
+        if self.bias_correction:
+            from crowdphot.psf._biascorr import correct_table
+
+            # group ids are unique across iterations ('new' mode offsets them)
+            correct_table(table, self._psfphot.psf_model, self._psfphot.fit_shape, error,
+                          mask, fit_sky=self._psfphot.fit_sky)
         if self.drop_significance is not None:
             weak = ~self._significant(table)
             n_dropped += int(np.count_nonzero(weak))
@@ -222,6 +237,8 @@ class IterativePSFPhotometry(_LatestResultMixin):
                            "mode": self.mode, "sub_shape": self.sub_shape})
         if self.drop_significance is not None:
             table.meta.update(drop_significance=self.drop_significance, n_dropped=n_dropped)
+        if self.bias_correction:
+            table.meta["bias_correction"] = True
         combined = PSFPhotometryResult(
             results=table, init_params=None, finder_results=first.finder_results,
             fit_info=None, psf_model=self._psfphot.psf_model,
