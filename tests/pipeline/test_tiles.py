@@ -516,3 +516,26 @@ def test_halo_refit_skipped_only_when_the_light_change_is_below_every_threshold(
     assert not _light_negligible(model, shift_model, box, table, None, star(33.0, 5.0), 5)
     table["flux_err"] = [1000.0, 1000.0]
     assert _light_negligible(model, shift_model, box, table, None, star(33.0, 5.0), 5)
+
+
+def test_halo_refit_set_is_the_hit_groups_closed_under_the_model_reach():
+    """Later all-star rounds refit only the groups whose stamps see a neighbour's light
+    change, plus every group within the model's reach of a refitted star, transitively:
+    the rows left as they are get no light from any star that moves."""
+    from crowdphot.pipeline._halo import _refit_set
+
+    # a chain 0-1-2 within reach (10), group {3, 4} whose member 3 is 9 px from star 2,
+    # star 5 alone far away, group {6, 7} spread wide but far from everything else
+    x = np.array([0.0, 8.0, 16.0, 25.0, 60.0, 200.0, 300.0, 380.0])
+    table = QTable({"x_fit": x, "y_fit": np.zeros(8),
+                    "group_id": [1, 2, 3, 4, 4, 5, 6, 6]})
+    hit = np.zeros(8, bool)
+    hit[0] = True
+    np.testing.assert_array_equal(_refit_set(table, hit, 10.0),
+                                  [1, 1, 1, 1, 1, 0, 0, 0])
+    hit[:] = False
+    hit[7] = True  # a group refits whole, even with members beyond the reach of each other
+    np.testing.assert_array_equal(_refit_set(table, hit, 10.0),
+                                  [0, 0, 0, 0, 0, 0, 1, 1])
+    table["x_fit"][5] = np.nan  # a position that is not finite: everything is refitted
+    assert _refit_set(table, hit, 10.0).all()

@@ -26,7 +26,10 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
     With ``shift_model``, a task is also left as it is when the change of those stars' light
     on every one of its stars' stamps is below that star's all-star refit threshold
     (:func:`crowdphot.psf.allstar.fit_allstar`'s ``max(TOL_SIGMA * flux_err,
-    TOL_REL * |flux|)``): the all-star passes of a whole-image run would not refit it either.
+    TOL_REL * |flux|)``): the all-star passes of a whole-image run would not refit it either;
+    otherwise only the groups of the stars above their thresholds are refitted, with every
+    group within the model's reach of them, transitively (:func:`_refit_set`), and the task's
+    other rows are kept.
 
     Parameters
     ----------
@@ -58,7 +61,7 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
         stars, owner = _halo_stars(outs)
         if stars is None:
             break
-        todo, args = [], []
+        todo, args, kept = [], [], []
         for j, ((box, sub), (table, _)) in enumerate(zip(jobs, outs, strict=True)):
             if table is None:
                 continue
@@ -68,9 +71,13 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
                 sy > by0 - 0.5 - reach) & (sy < by1 - 0.5 + reach)
             if not near.any() or not _halo_changed(used[j], stars[near]):
                 continue
-            if shift_model is not None and _light_negligible(
-                    psf_model, shift_model, box, table, used[j], stars[near], fit_shape):
-                continue
+            refit = None  # all of the task's stars
+            if shift_model is not None:
+                hit = _light_changed(psf_model, shift_model, box, table, used[j], stars[near],
+                                     fit_shape)
+                if not hit.any():
+                    continue
+                refit = _refit_set(table, hit, reach)
             # the first round's starting values (computed on the untouched pixels, as a
             # whole-image run computes them), so that only the neighbours' light differs
             init = sub.copy()
@@ -78,7 +85,10 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
             rows = np.array([first[int(i)] for i in np.asarray(init["id"])])
             for name in ("flux_init", "local_bkg"):
                 init[name] = _plain(table[name])[rows]
+            if refit is not None:
+                init = init[refit[rows]]
             todo.append(j)
+            kept.append(None if refit is None else table[~refit])
             used[j] = stars[near]
             args.append((box, init, shared_psf, fit_shape, unit, kwargs, stars[near, 1:4]))
         if not todo:
@@ -89,9 +99,50 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
         reads = [read_box(a[0], runner.source.shape, kwargs.get("tile_sky")) for a in args]
         again = runner.map(fit_task, reads, args, progress=progress,
                            desc="Fit tiles (neighbours)")
-        for j, out in zip(todo, again, strict=True):
-            outs[j] = out
+        for j, out, old in zip(todo, again, kept, strict=True):
+            outs[j] = out if old is None or out[0] is None else _combine(old, out)
     return outs
+
+
+def _refit_set(table, hit, reach):
+    """Rows of a task to refit: the groups of the ``hit`` stars, closed under reach.
+
+    Every group with a member within ``reach`` (the model's support plus half a fit stamp) of
+    a refitted star is refitted too, and so on: the stars left as they are receive no light
+    from any star that moves, and the neighbours' light change on their own stamps is below
+    their refit thresholds (``hit`` is False), so a whole-image all-star run would not move
+    them either. A crowded task closes over all of its stars (a full refit).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(table)
+    x, y = _plain(table["x_fit"]), _plain(table["y_fit"])
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.all() or hit.all():
+        return np.ones(n, bool)
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(reach, output_type="ndarray")
+    gid = np.asarray(table["group_id"])
+    _, ginv = np.unique(gid, return_inverse=True)
+    order = np.argsort(ginv, kind="stable")  # chain each group's members
+    link = ginv[order[:-1]] == ginv[order[1:]]
+    i = np.concatenate([pairs[:, 0], order[:-1][link]])
+    k = np.concatenate([pairs[:, 1], order[1:][link]])
+    graph = coo_matrix((np.ones(i.size), (i, k)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    return np.isin(label, label[hit])
+
+
+def _combine(old, out):
+    """A task's rows left as they were stacked with its refitted rows (meta of the refit)."""
+    from astropy.table import vstack
+
+    table, messages = out
+    meta = dict(table.meta)
+    both = vstack([old, table], metadata_conflicts="silent")
+    both.meta = meta
+    return both, messages
 
 
 #: All-star tiled fits: rounds after the first (each refits the tasks whose neighbours from
@@ -137,9 +188,10 @@ def _halo_changed(old, new):
     return False
 
 
-def _light_negligible(psf_model, shift_model, box, table, old, new, fit_shape):
-    """Whether the neighbours' light on ``box`` changed by less than every star's refit
-    threshold on its stamp (``old``/``new``: rows of :func:`_halo_stars`; None: no light)."""
+def _light_changed(psf_model, shift_model, box, table, old, new, fit_shape):
+    """Boolean (n,): which of the task's stars see the neighbours' light on their stamps
+    change by more than their refit threshold (``old``/``new``: rows of
+    :func:`_halo_stars`; None: no light). All True when a position is not finite."""
     from crowdphot.core.render import render_image
     from crowdphot.psf.allstar import TOL_REL, TOL_SIGMA
 
@@ -155,7 +207,7 @@ def _light_negligible(psf_model, shift_model, box, table, old, new, fit_shape):
     x, y, f, e = (_plain(table[c]) if c in table.colnames else np.full(len(table), np.nan)
                   for c in ("x_fit", "y_fit", "flux_fit", "flux_err"))
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        return False
+        return np.ones(len(table), bool)
     hy, hx = (int(v) // 2 + 1 for v in np.broadcast_to(np.asarray(fit_shape), (2,)))
     ya = np.clip(np.round(y - y0).astype(np.int64) - hy, 0, diff.shape[0])
     yb = np.clip(np.round(y - y0).astype(np.int64) + hy + 1, 0, diff.shape[0])
@@ -164,7 +216,13 @@ def _light_negligible(psf_model, shift_model, box, table, old, new, fit_shape):
     change = cum[yb, xb] - cum[ya, xb] - cum[yb, xa] + cum[ya, xa]
     thresh = np.maximum(TOL_SIGMA * np.where(np.isfinite(e), e, 0.0),
                         TOL_REL * np.where(np.isfinite(f), np.abs(f), 0.0))
-    return bool(np.all(change <= thresh))
+    return change > thresh
+
+
+def _light_negligible(psf_model, shift_model, box, table, old, new, fit_shape):
+    """Whether the neighbours' light on ``box`` changed by less than every star's refit
+    threshold on its stamp (:func:`_light_changed` nowhere)."""
+    return not _light_changed(psf_model, shift_model, box, table, old, new, fit_shape).any()
 
 
 def _plain(col):
