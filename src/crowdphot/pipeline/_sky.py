@@ -41,9 +41,10 @@ __all__ = ["SKY_PAD_BOXES", "WHOLE_SKY_PIXELS", "check_tile_sky", "read_box",
 #: Boxes of the sky grid read beyond a task's box on every side to estimate its sky map.
 SKY_PAD_BOXES = 3
 
-#: Images of at most this many pixels get one sky map estimated on the whole image (about 40
-#: bytes per pixel while it is estimated: ~340 MB at this size), larger ones one per tile region.
-WHOLE_SKY_PIXELS = 2**23
+#: Images of at most this many pixels (2048 x 2048, one JWST/NIRCam detector) get one sky map
+#: estimated on the whole image (about 60 bytes per pixel while it is estimated, 250 MB at this
+#: size: what an untiled run of the same image needs), larger ones one per task region.
+WHOLE_SKY_PIXELS = 2**22
 
 _MAP_OPTIONS = ("box_size", "fwhm", "nsigma", "dilate", "iterations", "filter_size")
 
