@@ -30,7 +30,9 @@ header, submits one detection task per tile, gathers the detections (16 bytes pe
 them (about a second for 10^6 stars), and submits one fit task per tile with the initial table
 of its groups (about 60 bytes per star); each task opens the file memory-mapped and reads only
 its box, so the file must be visible at the same path on every worker (shared or replicated
-storage) and no pixel crosses the network. Catalog rows (about 150 bytes per star) come back
+storage) and no pixel crosses the network (except a sky map given as an array, or estimated
+by the driver on an image of at most ``WHOLE_SKY_PIXELS``: each task receives its box of
+it, 8 bytes per pixel). Catalog rows (about 150 bytes per star) come back
 and are stacked. With an in-memory array the driver cuts each box and scatters it to the worker
 that runs the task, so the pixels cross the network about twice (once per phase, times the
 small overlap factor ``(T + 2m)**2 / T**2``). At most two tasks per worker are in flight, which
