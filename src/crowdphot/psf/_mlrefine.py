@@ -387,3 +387,4 @@ def _profile_scoring(sub, theta, ll, hold, k, read_noise, gain):
         damp[act[~better]] *= 0.5
         act = act[(better & (gain_ll > PROFILE_LTOL)) | (~better & (damp[act] >= 0.1))]
 
+

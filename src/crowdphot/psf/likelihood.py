@@ -30,7 +30,7 @@ which describes the estimator's scatter better at low S/N (Efron & Hinkley 1978)
 expected information ``(D^T V^-1 D)^-1`` at the solution for larger groups, with a fitted sky,
 where the observed one is not positive definite, and above S/N 100 (where the two agree to
 ~1 %). Members of groups of up to 6 closer than 1 FWHM to a partner, in groups with such a
-member below S/N 20, get profile-likelihood errors instead (never smaller): near-degenerate
+member below S/N 10, get profile-likelihood errors instead (never smaller): near-degenerate
 blends have a likelihood much flatter than its curvature at the maximum says, and their
 Fisher errors were up to 1.2-1.4x too small (:func:`crowdphot.psf._mlrefine.profile_group_errors`).
 The reduced chi-square is Pearson's statistic and should be near 1 for a correct PSF.
@@ -74,8 +74,8 @@ LIKELIHOODS = ("gaussian", "poisson")
 #: it the Fisher errors of pairs at S/N ~5-10 have pull widths 0.98-1.02, bench_likelihood)...
 PROFILE_SEPARATION_FWHM = 1.0
 #: ... in groups where such a member has a flux S/N (Fisher) below this: pairs < 1 FWHM apart
-#: with members at S/N 9-18 have pull widths 0.92-1.02, at S/N 4.6-12 1.06-1.15.
-PROFILE_SNR = 20.0
+#: with members at S/N 9-18 have Fisher pull widths 0.92-1.02, at S/N 4.6-12 1.06-1.15.
+PROFILE_SNR = 10.0
 
 
 # -- option checks -------------------------------------------------------------------------
