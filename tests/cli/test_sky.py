@@ -254,7 +254,8 @@ def test_tiled_cli_subtracts_the_sky_map(gradient_runs):
     assert table.meta["sky_median"] == pytest.approx(np.median(_sky(SHAPE, "gradient")),
                                                      abs=0.1)
     assert table.meta["sky_rms"] == pytest.approx(NOISE, rel=0.1)
-    assert "per tile" in table.meta["sky_method"]
+    # a 768² image: one whole-image map, cut for each tile (pipeline._sky.WHOLE_SKY_PIXELS)
+    assert "whole-image map (estimated once), each tile" in table.meta["sky_method"]
 
 
 def test_tiled_cli_equals_untiled_cli(gradient_runs):
@@ -291,7 +292,7 @@ def test_tiled_cli_constant_sky_and_sky_out(scene, tmp_path, capsys):
     table = _run(image, tmp_path / "cat2.ecsv", capsys, "--tile", 256, "--sky-out", out)
     sky = fits.getdata(out)
     assert sky.shape == SHAPE and abs(float(np.median(sky)) - 20.0) < 0.05
-    assert table.meta["sky"] == "map" and "per tile" in table.meta["sky_method"]
+    assert table.meta["sky"] == "map" and "each tile subtracting" in table.meta["sky_method"]
     assert _score(truth, table)[2] == pytest.approx(0.0, abs=5e-4)
 
 

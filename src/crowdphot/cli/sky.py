@@ -11,9 +11,11 @@ map's box size; ``--sky-out FILE`` writes the subtracted sky (float32 FITS with 
 header's WCS). With ``--local-bkg`` the default is ``none`` (the annuli measure the sky).
 
 Tiled runs (``--tile``) read pixels only inside the tiles: every tile task subtracts the same
-sky (a map estimated on its box plus a margin of sky boxes, on the whole image's box grid:
-:mod:`crowdphot.pipeline._sky`); the metadata's ``sky_median``/``sky_rms`` then come from the
-central sample the detection threshold is measured on. ``--sky-out`` (like ``--residual``)
+sky (on images up to 2048² the whole-image map, estimated once, here from the central sample
+that is then the whole image; on larger ones a map estimated on its box plus a margin of sky
+boxes, on the whole image's box grid: :mod:`crowdphot.pipeline._sky`); the metadata's
+``sky_median``/``sky_rms`` then come from the central sample the detection threshold is
+measured on. ``--sky-out`` (like ``--residual``)
 reads the whole image into memory and writes the whole-image map, which equals the tiles'
 maps up to the small remainder that module documents.
 """
@@ -116,8 +118,13 @@ def subtract_sky(args, image):
         info = {"sky": "map", "sky_box": int(box), "sky_median": float(np.median(sky)),
                 "sky_rms": float(np.median(rms))}
     if getattr(args, "tile", None) and mode == "map":
-        info["sky_method"] = ("estimated per tile (box + margin on the whole image's box grid) "
-                              "for the fits; the whole-image map for the residual and --sky-out")
+        from crowdphot.pipeline._sky import whole_sky_applies
+
+        info["sky_method"] = (
+            ("the whole-image map, each tile subtracting its cut," if whole_sky_applies(
+                image.data.shape) else
+             "estimated per tile (box + margin on the whole image's box grid)")
+            + " for the fits; the whole-image map for the residual and --sky-out")
     image.data = image.data - sky
     # products written from this header (--residual, --sky-out) say what was subtracted
     image.header["SKYSUB"] = (info["sky"], "sky subtracted by crowdphot phot")
@@ -180,10 +187,17 @@ def _sample_sky(args, image, mode, value):
         raise CLIError(f"{args.image}: cannot estimate the sky ({exc}); give --sky VALUE "
                        "or --sky none") from None
     image.sample = (data - sky, mask)
+    from crowdphot.pipeline._sky import remember_whole_sky, whole_sky_applies
+
+    # a sample that is the whole image is the tiles' map too: estimated once
+    remember_whole_sky(image.planes, {"box_size": box, "fwhm": getattr(args, "fwhm", None)},
+                       sky)
+    method = ("the whole-image map (estimated once), each tile subtracting its cut"
+              if whole_sky_applies(image.planes.shape) else
+              "estimated per tile (box + margin on the whole image's box grid)")
     return {"sky": "map", "sky_box": box, "sky_median": float(np.median(sky)),
             "sky_rms": float(np.median(rms)),
-            "sky_method": "estimated per tile (box + margin on the whole image's box grid); "
-                          "median and rms of the central sample"}
+            "sky_method": f"{method}; median and rms of the central sample"}
 
 
 def _warn_unsubtracted_sky(args, image, data=None, mask=None):

@@ -36,7 +36,8 @@ import numbers
 import numpy as np
 
 __all__ = ["SKY_PAD_BOXES", "WHOLE_SKY_PIXELS", "check_tile_sky", "read_box",
-           "sky_region", "task_spec", "tile_sky", "whole_sky", "whole_sky_applies"]
+           "remember_whole_sky", "sky_region", "task_spec", "tile_sky", "whole_sky",
+           "whole_sky_applies"]
 
 #: Boxes of the sky grid read beyond a task's box on every side to estimate its sky map.
 SKY_PAD_BOXES = 3
@@ -170,6 +171,38 @@ def whole_sky(source, options):
 
     ny, nx = (int(v) for v in source.shape)
     return whole_image_sky(source, options, lambda: _estimate(source, (0, ny, 0, nx), options))
+
+
+def remember_whole_sky(source, sky_options, sky):
+    """Hand a whole-image map estimated elsewhere to the tiled run that will need it.
+
+    ``crowdphot phot --tile`` estimates the sky of a central sample for its metadata and
+    detection threshold; when that sample is the whole image (and the image small enough,
+    :func:`whole_sky_applies`), it is the very map :func:`whole_sky` would estimate, so the
+    tiled run reuses it instead of estimating it again.
+
+    Parameters
+    ----------
+    source : object with ``shape``
+        The image source the tiled run will read (the same object).
+    sky_options : dict
+        The ``sky_options`` the tiled run gets (normalised as :func:`check_tile_sky` does).
+    sky : ndarray (ny, nx)
+        ``estimate_sky`` of every pixel of ``source`` with those options.
+
+    Returns
+    -------
+    used : bool
+        Whether the map was kept.
+    """
+    from crowdphot.pipeline._tilecache import whole_image_sky
+
+    shape = tuple(int(v) for v in source.shape)
+    if not whole_sky_applies(shape) or np.shape(sky) != shape:
+        return False
+    options = check_tile_sky("map", sky_options, shape)[1]
+    whole_image_sky(source, options, lambda: np.array(sky, dtype=float))
+    return True
 
 
 def _estimate(source, region, options):
