@@ -229,7 +229,8 @@ def main(argv=None):
         from crowdphot.viz.likelihood import plot_likelihood_summary
 
         fig = plot_likelihood_summary(
-            rows, title=f"{args.n_side ** 2} isolated stars per level, sky {SKY:g} e-/px, "
+            rows, title=f"{args.n_side ** 2} isolated stars per level ({args.n_side_faint ** 2} "
+                        f"at {FLUXES[0]:g} e-), sky {SKY:g} e-/px, "
                         f"read noise {RN:g} e-, fit_shape {FIT}")
         path = Path(__file__).resolve().parent / "likelihood.png"
         fig.savefig(path, dpi=110)
