@@ -375,6 +375,8 @@ def test_tiled_merge_separation_equals_whole_image(crowded):
     (dict(sky=np.full((32, 32), np.inf)), ValueError, "sky contains NaN or inf values"),
     (dict(sky=np.full((32, 32), "a")), TypeError, "sky must be a number or a numeric image"),
     (dict(sky=np.zeros((32, 32)) * u.Jy), ValueError, "sky has a unit but data has none"),
+    (dict(sky=3.0 * u.Jy), ValueError, "sky has a unit but data has none"),
+    (dict(sky=np.zeros(32)), ValueError, r"sky must be a scalar or an image of shape"),
     (dict(sky=np.zeros((32, 32)), sky_options={"box_size": 8}), ValueError,
      "sky_options need sky='map'"),
     (dict(sky=1.0, sky_options={"box_size": 8}), ValueError, "sky_options need sky='map'"),

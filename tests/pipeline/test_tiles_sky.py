@@ -163,6 +163,12 @@ def test_tiled_constant_sky_equals_whole_image_minus_that_sky(crowded):
                              **_config())
     assert_same_catalog(tiled, whole)
     assert tiled.meta["sky"] == "constant" and tiled.meta["sky_median"] == 5.0
+    # a Quantity in another unit, with data in Jy: converted (5000 mJy = 5 Jy)
+    kw = _config(finder=cp.DAOStarFinder(threshold=25.0 * u.Jy, fwhm=FWHM))
+    in_jy = photometry_tiled(data * u.Jy, model, 5, error=error * u.Jy, tile_shape=TILE,
+                             sky=5000.0 * u.mJy, **kw)
+    assert in_jy.meta["sky_median"] == pytest.approx(5.0)
+    np.testing.assert_allclose(_val(in_jy["flux_fit"]), _val(tiled["flux_fit"]), rtol=1e-9)
 
 
 def test_tiled_poisson_sky_map_is_in_the_expectation(sky_scene):

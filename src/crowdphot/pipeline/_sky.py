@@ -103,10 +103,11 @@ def check_tile_sky(sky, sky_options, shape, unit=None):
         # Background2D caps the box at the image size
         opts["box_size"] = (min(by, int(shape[0])), min(bx, int(shape[1])))
         return "map", opts
-    if np.ndim(getattr(sky, "value", sky)) == 2 or hasattr(sky, "unit"):
+    if hasattr(sky, "unit") or np.ndim(sky) > 0:
         if sky_options:
             raise ValueError("sky_options need sky='map'")
-        return "array", _check_sky_image(sky, shape, unit)
+        arr = _check_sky_image(sky, shape, unit)
+        return ("value", float(arr)) if arr.ndim == 0 else ("array", arr)
     if isinstance(sky, bool) or not isinstance(sky, numbers.Real) or not math.isfinite(sky):
         raise ValueError(f"sky must be None, a finite number, 'map' or an image, got {sky!r}")
     if sky_options:
@@ -126,6 +127,10 @@ def _check_sky_image(sky, shape, unit):
     arr = sky if isinstance(sky, np.ndarray) else np.asarray(sky)
     if arr.dtype.kind not in "biuf":
         raise TypeError("sky must be a number or a numeric image")
+    if arr.ndim == 0:  # a Quantity scalar: a constant sky
+        if not np.isfinite(arr):
+            raise ValueError("sky contains NaN or inf values")
+        return arr
     if arr.ndim != 2 or arr.shape != tuple(shape):
         raise ValueError(f"sky must be a scalar or an image of shape {tuple(shape)}, got "
                          f"shape {arr.shape}")
