@@ -259,8 +259,8 @@ def _group_fit_terms(psf, bg, dp, valid, bx0, by0, box, params, read_noise, gain
     return loglik, score, fisher
 
 
-def profile_group_errors(full, psf, counts, background, usable, gid, xlo, ylo, fshape, read_noise,
-                   gain, close):
+def profile_group_errors(full, psf, counts, background, usable, gid, xlo, ylo, fshape,
+                         read_noise, gain, close):
     """Errors of close group members from the profile likelihood (in place on ``full``).
 
     For every parameter ``t`` (x, y, flux) of every member flagged in ``close`` (groups of
@@ -275,13 +275,13 @@ def profile_group_errors(full, psf, counts, background, usable, gid, xlo, ylo, f
     errors). Where a blend's likelihood is flatter than its curvature at the maximum (two
     stars < 1 FWHM apart, one faint) the Fisher errors are too small; ``D <= 0`` (a better
     likelihood than the fit's) caps the error at :data:`PROFILE_CAP` Fisher errors. ``cov``'s
-    rows and columns are scaled alike.
+    rows and columns are scaled alike. Groups whose union of stamps spans more than
+    ``_BOX_FACTOR`` stamps a side keep their errors; groups go in chunks of bounded memory.
     """
     _, inv, cnt = np.unique(gid, return_inverse=True, return_counts=True)
     order = np.argsort(inv, kind="stable")
     starts = np.r_[0, np.cumsum(cnt)[:-1]]
     fy, fx = fshape
-    names = ("x", "y", "flux")
     for k in range(2, _GROUP_MAX + 1):
         groups = np.flatnonzero(cnt == k)
         if not len(groups):
@@ -289,71 +289,89 @@ def profile_group_errors(full, psf, counts, background, usable, gid, xlo, ylo, f
         mem = order[starts[groups][:, None] + np.arange(k)]  # (G, k)
         vals = np.stack([full["x"][mem], full["y"][mem], full["flux"][mem]], axis=-1)
         ok = np.all(np.isfinite(vals), axis=(1, 2)) & np.all(full["fitted"][mem], axis=1)
+        ok &= ((xlo[mem].max(axis=1) - xlo[mem].min(axis=1) + fx <= _BOX_FACTOR * fx)
+               & (ylo[mem].max(axis=1) - ylo[mem].min(axis=1) + fy <= _BOX_FACTOR * fy))
         gsel = np.flatnonzero(ok & close[mem].any(axis=1))
         if not len(gsel):
             continue
-        mem, vals = mem[gsel], vals[gsel]
-        bx0, by0 = xlo[mem].min(axis=1), ylo[mem].min(axis=1)
-        box = (int((ylo[mem].max(axis=1) - by0).max()) + fy,
-               int((xlo[mem].max(axis=1) - bx0).max()) + fx)
-        rc, cc, valid = _union_pixels(usable, xlo, ylo, fshape, mem, bx0, by0, box)
-        bg = background[rc, cc].reshape(len(mem), -1)
-        dp = float(gain) * counts[rc, cc].reshape(len(mem), -1) + float(read_noise) ** 2
-        l_fit = _group_fit_terms(psf, bg, dp, valid, bx0, by0, box, vals, read_noise, gain,
-                                 derivatives=False)
-        free = np.isfinite(np.einsum("nii->ni", full["cov"][mem.ravel()][:, :3, :3]))
-        free = free.reshape(len(mem), 3 * k)
-        both = free[:, :, None] & free[:, None, :]
-        info = _group_info(psf, counts, background, rc, cc, valid, vals, bx0, by0, box,
-                           read_noise, gain)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            _, cov = bounds_from_fisher(np.where(both, info, np.eye(3 * k)[None]))
-        cov = np.where(both & np.isfinite(cov), cov, 0.0)
-        sig_all = np.stack([full[f"{nm}_err"][mem] for nm in names], axis=-1).reshape(
-            len(mem), 3 * k)
-        todo = (np.repeat(close[mem], 3, axis=1) & free & np.isfinite(sig_all)
-                & (sig_all > 0))
-        g_i, col = np.nonzero(todo)  # (group, parameter column) of every profile
-        p_n = len(g_i)
-        rows = np.arange(p_n)
-        sig = sig_all[g_i, col]
-        diag = cov[g_i, col, col]
-        pos = diag > 0
-        step = cov[g_i, :, col] / np.where(pos, diag, 1.0)[:, None]  # (P, 3k)
-        unit = np.zeros_like(step)
-        unit[rows, col] = 1.0
-        step = np.where(pos[:, None] & np.all(np.isfinite(step), axis=1)[:, None], step,
-                        unit)
-        hold = ~free[g_i]
-        hold[rows, col] = True
-        sub = (psf, bg[g_i], dp[g_i], valid[g_i], bx0[g_i], by0[g_i], box)
-        width = np.ones(p_n)
-        for sign in (1.0, -1.0):
-            theta = vals[g_i].reshape(p_n, 3 * k) + sign * PROFILE_K * sig[:, None] * step
-            ll = _group_fit_terms(*sub, theta.reshape(p_n, k, 3), read_noise, gain,
-                                  derivatives=False)
-            _profile_scoring(sub, theta, ll, hold, k, read_noise, gain)
-            dev = 2.0 * (l_fit[g_i] - ll)
-            side = np.where(dev > (PROFILE_K / PROFILE_CAP) ** 2,
-                            PROFILE_K / np.sqrt(np.abs(dev)), PROFILE_CAP)
-            width = np.maximum(width, np.where(np.isfinite(dev), side, 1.0))
-        member = mem[g_i, col // 3]
-        q = col % 3
-        for t, nm in enumerate(names):
-            sel = q == t
-            full[f"{nm}_err"][member[sel]] = sig[sel] * width[sel]
-            full["cov"][member[sel], t, :] *= width[sel, None]
-            full["cov"][member[sel], :, t] *= width[sel, None]
+        npix = ((xlo[mem[gsel]].max(axis=1) - xlo[mem[gsel]].min(axis=1)).max() + fx) * (
+            (ylo[mem[gsel]].max(axis=1) - ylo[mem[gsel]].min(axis=1)).max() + fy)
+        per_chunk = max(1, int(_PROFILE_CHUNK // (9 * k * k * npix)))  # (3k)**2 per group
+        for a in range(0, len(gsel), per_chunk):
+            part = gsel[a:a + per_chunk]
+            _profile_chunk(full, psf, counts, background, usable, xlo, ylo, fshape,
+                           read_noise, gain, close, mem[part], vals[part])
+
+
+def _profile_chunk(full, psf, counts, background, usable, xlo, ylo, fshape, read_noise, gain,
+                   close, mem, vals):
+    """:func:`profile_group_errors` for groups ``mem`` (G, k) with parameters ``vals``."""
+    fy, fx = fshape
+    k = mem.shape[1]
+    names = ("x", "y", "flux")
+    bx0, by0 = xlo[mem].min(axis=1), ylo[mem].min(axis=1)
+    box = (int((ylo[mem].max(axis=1) - by0).max()) + fy,
+           int((xlo[mem].max(axis=1) - bx0).max()) + fx)
+    rc, cc, valid = _union_pixels(usable, xlo, ylo, fshape, mem, bx0, by0, box)
+    bg = background[rc, cc].reshape(len(mem), -1)
+    dp = float(gain) * counts[rc, cc].reshape(len(mem), -1) + float(read_noise) ** 2
+    l_fit = _group_fit_terms(psf, bg, dp, valid, bx0, by0, box, vals, read_noise, gain,
+                             derivatives=False)
+    free = np.isfinite(np.einsum("nii->ni", full["cov"][mem.ravel()][:, :3, :3]))
+    free = free.reshape(len(mem), 3 * k)
+    both = free[:, :, None] & free[:, None, :]
+    info = _group_info(psf, counts, background, rc, cc, valid, vals, bx0, by0, box,
+                       read_noise, gain)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        _, cov = bounds_from_fisher(np.where(both, info, np.eye(3 * k)[None]))
+    cov = np.where(both & np.isfinite(cov), cov, 0.0)
+    sig_all = np.stack([full[f"{nm}_err"][mem] for nm in names], axis=-1).reshape(
+        len(mem), 3 * k)
+    todo = (np.repeat(close[mem], 3, axis=1) & free & np.isfinite(sig_all)
+            & (sig_all > 0))
+    g_i, col = np.nonzero(todo)  # (group, parameter column) of every profile
+    p_n = len(g_i)
+    rows = np.arange(p_n)
+    sig = sig_all[g_i, col]
+    diag = cov[g_i, col, col]
+    pos = diag > 0
+    step = cov[g_i, :, col] / np.where(pos, diag, 1.0)[:, None]  # (P, 3k)
+    unit = np.zeros_like(step)
+    unit[rows, col] = 1.0
+    step = np.where(pos[:, None] & np.all(np.isfinite(step), axis=1)[:, None], step,
+                    unit)
+    hold = ~free[g_i]
+    hold[rows, col] = True
+    sub = (psf, bg[g_i], dp[g_i], valid[g_i], bx0[g_i], by0[g_i], box)
+    width = np.ones(p_n)
+    for sign in (1.0, -1.0):
+        theta = vals[g_i].reshape(p_n, 3 * k) + sign * PROFILE_K * sig[:, None] * step
+        ll = _group_fit_terms(*sub, theta.reshape(p_n, k, 3), read_noise, gain,
+                              derivatives=False)
+        _profile_scoring(sub, theta, ll, hold, k, read_noise, gain)
+        dev = 2.0 * (l_fit[g_i] - ll)
+        side = np.where(dev > (PROFILE_K / PROFILE_CAP) ** 2,
+                        PROFILE_K / np.sqrt(np.abs(dev)), PROFILE_CAP)
+        width = np.maximum(width, np.where(np.isfinite(dev), side, 1.0))
+    member = mem[g_i, col // 3]
+    q = col % 3
+    for t, nm in enumerate(names):
+        sel = q == t
+        full[f"{nm}_err"][member[sel]] = sig[sel] * width[sel]
+        full["cov"][member[sel], t, :] *= width[sel, None]
+        full["cov"][member[sel], :, t] *= width[sel, None]
 
 
 #: Profile-likelihood errors: the likelihood is profiled this many Fisher errors either side.
 PROFILE_K = 2.0
 #: At most this many Fisher-scoring steps of the other parameters at each profiled point
 #: (a profile stops once a step raises its log-likelihood by less than ``PROFILE_LTOL``).
-PROFILE_STEPS = 6
-PROFILE_LTOL = 1e-2
+PROFILE_STEPS = 4
+PROFILE_LTOL = 2e-2
 #: Largest profile-likelihood error, in Fisher errors (a side that beats the fit's likelihood).
 PROFILE_CAP = 10.0
+#: Profile computations go in chunks of about this many array elements (memory bound).
+_PROFILE_CHUNK = 4_000_000
 
 
 def _profile_scoring(sub, theta, ll, hold, k, read_noise, gain):
