@@ -78,6 +78,8 @@ def allstar_rounds(runner, fit_task, jobs, outs, shared_psf, psf_model, fit_shap
                 if not hit.any():
                     continue
                 refit = _refit_set(table, hit, reach)
+                if refit.all():
+                    refit = None
             # the first round's starting values (computed on the untouched pixels, as a
             # whole-image run computes them), so that only the neighbours' light differs
             init = sub.copy()
