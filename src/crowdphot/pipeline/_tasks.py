@@ -20,6 +20,13 @@ __all__ = ["detect_all", "detect_task", "fit_task"]
 
 
 def detect_task(source, tile, box, finder, unit, sky=None):
+    """Stars of one tile core: the finder on ``box`` (core + detection margin), sky removed.
+
+    Returns
+    -------
+    found : ndarray of shape (m, 3)
+        x, y (whole-image pixels) and the finder's flux of the detections the tile owns.
+    """
     from crowdphot.pipeline._sky import tile_sky
     from crowdphot.psf._inputs import find_column
 
@@ -43,6 +50,17 @@ def detect_task(source, tile, box, finder, unit, sky=None):
 
 
 def fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
+    """Fit the groups of ``init`` (whole-image positions) on the pixels of ``box``.
+
+    ``kwargs`` are :func:`crowdphot.psf.photometry.run_psf_photometry`'s plus ``tile_sky``
+    (the task's sky spec, :mod:`crowdphot.pipeline._sky`); ``halo`` (m, 3): x, y, flux of
+    other tasks' stars whose light reaches the box (all-star rounds), rendered into the sky.
+
+    Returns
+    -------
+    table, messages : QTable or None, list of (category, text)
+        The fitted rows in whole-image pixels and the warnings the fit raised.
+    """
     from crowdphot.pipeline._sky import tile_sky
     from crowdphot.psf.photometry import run_psf_photometry
 
@@ -88,6 +106,9 @@ def fit_task(source, box, init, psf_model, fit_shape, unit, kwargs, halo=None):
 
 
 def detect_all(runner, tiles, margin, shape, finder, unit, progress, sky=None):
+    """The detection phase: :func:`detect_task` per tile, the finder's ``n_brightest`` over
+    the whole image, rows numbered as a whole-image finder lists its peaks (QTable of ``id``,
+    ``x_init``, ``y_init``; None when nothing was found)."""
     tile_finder = finder
     n_brightest = getattr(finder, "n_brightest", None)
     if n_brightest is not None:
