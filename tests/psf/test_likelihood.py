@@ -641,22 +641,26 @@ def test_profile_errors_are_the_profile_likelihood_widths():
 
 
 def test_close_pairs_have_honest_errors():
-    # 500 + 250 e- pairs 1.5-2.5 px apart (0.6-1 FWHM): profile-likelihood errors make the
-    # pulls of the unflagged members ~1 (the Fisher errors alone give ~1.2, see RESULTS)
-    data, x, y, f, (xi, yi, fi), gid = _scene(500.0, 20, spacing=20, seed=37,
-                                              pair_sep=(1.5, 2.5))
+    # 500 + 250 e- pairs 1.5-3.5 px apart (0.6-1.4 FWHM, as bench_likelihood): with the
+    # profile-likelihood errors the unflagged members' pull widths meet the goal (1 +- 0.05,
+    # plus 2 s.e. of a std); the Fisher errors alone give flux pulls ~0.09 wider on the same
+    # fits (1.08-1.14 over three seeds; 1.24-1.30 below 2.5 px)
+    data, x, y, f, (xi, yi, fi), gid = _scene(500.0, 28, spacing=20, seed=37,
+                                              pair_sep=(1.5, 3.5))
     init = QTable({"x": xi, "y": yi, "flux": fi, "local_bkg": np.full(x.size, SKY),
                    "group_id": gid + 1})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tbl = PSFPhotometry(PSF, 7, likelihood="poisson", read_noise=RN)(data, init_params=init)
     good = np.asarray(tbl["flags"]) == 0
-    assert np.mean(good) > 0.95
-    tol = 3.0 / np.sqrt(2 * good.sum())
+    assert np.mean(good) > 0.98
+    tol = 0.05 + 2.0 / np.sqrt(2 * good.sum())
+    widths = {}
     for name, truth in (("flux", f), ("x", x), ("y", y)):
         pull = ((np.asarray(tbl[f"{name}_fit"]) - truth) / np.asarray(tbl[f"{name}_err"]))
-        assert abs(np.std(pull[good]) - 1) < tol, (name, np.std(pull[good]))
+        widths[name] = np.std(pull[good])
+        assert abs(widths[name] - 1) < tol, (name, widths[name])
     fisher = fit_psf_likelihood(data, PSF, xi, yi, fi, fit_shape=7, read_noise=RN,
                                 local_bkg=np.full(x.size, SKY), group_id=gid,
                                 profile_errors=False)
-    assert np.std(((fisher.flux - f) / fisher.flux_err)[good]) > 1 + tol
+    assert np.std(((fisher.flux - f) / fisher.flux_err)[good]) > widths["flux"] + 0.05
