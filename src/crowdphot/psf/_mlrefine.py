@@ -1,7 +1,9 @@
-"""Observed-information errors and Cox-Snell bias correction of maximum-likelihood fits.
+"""Observed-information errors, Cox-Snell bias correction and profile-likelihood errors of
+maximum-likelihood fits.
 
 Private helpers of :func:`crowdphot.psf.likelihood.fit_psf_likelihood`: per-stamp values of
-an image, and the refinement of isolated sources after the engine's likelihood fit.
+an image, the refinement of isolated sources and small groups after the engine's likelihood
+fit, and the profile-likelihood errors of close group members (:func:`profile_group_errors`).
 """
 
 from __future__ import annotations
