@@ -225,6 +225,8 @@ def _photometry(args, image, psf, finder, init, sky=None):
 
         # workers memory-map the file and read only their tiles: no pixels cross the network;
         # each task subtracts the sky from its pixels (Poisson: puts it in the expectation)
+        if _tiled_bias_correction(args, image):
+            common["bias_correction"] = True  # each task corrects the groups it fits
         table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
                                  init_params=init, tile_shape=args.tile,
                                  workers=args.workers, scheduler=args.scheduler,
@@ -238,6 +240,13 @@ def _photometry(args, image, psf, finder, init, sky=None):
     return phot(data, mask=image.mask, error=error, init_params=init, **sky_kw), phot
 
 
+def _tiled_bias_correction(args, image):
+    """Whether a tiled run corrects the bias in its tasks (``--bias-correction`` with an ERR
+    plane); without ERR the catalog is corrected afterwards from the robust sky noise."""
+    return (getattr(args, "bias_correction", False)
+            and getattr(image.planes, "err_ext", None) is not None)
+
+
 def _correct_bias(args, image, psf, table, sky_info):
     """``--bias-correction``: subtract the fits' first-order (Cox & Snell) bias in place.
 
@@ -247,9 +256,12 @@ def _correct_bias(args, image, psf, table, sky_info):
     """
     from crowdphot.psf._biascorr import correct_table
 
+    if args.tile and _tiled_bias_correction(args, image):
+        table.meta["bias_correction"] = True  # done by the tiles' tasks
+        return
     if image.data is None:
-        raise CLIError("--bias-correction needs the image in memory: with --tile, add "
-                       "--residual or drop --bias-correction")
+        raise CLIError("--bias-correction with --tile needs an ERR extension (or the image "
+                       "in memory: add --residual)")
     error = image.error
     if error is None:
         sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)

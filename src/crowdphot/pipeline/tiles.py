@@ -75,7 +75,7 @@ def photometry_tiled(data, psf_model, fit_shape, *, finder=None, mask=None, erro
                      margin=None, client=None, workers=None, scheduler=None,
                      likelihood="gaussian", read_noise=None, gain=1.0, crlb=False,
                      subtract_neighbors=False, merge_separation=None, sky=None,
-                     sky_options=None):
+                     sky_options=None, bias_correction=False):
     """PSF photometry of a large image in tiles, in this process or on a Dask cluster.
 
     Same result as ``PSFPhotometry(psf_model, fit_shape, finder=..., ...)(data, ...)`` on the
@@ -112,6 +112,9 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
         (it takes precedence over ``workers``).
     likelihood, read_noise, gain, crlb
         As for :class:`crowdphot.PSFPhotometry` (maximum-likelihood fits and ``flux_crlb``).
+    bias_correction : bool
+        As for :class:`crowdphot.PSFPhotometry`: each task corrects the groups it fits (a
+        group is always fitted whole by one task); needs ``error`` (or a FITS ERR plane).
     subtract_neighbors, merge_separation
         As for :class:`crowdphot.PSFPhotometry` (all-star fitting, merging of unresolvable
         pairs; not with a ``fitter``).
@@ -178,7 +181,7 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                            group_warning_threshold=group_warning_threshold,
                            likelihood=likelihood, read_noise=read_noise, gain=gain, crlb=crlb,
                            subtract_neighbors=subtract_neighbors,
-                           merge_separation=merge_separation)
+                           merge_separation=merge_separation, bias_correction=bias_correction)
     fit_shape = config.fit_shape
     allstar = config.subtract_neighbors or config.merge_separation is not None
     if allstar and fitter is not None:
@@ -195,6 +198,12 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
 
     source, unit = make_source(data, mask, error)
     shape = source.shape
+    if config.bias_correction:  # each task's fit checks again; fail before any work
+        from crowdphot.psf._biascorr import check_bias_correction
+
+        has_error = (getattr(source, "error", None) is not None
+                     or getattr(source, "err_ext", None) is not None)
+        check_bias_correction(True, likelihood=config.likelihood, error_given=has_error)
     from crowdphot.pipeline._sky import check_tile_sky
 
     sky_spec = check_tile_sky(sky, sky_options, shape, unit)
@@ -234,7 +243,8 @@ aperture_radius, local_bkg_estimator, group_warning_threshold, progress_bar
                           likelihood=config.likelihood, read_noise=config.read_noise,
                           gain=config.gain, crlb=config.crlb,
                           subtract_neighbors=config.subtract_neighbors,
-                          merge_separation=config.merge_separation, tile_sky=task_sky)
+                          merge_separation=config.merge_separation, tile_sky=task_sky,
+                          bias_correction=config.bias_correction)
             shared_psf = runner.share(psf_model)
             from crowdphot.pipeline._sky import read_box
             outs = runner.map(fit_task, [read_box(box, shape, task_sky) for box, _ in jobs],
