@@ -346,6 +346,12 @@ def _check_phot(phot):
     base = phot
     if isinstance(phot, IterativePSFPhotometry):
         base = phot._psfphot
+        if getattr(phot, "bias_correction", False):
+            # the class corrects its final table; the artificial stars' fits must be too
+            import copy
+
+            base = copy.copy(base)
+            base.bias_correction = True
         plan = {"maxiters": phot.maxiters, "mode": phot.mode, "sub_shape": phot.sub_shape}
     elif not isinstance(phot, PSFPhotometry):
         raise TypeError("phot must be a PSFPhotometry or IterativePSFPhotometry object, got "
