@@ -188,3 +188,26 @@ def test_order_of_fits():
     assert later.bias[0] == both.bias[0] > 0
     first = contamination_test(np.zeros((41, 41)), PSF, x, y, flux, err, order=[2, 1], **kw)
     assert first.bias[0] == 0 and first.bias[1] == both.bias[1]
+
+
+def test_iterative_new_mode_flags_light_of_later_stars():
+    # the finder misses the 800 star 4 px from a 5000 one until the second iteration: the
+    # bright star's first-iteration fit absorbed its wing (5040 +- 23, true 5000)
+    from crowdphot import DAOStarFinder, IterativePSFPhotometry
+
+    truth = QTable({"x_0": [20.0, 24.0], "y_0": [20.0, 20.5], "flux": [5000.0, 800.0]})
+    rng = np.random.default_rng(1)
+    img = make_model_image((41, 41), PSF, truth, model_shape=(15, 15))
+    img = img + rng.normal(0, NOISE, img.shape)
+    err = np.full(img.shape, NOISE)
+    flags = {}
+    for compat in (None, "photutils"):
+        it = IterativePSFPhotometry(PSF, (5, 5), DAOStarFinder(threshold=50, fwhm=3.0),
+                                    aperture_radius=3, maxiters=3, compat=compat)
+        tab = it(img, error=err)
+        assert np.asarray(tab["iter_detected"]).tolist() == [1, 2]
+        flags[compat] = np.asarray(tab["flags"])
+        pull = (float(tab["flux_fit"][0]) - 5000.0) / float(tab["flux_err"][0])
+        assert pull > 1
+    assert flags[None].tolist() == [CONT, 0]
+    assert flags["photutils"].tolist() == [0, 0]

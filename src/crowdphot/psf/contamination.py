@@ -75,7 +75,7 @@ from crowdphot.core.kernels.pairs import close_pairs
 from crowdphot.psf.allstar import model_reach
 
 __all__ = ["INFLATION", "MIN_RELATIVE_BIAS", "NSIGMA", "ContaminationTest",
-           "catalog_contamination_flags", "contamination_test"]
+           "catalog_contamination_flags", "contamination_test", "flag_later_neighbours"]
 
 #: A star is flagged ``contaminated`` when the unmodelled light moves its flux by more than
 #: this many flux errors.
@@ -147,9 +147,11 @@ def _response_rows(psf_model, x, y, flux, xlo, ylo, fit_shape, weight2, fixed_xy
     return rows, var
 
 
-def _coupling(psf_model, x, y, group, xlo, ylo, fit_shape, rows, reach, order=None):
+def _coupling(psf_model, x, y, group, xlo, ylo, fit_shape, rows, reach, order=None,
+              together_modelled=False):
     """Sparse ``C[t, j]``: flux change of star ``t`` per unit flux of star ``j`` whose light
-    was not modelled with it (another group) -- ``rows[t] . PSF_j`` on ``t``'s stamp."""
+    was not modelled with it (another group; ``together_modelled``: all stars of one
+    ``order`` were) -- ``rows[t] . PSF_j`` on ``t``'s stamp."""
     from scipy import sparse
 
     n = len(x)
@@ -157,7 +159,7 @@ def _coupling(psf_model, x, y, group, xlo, ylo, fit_shape, rows, reach, order=No
     cx = xlo + (fx - 1) / 2.0
     cy = ylo + (fy - 1) / 2.0
     t, j = close_pairs(cx, cy, reach + max(fy, fx) / 2.0, x2=x, y2=y, metric="chebyshev")
-    keep = group[t] != group[j]
+    keep = (group[t] != group[j]) & (not together_modelled)
     if order is not None:  # stars fitted earlier were subtracted before ``t``'s fit
         keep = (order[j] > order[t]) | (keep & (order[j] == order[t]))
     t, j = t[keep], j[keep]
@@ -202,13 +204,13 @@ def contamination_test(data, psf_model, x, y, flux, flux_err, *, x_init, y_init,
     nsigma, inflation : float
         Thresholds (:data:`NSIGMA`, :data:`INFLATION`).
     unmodelled : bool
-        False: there is no unmodelled light (all-star fits); ``bias`` is 0, nothing is
-        flagged ``contaminated``.
+        False: the stars fitted together left no light unmodelled (all-star fits); without
+        ``order`` ``bias`` is then 0 and nothing is flagged ``contaminated``.
     order : ndarray of int, shape (n,), optional
         When each star was fitted (e.g. the iteration of an iterative photometry that fits
         new stars on the residual image): the light of a star fitted *earlier* was subtracted
-        before and does not count, that of one fitted later always does. Default: all at
-        once.
+        before and does not count, that of one fitted later always does (whatever
+        ``unmodelled``). Default: all at once.
 
     Returns
     -------
@@ -230,10 +232,11 @@ def contamination_test(data, psf_model, x, y, flux, flux_err, *, x_init, y_init,
     weight2 = st.weight ** 2
     rows, var = _response_rows(psf_model, x[idx], y[idx], flux[idx], xlo, ylo, fit_shape,
                                weight2, fixed_xy, fit_sky)
-    if unmodelled:
+    if unmodelled or order is not None:
         coupling = _coupling(psf_model, x[idx], y[idx], np.asarray(group_id)[idx], xlo, ylo,
                              fit_shape, rows, model_reach(psf_model),
-                             None if order is None else np.asarray(order)[idx])
+                             None if order is None else np.asarray(order)[idx],
+                             together_modelled=not unmodelled)
         bias[idx] = coupling @ flux[idx]
     else:
         bias[idx] = 0.0
@@ -317,3 +320,56 @@ def catalog_contamination_flags(data, psf_model, table, values, flux_err, fit_sh
         group_id=gid, fit_shape=fit_shape, error=error, mask=mask, fit_sky=fit_sky,
         fixed_xy=fixed_xy, chi2_scale=scale, unmodelled=unmodelled, order=order)
     return res.contaminated, res.unconstrained
+
+
+def flag_later_neighbours(table, data, psf_model, fit_shape, *, error=None, mask=None,
+                          fit_sky=False, subtract_neighbors=False):
+    """``contaminated`` for iterative photometry that fits new stars on the residual image.
+
+    :class:`~crowdphot.psf.IterativePSFPhotometry` in ``mode='new'`` fits the stars of
+    iteration ``k`` on the data minus the models of iterations ``< k``: their light was
+    modelled, but that of stars found *later* was on the stamps unmodelled. Each iteration's
+    own test covers its stars; this one adds the later iterations' light (``order`` =
+    ``iter_detected``), setting flag 65536 in ``table['flags']`` in place.
+
+    Parameters
+    ----------
+    table : QTable
+        The combined catalog (``x_fit``, ``y_fit``, ``flux_fit``, ``flux_err``, ``x_init``,
+        ``y_init``, ``group_id`` unique across iterations, ``iter_detected``, ``flags``).
+    data : ndarray of shape (ny, nx)
+        The image (only its non-finite pixels matter).
+    psf_model : BatchedPSFMixin
+    fit_shape : (fy, fx)
+    error, mask : ndarray of shape (ny, nx), optional
+        As in the fits.
+    fit_sky, subtract_neighbors : bool
+        As in the fits (with ``subtract_neighbors`` an iteration's own stars were all
+        modelled, only later ones count).
+
+    Returns
+    -------
+    flagged : ndarray of bool, shape (n,)
+        The rows newly flagged.
+    """
+    from crowdphot.psf.flags import PSF_FLAGS
+
+    def col(name):
+        return np.asarray(getattr(table[name], "value", table[name]), dtype=float)
+
+    order = np.asarray(table["iter_detected"])
+    n = len(order)
+    if n == 0 or np.all(order == order[0]):
+        return np.zeros(n, dtype=bool)
+    err = None if error is None else np.asarray(getattr(error, "value", error), dtype=float)
+    res = contamination_test(
+        np.asarray(getattr(data, "value", data), dtype=float), psf_model, col("x_fit"),
+        col("y_fit"), col("flux_fit"), col("flux_err"), x_init=col("x_init"),
+        y_init=col("y_init"), group_id=np.asarray(table["group_id"]),
+        fit_shape=tuple(int(v) for v in fit_shape), error=err, mask=mask, fit_sky=fit_sky,
+        fixed_xy=(bool(psf_model.x_0.fixed), bool(psf_model.y_0.fixed)),
+        unmodelled=not subtract_neighbors, order=order)
+    flags = np.asarray(table["flags"])
+    new = res.contaminated & ((flags & PSF_FLAGS.CONTAMINATED) == 0)
+    table["flags"] = flags | np.where(res.contaminated, PSF_FLAGS.CONTAMINATED, 0)
+    return new

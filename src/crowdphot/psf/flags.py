@@ -161,8 +161,9 @@ _DEFINITIONS = (  # bits 1-2048: photutils 3's names and descriptions
                    "of other groups; every other star without a grouper) falls on its fit "
                    "stamp and, by the linear least-squares response of its fit (same pixels "
                    "and weights), moves its flux by more than its flux error. Never set with "
-                   "subtract_neighbors=True, where the other groups' models are subtracted "
-                   "(crowdphot.psf.contamination)."),
+                   "subtract_neighbors=True, where the other groups' models are subtracted; "
+                   "IterativePSFPhotometry(mode='new') also counts the stars found in later "
+                   "iterations (crowdphot.psf.contamination)."),
     FlagDefinition(131072, "unconstrained",
                    "flux error above 10 x the star's isolated error (crowdphot)",
                    "The reported flux error exceeds 10 x the flux error of the same star alone "

@@ -218,6 +218,9 @@ class IterativePSFPhotometry(_LatestResultMixin):
                 new_tbl.meta = {}
                 table = vstack([table, new_tbl])
             per_iter.append(current)
+        if self.mode == "new" and len(per_iter) > 1 and self._psfphot.compat is None:
+            _flag_later_neighbours(self._psfphot, table, data_q, error_q, mask,
+                                   first._main_params)
         if self.bias_correction:
             from crowdphot.psf._biascorr import correct_table
 
@@ -293,3 +296,15 @@ def _document_flags():
 
 
 _document_flags()
+
+
+def _flag_later_neighbours(phot, table, data, error, mask, main_params):
+    """mode='new': flag 65536 for light of stars found in later iterations (which was on the
+    earlier stars' stamps, unmodelled); batched engine only, as PSFPhotometry's own test."""
+    from crowdphot.psf._fastpath import use_fast_path
+    from crowdphot.psf.contamination import flag_later_neighbours
+
+    if use_fast_path(phot.psf_model, phot.fitter, main_params, phot.fit_shape):
+        flag_later_neighbours(table, data, phot.psf_model, phot.fit_shape, error=error,
+                              mask=mask, fit_sky=phot.fit_sky,
+                              subtract_neighbors=phot.subtract_neighbors)
