@@ -211,3 +211,22 @@ def test_iterative_new_mode_flags_light_of_later_stars():
         assert pull > 1
     assert flags[None].tolist() == [CONT, 0]
     assert flags["photutils"].tolist() == [0, 0]
+
+
+def test_forced_photometry_and_units():
+    # fixed positions: the response is the flux column alone; a Quantity image flags the same
+    import astropy.units as u
+
+    truth = QTable({"x_0": [20.0, 25.0], "y_0": [20.0, 20.3], "flux": [2000.0, 300.0]})
+    rng = np.random.default_rng(3)
+    img = make_model_image((41, 41), PSF, truth, model_shape=(15, 15))
+    img = img + rng.normal(0, NOISE, img.shape)
+    init = QTable({"x": truth["x_0"], "y": truth["y_0"]})
+    psf = CircularGaussianPRF(fwhm=3.0)
+    psf.x_0.fixed = psf.y_0.fixed = True
+    err = np.full(img.shape, NOISE)
+    phot = PSFPhotometry(psf, (5, 5), aperture_radius=3)
+    forced = phot(img, error=err, init_params=init)
+    assert np.asarray(forced["flags"]).tolist() == [0, CONT]
+    with_units = phot(img * u.Jy, error=err * u.Jy, init_params=init)
+    assert np.asarray(with_units["flags"]).tolist() == [0, CONT]
