@@ -230,3 +230,21 @@ def test_forced_photometry_and_units():
     assert np.asarray(forced["flags"]).tolist() == [0, CONT]
     with_units = phot(img * u.Jy, error=err * u.Jy, init_params=init)
     assert np.asarray(with_units["flags"]).tolist() == [0, CONT]
+
+
+def test_astropy_fitter_path_flags_the_same():
+    # a built-in model with an astropy fitter (the generic per-group path): same test
+    from astropy.modeling.fitting import TRFLSQFitter
+
+    img, truth, init = _scene(14, 60, (96, 96), (50, 500))
+    err = np.full(img.shape, NOISE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batched = PSFPhotometry(PSF, (5, 5), aperture_radius=3)(img, error=err,
+                                                                 init_params=init)
+        generic = PSFPhotometry(PSF, (5, 5), aperture_radius=3, fitter=TRFLSQFitter())(
+            img, error=err, init_params=init)
+    fb, fg = np.asarray(batched["flags"]), np.asarray(generic["flags"])
+    assert np.count_nonzero(fg & CONT) >= 5
+    both = (fb & ~CONT) == (fg & ~CONT)  # rows the two fits flag alike otherwise
+    assert np.mean((fb & CONT)[both] == (fg & CONT)[both]) > 0.95

@@ -20,6 +20,7 @@ from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._biascorr import apply_bias_correction, check_bias_correction
 from crowdphot.psf._compat import check_compat, check_compat_options
+from crowdphot.psf._mlrefine import profile_errors_gaussian
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.blends import catalog_blend_flags
 from crowdphot.psf.contamination import catalog_contamination_flags
@@ -247,6 +248,11 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             _contamination(fit, data, psf_model, table, fit_shape, error=error, mask=mask,
                            noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
                            subtract_neighbors=subtract_neighbors)
+        if (compat is None and likelihood == "gaussian" and error is not None and not fit_sky
+                and not subtract_neighbors and merge_separation is None
+                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine)
+            profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
+                                    fit_shape=fit_shape)
         if bias_correction:  # Cox & Snell, groups jointly (crowdphot.psf._biascorr)
             apply_bias_correction(fit, table, psf_model, fit_shape, error, mask,
                                   fit_sky=fit_sky)
@@ -277,6 +283,10 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
                                     fit_shape=fit_shape, fitter=fitter,
                                     maxiters=fitter_maxiters, xy_bounds=xy_bounds,
                                     progress_bar=progress_bar, compat=compat)
+        if compat is None and callable(getattr(psf_model, "_stamps_grad", None)):
+            # a built-in model with an astropy fitter: the same tests on its fit
+            _contamination(fit, data, psf_model, table, fit_shape, error=error, mask=mask,
+                           noise=None, subtract_neighbors=False)
     gid = np.asarray(table["group_id"])
     _, inverse, counts = np.unique(gid, return_inverse=True, return_counts=True)
     fit.group_size = counts[inverse]
@@ -423,13 +433,14 @@ class PSFPhotometry(_LatestResultMixin):
     flagged ``merged`` (16384) (:mod:`crowdphot.psf._failed`; photutils keeps such a member
     in the group's fit: ``compat='photutils'``).
 
-    On the batched engine, a star whose fit stamp holds light of other fitted stars that was
-    not modelled with it (other groups; every other star without a grouper) is flagged
-    ``contaminated`` (65536) when, by the linear response of its fit, that light moves its
-    flux by more than its flux error (:mod:`crowdphot.psf.contamination`; never with
-    ``subtract_neighbors=True`` or ``compat='photutils'``), and a star whose flux error
-    exceeds 10 x that of the same star alone on its stamp (a degenerate pair: the group's
-    fit cannot tell its flux from its partners') is flagged ``unconstrained`` (131072).
+    With a built-in crowdphot model (any fitter), a star whose fit stamp holds light of other
+    fitted stars that was not modelled with it (other groups; every other star without a
+    grouper) is flagged ``contaminated`` (65536) when, by the linear response of its fit,
+    that light moves its flux by more than its flux error
+    (:mod:`crowdphot.psf.contamination`; never with ``subtract_neighbors=True`` or
+    ``compat='photutils'``), and a star whose flux error exceeds 10 x that of the same star
+    alone on its stamp (a degenerate pair: the group's fit cannot tell its flux from its
+    partners') is flagged ``unconstrained`` (131072).
 
     Parameters
     ----------
