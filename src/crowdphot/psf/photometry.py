@@ -20,7 +20,6 @@ from crowdphot.psf import _fastpath as _fast
 from crowdphot.psf import _inputs as _photinit
 from crowdphot.psf._biascorr import apply_bias_correction, check_bias_correction
 from crowdphot.psf._compat import check_compat, check_compat_options
-from crowdphot.psf._mlrefine import profile_errors_gaussian
 from crowdphot.psf._results import FitInfo, _provenance, assemble_results
 from crowdphot.psf.blends import catalog_blend_flags
 from crowdphot.psf.contamination import catalog_contamination_flags
@@ -248,11 +247,6 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             _contamination(fit, data, psf_model, table, fit_shape, error=error, mask=mask,
                            noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
                            subtract_neighbors=subtract_neighbors)
-        if (compat is None and likelihood == "gaussian" and error is not None and not fit_sky
-                and not subtract_neighbors and merge_separation is None
-                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine)
-            profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
-                                    fit_shape=fit_shape)
         if bias_correction:  # Cox & Snell, groups jointly (crowdphot.psf._biascorr)
             apply_bias_correction(fit, table, psf_model, fit_shape, error, mask,
                                   fit_sky=fit_sky)
