@@ -3,29 +3,29 @@
 The bits, names and meanings are those of photutils 3, so flag columns written by either
 package decode the same way:
 
-=====  ========================  ==========================================================
-bit    name                      set when
-=====  ========================  ==========================================================
-1      n_pixels_fit_partial      fewer pixels were fitted than the full ``fit_shape`` stamp
-2      outside_bounds            the fitted position lies outside the image
-4      negative_flux             the fitted flux is <= 0
-8      no_convergence            the fitter did not report convergence (e.g. hit maxiters)
-16     no_covariance             no parameter covariance (so no uncertainties)
-32     near_bound                fitted x or y within 0.01 px of its ``xy_bounds`` limit
-64     no_overlap                the fit stamp does not overlap the image data
-128    fully_masked              every pixel of the fit stamp is masked
-256    too_few_pixels            fewer unmasked pixels than free parameters
-512    non_finite_position       the fitted x or y is NaN or inf
-1024   non_finite_flux           the fitted flux is NaN or inf
-2048   non_finite_localbkg       the local background is NaN or inf (it was not subtracted)
-4096   left_stamp                crowdphot: the position left its fit stamp; the fit was stopped
-8192   absurd_value              crowdphot: an absurd fitted value was replaced by NaN
-16384  merged                    crowdphot: merged with a too-close neighbour (merge_separation)
-32768  unresolved_blend          crowdphot: a close pair's flux split is not pinned down
-65536  contaminated              crowdphot: unmodelled neighbours' light biases the flux by
-                                 more than its error
-131072 unconstrained             crowdphot: flux error > 10 x the star's isolated error
-=====  ========================  ==========================================================
+======  ========================  ==========================================================
+bit     name                      set when
+======  ========================  ==========================================================
+1       n_pixels_fit_partial      fewer pixels were fitted than the full ``fit_shape`` stamp
+2       outside_bounds            the fitted position lies outside the image
+4       negative_flux             the fitted flux is <= 0
+8       no_convergence            the fitter did not report convergence (e.g. hit maxiters)
+16      no_covariance             no parameter covariance (so no uncertainties)
+32      near_bound                fitted x or y within 0.01 px of its ``xy_bounds`` limit
+64      no_overlap                the fit stamp does not overlap the image data
+128     fully_masked              every pixel of the fit stamp is masked
+256     too_few_pixels            fewer unmasked pixels than free parameters
+512     non_finite_position       the fitted x or y is NaN or inf
+1024    non_finite_flux           the fitted flux is NaN or inf
+2048    non_finite_localbkg       the local background is NaN or inf (it was not subtracted)
+4096    left_stamp                crowdphot: the position left its fit stamp; the fit was stopped
+8192    absurd_value              crowdphot: an absurd fitted value was replaced by NaN
+16384   merged                    crowdphot: merged with a too-close neighbour (merge_separation)
+32768   unresolved_blend          crowdphot: a close pair's flux split is not pinned down
+65536   contaminated              crowdphot: unmodelled neighbours' light biases the flux by
+                                  more than its error
+131072  unconstrained             crowdphot: flux error > 10 x the star's isolated error
+======  ========================  ==========================================================
 
 Bits 1-2048 are photutils 3's; 4096-131072 are crowdphot extensions (photutils lets runaway
 fits run on and reports what they reach, never merges, does not test blends and does not
