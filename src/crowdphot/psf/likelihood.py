@@ -57,25 +57,19 @@ from crowdphot.core.batched import stamp_origin
 from crowdphot.core.crlb import bounds_from_fisher, fisher_information
 from crowdphot.core.validate import as_pair
 from crowdphot.psf._mlrefine import (
+    close_faint_members,
     paint_stamps,
     profile_group_errors,
     refine_groups,
     refine_isolated,
     stamp_values,
 )
-from crowdphot.psf.blends import candidate_pairs, psf_fwhm
 
 __all__ = ["LIKELIHOODS", "add_crlb_column", "check_noise_options", "cramer_rao_bound",
            "engine_for", "expected_error_image", "fit_psf_likelihood", "flux_crlb_column",
            "poisson_blend_flags", "sky_map"]
 
 LIKELIHOODS = ("gaussian", "poisson")
-#: Group members closer than this many FWHM to a partner get profile-likelihood errors (beyond
-#: it the Fisher errors of pairs at S/N ~5-10 have pull widths 0.98-1.02, bench_likelihood)...
-PROFILE_SEPARATION_FWHM = 1.0
-#: ... in groups where such a member has a flux S/N (Fisher) below this: pairs < 1 FWHM apart
-#: with members at S/N 9-18 have Fisher pull widths 0.92-1.02, at S/N 4.6-12 1.06-1.15.
-PROFILE_SNR = 10.0
 
 
 # -- option checks -------------------------------------------------------------------------
@@ -277,34 +271,10 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         refine_groups(full, psf_model, counts_img, bg_img, usable, gid, xlo, ylo, fshape,
                       read_noise, gain)
         if profile_errors:
-            close = _close_members(psf_model, full, x, y, gid)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                faint = close & ~(np.abs(full["flux"]) / full["flux_err"] >= PROFILE_SNR)
-            _, inv = np.unique(gid, return_inverse=True)
-            close &= np.bincount(inv, faint)[inv] > 0  # groups with a faint close member
+            close = close_faint_members(psf_model, full, x, y, gid)
             profile_group_errors(full, psf_model, counts_img, bg_img, usable, gid, xlo, ylo,
                                  fshape, read_noise, gain, close)
     return type(res)(**full)
-
-
-def _close_members(psf_model, full, x_init, y_init, gid):
-    """Members of a group with a partner closer than :data:`PROFILE_SEPARATION_FWHM` FWHM
-    (fitted or initial positions); shape (n,) bool."""
-    n = len(gid)
-    out = np.zeros(n, dtype=bool)
-    _, cnt = np.unique(gid, return_counts=True)
-    if not np.any(cnt > 1):
-        return out
-    try:
-        reach = PROFILE_SEPARATION_FWHM * psf_fwhm(psf_model)
-    except (TypeError, ValueError):  # no usable profile: every member of a group
-        _, inv, cnt = np.unique(gid, return_inverse=True, return_counts=True)
-        return cnt[inv] > 1
-    for px, py in ((full["x"], full["y"]), (x_init, y_init)):
-        pairs = candidate_pairs(np.asarray(px, dtype=float), np.asarray(py, dtype=float),
-                                np.asarray(gid), reach)
-        out[pairs.ravel()] = True
-    return out
 
 
 def sky_map(sky, shape, unit=None):
@@ -473,11 +443,12 @@ def flux_crlb_column(shape, psf_model, x_fit, y_fit, flux_fit, x_init, y_init, l
     return out
 
 
-def engine_for(read_noise, gain, background=None):
+def engine_for(read_noise, gain, background=None, profile_errors=True):
     """A drop-in for :func:`crowdphot.core.fit.fit_psf` that fits by maximum likelihood.
 
     The photometry shells call the returned function exactly as the engine (``error`` None)
     on data from which the sky map ``background`` (if any) was subtracted.
+    ``profile_errors``: as :func:`fit_psf_likelihood`'s.
 
     Examples
     --------
@@ -487,10 +458,10 @@ def engine_for(read_noise, gain, background=None):
     """
     import functools
 
-    if background is None:
-        return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain)
-    return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain,
-                             background=background)
+    extra = {} if background is None else {"background": background}
+    if not profile_errors:
+        extra["profile_errors"] = False
+    return functools.partial(fit_psf_likelihood, read_noise=read_noise, gain=gain, **extra)
 
 
 def add_crlb_column(results, psf_model, shape, mask, fit_shape, read_noise, gain, unit=None,
