@@ -139,6 +139,20 @@ def test_bias_correction_lowers_fluxes_by_their_first_order_bias(files, tmp_path
     assert np.array_equal(np.asarray(plain["flags"]), np.asarray(corr["flags"]))
 
 
+def test_bias_correction_leaves_forced_photometry_alone(files, tmp_path, capsys):
+    # positions held: the fit is linear in the flux and has no first-order bias, with the
+    # ERR plane (corrected inside the fit) or without it (corrected afterwards)
+    for err in ([], ["--err-ext", "none"]):
+        init = ["--init", files["root"] / "truth.ecsv", *err]
+        plain, _, _ = _phot(files, tmp_path / "f0.ecsv", capsys, *init)
+        corr, _, _ = _phot(files, tmp_path / "f1.ecsv", capsys, *init, "--bias-correction")
+        for c in ("x_fit", "y_fit", "flux_fit"):
+            np.testing.assert_allclose(np.asarray(getattr(corr[c], "value", corr[c])),
+                                       np.asarray(getattr(plain[c], "value", plain[c])),
+                                       rtol=1e-12, atol=1e-12, err_msg=c)
+        assert corr.meta["bias_correction"] is True
+
+
 @pytest.mark.parametrize("ext", [".fits", ".csv"])
 def test_catalog_format_follows_extension(files, tmp_path, capsys, ext):
     ref, _, _ = _phot(files, tmp_path / "cat.ecsv", capsys)

@@ -176,6 +176,11 @@ def test_cli_psf_per_filter_stack_detection_residuals(tmp_path, capsys):
     code = main(["phot", *paths, "--psf", "F444W=" + str(tmp_path / "a.fits"), "-o", str(out),
                  "--sky", "none"])
     assert code == 2 and "F444W" in capsys.readouterr().err
+    # the joint fit has no bias correction yet: refused, not silently ignored
+    code = main(["phot", *paths, "--psf", spec, "-o", str(tmp_path / "bc.ecsv"), "--sky",
+                 "none", "--bias-correction"])
+    assert code == 2 and "--bias-correction is not supported with several images" in (
+        capsys.readouterr().err)
 
 
 def test_cli_bad_inputs_one_clear_line(tmp_path, capsys):

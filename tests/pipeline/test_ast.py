@@ -643,6 +643,27 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     assert len(QTable.read(root / "ast_iter.ecsv")) == 20
 
 
+def test_cli_ast_bias_correction_reaches_the_artificial_stars(cli_files, capsys):
+    root, psf = cli_files
+    data = fits.getdata(root / "img.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI"),
+                  fits.ImageHDU(np.full(data.shape, SIGMA), name="ERR")]).writeto(
+        root / "img_err.fits", overwrite=True)
+    tabs = []
+    for extra in ([], ["--bias-correction"]):
+        out = root / f"ast_bc{len(extra)}.ecsv"
+        argv = ["ast", root / "img_err.fits", "--psf", psf, "-o", out, "--n", 30, "--flux",
+                30, 300, "--seed", 4, "--threshold", 10, "--fwhm", FWHM, "--group-radius", 5,
+                "--no-progress", *extra]
+        assert main([str(a) for a in argv]) == 0
+        tabs.append(QTable.read(out))
+    capsys.readouterr()
+    a, b = (np.asarray(t["flux_out"], dtype=float) for t in tabs)
+    both = np.isfinite(a) & np.isfinite(b)
+    assert both.sum() > 10
+    assert np.median(a[both] - b[both]) > 0  # the faint artificial stars' fluxes came down
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--n", "0", "--flux", "20", "5000"], "--n must be positive"),
     (["--n", "10", "--flux", "5000", "20"], "--flux LO must be below HI"),
@@ -651,6 +672,7 @@ def test_cli_ast_writes_table_summary_and_figures(cli_files, capsys):
     (["--n", "10", "--flux", "20", "5000", "--workers", "2"], "--workers/--scheduler need --tile"),
     (["--n", "10", "--flux", "20", "5000", "--match-flux", "0"], "--match-flux must be positive"),
     (["--n", "10", "--flux", "20", "5000", "--photon-noise"], "--photon-noise needs the gain"),
+    (["--n", "10", "--flux", "20", "5000", "--bias-correction"], "needs an ERR extension"),
 ])
 def test_cli_ast_bad_input_one_line(cli_files, capsys, extra, match):
     root, psf = cli_files

@@ -178,3 +178,23 @@ def test_iterative_corrects_its_final_table(mode):
     assert np.all(ratio[done] > 0.5) and np.all(ratio[done] < 2.0)
     assert np.all(ratio[~done] == 0.0)  # too faint for the expansion, or negligible
     assert np.array_equal(np.asarray(plain["flags"]), np.asarray(corr["flags"]))
+
+
+def test_rows_at_an_xy_bound_are_held():
+    # a fit stopped at its xy_bounds is not an interior maximum: it is not corrected (and
+    # no corrected position leaves its bound)
+    img, init, _ = _grid_scene(100.0, side=12, seed=4)
+    init["x"] = init["x"] + 0.4  # starts off by 0.4 px, bounds 0.3 px: many stop at a bound
+    err = np.full(img.shape, SIGMA)
+    kw = dict(xy_bounds=0.3)
+    plain = PSFPhotometry(PSF, (7, 7), **kw)(img, error=err, init_params=init)
+    corr = PSFPhotometry(PSF, (7, 7), bias_correction=True, **kw)(img, error=err,
+                                                                    init_params=init)
+    at = (np.asarray(plain["flags"]) & 32) != 0
+    assert at.sum() > 10 and (~at).sum() > 10
+    for c in ("x_fit", "y_fit", "flux_fit"):
+        a, b = np.asarray(plain[c]), np.asarray(corr[c])
+        assert np.array_equal(a[at], b[at]), c
+    assert np.any(np.asarray(corr["flux_fit"])[~at] != np.asarray(plain["flux_fit"])[~at])
+    dx = np.abs(np.asarray(corr["x_fit"]) - np.asarray(init["x"]))
+    assert np.all(dx <= 0.3 + 1e-9)

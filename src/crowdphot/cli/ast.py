@@ -167,6 +167,9 @@ def run_ast(args):
         from crowdphot.cli.psf import refine_for_phot
 
         psf = refine_for_phot(psf, image, args)
+    if getattr(args, "bias_correction", False) and image.error is None:
+        raise CLIError(f"{args.image}: --bias-correction in 'crowdphot ast' needs an ERR "
+                       "extension (the artificial stars' fits are corrected with it)")
     gain = _photon_gain(args, image) if args.photon_noise else None
     finder, threshold = _finder(args, image)
     t_phot = time.perf_counter()

@@ -35,7 +35,7 @@ from crowdphot.cli.psfload import load_psf
 __all__ = ["run_phot_multi", "psf_specs", "write_sky_regions"]
 
 # single-image options a joint run does not support yet (name, value when unused)
-_UNSUPPORTED = (("refine_psf", False), ("iterative", None))
+_UNSUPPORTED = (("refine_psf", False), ("iterative", None), ("bias_correction", False))
 
 
 def _read(path, args):

@@ -201,6 +201,8 @@ def _photometry(args, image, psf, finder, init, sky=None):
     from crowdphot.cli.noise import noise_options
 
     common.update(noise_options(args, image))
+    if fits_correct_bias(args, image):  # the fits correct themselves (and so do ASTs' fits)
+        common["bias_correction"] = True
     # the Poisson likelihood takes its variances from the model, not from the ERR plane
     error = None if common.get("likelihood") == "poisson" else image.error
     data, sky_kw = image.data, {}
@@ -225,8 +227,6 @@ def _photometry(args, image, psf, finder, init, sky=None):
 
         # workers memory-map the file and read only their tiles: no pixels cross the network;
         # each task subtracts the sky from its pixels (Poisson: puts it in the expectation)
-        if _tiled_bias_correction(args, image):
-            common["bias_correction"] = True  # each task corrects the groups it fits
         table = photometry_tiled(image.planes, psf, fit_shape, finder=finder,
                                  init_params=init, tile_shape=args.tile,
                                  workers=args.workers, scheduler=args.scheduler,
@@ -240,33 +240,39 @@ def _photometry(args, image, psf, finder, init, sky=None):
     return phot(data, mask=image.mask, error=error, init_params=init, **sky_kw), phot
 
 
-def _tiled_bias_correction(args, image):
-    """Whether a tiled run corrects the bias in its tasks (``--bias-correction`` with an ERR
-    plane); without ERR the catalog is corrected afterwards from the robust sky noise."""
-    return (getattr(args, "bias_correction", False)
-            and getattr(image.planes, "err_ext", None) is not None)
+def fits_correct_bias(args, image):
+    """Whether ``--bias-correction`` runs inside the fits: with an ERR plane (a tiled run's
+    tasks read theirs from the file). Without one the catalog is corrected afterwards, with
+    the robust sky noise as every pixel's error."""
+    if not getattr(args, "bias_correction", False):
+        return False
+    if args.tile:
+        return getattr(image.planes, "err_ext", None) is not None
+    return image.error is not None
 
 
 def _correct_bias(args, image, psf, table, sky_info):
     """``--bias-correction``: subtract the fits' first-order (Cox & Snell) bias in place.
 
-    Uses the ERR plane, or without one the robust sky noise as every pixel's error (the
-    stars' own photon noise then left out, which makes the correction of bright stars too
-    small, where it is negligible anyway).
+    With an ERR plane the fits did it (:func:`fits_correct_bias`); without one the robust
+    sky noise is every pixel's error (the stars' own photon noise then left out, which makes
+    the correction of bright stars too small, where it is negligible anyway).
     """
     from crowdphot.psf._biascorr import correct_table
 
-    if args.tile and _tiled_bias_correction(args, image):
-        table.meta["bias_correction"] = True  # done by the tiles' tasks
+    if fits_correct_bias(args, image):
+        table.meta["bias_correction"] = True  # done by the fits
         return
     if image.data is None:
         raise CLIError("--bias-correction with --tile needs an ERR extension (or the image "
                        "in memory: add --residual)")
-    error = image.error
-    if error is None:
-        sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)
-        error = np.broadcast_to(np.float64(sigma), image.data.shape)
+    sigma = sky_info.get("sky_rms") or robust_sigma(image.data, image.mask)
+    error = np.broadcast_to(np.float64(sigma), image.data.shape)
     fit_shape = (args.fit_shape, args.fit_shape)
+    if args.init:  # forced photometry: positions held, so the fit is linear and unbiased
+        psf = psf.copy()
+        psf.x_0.fixed = True
+        psf.y_0.fixed = True
     bias = correct_table(table, psf, fit_shape, error, image.mask)
     table.meta["bias_correction"] = True
     table.meta["n_bias_corrected"] = int(np.count_nonzero(np.all(np.isfinite(bias), axis=1)))

@@ -251,9 +251,11 @@ def apply_bias_correction(fit, table, psf_model, fit_shape, error, mask, *, fit_
     """
     fitted = np.asarray(fit.reason) == ""
     x = np.where(fitted, np.asarray(fit.values["x"], dtype=float), np.nan)
+    near = getattr(fit, "near_bound", None)  # stopped at an xy_bounds limit
+    held = np.zeros(len(x), dtype=bool) if near is None else np.asarray(near, dtype=bool)
     bias = _bias(psf_model, x, fit.values["y"], fit.values["flux"], fit.errors["flux"],
                  table["group_id"], table["x_init"], table["y_init"], fit_shape, error, mask,
-                 fit_sky)
+                 fit_sky, held)
     ok = np.all(np.isfinite(bias), axis=1)
     for j, k in enumerate(("x", "y", "flux")):
         fit.values[k][ok] = fit.values[k][ok] - bias[ok, j]
@@ -273,9 +275,10 @@ def correct_table(results, psf_model, fit_shape, error, mask, *, fit_sky=False,
         return np.asarray(getattr(col, "value", col), dtype=float)
 
     gid = np.asarray(results["group_id"]) if group_key is None else group_key
+    held = (np.asarray(results["flags"]) & 32) != 0  # near_bound: an xy_bounds limit
     bias = _bias(psf_model, plain("x_fit"), plain("y_fit"), plain("flux_fit"),
                  plain("flux_err"), gid, plain("x_init"), plain("y_init"), fit_shape, error,
-                 mask, fit_sky)
+                 mask, fit_sky, held)
     ok = np.all(np.isfinite(bias), axis=1)
     for j, name in enumerate(("x_fit", "y_fit", "flux_fit")):
         col = results[name]
@@ -287,7 +290,10 @@ def correct_table(results, psf_model, fit_shape, error, mask, *, fit_sky=False,
 
 
 def _bias(psf_model, x, y, flux, flux_err, gid, x_init, y_init, fit_shape, error, mask,
-          fit_sky):
+          fit_sky, held):
+    """The bias of every row; rows ``held`` (a position stopped at its ``xy_bounds``, where
+    the expansion about an interior maximum does not hold) stay in their group's model with
+    their parameters held, and get a bias of 0."""
     from crowdphot.core.batched import stamp_origin
 
     x, y, flux, flux_err = (np.asarray(a, dtype=float) for a in (x, y, flux, flux_err))
@@ -296,7 +302,7 @@ def _bias(psf_model, x, y, flux, flux_err, gid, x_init, y_init, fit_shape, error
                             fit_shape)
     err = getattr(error, "value", error)  # a Quantity's numbers; planes stay as they are
     free = np.broadcast_to([not psf_model.x_0.fixed, not psf_model.y_0.fixed,
-                            not psf_model.flux.fixed], (n, 3))
+                            not psf_model.flux.fixed], (n, 3)) & ~held[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.abs(flux) / flux_err
     return cox_snell_groups(psf_model, x, y, flux, np.asarray(gid), xlo, ylo, fit_shape,

@@ -225,8 +225,9 @@ class IterativePSFPhotometry(_LatestResultMixin):
             from crowdphot.psf._biascorr import correct_table
 
             # group ids are unique across iterations ('new' mode offsets them)
-            correct_table(table, self._psfphot.psf_model, self._psfphot.fit_shape, error,
-                          mask, fit_sky=self._psfphot.fit_sky)
+            bias = correct_table(table, self._psfphot.psf_model, self._psfphot.fit_shape,
+                                 error, mask, fit_sky=self._psfphot.fit_sky)
+            n_corrected = int(np.count_nonzero(np.all(np.isfinite(bias), axis=1)))
         if self.drop_significance is not None:
             weak = ~self._significant(table)
             n_dropped += int(np.count_nonzero(weak))
@@ -241,7 +242,7 @@ class IterativePSFPhotometry(_LatestResultMixin):
         if self.drop_significance is not None:
             table.meta.update(drop_significance=self.drop_significance, n_dropped=n_dropped)
         if self.bias_correction:
-            table.meta["bias_correction"] = True
+            table.meta.update(bias_correction=True, n_bias_corrected=n_corrected)
         combined = PSFPhotometryResult(
             results=table, init_params=None, finder_results=first.finder_results,
             fit_info=None, psf_model=self._psfphot.psf_model,

@@ -217,7 +217,7 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     extra = [c[: -len("_init")] for c in table.colnames[6:]]
     aliases = ["x", "y", "flux", *extra]
 
-    passes = None
+    passes = n_corrected = None
     if _fast.use_fast_path(psf_model, fitter, main_params, fit_shape):
         pieces, passes = _fast.fit_fast(
             data, mask, error, table, todo, psf_model=psf_model, fit_shape=fit_shape,
@@ -254,8 +254,9 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
                                     fit_shape=fit_shape)
         if bias_correction:  # Cox & Snell, groups jointly (crowdphot.psf._biascorr)
-            apply_bias_correction(fit, table, psf_model, fit_shape, error, mask,
-                                  fit_sky=fit_sky)
+            bias = apply_bias_correction(fit, table, psf_model, fit_shape, error, mask,
+                                         fit_sky=fit_sky)
+            n_corrected = int(np.count_nonzero(np.all(np.isfinite(bias), axis=1)))
         engine_index = {"x_0": 0, "y_0": 1, "flux": 2}
         order = [engine_index[p] for p in psf_model.param_names if not psf_model.fixed[p]]
         if fit_sky:
@@ -292,6 +293,8 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
     fit.group_size = counts[inverse]
     results = assemble_results(table, fit, aliases=aliases, shape=data.shape,
                                fit_shape=fit_shape, unit=unit, meta=meta)
+    if n_corrected is not None:  # rows whose bias was evaluated (0 above S/N 100)
+        results.meta["n_bias_corrected"] = n_corrected
     if passes is not None:
         if subtract_neighbors:
             results.meta["allstar_passes"] = int(passes["passes"])
