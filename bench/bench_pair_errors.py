@@ -7,8 +7,9 @@ member's S/N log-uniform in [5 r, 30] (so both members have S/N 5-30; S/N = flux
 isolated star's Fisher flux error on a 5x5 stamp). Fits start from the true positions + 0.3 px
 jitter, fluxes from the aperture (radius 3), as ``PSFPhotometry`` does by default.
 
-Each scene is fitted twice, profile-likelihood errors off (``profile_errors_gaussian`` replaced
-by a no-op: the plain grouped fit) and on (the default); the fitted values must be identical.
+Each scene is fitted twice, ``profile_errors=False`` (the plain grouped fit) and True (the
+default); the fitted values and flags must be identical. ``--photutils N``: photutils 3.0's
+pulls on the first N scenes (its errors: the fitter's covariance, as crowdphot's plain fit).
 Reported: pull widths (std of (fit - true) / err) of unflagged members for flux, x and y, by
 separation and by the fainter member's S/N, the fraction flagged, the fraction of unflagged
 members beyond 4 sigma, and the cost (minimum of interleaved runs; the profile's own time).
@@ -98,9 +99,10 @@ def fit(img, init, psf, profile):
         saved(*a, **k)
         timer["t"] += time.perf_counter() - t0
 
-    phot.profile_errors_gaussian = timed if profile else (lambda *a, **k: None)
+    phot.profile_errors_gaussian = timed
     try:
-        ph = PSFPhotometry(psf, FIT_SHAPE, aperture_radius=3, grouper=SourceGrouper(6))
+        ph = PSFPhotometry(psf, FIT_SHAPE, aperture_radius=3, grouper=SourceGrouper(6),
+                           profile_errors=profile)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -110,12 +112,26 @@ def fit(img, init, psf, profile):
         phot.profile_errors_gaussian = saved
 
 
+def fit_photutils(img, init, times):
+    from photutils.psf import CircularGaussianPRF, PSFPhotometry, SourceGrouper
+
+    ph = PSFPhotometry(CircularGaussianPRF(fwhm=FWHM), FIT_SHAPE, aperture_radius=3,
+                       grouper=SourceGrouper(6))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = ph(img, error=np.full(img.shape, NOISE), init_params=init)
+    times.setdefault("photutils", []).append(time.perf_counter() - t0)
+    return res
+
+
 def pulls(res, t):
     out = {}
     for k, tk in (("flux", "flux"), ("x", "x_0"), ("y", "y_0")):
         fit_v = np.asarray(res[f"{k}_fit"], dtype=float)
         err = np.asarray(res[f"{k}_err"], dtype=float)
-        out[k] = (fit_v - np.asarray(t[tk], dtype=float)) / err
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[k] = (fit_v - np.asarray(t[tk], dtype=float)) / err
     return out
 
 
@@ -135,6 +151,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=2, help="interleaved timing runs")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--photutils", type=int, default=0, help="scenes fitted by photutils")
     args = ap.parse_args(argv)
     n_scenes = 2 if args.quick else args.scenes
     psf = CircularGaussianPRF(fwhm=FWHM)
@@ -158,6 +175,8 @@ def main(argv=None):
             del last
         for k in best:
             times[k].append(best[k])
+        if len(truth) <= args.photutils:
+            rows.setdefault("photutils", []).append(fit_photutils(img, init, times))
     from astropy.table import vstack
 
     t = vstack(truth)
@@ -179,10 +198,13 @@ def main(argv=None):
             ("faint S/N < 10", snr_f < 10), ("faint S/N >= 10", snr_f >= 10)]
     print("| rows | n flags 0 | mode | pull flux | x | y | flux |pull|>4 % |")
     print("|---|---|---|---|---|---|---|")
+    n_pu = len(rows.get("photutils", [])) * 2 * SIDE * SIDE
     for name, sel in bins:
         s = sel & good
-        for mode in ("off", "on"):
-            p = pulls(res[mode], t)
+        for mode in res:
+            p = pulls(res[mode], t[:n_pu] if mode == "photutils" else t)
+            if mode == "photutils":  # its own flags
+                s = sel[:n_pu] & (np.asarray(res[mode]["flags"]) == 0)
             w = [width(p[k][s]) for k in ("flux", "x", "y")]
             out4 = 100 * np.mean(np.abs(p["flux"][s]) > 4)
             print(f"| {name} | {s.sum()} | {mode} | {w[0][0]:.3f} ({w[0][1]:.3f}) | "
@@ -190,6 +212,15 @@ def main(argv=None):
     on, off, prof = (float(np.sum(times[k])) for k in ("on", "off", "profile"))
     print(f"cost: plain grouped fit {off:.2f} s, with profile errors {on:.2f} s "
           f"(ratio {on / off:.2f}; the profile itself {prof:.2f} s = {prof / off:.2f} x)")
+    if "photutils" in times:
+        n_sc = len(times["photutils"])
+        print(f"photutils 3.0 on {n_sc} scene(s): {np.sum(times['photutils']):.2f} s against "
+              f"crowdphot's {np.sum(times['on'][:n_sc]):.2f} s with profile errors (ratio "
+              f"{np.sum(times['photutils']) / np.sum(times['on'][:n_sc]):.1f})")
+    if "photutils" in res:
+        fl = np.asarray(res["photutils"]["flags"])
+        bits = {b: int(np.sum(fl & b > 0)) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
+        print("photutils flags set (bit: rows):", {b: c for b, c in bits.items() if c})
     grown = np.asarray(res["on"]["flux_err"]) / np.asarray(res["off"]["flux_err"])
     print(f"flux errors grown on {100 * np.mean(grown > 1.0001):.1f} % of rows, median factor "
           f"among them {np.median(grown[grown > 1.0001]):.3f}")
