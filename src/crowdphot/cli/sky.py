@@ -37,7 +37,7 @@ def add_sky_arguments(parser):
     parser.add_argument("--sky", default=None, metavar="map|none|VALUE",
                         help="sky subtracted before finding and fitting: 'map' (a Background2D "
                         "map with the stars masked), 'none', or a constant (default: map; "
-                        "none with --local-bkg or --tile)")
+                        "none with --local-bkg)")
     parser.add_argument("--sky-box", type=int, default=None, metavar="N",
                         help="box size of the sky map in pixels (default: 64, at least 10 "
                         "FWHM, at most a quarter of the image)")
