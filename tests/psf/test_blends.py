@@ -24,7 +24,7 @@ def _other_flags(r):
 def _fit_and_test(img, init, *, error=5.0, grouper=6, **kw):
     err = None if error is None else np.full(img.shape, float(error))
     ph = PSFPhotometry(PSF, (5, 5), aperture_radius=3, grouper=SourceGrouper(grouper),
-                       group_warning_threshold=1000)
+                       group_warning_threshold=1000, profile_errors=False)  # Fisher errors
     with warnings.catch_warnings():  # runaway faint stars of the crowded scene (flag 8)
         warnings.simplefilter("ignore", FitConvergenceWarning)
         r = ph(img, error=err, init_params=init)

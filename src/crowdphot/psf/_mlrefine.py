@@ -378,7 +378,10 @@ def _profile_chunk(full, psf, counts, background, usable, xlo, ylo, fshape, read
     sides = []
     for sign in (1.0, -1.0):
         theta = vals[g_i].reshape(p_n, 3 * k) + sign * PROFILE_K * sig[:, None] * step
+        inb = _in_box(theta, bx0[g_i], by0[g_i], box)  # else no profile: the Fisher error
+        theta = np.where(inb[:, None], theta, vals[g_i].reshape(p_n, 3 * k))
         ll = _group_fit_terms(*sub, theta.reshape(p_n, k, 3), noise, derivatives=False)
+        ll[~inb] = np.nan
         _profile_scoring(sub, theta, ll, hold, k, noise, rule[1] or PROFILE_STEPS,
                          rule[2] or PROFILE_LTOL)
         dev = 2.0 * (l_fit[g_i] - ll)
@@ -417,13 +420,22 @@ PROFILE_CAP = 10.0
 _PROFILE_CHUNK = 4_000_000
 
 
+def _in_box(theta, bx0, by0, box):
+    """Whether every member's position in ``theta`` (P, 3k) lies on its group's union box
+    (within half a pixel of its edge pixels' centres) and every value is finite; (P,)."""
+    x, y = theta[:, 0::3], theta[:, 1::3]
+    return (np.all(np.isfinite(theta), axis=1)
+            & np.all((x >= bx0[:, None] - 0.5) & (x <= bx0[:, None] + box[1] - 0.5), axis=1)
+            & np.all((y >= by0[:, None] - 0.5) & (y <= by0[:, None] + box[0] - 0.5), axis=1))
+
+
 def _profile_scoring(sub, theta, ll, hold, k, noise, steps, ltol):
     """Maximise the log-likelihood over the parameters not in ``hold`` (P, 3k) by Fisher
     scoring from ``theta`` (P, 3k; in place, with its log-likelihood ``ll``): a step is kept
     when it raises the likelihood, else halved; each profile stops when its step gains less
     than ``ltol`` or after ``steps`` steps."""
     psf, bg, dp, valid, bx0, by0, box = sub
-    act = np.arange(len(theta))
+    act = np.flatnonzero(np.isfinite(ll))
     damp = np.ones(len(theta))
     for _ in range(steps):
         if not len(act):
@@ -439,9 +451,11 @@ def _profile_scoring(sub, theta, ll, hold, k, noise, steps, ltol):
             delta = np.einsum("gpq,gq->gp", np.where(np.isfinite(fcov), fcov, 0.0), score)
         delta = np.where(np.isfinite(delta), delta, 0.0) * damp[act, None]
         trial = theta[act] + delta
+        inb = _in_box(trial, bx0[act], by0[act], box)  # a step out of the box is refused
+        trial = np.where(inb[:, None], trial, theta[act])
         lt = _group_fit_terms(*part, trial.reshape(len(act), k, 3), noise,
                               derivatives=False)
-        better = np.isfinite(lt) & (lt > ll[act])
+        better = inb & np.isfinite(lt) & (lt > ll[act])
         gain_ll = np.where(better, lt - ll[act], 0.0)
         theta[act[better]] = trial[better]
         ll[act[better]] = lt[better]

@@ -174,12 +174,13 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
         position is free (+2.6 % at S/N 5.6, +0.3 % at 15, 0.01 % at 50; not applied above
         S/N 100, where it is < 0.01 sigma). Default True.
     profile_errors : bool, optional
-        Flux errors of group members (groups of 2 to 6, S/N < 100) closer than 1.5 FWHM to a
-        partner from the profile likelihood: the larger half-width of the 68 % interval,
-        never below the Fisher error (:func:`crowdphot.psf._mlrefine.profile_flux_errors`;
-        two constrained refits of the group per member). Near-degenerate blends have a
-        likelihood flatter than its curvature at the maximum, so their Fisher flux errors
-        are too small (pull widths 1.2-1.4 at < 0.8 FWHM with a faint member). Default True.
+        x, y and flux errors of group members (groups of 2 to 6) closer than 1 FWHM to a
+        partner, in groups with such a member below S/N 10, from the profile likelihood: the
+        larger half-width of the +-2 sigma interval over 2, never below the Fisher error
+        (:func:`crowdphot.psf._mlrefine.profile_group_errors`; two constrained refits of
+        the group per parameter). Near-degenerate blends have a likelihood flatter than its
+        curvature at the maximum, so their Fisher errors are too small (flux pull widths
+        1.2-1.4 at < 0.8 FWHM with a faint member). Default True.
     **engine_options
         Passed to :func:`crowdphot.core.fit.fit_psf` (``shared_pixels``, ``fit_sky``,
         ``xtol``...).

@@ -234,6 +234,12 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
+        if (profile_errors and compat is None and likelihood == "gaussian" and error is not None
+                and not fit_sky and not subtract_neighbors and merge_separation is None
+                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine),
+            # before the tests below, which compare with them (as the Poisson engine's)
+            profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
+                                    fit_shape=fit_shape)
         test_blends = compat is None and blend_test  # photutils has no such test
         if test_blends and likelihood == "gaussian":  # flag 32768 (crowdphot.psf.blends)
             fit.blend = catalog_blend_flags(data, psf_model, table, fit.values,
@@ -248,11 +254,6 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
             _contamination(fit, data, psf_model, table, fit_shape, error=error, mask=mask,
                            noise=(read_noise, gain, sky) if likelihood == "poisson" else None,
                            subtract_neighbors=subtract_neighbors)
-        if (profile_errors and compat is None and likelihood == "gaussian" and error is not None
-                and not fit_sky and not subtract_neighbors and merge_separation is None
-                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine)
-            profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
-                                    fit_shape=fit_shape)
         if bias_correction:  # Cox & Snell, groups jointly (crowdphot.psf._biascorr)
             bias = apply_bias_correction(fit, table, psf_model, fit_shape, error, mask,
                                          fit_sky=fit_sky)
