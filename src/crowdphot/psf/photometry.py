@@ -234,16 +234,16 @@ def run_psf_photometry(data, psf_model, fit_shape, *, mask=None, error=None, ini
         if passes is not None:
             fit.merged = np.zeros(n, dtype=bool)
             fit.merged[np.flatnonzero(todo)] = passes["merged"]
+        fisher_flux_err = fit.errors["flux"].copy()  # the blend test's yardstick
         if (profile_errors and compat is None and likelihood == "gaussian" and error is not None
                 and not fit_sky and not subtract_neighbors and merge_separation is None
-                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine),
-            # before the tests below, which compare with them (as the Poisson engine's)
+                and shared_pixels == "once"):  # close faint pairs' errors (_mlrefine)
             profile_errors_gaussian(fit, data, mask, error, table, todo, psf_model=psf_model,
                                     fit_shape=fit_shape)
         test_blends = compat is None and blend_test  # photutils has no such test
         if test_blends and likelihood == "gaussian":  # flag 32768 (crowdphot.psf.blends)
             fit.blend = catalog_blend_flags(data, psf_model, table, fit.values,
-                                            fit.errors["flux"], fit_shape, error=error,
+                                            fisher_flux_err, fit_shape, error=error,
                                             mask=mask, sky=fit.sky)
         elif test_blends:  # the same test weighted with the model's variances
             fit.blend = poisson_blend_flags(data, psf_model, table, fit.values,
@@ -547,10 +547,12 @@ class PSFPhotometry(_LatestResultMixin):
         groups with such a member below S/N 10, get profile-likelihood errors (x, y and flux
         each held at +-2 Fisher errors, the rest of the group refitted; never below the
         Fisher errors; :func:`crowdphot.psf._mlrefine.profile_group_errors`): such blends'
-        likelihood is flatter than its curvature says (least-squares flux pulls 1.08 -> 1.01,
-        1.21 -> 1.06 below 0.7 FWHM; bench/RESULTS.md). Only errors change. With ``error``
-        (absolute weights), ``shared_pixels='once'``, no fitted sky or subtracted neighbours,
-        or ``likelihood='poisson'``; never with ``compat='photutils'``. Default True.
+        likelihood is flatter than its curvature says (least-squares flux pulls 1.08 -> 1.02,
+        1.21 -> 1.07 below 0.7 FWHM; bench/RESULTS.md). Only errors change (and the flags
+        that compare with them, 65536 and 131072; the blend test keeps the Fisher errors as
+        its yardstick). With ``error`` (absolute weights), ``shared_pixels='once'``, no
+        fitted sky or subtracted neighbours, or ``likelihood='poisson'``; never with
+        ``compat='photutils'``. Default True.
     compat : {None, 'photutils'}, optional
         'photutils': photutils 3.0's behaviour where crowdphot deliberately differs: only
         photutils' flag bits (1-2048); groups that crowdphot's engine stops (a position
