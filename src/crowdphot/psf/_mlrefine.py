@@ -410,8 +410,8 @@ PROFILE_STEPS = 4
 PROFILE_LTOL = 2e-2
 #: The Gaussian mode's profiles run closer to convergence (4 steps left 0.5 % of the widths
 #: 5-7 % short of scipy's exact profile): least-squares pairs' flux pull widths 1.013 / 1.059
-#: (all / < 0.7 FWHM) against 1.020 / 1.081 with 4 steps (bench_pair_errors); the profile
-#: costs 0.9x the plain grouped fit instead of 0.5x.
+#: (all / < 0.7 FWHM, flags-0 as the blend test flags them) against 1.020 / 1.081 with 4 steps
+#: (bench_pair_errors); the profiles cost 0.8-0.9x the plain grouped fit instead of 0.5x.
 GAUSSIAN_PROFILE_STEPS = 12
 GAUSSIAN_PROFILE_LTOL = 1e-3
 #: Largest profile-likelihood error, in Fisher errors (a side that beats the fit's likelihood).
