@@ -117,13 +117,9 @@ def check_tile_sky(sky, sky_options, shape, unit=None):
 
 def _check_sky_image(sky, shape, unit):
     """A user's sky map: PSFPhotometry's checks and messages, in row blocks (no full copy)."""
-    if hasattr(sky, "unit") and hasattr(sky, "to_value"):
-        if unit is None:
-            raise ValueError("sky has a unit but data has none")
-        try:
-            sky = sky.to_value(unit)
-        except Exception as exc:  # astropy UnitConversionError
-            raise ValueError(f"sky must have units compatible with data ({unit})") from exc
+    from crowdphot.psf.likelihood import sky_value
+
+    sky = sky_value(sky, unit)
     arr = sky if isinstance(sky, np.ndarray) else np.asarray(sky)
     if arr.dtype.kind not in "biuf":
         raise TypeError("sky must be a number or a numeric image")

@@ -278,6 +278,19 @@ def fit_psf_likelihood(data, psf_model, x_init, y_init, flux_init, *, fit_shape,
     return type(res)(**full)
 
 
+def sky_value(sky, unit):
+    """The ``sky`` argument's numbers in the data's ``unit`` (a Quantity converted, anything
+    else as given); the photometry classes' messages for a unit mismatch."""
+    if hasattr(sky, "unit") and hasattr(sky, "to_value"):
+        if unit is None:
+            raise ValueError("sky has a unit but data has none")
+        try:
+            return sky.to_value(unit)
+        except Exception as exc:  # astropy UnitConversionError
+            raise ValueError(f"sky must have units compatible with data ({unit})") from exc
+    return sky
+
+
 def sky_map(sky, shape, unit=None):
     """Check the photometry classes' ``sky`` argument: a finite (ny, nx) float image in the
     data's unit (a scalar is broadcast; a Quantity is converted to ``unit``).
@@ -287,13 +300,7 @@ def sky_map(sky, shape, unit=None):
     >>> sky_map(10.0, (2, 3)).shape
     (2, 3)
     """
-    if hasattr(sky, "unit") and hasattr(sky, "to_value"):
-        if unit is None:
-            raise ValueError("sky has a unit but data has none")
-        try:
-            sky = sky.to_value(unit)
-        except Exception as exc:  # astropy UnitConversionError
-            raise ValueError(f"sky must have units compatible with data ({unit})") from exc
+    sky = sky_value(sky, unit)
     try:
         arr = np.asarray(sky, dtype=float)
     except (TypeError, ValueError) as exc:
